@@ -1,0 +1,50 @@
+# Two set-up commands: `make demo` and `make test`. Both install what they need, idempotently:
+# a virtual environment outside the checkout (torch is several GB: installed once, reused by every
+# clone and by CI), and the Kafka broker's jars from Maven Central (cached under ~/.m2).
+SHELL := /bin/bash
+PYTHON ?= python3
+CACHE ?= $(HOME)/.cache/fleetloop
+VENV ?= $(CACHE)/venv
+PY := $(VENV)/bin/python
+KAFKA_LIBS ?= $(CACHE)/kafka-libs
+DEPS_STAMP := $(VENV)/.deps-$(shell sha256sum pyproject.toml | cut -c1-16)
+KAFKA_STAMP := $(KAFKA_LIBS)/.stamp-$(shell sha256sum deploy/kafka/pom.xml | cut -c1-16)
+PYTEST_ARGS ?=
+export MLFLOW_DISABLE_TELEMETRY=true FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 RAY_USAGE_STATS_ENABLED=0
+export FLEETLOOP_KAFKA_LIBS_DIR := $(KAFKA_LIBS)
+
+.PHONY: install demo test lint format kafka-jars bench clean
+install: $(DEPS_STAMP) $(KAFKA_STAMP)
+	@# The environment is shared between clones: point its editable install at this checkout.
+	@if [ "$$($(PY) -c 'import fleetloop,os;print(os.path.dirname(os.path.dirname(fleetloop.__file__)))' 2>/dev/null)" != "$(CURDIR)" ]; then \
+		echo "linking fleetloop -> $(CURDIR)"; $(PY) -m pip install -q --no-deps --no-build-isolation -e . ; fi
+
+$(DEPS_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.deps-* && touch $@
+
+kafka-jars: $(KAFKA_STAMP)
+$(KAFKA_STAMP): deploy/kafka/pom.xml
+	@command -v mvn >/dev/null || { echo "Maven (mvn) is needed to fetch Kafka's jars: apt-get install maven"; exit 3; }
+	rm -rf $(KAFKA_LIBS) && mkdir -p $(KAFKA_LIBS)
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -Dkafka.libs.dir=$(KAFKA_LIBS)
+	@touch $@
+
+demo: install
+	$(VENV)/bin/fleetloop demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check fleetloop tests benchmarks
+	$(VENV)/bin/ruff format --check fleetloop tests benchmarks
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format fleetloop tests benchmarks
+	$(VENV)/bin/ruff check --fix fleetloop tests benchmarks
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,3 @@
+"""The ``fleetloop`` command: the only place that wires the parts together."""
+
+__all__: list[str] = []

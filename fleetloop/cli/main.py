@@ -1,0 +1,62 @@
+"""The ``fleetloop`` command. Sub-command groups live in one module each and are wired here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from fleetloop.platform.settings import PHONE_HOME_OFF
+
+# Switch the libraries' phone-home off before any of them is imported, in this process and its children.
+for _k, _v in PHONE_HOME_OFF.items():
+    os.environ[_k] = _v
+
+from fleetloop.cli import config_cmd, model, runs, stack  # noqa: E402
+from fleetloop.cli.output import err_console  # noqa: E402
+from fleetloop.platform.errors import FleetloopError  # noqa: E402
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="fleetloop",
+    help="Simulate and operate the closed data loop of an autonomous-driving fleet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stack.register(app)
+app.add_typer(config_cmd.app, name="config", help="Show the effective settings.")
+app.add_typer(model.app, name="model", help="See and promote fleet-policy model versions.")
+app.add_typer(runs.app, name="runs", help="Look back at the records every command leaves.")
+
+
+def main() -> None:
+    """Console-script entry point: map platform errors to exit codes with a readable message."""
+    try:
+        # Outside standalone mode click returns the code of a `typer.Exit` instead of exiting.
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except FleetloopError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""fleetloop.edge_agent (see DESIGN.md)."""
+
+__all__: list[str] = []

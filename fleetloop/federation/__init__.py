@@ -1,0 +1,3 @@
+"""fleetloop.federation (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""fleetloop.pipelines (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,164 @@
+"""Control events: frozen dataclasses, each with a schema name and a ``major.minor`` version.
+
+Every event carries the envelope fields of :class:`Event` (id, emission time, source). Later issues add
+fields; a field added in a minor version must have a default and say so with
+``field(default=..., metadata={"since_minor": N})`` so that readers of older payloads fill it in.
+(De)serialisation lives in :mod:`fleetloop.platform.bus.serde`, like everything on the bus.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+__all__ = [
+    "EVENT_TYPES",
+    "DatasetSealed",
+    "Event",
+    "FleetHealth",
+    "LabelsReady",
+    "ModelTrained",
+    "ModelValidated",
+    "OtaCommand",
+    "OtaStatus",
+    "RoadCondition",
+]
+
+
+def _new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """The envelope every control event shares.
+
+    ``SCHEMA`` / ``MAJOR`` / ``MINOR`` name the payload schema; ``event_id`` lets consumers drop
+    redelivered duplicates; ``emitted_at_s`` is wall-clock Unix time; ``source`` names the emitter.
+    """
+
+    SCHEMA: ClassVar[str] = ""
+    MAJOR: ClassVar[int] = 1
+    MINOR: ClassVar[int] = 0
+
+    event_id: str = field(default_factory=_new_event_id)
+    emitted_at_s: float = field(default_factory=time.time)
+    source: str = ""
+
+
+# -- pipeline events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSealed(Event):
+    """collect closed a dataset: its frames are durable in the lake and will not change."""
+
+    SCHEMA: ClassVar[str] = "dataset.sealed"
+    dataset_id: str
+    uri: str
+    n_frames: int
+    content_sha256: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelsReady(Event):
+    """label finished hindsight labels for a sealed dataset."""
+
+    SCHEMA: ClassVar[str] = "labels.ready"
+    dataset_id: str
+    labels_uri: str
+    n_labelled: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelTrained(Event):
+    """A candidate model exists (central fine-tune or federated round); validate picks it up."""
+
+    SCHEMA: ClassVar[str] = "model.trained"
+    model_name: str
+    run_id: str
+    artifact_uri: str
+    origin: str = "central"  # "central" or "federated"
+    dataset_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelValidated(Event):
+    """validate's verdict on a candidate model version."""
+
+    SCHEMA: ClassVar[str] = "model.validated"
+    model_name: str
+    version: int
+    passed: bool
+    report_uri: str = ""
+    reasons: tuple[str, ...] = ()
+
+
+# -- OTA -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtaCommand(Event):
+    """The rollout controller asks one vehicle to install (or roll back to) a model version."""
+
+    SCHEMA: ClassVar[str] = "ota.command"
+    rollout_id: str
+    vehicle_id: str
+    model_name: str
+    version: int
+    action: str = "install"  # "install" or "rollback"
+    artifact_uri: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtaStatus(Event):
+    """A vehicle reports where it stands in a rollout."""
+
+    SCHEMA: ClassVar[str] = "ota.status"
+    rollout_id: str
+    vehicle_id: str
+    version: int
+    state: str  # e.g. "downloaded", "verified", "installed", "committed", "rolled_back", "failed"
+    detail: str = ""
+
+
+# -- fleet ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetHealth(Event):
+    """A vehicle's periodic heartbeat."""
+
+    SCHEMA: ClassVar[str] = "fleet.health"
+    vehicle_id: str
+    model_version: int
+    fallback_active: bool = False
+    buffer_frames: int = 0
+    frames_lost: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoadCondition(Event):
+    """The road-condition service's estimate for a stretch of road (from vehicles' own estimates)."""
+
+    SCHEMA: ClassVar[str] = "road.condition"
+    segment_start_m: float
+    segment_end_m: float
+    visibility_m: float
+    friction: float
+    n_reports: int
+    confidence: float = 0.0
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    DatasetSealed,
+    LabelsReady,
+    ModelTrained,
+    ModelValidated,
+    OtaCommand,
+    OtaStatus,
+    FleetHealth,
+    RoadCondition,
+)

@@ -1,0 +1,74 @@
+"""The platform's exception tree, grouped by who is at fault, with CLI exit codes.
+
+    FleetloopError                      exit 1
+    ├── UserInputError                  exit 2   the caller asked for something invalid
+    │   ├── ConfigError                          a setting or config file is wrong
+    │   ├── NotFoundError                        a named thing (model, version, run) does not exist
+    │   └── TransitionNotAllowed                 a registry stage change the policy forbids
+    ├── SetupError                      exit 3   this machine lacks something (Java, jars, a free port)
+    ├── ServiceUnavailable              exit 4   a service (Kafka, MLflow) did not answer in time
+    └── DataError                       exit 5   a record or artifact is malformed
+        └── SchemaError                          unknown schema, unknown major version, bad payload
+
+Every message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FleetloopError",
+    "NotFoundError",
+    "SchemaError",
+    "ServiceUnavailable",
+    "SetupError",
+    "TransitionNotAllowed",
+    "UserInputError",
+]
+
+
+class FleetloopError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+    exit_code = 1
+
+
+class UserInputError(FleetloopError):
+    """The caller asked for something invalid; fixing the input fixes it."""
+
+    exit_code = 2
+
+
+class ConfigError(UserInputError):
+    """A setting (environment variable or config file) is invalid."""
+
+
+class NotFoundError(UserInputError):
+    """A named model, version, run or service does not exist."""
+
+
+class TransitionNotAllowed(UserInputError):
+    """A model-stage transition that the stage policy forbids."""
+
+
+class SetupError(FleetloopError):
+    """This machine lacks something the platform needs (Java, Kafka jars, a free port)."""
+
+    exit_code = 3
+
+
+class ServiceUnavailable(FleetloopError):
+    """A service did not answer (not started, crashed, or timed out)."""
+
+    exit_code = 4
+
+
+class DataError(FleetloopError):
+    """A record, batch or artifact is malformed."""
+
+    exit_code = 5
+
+
+class SchemaError(DataError):
+    """A payload names an unknown schema or major version, or does not match its schema."""

@@ -1,0 +1,44 @@
+"""The fleet's model registry on MLflow: versions, stages, aliases and the transition log.
+
+    from fleetloop.platform.registry import open_registry
+    reg = open_registry(settings)                      # MLflow at settings.tracking_uri, checked to answer
+    v = reg.register(settings.model_name, "policy.safetensors", {"format": "safetensors", ...})
+    reg.promote(settings.model_name, v.version, "production", reason="genesis release")
+    reg.history(settings.model_name)
+
+The stage policy is pure (:mod:`.stages`); :class:`Registry` carries it out on a backend (MLflow, or
+:class:`~.memory.InMemoryBackend` in unit tests). This ``__init__`` imports no MLflow: that happens in
+:func:`open_registry` only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fleetloop.platform.registry.records import ModelVersionInfo, TransitionRecord
+from fleetloop.platform.registry.service import Registry, default_actor
+from fleetloop.platform.registry.stages import ALLOWED, Stage, parse_stage
+
+if TYPE_CHECKING:
+    from fleetloop.platform.settings import Settings
+
+__all__ = [
+    "ALLOWED",
+    "ModelVersionInfo",
+    "Registry",
+    "Stage",
+    "TransitionRecord",
+    "default_actor",
+    "open_registry",
+    "parse_stage",
+]
+
+
+def open_registry(settings: Settings, *, check: bool = True) -> Registry:
+    """The registry on the MLflow server of ``settings``; ``check`` fails fast (ServiceUnavailable) if it is down."""
+    from fleetloop.platform.registry.mlflow_backend import MlflowBackend
+
+    backend = MlflowBackend(settings.tracking_uri)
+    if check:
+        backend.check()
+    return Registry(backend)

@@ -1,0 +1,101 @@
+"""Event definitions, in one place, with their thresholds.
+
+Each is decided per scene per tick from two consecutive states (``detect_events(world, prev, state)``); events are
+rising edges, so a long braking manoeuvre counts once.
+
+- collision: the ego's box first overlaps an actor's box (sticky; the scene freezes). ``impact_speed_mps`` is the
+  relative speed at the instant of contact (solved exactly within the tick for rear-end impacts).
+- near miss: an episode of ground-truth TTC < ``NEAR_MISS_TTC_S`` to an obstacle in the ego's corridor ends
+  without contact; reported on the tick it ends, with the episode's minimum TTC.
+- hard braking: the ego's deceleration first exceeds ``HARD_BRAKE_MPS2``.
+- phantom braking: the ego's deceleration first exceeds ``PHANTOM_BRAKE_MPS2`` while the ground truth demands less
+  than ``PHANTOM_REQUIRED_MAX_MPS2`` (no obstacle in or entering the path that needs it).
+- jerk: ``jerk_mps3`` per tick; ``harsh_jerk`` when |jerk| first exceeds ``HARSH_JERK_MPS3``.
+- progress: ``distance_m`` driven this tick; compare with an expert-driven copy of the same scenes
+  (``progress_ratio``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from fleetloop.sim.state import World, WorldState
+
+__all__ = [
+    "HARD_BRAKE_MPS2",
+    "HARSH_JERK_MPS3",
+    "NEAR_MISS_TTC_S",
+    "PHANTOM_BRAKE_MPS2",
+    "PHANTOM_REQUIRED_MAX_MPS2",
+    "Events",
+    "detect_events",
+    "progress_ratio",
+]
+
+NEAR_MISS_TTC_S = 1.0  # [s]
+HARD_BRAKE_MPS2 = 4.0  # [m/s²]
+PHANTOM_BRAKE_MPS2 = 3.0  # [m/s²]
+PHANTOM_REQUIRED_MAX_MPS2 = 1.0  # [m/s²]
+HARSH_JERK_MPS3 = 10.0  # [m/s³]
+
+
+@dataclass(frozen=True)
+class Events:
+    """Events of one tick, each a [B] tensor (bool flags, float32 values)."""
+
+    collision: torch.Tensor
+    impact_speed_mps: torch.Tensor
+    near_miss: torch.Tensor
+    near_miss_min_ttc_s: torch.Tensor
+    hard_brake: torch.Tensor
+    phantom_brake: torch.Tensor
+    harsh_jerk: torch.Tensor
+    decel_mps2: torch.Tensor
+    jerk_mps3: torch.Tensor
+    ttc_s: torch.Tensor
+    distance_m: torch.Tensor
+
+    def counts(self) -> dict[str, int]:
+        """Number of scenes with each flag event this tick."""
+        return {
+            f.name: int(getattr(self, f.name).sum()) for f in fields(self) if getattr(self, f.name).dtype == torch.bool
+        }
+
+
+def detect_events(world: World, prev: WorldState, state: WorldState) -> Events:
+    """Events between ``prev`` and ``state`` (the state ``step`` returned from ``prev``)."""
+    alive = ~state.collided
+    decel = -state.ego_a_mps2
+    prev_decel = -prev.ego_a_mps2
+    jerk = (state.ego_a_mps2 - prev.ego_a_mps2) / world.dt_s
+    collision = state.collided & ~prev.collided
+    near = prev.near_active & ~state.near_active & alive
+    hard = alive & (decel > HARD_BRAKE_MPS2) & ~(prev_decel > HARD_BRAKE_MPS2)
+    unneeded = (state.required_decel_mps2 < PHANTOM_REQUIRED_MAX_MPS2) & (
+        prev.required_decel_mps2 < PHANTOM_REQUIRED_MAX_MPS2
+    )
+    phantom = alive & unneeded & (decel > PHANTOM_BRAKE_MPS2) & ~(prev_decel > PHANTOM_BRAKE_MPS2)
+    harsh = alive & (jerk.abs() > HARSH_JERK_MPS3) & ~prev.collided
+    nan = torch.full_like(state.ttc_s, float("nan"))
+    return Events(
+        collision=collision,
+        impact_speed_mps=torch.where(collision, state.impact_speed_mps, torch.zeros_like(state.impact_speed_mps)),
+        near_miss=near,
+        near_miss_min_ttc_s=torch.where(near, prev.near_min_ttc_s, nan),
+        hard_brake=hard,
+        phantom_brake=phantom,
+        harsh_jerk=harsh,
+        decel_mps2=torch.where(alive, decel, torch.zeros_like(decel)),
+        jerk_mps3=torch.where(alive & ~prev.collided, jerk, torch.zeros_like(jerk)),
+        ttc_s=state.ttc_s,
+        distance_m=(state.ego_s_m - prev.ego_s_m).to(torch.float32),
+    )
+
+
+def progress_ratio(state: WorldState, expert_state: WorldState) -> torch.Tensor:
+    """Distance driven since scene start by each ego over the expert's in the same scene [B] (1.0: as far)."""
+    own = state.ego_s_m - state.ego_start_s_m
+    ref = expert_state.ego_s_m - expert_state.ego_start_s_m
+    return (own / ref.clamp_min(1e-6)).to(torch.float32)

@@ -1,0 +1,235 @@
+"""Sensor models: a low-resolution camera grid, a lidar scan and radar targets, each with noise, dropout and range
+limits set by physics, and the ``Observation`` the vehicle receives (never the true weather).
+
+- Camera [8 x 16]: rows are range bins ahead (``CAMERA_ROW_EDGES_M``), columns lateral bins of 0.875 m across
+  +-7 m around the ego. A cell holds the apparent contrast of the nearest object in it plus sensor noise.
+  Contrast decays with fog as exp(-3 r / visibility) (Koschmieder: 5 % at the visibility distance); at night only
+  the headlights light the scene (fading beyond ~60 m), and noise rises as light falls. Rain dims it a little.
+- Lidar [32 beams] over +-15 deg: range of the nearest object face hit, or ``LIDAR_MAX_RANGE_M``. A return needs
+  reflectivity * (R0 / r)^2 * exp(-6 r / visibility) (two-way fog extinction) above 1 with log-normal fading;
+  fog also produces short spurious returns (backscatter); 1 % of beams drop.
+- Radar [8 targets]: range, range-rate and azimuth with a validity mask. Fog- and night-proof, but pedestrians
+  and debris reflect weakly (lower detection probability), rain adds clutter, and fixed road furniture (overhead
+  signs, bridges: a field over road position) shows up as stationary ghost targets in the lane.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+from fleetloop.sim import rng
+from fleetloop.sim.state import World, WorldState
+
+__all__ = [
+    "CAMERA_COLS",
+    "CAMERA_ROWS",
+    "CAMERA_ROW_EDGES_M",
+    "LIDAR_BEAMS",
+    "LIDAR_MAX_RANGE_M",
+    "RADAR_MAX_RANGE_M",
+    "RADAR_TARGETS",
+    "Observation",
+    "observe",
+]
+
+CAMERA_ROWS, CAMERA_COLS = 8, 16
+CAMERA_ROW_EDGES_M = (0.0, 8.0, 16.0, 25.0, 35.0, 50.0, 70.0, 95.0, 125.0)  # [m]
+CAMERA_HALF_WIDTH_M = 7.0  # [m]
+CAMERA_HEADLIGHT_M = 60.0  # [m] headlight reach at night
+CAMERA_NOISE_DAY = 0.03  # [-] noise sigma in daylight
+CAMERA_NOISE_NIGHT = 0.12  # [-] extra noise sigma in the dark
+CAMERA_DROPOUT = 0.002  # [-] probability a frame is lost
+LIDAR_BEAMS = 32
+LIDAR_FOV_RAD = math.radians(15.0)  # half field of view
+LIDAR_MAX_RANGE_M = 120.0  # [m]
+LIDAR_R0_M = 110.0  # [m] range at which a reflectivity-1 target fades to threshold in clear air
+LIDAR_FADING_SIGMA = 0.25  # [-] log-normal fading of the return
+LIDAR_NOISE_M = 0.05  # [m]
+LIDAR_BEAM_DROPOUT = 0.01
+LIDAR_BACKSCATTER = 0.15  # [-] spurious return probability per beam in thick fog (scaled by exp(-vis/80 m))
+RADAR_TARGETS = 8
+RADAR_MAX_RANGE_M = 150.0  # [m]
+RADAR_FOV_RAD = math.radians(45.0)
+RADAR_RANGE_NOISE_M = 0.25
+RADAR_RATE_NOISE_MPS = 0.15
+RADAR_AZ_NOISE_RAD = math.radians(0.5)
+RADAR_RAIN_CLUTTER = 0.25  # [-] clutter target probability per tick in heavy rain
+RADAR_RAIN_LOSS = 0.15  # [-] detection loss in heavy rain
+RADAR_FURNITURE_CELL_M = 400.0  # [m] one possible overhead reflector per road cell of this length
+RADAR_FURNITURE_RATE = 0.2  # [-] fraction of cells with an overhead reflector
+RADAR_FURNITURE_SEEN = (15.0, 70.0)  # [m] range window where its elevation is not resolved
+RADAR_FURNITURE_P = 0.6  # [-] per-tick probability it shows up as a target in that window
+# Per kind (index = KIND_CODES): camera contrast, lidar reflectivity, radar detection probability.
+CAMERA_CONTRAST = (0.0, 0.8, 0.55, 0.8, 0.45, 0.9)
+LIDAR_REFLECTIVITY = (0.0, 1.0, 0.5, 1.0, 0.35, 0.8)
+RADAR_DETECT_P = (0.0, 0.98, 0.55, 0.95, 0.3, 0.8)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one tick's sensors give each vehicle: tensors on the world's device, float32 unless noted.
+
+    Attributes:
+        camera: [B, 8, 16] apparent contrast per cell (row 0 nearest), noisy.
+        camera_valid: [B] bool, False when the frame was lost (camera is then all zeros).
+        lidar_range_m: [B, 32] range per beam, left to right; ``LIDAR_MAX_RANGE_M`` when nothing returned.
+        radar_range_m, radar_range_rate_mps, radar_azimuth_rad: [B, 8] targets nearest first
+            (range-rate < 0: closing; azimuth > 0: left); zeros where invalid.
+        radar_valid: [B, 8] bool.
+        ego_speed_mps, ego_accel_mps2: [B] the ego's own odometry (slightly noisy).
+    """
+
+    camera: torch.Tensor
+    camera_valid: torch.Tensor
+    lidar_range_m: torch.Tensor
+    radar_range_m: torch.Tensor
+    radar_range_rate_mps: torch.Tensor
+    radar_azimuth_rad: torch.Tensor
+    radar_valid: torch.Tensor
+    ego_speed_mps: torch.Tensor
+    ego_accel_mps2: torch.Tensor
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """Field name -> tensor."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _table(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=like.device)
+
+
+def _camera(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    b = state.actor_kind.shape[0]
+    near = state.actor_x_m - state.actor_len_m  # [B, K] distance to the near face
+    r = near.clamp_min(0.5)
+    vis = state.visibility_m.unsqueeze(-1)
+    light = state.light.unsqueeze(-1)
+    lit = light + (1.0 - light) * torch.exp(-((r / CAMERA_HEADLIGHT_M) ** 2))
+    contrast = _table(CAMERA_CONTRAST, r)[state.actor_kind]
+    signal = contrast * torch.exp(-3.0 * r / vis) * lit * (1.0 - 0.2 * state.rain.unsqueeze(-1))
+    edges = torch.tensor(CAMERA_ROW_EDGES_M, device=r.device)
+    row = torch.bucketize(near, edges, right=True) - 1  # [B, K]
+    in_view = (state.actor_kind > 0) & (near > 0) & (row >= 0) & (row < CAMERA_ROWS)
+    col_w = 2 * CAMERA_HALF_WIDTH_M / CAMERA_COLS
+    half_w = 0.5 * state.actor_width_m
+    c0 = torch.floor((rel_y - half_w + CAMERA_HALF_WIDTH_M) / col_w).to(torch.int64)
+    c1 = torch.floor((rel_y + half_w + CAMERA_HALF_WIDTH_M) / col_w).to(torch.int64)
+    span = torch.arange(3, device=r.device)
+    cols = c0.unsqueeze(-1) + span  # [B, K, 3]: an object covers at most 3 columns
+    ok = in_view.unsqueeze(-1) & (cols <= c1.unsqueeze(-1)) & (cols >= 0) & (cols < CAMERA_COLS)
+    flat = (torch.arange(b, device=r.device).view(b, 1, 1) * (CAMERA_ROWS * CAMERA_COLS)) + (
+        row.clamp(0, CAMERA_ROWS - 1).unsqueeze(-1) * CAMERA_COLS + cols.clamp(0, CAMERA_COLS - 1)
+    )
+    vals = torch.where(ok, signal.unsqueeze(-1).expand(-1, -1, 3), torch.zeros(1, device=r.device))
+    grid = torch.zeros(b * CAMERA_ROWS * CAMERA_COLS, device=r.device)
+    grid = grid.scatter_reduce(0, flat.reshape(-1), vals.reshape(-1), reduce="amax").view(b, CAMERA_ROWS, CAMERA_COLS)
+    sigma = CAMERA_NOISE_DAY + CAMERA_NOISE_NIGHT * (1.0 - state.light)
+    noise = rng.normal(key, (CAMERA_ROWS * CAMERA_COLS + 1,))
+    grid = grid + sigma.view(b, 1, 1) * noise[:, 1:].view(b, CAMERA_ROWS, CAMERA_COLS)
+    valid = rng.uniform(rng.hash32(key ^ 0x5BD1E995), (1,)).squeeze(-1) >= CAMERA_DROPOUT
+    return torch.where(valid.view(b, 1, 1), grid, torch.zeros_like(grid)), valid
+
+
+def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    b, k = state.actor_kind.shape
+    dev = rel_y.device
+    theta = torch.linspace(LIDAR_FOV_RAD, -LIDAR_FOV_RAD, LIDAR_BEAMS, device=dev)  # left to right
+    near = state.actor_x_m - state.actor_len_m
+    half_w = 0.5 * state.actor_width_m
+    safe_near = near.clamp_min(0.1).unsqueeze(-1)
+    th_lo = torch.atan2((rel_y - half_w).unsqueeze(-1), safe_near)
+    th_hi = torch.atan2((rel_y + half_w).unsqueeze(-1), safe_near)
+    hit = (state.actor_kind > 0).unsqueeze(-1) & (near > 0.1).unsqueeze(-1) & (theta >= th_lo) & (theta <= th_hi)
+    r_hit = safe_near / torch.cos(theta)  # [B, K, beams]
+    refl = _table(LIDAR_REFLECTIVITY, r_hit)[state.actor_kind].unsqueeze(-1)
+    vis = state.visibility_m.view(b, 1, 1)
+    u = rng.uniform(key, (k * LIDAR_BEAMS + 3 * LIDAR_BEAMS,))
+    fade = torch.exp(LIDAR_FADING_SIGMA * (u[:, : k * LIDAR_BEAMS].view(b, k, LIDAR_BEAMS) * 3.4 - 1.7))
+    power = refl * (LIDAR_R0_M / r_hit) ** 2 * torch.exp(-6.0 * r_hit / vis) * fade
+    seen = hit & (power > 1.0) & (r_hit < LIDAR_MAX_RANGE_M)
+    rng_m = torch.where(seen, r_hit, torch.full_like(r_hit, LIDAR_MAX_RANGE_M)).min(dim=1).values  # [B, beams]
+    tail = u[:, k * LIDAR_BEAMS :].view(b, 3, LIDAR_BEAMS)
+    rng_m = rng_m + LIDAR_NOISE_M * (tail[:, 0] - 0.5) * 3.46 * (rng_m < LIDAR_MAX_RANGE_M)
+    p_back = LIDAR_BACKSCATTER * torch.exp(-state.visibility_m / 80.0).unsqueeze(-1)
+    back_r = 2.0 + tail[:, 2] * (0.5 * state.visibility_m.unsqueeze(-1)).clamp(max=LIDAR_MAX_RANGE_M)
+    rng_m = torch.where(tail[:, 1] < p_back, torch.minimum(rng_m, back_r), rng_m)
+    dropped = (tail[:, 1] > 1.0 - LIDAR_BEAM_DROPOUT) & ~(tail[:, 1] < p_back)
+    return torch.where(dropped, torch.full_like(rng_m, LIDAR_MAX_RANGE_M), rng_m).clamp(0.0, LIDAR_MAX_RANGE_M)
+
+
+def _radar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    b, k = state.actor_kind.shape
+    near = state.actor_x_m - state.actor_len_m
+    rng_t = torch.sqrt(near * near + rel_y * rel_y)
+    az = torch.atan2(rel_y, near)
+    rate = (state.actor_v_mps - state.ego_v_mps.unsqueeze(-1)) * torch.cos(az)
+    u = rng.uniform(key, (k + 8,))
+    z = rng.normal(rng.hash32(key ^ 0x27D4EB2F), (3 * (k + 2),)).view(b, 3, k + 2)
+    p = _table(RADAR_DETECT_P, near)[state.actor_kind] * (1.0 - RADAR_RAIN_LOSS * state.rain.unsqueeze(-1))
+    det = (state.actor_kind > 0) & (near > 0.3) & (rng_t < RADAR_MAX_RANGE_M) & (az.abs() < RADAR_FOV_RAD)
+    det = det & (u[:, :k] < p)
+    extra = u[:, k:]
+    # Overhead road furniture: a property of the road cell (shared by every vehicle), seen as a stationary target.
+    cell = torch.floor(state.ego_s_m / RADAR_FURNITURE_CELL_M).to(torch.int64)
+    f_rng, f_ok = [], []
+    for ahead in (0, 1, 2):
+        c = cell + ahead
+        hc = rng.hash32((c & rng.MASK32) ^ rng.hash32(torch.full_like(c, state.seed & rng.MASK32) ^ 0x68E31DA4))
+        has = (hc & 0xFFFF).to(torch.float32) / 65536.0 < RADAR_FURNITURE_RATE
+        pos = (c.to(torch.float64) + ((hc >> 16).to(torch.float64) / 65536.0)) * RADAR_FURNITURE_CELL_M
+        d = (pos - state.ego_s_m).to(torch.float32)
+        ok = has & (d > RADAR_FURNITURE_SEEN[0]) & (d < RADAR_FURNITURE_SEEN[1])
+        f_rng.append(d)
+        f_ok.append(ok)
+    d_f = torch.stack(f_rng, -1)
+    ok_f = torch.stack(f_ok, -1)
+    first = ok_f.to(torch.int64).argmax(-1, keepdim=True)
+    furn_r = torch.gather(d_f, -1, first).squeeze(-1)
+    furn_ok = ok_f.any(-1) & (extra[:, 0] < RADAR_FURNITURE_P)
+    clutter_ok = extra[:, 1] < RADAR_RAIN_CLUTTER * state.rain
+    clutter_r = 5.0 + 55.0 * extra[:, 2]
+    ghost_r = torch.stack([furn_r, clutter_r], -1)
+    ghost_az = torch.stack([torch.zeros_like(furn_r), (extra[:, 3] - 0.5) * 0.35], -1)
+    ghost_rate = torch.stack([-state.ego_v_mps, -state.ego_v_mps + 4.0 * (extra[:, 4] - 0.5)], -1)
+    all_r = torch.cat([rng_t, ghost_r], -1) + RADAR_RANGE_NOISE_M * z[:, 0]
+    all_rate = torch.cat([rate, ghost_rate], -1) + RADAR_RATE_NOISE_MPS * z[:, 1]
+    all_az = torch.cat([az, ghost_az], -1) + RADAR_AZ_NOISE_RAD * z[:, 2]
+    all_ok = torch.cat([det, torch.stack([furn_ok, clutter_ok], -1)], -1)
+    key_r = torch.where(all_ok, all_r, torch.full_like(all_r, math.inf))
+    n = min(RADAR_TARGETS, key_r.shape[-1])
+    order = torch.topk(key_r, n, dim=-1, largest=False).indices
+    valid = torch.gather(all_ok, -1, order)
+    out = [
+        torch.where(valid, torch.gather(x, -1, order), torch.zeros(1, device=x.device))
+        for x in (all_r, all_rate, all_az)
+    ]
+    if n < RADAR_TARGETS:
+        pad = RADAR_TARGETS - n
+        out = [torch.nn.functional.pad(x, (0, pad)) for x in out]
+        valid = torch.nn.functional.pad(valid, (0, pad))
+    return out[0].clamp_min(0.0), out[1], out[2], valid
+
+
+def observe(world: World, state: WorldState) -> Observation:
+    """Sensor readings of every vehicle at the state's tick (noise keyed by seed, vehicle id, tick and sensor)."""
+    ego_y = world.lane_center_m(state.ego_lane.to(torch.float32)).unsqueeze(-1)  # type: ignore[union-attr]
+    rel_y = state.actor_y_m - ego_y  # + left of the ego
+    tick = state.tick
+    cam, cam_ok = _camera(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_CAMERA))
+    lidar = _lidar(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_LIDAR))
+    r, rr, az, ok = _radar(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_RADAR))
+    odo = rng.normal(rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_GHOST), (2,))
+    return Observation(
+        camera=cam,
+        camera_valid=cam_ok,
+        lidar_range_m=lidar,
+        radar_range_m=r,
+        radar_range_rate_mps=rr,
+        radar_azimuth_rad=az,
+        radar_valid=ok,
+        ego_speed_mps=(state.ego_v_mps + 0.05 * odo[:, 0]).clamp_min(0.0),
+        ego_accel_mps2=state.ego_a_mps2 + 0.1 * odo[:, 1],
+    )
