@@ -69,7 +69,8 @@ def _transition_line(r: TransitionRecord) -> str:
     flag_text = f" [bold]({', '.join(flags)})[/]" if flags else ""
     src = _stage_text(r.from_stage) if r.from_stage else "[dim]registered[/]"
     why = f" — {r.reason}" if r.reason else ""
-    return f"{r.model} v{r.version}: {src} → {_stage_text(r.to_stage)}{flag_text} by {r.actor} at {r.at}{why}"
+    when = _short_time(r.at)
+    return f"{r.model} v{r.version}: {src} → {_stage_text(r.to_stage)}{flag_text} by {r.actor} at {when} UTC{why}"
 
 
 @app.command("list")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fleetloop.sim.state import EGO_WIDTH_M, World, WorldState
+from fleetloop.sim.state import EGO_LENGTH_M, EGO_WIDTH_M, World, WorldState
 from fleetloop.sim.traffic import IdmParams, idm_acceleration
 
 __all__ = ["EXPERT_IDM", "InPath", "expert_control", "in_path"]
@@ -24,7 +24,8 @@ EXPERT_IDM = IdmParams(v0_mps=33.3, time_headway_s=1.2, min_gap_m=2.5, accel_mps
 CORRIDOR_MARGIN_M = 0.2  # [m] lateral margin added to the ego's half width
 PREDICT_HORIZON_S = 4.0  # [s] how far ahead lateral motion is extrapolated
 STOP_MARGIN_M = 1.5  # [m] the expert stops this far behind an obstacle
-EMERGENCY_ONSET_MPS2 = 2.0  # [m/s²] the expert overrides IDM once this deceleration is needed
+EMERGENCY_ONSET_MPS2 = 2.0  # [m/s²] the expert brakes at least what is needed beyond this
+OVERBRAKE_FACTOR = 1.3  # [-] the expert brakes at most this much more than needed (unless comfortable)
 BRAKE_RAMP_ALLOWANCE_S = 0.2  # [s] extra lag for the brake build-up (jerk limit)
 FAR_M = 1.0e6  # [m] gap when nothing is in path
 
@@ -68,8 +69,10 @@ def in_path(world: World, state: WorldState) -> InPath:
     now_in = (state.actor_y_m - ego_y).abs() < half
     v_e = state.ego_v_mps.unsqueeze(-1)
     closing = v_e - state.actor_v_mps
-    # Lateral motion matters until the ego closes the gap (or over the horizon if it never does).
-    t_reach = (gap.clamp_min(0.0) / closing.clamp_min(0.1)).clamp(0.0, PREDICT_HORIZON_S)
+    # Lateral motion matters until the ego has passed the obstacle (or over the horizon if it never does).
+    t_reach = ((gap.clamp_min(0.0) + EGO_LENGTH_M + state.actor_len_m) / closing.clamp_min(0.1)).clamp(
+        0.0, PREDICT_HORIZON_S
+    )
     y_pred = state.actor_y_m + state.actor_vy_mps * t_reach
     lo = torch.minimum(state.actor_y_m, y_pred)
     hi = torch.maximum(state.actor_y_m, y_pred)
@@ -99,8 +102,11 @@ def expert_control(world: World, state: WorldState, path: InPath | None = None) 
     lead_brake_m = (-p.accel_mps2).clamp_min(0.0) * 0.5 * lag_s * lag_s
     gap_after_lag = p.gap_m - closing * lag_s - lead_brake_m
     need = torch.where(p.present, _required_decel(gap_after_lag, v_e, p.speed_mps, p.accel_mps2), torch.zeros_like(v_e))
-    brake = torch.where(need > EMERGENCY_ONSET_MPS2, -(need * 1.3), torch.full_like(need, float("inf")))
-    cmd = torch.minimum(idm, brake)
+    # IDM over-brakes on a fast approach to a far obstacle; never brake much harder than the kinematics need
+    # (or than comfortable), and brake at least what they need once that is more than comfortable.
+    floor = -torch.maximum(need * OVERBRAKE_FACTOR, torch.full_like(need, EXPERT_IDM.comfort_decel_mps2))
+    ceiling = torch.where(need > EMERGENCY_ONSET_MPS2, -need * 1.1, torch.full_like(need, float("inf")))
+    cmd = torch.minimum(torch.maximum(idm, floor), ceiling)
     # A stopped ego with an obstacle right ahead holds the brake instead of creeping.
     cmd = torch.where(p.present & (p.gap_m < STOP_MARGIN_M + 1.0) & (v_e < 0.5), -torch.ones_like(cmd), cmd)
     return cmd.clamp(-world.max_brake_mps2, world.max_accel_mps2)

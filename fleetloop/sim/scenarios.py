@@ -215,11 +215,11 @@ def _family_scene(family: str, u: Sequence[float]) -> ScenarioSpec:
     if family == "pedestrian":
         ve = _lerp(u[0], 8.0, 14.0)  # urban
         walk = _lerp(u[2], 1.0, 1.8)
-        x = _lerp(u[1], 50, 90)
-        # The pedestrian steps into the ego's lane (5.25 m from the kerb centre, less the corridor half width)
-        # when the ego is still 1.8 to 4 s away at its speed: avoidable, but not by a timid margin.
+        # The pedestrian steps into the ego's lane (3.9 m of walking from the kerb to the ego's corridor) when the
+        # ego is still 1.8 to 4 s away at its speed: avoidable, but not by a timid margin.
         warn_s = _lerp(u[3], 1.8, 4.0)
-        move_at = max(0.0, (x - 0.5 - ve * warn_s) / ve - 3.9 / walk)
+        move_at = _lerp(u[1], 0.5, 3.0)
+        x = 0.5 + ve * (move_at + 3.9 / walk + warn_s)
         ped = ActorSpec(kind="pedestrian", x_m=x, lane=-1, move_at_s=move_at, to_lane=3, lateral_speed_mps=walk)
         return ScenarioSpec("pedestrian", ve, ve, 1, (ped,), 20.0)
     if family in ("ccrs", "ccrm", "ccrb"):

@@ -67,6 +67,13 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_up_status_up_again_down_leaves_nothing(tmp_path: Path, stack_settings: Settings) -> None:
     s = _fresh_settings(tmp_path, stack_settings)
+    try:
+        _up_status_down(s)
+    finally:
+        launcher.down(s)  # a failed assertion must not leave the services running
+
+
+def _up_status_down(s: Settings) -> None:
     first = _cli(s, "up", "--json")
     assert first.returncode == 0, first.stderr
     st = _cli(s, "status", "--json")
@@ -150,6 +157,7 @@ def test_a_crashed_service_is_reported_as_crashed(tmp_path: Path, stack_settings
     (res,) = launcher.up(s, ["mlflow"])
     assert res.pid is not None
     os.killpg(res.pid, signal.SIGKILL)
+    launcher._CHILDREN.pop(res.pid).wait()
     for _ in range(50):
         (st,) = launcher.status(s, ["mlflow"])
         if st.state == "crashed":
