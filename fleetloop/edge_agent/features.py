@@ -102,7 +102,9 @@ class PolicyInputs:
                 raise ValueError(f"policy input {name!r} has shape {got}, schema {INPUT_SCHEMA_VERSION} wants {shape}")
         r = self.radar.shape
         if len(r) != 3 or r[0] != b or r[2] != RADAR_FEATURES or r[1] > RADAR_SLOTS:
-            raise ValueError(f"policy input 'radar' has shape {tuple(r)}, want ({b}, R<={RADAR_SLOTS}, {RADAR_FEATURES})")
+            raise ValueError(
+                f"policy input 'radar' has shape {tuple(r)}, want ({b}, R<={RADAR_SLOTS}, {RADAR_FEATURES})"
+            )
         if tuple(self.radar_mask.shape) != tuple(r[:2]) or self.radar_mask.dtype != torch.bool:
             raise ValueError(f"'radar_mask' must be bool of shape {tuple(r[:2])}, got {tuple(self.radar_mask.shape)}")
         return self

@@ -15,7 +15,7 @@ About 6,600 parameters; float32; the radar pooling is masked, so padded radar sl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ __all__ = [
     "FusionPolicy",
     "PolicyConfig",
     "build_policy",
+    "nonfinite_parameters",
 ]
 
 ARCHITECTURE = "fusion-mlp-v1"
@@ -62,8 +63,6 @@ class PolicyConfig:
     """Which sensors the model reads (a subset gives the single-modality baselines); ego state is always read."""
     accel_range_mps2: tuple[float, float] = (-9.5, 3.0)
     """Commands are clamped into this range [m/s²] (the vehicle's braking and acceleration limits)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form notes kept with the config (not used by the model)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modalities) - set(MODALITIES))
@@ -91,7 +90,9 @@ class PolicyConfig:
         known = set(PolicyConfig.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown policy hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown policy hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         kw = dict(d)
         if "modalities" in kw:
             kw["modalities"] = tuple(kw["modalities"])
@@ -184,3 +185,9 @@ def build_policy(architecture: str, hyperparameters: dict[str, Any]) -> FusionPo
     if architecture != ARCHITECTURE:
         raise ValueError(f"unknown policy architecture {architecture!r}; this build knows {ARCHITECTURE!r}")
     return FusionPolicy(PolicyConfig.from_dict(hyperparameters))
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding NaN or Inf (empty for a healthy model)."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from fleetloop.sim.scenarios import ActorSpec, ScenarioSpec
-from fleetloop.sim.sensors import CAMERA_COLS, CAMERA_ROW_EDGES_M, CAMERA_ROWS, observe
+from fleetloop.sim.sensors import CAMERA_COLS, CAMERA_ROW_EDGES_M, CAMERA_ROWS, LIDAR_MAX_RANGE_M, observe
 from fleetloop.sim.state import World
 from fleetloop.sim.world import init_state
 
@@ -50,7 +50,8 @@ def detection_probability(
         cells = obs.camera[torch.arange(n * draws), row][:, mid - 2 : mid + 2]
         cam_ok = (true_r < CAMERA_ROW_EDGES_M[-1]) & (cells.max(-1).values > CAMERA_DETECT_THRESHOLD)
         hits["camera"] += cam_ok.float()
-        hits["lidar"] += ((obs.lidar_range_m - true_r.unsqueeze(-1)).abs() < LIDAR_MATCH_M).any(-1).float()
+        lidar_ok = ((obs.lidar_range_m - true_r.unsqueeze(-1)).abs() < LIDAR_MATCH_M).any(-1)
+        hits["lidar"] += (lidar_ok & (true_r < LIDAR_MAX_RANGE_M - LIDAR_MATCH_M)).float()
         radar = obs.radar_valid & ((obs.radar_range_m - true_r.unsqueeze(-1)).abs() < RADAR_MATCH_M)
         hits["radar"] += radar.any(-1).float()
     return {name: (h / ticks).view(n, draws).mean(-1).tolist() for name, h in hits.items()}

@@ -126,10 +126,14 @@ def road_traffic_step(
     length_m: torch.Tensor,
     params: IdmParams,
     dt_s: float,
+    v0_mps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One IDM tick of every vehicle on a shared road (no lane changes): returns (front_m, speed_mps, accel_mps2)."""
+    """One IDM tick of every vehicle on a shared road (no lane changes): returns (front_m, speed_mps, accel_mps2).
+
+    ``v0_mps`` optionally gives each vehicle its own desired speed.
+    """
     present = torch.ones_like(lane, dtype=torch.bool)
     lead = find_leaders(front_m, lane, length_m, speed_mps, accel_mps2, present)
-    accel = idm_acceleration(speed_mps, lead.gap_m, speed_mps - lead.speed_mps, params)
+    accel = idm_acceleration(speed_mps, lead.gap_m, speed_mps - lead.speed_mps, params, v0_mps=v0_mps)
     new_front, new_speed = ballistic_update(front_m, speed_mps, accel, dt_s)
     return new_front, new_speed, accel

@@ -1,0 +1,313 @@
+"""The rule-based fallback: model-independent longitudinal control from the vehicle's own radar and lidar.
+
+Three layers, batched over vehicles (tensors [B]); see docs/fallback.md for the thresholds and their sources:
+
+1. Following control: IDM (Treiber et al. 2000) behind the nearest *perceived* in-path obstacle.
+2. Staged emergency braking from time-to-collision (TTC), the stages of production AEB systems and of the
+   Euro NCAP AEB C2C test protocol: forward-collision warning, partial braking, full braking. The literature
+   thresholds (FCW ~2.6 s, partial ~1.6 s, full ~0.9-1.0 s) assume a brake system that acts at once; ours are
+   shifted by the world's dead time plus the brake build-up, and a deceleration criterion scales them with the
+   friction the vehicle believes it has.
+3. Minimal-risk manoeuvre (MRM): a gentle stop to standstill when the sensors fail (debounced, see ``sensor_ok``).
+
+Perception (``perceive_in_path``) fuses radar and lidar the way production AEB does against radar ghosts:
+a *moving* radar target in the corridor is trusted; a *stationary* one (overhead signs, bridges, clutter) needs a
+lidar return at about the same range; lidar alone needs two adjacent beams that agree (fog backscatter hits
+single beams at random ranges).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from fleetloop.sim.sensors import LIDAR_BEAMS, LIDAR_MAX_RANGE_M, Observation
+from fleetloop.sim.state import GRAVITY_MPS2, World
+from fleetloop.sim.traffic import IdmParams, idm_acceleration
+
+__all__ = [
+    "STAGE_FULL",
+    "STAGE_MRM",
+    "STAGE_NAMES",
+    "STAGE_NONE",
+    "STAGE_PARTIAL",
+    "STAGE_WARNING",
+    "FallbackConfig",
+    "FallbackOutput",
+    "FallbackState",
+    "Perceived",
+    "fallback_control",
+    "perceive_in_path",
+]
+
+STAGE_NONE, STAGE_WARNING, STAGE_PARTIAL, STAGE_FULL, STAGE_MRM = 0, 1, 2, 3, 4
+STAGE_NAMES = ("none", "warning", "partial", "full", "mrm")
+
+CORRIDOR_HALF_WIDTH_M = 1.3  # [m] ego half width 0.9 m + 0.4 m margin
+LIDAR_FOV_HALF_RAD = math.radians(15.0)  # the sim's lidar spans +-15 deg, left to right
+STATIONARY_MPS = 1.0  # [m/s] a radar target slower than this (over ground) is treated as stationary
+CONFIRM_RANGE_M = 3.0  # [m] radar and lidar agree on a target when their ranges differ by less
+LIDAR_PAIR_M = 1.5  # [m] two adjacent beams see the same object when their ranges differ by less
+NO_OBSTACLE_M = 1.0e6  # [m] gap reported when nothing is in path
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    """Fallback thresholds; ``for_world`` adapts the TTC stages to the world's actuators.
+
+    Attributes:
+        warning_ttc_s, partial_ttc_s, full_ttc_s: TTC thresholds of an instantly acting brake [s]
+            (FCW 2.6 s, partial 1.6 s, full 1.0 s: Euro NCAP AEB C2C protocol and published AEB literature).
+        lag_s: actuator dead time plus half the brake build-up time [s], added to every TTC threshold.
+        partial_decel_mps2: partial-braking deceleration (0.4 g, typical of production AEB) [m/s²].
+        full_decel_mps2: full-braking command [m/s²] (the actuators clip it to friction).
+        partial_need_mps2: a required deceleration above this starts partial braking [m/s²].
+        full_need_fraction: a required deceleration above this fraction of the available grip starts full braking.
+        assumed_friction: the friction coefficient assumed where no estimate is given [-].
+        stop_margin_m: distance kept to an obstacle when stopping behind it [m].
+        mrm_decel_mps2: minimal-risk stop deceleration [m/s²] (gentle, so traffic behind can react).
+        hold_decel_mps2: brake held at standstill [m/s²].
+        sensor_debounce_ticks: a sensor counts as failed after this many bad frames in a row.
+        latch_ticks: an emergency stage is held at least this long once reached (no brake flicker on noise).
+        idm: following-control parameters (desired speed comes per vehicle, else the current speed is held).
+    """
+
+    warning_ttc_s: float = 2.6
+    partial_ttc_s: float = 1.6
+    full_ttc_s: float = 1.0
+    lag_s: float = 0.36
+    partial_decel_mps2: float = 4.0
+    full_decel_mps2: float = 9.5
+    partial_need_mps2: float = 3.0
+    full_need_fraction: float = 0.6
+    assumed_friction: float = 0.8
+    stop_margin_m: float = 2.0
+    mrm_decel_mps2: float = 2.0
+    hold_decel_mps2: float = 1.5
+    sensor_debounce_ticks: int = 3
+    latch_ticks: int = 5
+    idm: IdmParams = IdmParams(
+        v0_mps=33.3, time_headway_s=1.5, min_gap_m=3.0, accel_mps2=1.0, comfort_decel_mps2=2.0, delta=4.0
+    )
+
+    @classmethod
+    def for_world(cls, world: World, **overrides: float) -> FallbackConfig:
+        """Thresholds for ``world``'s actuators: lag = dead time + half the time brake pressure takes to build."""
+        lag = world.dead_time_s + 0.5 * world.max_brake_mps2 / world.brake_jerk_mps3
+        return replace(cls(lag_s=lag, full_decel_mps2=world.max_brake_mps2), **overrides)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Perceived:
+    """The nearest in-path obstacle as the vehicle's own sensors see it, tensors [B].
+
+    ``gap_m`` is ``NO_OBSTACLE_M`` where nothing is in path; ``closing_mps`` > 0 when approaching;
+    ``obstacle_speed_mps`` is over ground (ego speed minus closing speed).
+    """
+
+    present: torch.Tensor
+    gap_m: torch.Tensor
+    closing_mps: torch.Tensor
+    obstacle_speed_mps: torch.Tensor
+    ttc_s: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FallbackState:
+    """What the fallback carries between ticks, tensors [B]: bad-frame counts per sensor [B, 3] (camera, lidar,
+    radar), the latched emergency stage and how many ticks it is still held."""
+
+    bad_ticks: torch.Tensor
+    latched_stage: torch.Tensor
+    latch_left: torch.Tensor
+
+    @staticmethod
+    def init(batch: int, device: torch.device | str = "cpu") -> FallbackState:
+        """A fresh state for ``batch`` vehicles."""
+        z = torch.zeros(batch, dtype=torch.int64, device=device)
+        return FallbackState(torch.zeros(batch, 3, dtype=torch.int64, device=device), z, z.clone())
+
+
+@dataclass(frozen=True)
+class FallbackOutput:
+    """One tick of the fallback, tensors [B].
+
+    Attributes:
+        accel_mps2: the fallback's command (always finite).
+        stage: ``STAGE_*`` code (int64).
+        ttc_s: perceived TTC (inf: nothing closing).
+        gap_m: perceived in-path gap (``NO_OBSTACLE_M``: none).
+        sensor_ok: [B, 3] bool, camera / lidar / radar healthy after debouncing.
+        sensor_fault: bool, some sensor failed (the arbiter then hands the vehicle to the fallback).
+    """
+
+    accel_mps2: torch.Tensor
+    stage: torch.Tensor
+    ttc_s: torch.Tensor
+    gap_m: torch.Tensor
+    sensor_ok: torch.Tensor
+    sensor_fault: torch.Tensor
+
+
+def _lidar_in_path(lidar_range_m: torch.Tensor) -> torch.Tensor:
+    """Nearest lidar obstacle in the corridor [B] confirmed by two adjacent beams (``NO_OBSTACLE_M`` if none)."""
+    beams = lidar_range_m.shape[-1]
+    theta = torch.linspace(LIDAR_FOV_HALF_RAD, -LIDAR_FOV_HALF_RAD, beams, device=lidar_range_m.device)
+    r = lidar_range_m
+    returned = r < LIDAR_MAX_RANGE_M - 0.5
+    lateral = (r * torch.sin(theta)).abs()
+    lon = r * torch.cos(theta)
+    ok = returned & (lateral < CORRIDOR_HALF_WIDTH_M)
+    pair = ok[:, 1:] & ok[:, :-1] & ((r[:, 1:] - r[:, :-1]).abs() < LIDAR_PAIR_M)
+    lon_pair = torch.maximum(lon[:, 1:], lon[:, :-1])
+    far = torch.full_like(lon_pair, NO_OBSTACLE_M)
+    return torch.where(pair, lon_pair, far).min(dim=-1).values
+
+
+def perceive_in_path(
+    lidar_range_m: torch.Tensor,
+    radar_range_m: torch.Tensor,
+    radar_range_rate_mps: torch.Tensor,
+    radar_azimuth_rad: torch.Tensor,
+    radar_valid: torch.Tensor,
+    ego_speed_mps: torch.Tensor,
+    lidar_ok: torch.Tensor | None = None,
+    radar_ok: torch.Tensor | None = None,
+) -> Perceived:
+    """The nearest in-path obstacle from radar [B, 8] and lidar [B, beams] (also used by the hindsight labeller).
+
+    ``lidar_ok`` / ``radar_ok`` [B] mask out a failed sensor (its readings are then ignored).
+    """
+    if lidar_range_m.shape[-1] != LIDAR_BEAMS:
+        raise ValueError(f"lidar_range_m must have {LIDAR_BEAMS} beams, got shape {tuple(lidar_range_m.shape)}")
+    lidar = lidar_range_m.float()
+    if lidar_ok is not None:
+        lidar = torch.where(lidar_ok.unsqueeze(-1), lidar, torch.full_like(lidar, LIDAR_MAX_RANGE_M))
+    lidar = torch.nan_to_num(lidar, nan=LIDAR_MAX_RANGE_M, posinf=LIDAR_MAX_RANGE_M)
+    lidar_gap = _lidar_in_path(lidar)
+    valid = radar_valid.bool() & torch.isfinite(radar_range_m) & torch.isfinite(radar_range_rate_mps)
+    if radar_ok is not None:
+        valid = valid & radar_ok.unsqueeze(-1)
+    rng_m = torch.nan_to_num(radar_range_m.float())
+    az = torch.nan_to_num(radar_azimuth_rad.float())
+    lon = rng_m * torch.cos(az)
+    in_path = valid & ((rng_m * torch.sin(az)).abs() < CORRIDOR_HALF_WIDTH_M) & (lon > 0)
+    rate = torch.nan_to_num(radar_range_rate_mps.float())
+    v_ego = ego_speed_mps.float().unsqueeze(-1)
+    over_ground = v_ego + rate / torch.cos(az).clamp_min(0.2)
+    stationary = over_ground.abs() < STATIONARY_MPS
+    confirmed = (lon - lidar_gap.unsqueeze(-1)).abs() < CONFIRM_RANGE_M
+    trusted = in_path & (~stationary | confirmed)
+    radar_gap = torch.where(trusted, lon, torch.full_like(lon, NO_OBSTACLE_M))
+    best = radar_gap.argmin(dim=-1, keepdim=True)
+    r_gap = torch.gather(radar_gap, -1, best).squeeze(-1)
+    r_speed = torch.gather(over_ground, -1, best).squeeze(-1)
+    # A lidar-only obstacle has no range rate: assume it stands still (the cautious reading).
+    use_lidar = lidar_gap < r_gap - CONFIRM_RANGE_M
+    gap = torch.where(use_lidar, lidar_gap, r_gap)
+    speed = torch.where(use_lidar, torch.zeros_like(r_speed), r_speed).clamp_min(0.0)
+    present = gap < NO_OBSTACLE_M
+    v = ego_speed_mps.float()
+    closing = torch.where(present, v - speed, torch.zeros_like(v))
+    inf = torch.full_like(v, math.inf)
+    ttc = torch.where(present & (closing > 0.1), gap.clamp_min(0.0) / closing.clamp_min(0.1), inf)
+    return Perceived(present=present, gap_m=gap, closing_mps=closing, obstacle_speed_mps=speed, ttc_s=ttc)
+
+
+def _required_decel(cfg: FallbackConfig, p: Perceived, v: torch.Tensor) -> torch.Tensor:
+    """Constant deceleration that stops (or matches speed) ``stop_margin_m`` behind the obstacle after the lag."""
+    closing = p.closing_mps.clamp_min(0.0)
+    space = (p.gap_m - cfg.stop_margin_m - closing * cfg.lag_s).clamp_min(0.05)
+    stationary = p.obstacle_speed_mps < STATIONARY_MPS
+    need = torch.where(stationary, v * v, closing * closing) / (2.0 * space)
+    return torch.where(p.present & (closing > 0.1), need, torch.zeros_like(need)).clamp(0.0, 50.0)
+
+
+def fallback_control(
+    cfg: FallbackConfig,
+    state: FallbackState,
+    obs: Observation,
+    *,
+    lidar_ok: torch.Tensor | None = None,
+    radar_ok: torch.Tensor | None = None,
+    desired_speed_mps: torch.Tensor | None = None,
+    friction_est: torch.Tensor | None = None,
+) -> tuple[FallbackState, FallbackOutput]:
+    """One tick of the fallback for every vehicle.
+
+    ``lidar_ok`` / ``radar_ok`` [B] report sensor diagnostics (e.g. injected dropout; the sim gives no lidar or
+    radar health flag, so missing means healthy); the camera's health is ``obs.camera_valid``.
+    ``desired_speed_mps`` [B] is the set speed (default: hold the current speed); ``friction_est`` [B] the
+    vehicle's own friction estimate (default ``cfg.assumed_friction``).
+    """
+    v = obs.ego_speed_mps.float()
+    b = v.shape[0]
+    ones = torch.ones(b, dtype=torch.bool, device=v.device)
+    raw_ok = torch.stack(
+        [
+            obs.camera_valid.bool(),
+            ones if lidar_ok is None else lidar_ok.bool(),
+            ones if radar_ok is None else radar_ok,
+        ],
+        dim=-1,
+    )
+    bad = torch.where(raw_ok, torch.zeros_like(state.bad_ticks), state.bad_ticks + 1)
+    sensor_ok = bad < cfg.sensor_debounce_ticks
+    p = perceive_in_path(
+        obs.lidar_range_m,
+        obs.radar_range_m,
+        obs.radar_range_rate_mps,
+        obs.radar_azimuth_rad,
+        obs.radar_valid,
+        v,
+        lidar_ok=raw_ok[:, 1],
+        radar_ok=raw_ok[:, 2],
+    )
+    # Following control.
+    v0 = v if desired_speed_mps is None else desired_speed_mps.float()
+    follow = idm_acceleration(v, p.gap_m, p.closing_mps, cfg.idm, v0_mps=v0.clamp_min(0.5))
+    follow = torch.where(v0 < 0.5, -torch.full_like(v, cfg.hold_decel_mps2), follow)
+    follow = follow.clamp(-cfg.full_decel_mps2, cfg.idm.accel_mps2)
+    # Staged emergency braking.
+    mu = torch.full_like(v, cfg.assumed_friction) if friction_est is None else friction_est.float().clamp(0.1, 1.2)
+    need = _required_decel(cfg, p, v)
+    ttc = p.ttc_s
+    stage = torch.full_like(state.latched_stage, STAGE_NONE)
+    stage = torch.where(ttc < cfg.warning_ttc_s + cfg.lag_s, torch.full_like(stage, STAGE_WARNING), stage)
+    partial = (ttc < cfg.partial_ttc_s + cfg.lag_s) | (need > cfg.partial_need_mps2)
+    stage = torch.where(partial, torch.full_like(stage, STAGE_PARTIAL), stage)
+    full = (ttc < cfg.full_ttc_s + cfg.lag_s) | (need > cfg.full_need_fraction * mu * GRAVITY_MPS2)
+    stage = torch.where(full, torch.full_like(stage, STAGE_FULL), stage)
+    # Hold an emergency stage a little (noisy TTC must not make the brake flicker), until standstill.
+    held = (state.latch_left > 0) & (v > 0.3)
+    stage = torch.where(held, torch.maximum(stage, state.latched_stage), stage)
+    rising = stage > torch.where(held, state.latched_stage, torch.zeros_like(stage))
+    latch_left = torch.where(
+        rising & (stage >= STAGE_PARTIAL), torch.full_like(stage, cfg.latch_ticks), (state.latch_left - 1).clamp_min(0)
+    )
+    latched = torch.where(latch_left > 0, stage, torch.zeros_like(stage))
+    cmd = follow
+    cmd = torch.where(stage == STAGE_PARTIAL, torch.minimum(cmd, torch.full_like(v, -cfg.partial_decel_mps2)), cmd)
+    cmd = torch.where(stage == STAGE_FULL, torch.full_like(v, -cfg.full_decel_mps2), cmd)
+    # Stopped behind an obstacle: hold the brake instead of creeping into it.
+    stopped_close = p.present & (p.gap_m < cfg.stop_margin_m + cfg.idm.min_gap_m) & (v < 0.5)
+    cmd = torch.where(stopped_close, torch.minimum(cmd, torch.full_like(v, -cfg.hold_decel_mps2)), cmd)
+    # Minimal-risk stop: no ranging sensor left, or the camera plus one ranging sensor gone.
+    ok_c, ok_l, ok_r = sensor_ok.unbind(-1)
+    mrm = (~ok_l & ~ok_r) | (~ok_c & (~ok_l | ~ok_r))
+    mrm_cmd = torch.where(v > 0.3, -torch.full_like(v, cfg.mrm_decel_mps2), -torch.full_like(v, cfg.hold_decel_mps2))
+    # An emergency brake still wins over the gentle stop if a (remaining) sensor sees a threat.
+    cmd = torch.where(mrm, torch.minimum(mrm_cmd, torch.where(stage >= STAGE_PARTIAL, cmd, mrm_cmd)), cmd)
+    stage = torch.where(mrm & (stage < STAGE_PARTIAL), torch.full_like(stage, STAGE_MRM), stage)
+    cmd = torch.nan_to_num(cmd, nan=-cfg.mrm_decel_mps2, posinf=0.0, neginf=-cfg.full_decel_mps2)
+    out = FallbackOutput(
+        accel_mps2=cmd,
+        stage=stage,
+        ttc_s=ttc,
+        gap_m=p.gap_m,
+        sensor_ok=sensor_ok,
+        sensor_fault=~sensor_ok.all(dim=-1),
+    )
+    return FallbackState(bad_ticks=bad, latched_stage=latched, latch_left=latch_left), out

@@ -1,0 +1,91 @@
+"""Outcome tests of the rule-based fallback in the world's physics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fleetloop.edge_agent.fallback import (
+    STAGE_FULL,
+    STAGE_MRM,
+    STAGE_NONE,
+    FallbackConfig,
+    FallbackState,
+    fallback_control,
+)
+from fleetloop.sim import World, euro_ncap_matrix, init_state, observe, step
+from fleetloop.sim.scenarios import ActorSpec, ScenarioSpec
+
+
+def _drive(world: World, scenarios: list[ScenarioSpec], ticks: int, drop: str = "") -> dict[str, torch.Tensor]:
+    """Drive the scenes with the fallback alone; ``drop`` names sensors that fail from the start."""
+    state = init_state(world, scenarios, list(range(len(scenarios))), seed=3)
+    cfg = FallbackConfig.for_world(world)
+    fb = FallbackState.init(state.batch)
+    b = state.batch
+    lidar_ok = torch.full((b,), "lidar" not in drop)
+    radar_ok = torch.full((b,), "radar" not in drop)
+    first_warn = torch.full((b,), float("nan"))
+    stages = []
+    for _ in range(ticks):
+        obs = observe(world, state)
+        if "camera" in drop:
+            obs = dataclasses.replace(obs, camera_valid=torch.zeros(b, dtype=torch.bool))
+        fb, out = fallback_control(cfg, fb, obs, lidar_ok=lidar_ok, radar_ok=radar_ok, desired_speed_mps=state.ego_v0_mps)
+        fresh = torch.isnan(first_warn) & (out.stage > STAGE_NONE) & (out.stage < STAGE_MRM)
+        first_warn = torch.where(fresh, out.ttc_s, first_warn)
+        stages.append(out.stage)
+        state = step(world, state, out.accel_mps2, world.dt_s)
+    return {
+        "collided": state.collided,
+        "speed": state.ego_v_mps,
+        "gap": state.actor_x_m[:, 0] - state.actor_len_m[:, 0],
+        "warn_ttc": first_warn,
+        "stages": torch.stack(stages, 1),
+    }
+
+
+def test_fallback_alone_stops_before_stationary_target_in_ccrs_up_to_40_kmh() -> None:
+    world = World()
+    tests = [t for t in euro_ncap_matrix() if t.name.startswith("ccrs") and t.ego_speed_mps <= 40 / 3.6 + 1e-6]
+    assert len(tests) == 7
+    res = _drive(world, tests, ticks=120)
+    assert not res["collided"].any(), [t.name for t, c in zip(tests, res["collided"], strict=True) if c]
+    assert (res["speed"] < 0.1).all()
+    assert (res["gap"] > 0.5).all() and (res["gap"] < 15.0).all()
+    assert (res["stages"] == STAGE_FULL).any(dim=1).sum() >= 1  # the staged brake did the work at some speed
+    assert torch.isfinite(res["warn_ttc"]).all()
+
+
+def test_fallback_follows_a_slower_lead_without_emergency_braking() -> None:
+    world = World()
+    lead = ActorSpec(kind="vehicle", x_m=45.0, lane=1, speed_mps=20.0)
+    res = _drive(world, [ScenarioSpec("follow", 25.0, 25.0, 1, (lead,))], ticks=300)
+    assert not res["collided"].any()
+    assert abs(float(res["speed"][0]) - 20.0) < 1.0
+    assert float(res["gap"][0]) > 15.0  # about the 1.5 s time gap
+    assert not (res["stages"] >= STAGE_FULL).any()
+
+
+@pytest.mark.parametrize("drop", ["lidar+radar", "camera+lidar"])
+def test_minimal_risk_stop_under_sensor_dropout(drop: str) -> None:
+    world = World()
+    res = _drive(world, [ScenarioSpec("free", 25.0, 25.0, 1, ())], ticks=200, drop=drop)
+    assert float(res["speed"][0]) < 0.1
+    assert (res["stages"][0, 5:] == STAGE_MRM).all()
+    assert not res["collided"].any()
+
+
+def test_single_lost_camera_frame_is_not_a_sensor_fault() -> None:
+    cfg = FallbackConfig()
+    world = World()
+    state = init_state(world, [ScenarioSpec("free", 20.0, 20.0, 1, ())], [0], seed=0)
+    obs = observe(world, state)
+    fb = FallbackState.init(1)
+    lost = dataclasses.replace(obs, camera_valid=torch.zeros(1, dtype=torch.bool))
+    fb, out = fallback_control(cfg, fb, lost)
+    assert not bool(out.sensor_fault[0])
+    fb, out = fallback_control(cfg, fb, obs)
+    assert int(fb.bad_ticks[0, 0]) == 0 and torch.isfinite(out.accel_mps2).all()
