@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import socket
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fleetloop.platform.bus import TELEMETRY, TELEMETRY_FRAMES, FrameBatch
+from fleetloop.platform.bus import TELEMETRY, TELEMETRY_FRAMES, FrameBatch, Topic
 from fleetloop.platform.bus.admin import ensure_topics
 from fleetloop.platform.bus.consumer import BusConsumer
 from fleetloop.platform.bus.producer import PRODUCER_DEFAULTS, BusProducer
@@ -106,99 +107,99 @@ def vehicle_batches(n_vehicles: int, frames_per_vehicle: int, seed: int = 0) -> 
     return out
 
 
-def _timed_producer(send_all: Callable[[], None]) -> tuple[threading.Thread, list[float]]:
-    took: list[float] = []
-
-    def run() -> None:
+def _produce_batched(bootstrap: str, topic: Topic, n_vehicles: int, per_vehicle: int, go: Any, out: Any) -> None:
+    """Child process: the fleet side. Sends every vehicle's frames once ``go`` is set; reports counters."""
+    batches = vehicle_batches(n_vehicles, per_vehicle)
+    with BusProducer(bootstrap, client_id="bench-batched") as producer:
+        go.wait()
         t0 = time.perf_counter()
-        send_all()
-        took.append(time.perf_counter() - t0)
+        for b in batches:
+            producer.send(topic, b)
+        producer.flush()
+        snap = producer.counters.snapshot()
+        out.put((time.perf_counter() - t0, snap["messages_sent"], snap["bytes_sent"]))
 
-    return threading.Thread(target=run, name="bench-producer"), took
+
+def _produce_per_frame(bootstrap: str, topic: str, n_vehicles: int, per_vehicle: int, go: Any, out: Any) -> None:
+    """Child process: plain kafka-python, one frame (its row-major bytes) per Kafka message."""
+    from kafka import KafkaProducer
+
+    row_dtype = np.dtype([(c.name, c.np_dtype, c.shape) for c in TELEMETRY_FRAMES.columns])
+    rows = []
+    for b in vehicle_batches(n_vehicles, per_vehicle):
+        r = np.empty(b.n_frames, dtype=row_dtype)
+        for name, arr in b.columns.items():
+            r[name] = arr
+        rows.append((b.vehicle_id.encode(), [r[i : i + 1].tobytes() for i in range(len(r))]))
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_DEFAULTS)
+    go.wait()
+    t0 = time.perf_counter()
+    nbytes = 0
+    for key, values in rows:
+        for value in values:
+            producer.send(topic, value=value, key=key)
+            nbytes += len(value)
+    producer.flush()
+    out.put((time.perf_counter() - t0, sum(len(v) for _, v in rows), nbytes))
+    producer.close()
+
+
+def _start(target: Callable[..., None], *args: Any) -> tuple[Any, Any, Any]:
+    ctx = mp.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, go, out), name="bench-producer")
+    proc.start()
+    return proc, go, out
 
 
 def run_batched(settings: Settings, n_vehicles: int, frames_per_vehicle: int) -> Result:
     topic = replace(TELEMETRY, name=f"fleetloop.bench-{uuid.uuid4().hex[:8]}.telemetry")
     ensure_topics(settings, [topic])
-    batches = vehicle_batches(n_vehicles, frames_per_vehicle)
     total = n_vehicles * frames_per_vehicle
     seen: dict[str, list[np.ndarray]] = {}
-    with BusConsumer(settings, [topic], group_id=f"bench-{uuid.uuid4().hex[:8]}") as consumer:
-        _wait_assigned(consumer)
-        producer = BusProducer(settings, client_id="bench-batched")
-
-        def send_all() -> None:
-            for b in batches:
-                producer.send(topic, b)
-            producer.flush()
-
-        thread, took = _timed_producer(send_all)
-        t0 = time.perf_counter()
-        thread.start()
-        got = 0
-        deadline = time.monotonic() + 300
-        while got < total and time.monotonic() < deadline:
-            polled = consumer.poll(0.5)
-            for d in polled.deliveries:
-                assert isinstance(d.value, FrameBatch)
-                seen.setdefault(d.value.vehicle_id, []).append(d.value.seq)
-                got += d.value.n_frames
-            consumer.commit(polled)
-        elapsed = time.perf_counter() - t0
-        thread.join()
-        producer.close()
-        sent = producer.counters.snapshot()
+    proc, go, out = _start(_produce_batched, settings.bootstrap_servers, topic, n_vehicles, frames_per_vehicle)
+    try:
+        with BusConsumer(settings, [topic], group_id=f"bench-{uuid.uuid4().hex[:8]}") as consumer:
+            _wait_assigned(lambda: bool(consumer._consumer.assignment()), lambda: consumer.poll(0.2).n_records)
+            go.set()
+            t0 = time.perf_counter()
+            got = 0
+            deadline = time.monotonic() + 300
+            while got < total and time.monotonic() < deadline:
+                polled = consumer.poll(0.5)
+                for d in polled.deliveries:
+                    assert isinstance(d.value, FrameBatch)
+                    seen.setdefault(d.value.vehicle_id, []).append(d.value.seq)
+                    got += d.value.n_frames
+                consumer.commit(polled)
+            elapsed = time.perf_counter() - t0
+        produce_s, messages, nbytes = out.get(timeout=60)
+    finally:
+        proc.join(60)
     _check_sequences(seen, n_vehicles, frames_per_vehicle, "batched")
-    return Result(
-        "batched (fleetloop bus)",
-        total,
-        int(str(sent["messages_sent"])),
-        elapsed,
-        took[0],
-        int(str(sent["bytes_sent"])),
-    )
+    return Result("batched (fleetloop bus)", total, messages, elapsed, produce_s, nbytes)
 
 
 def run_per_frame(settings: Settings, n_vehicles: int, frames_per_vehicle: int) -> Result:
     """Baseline: plain kafka-python, one frame (its 257 bytes, row-major) per Kafka message."""
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaConsumer
 
-    topic = replace(TELEMETRY, name=f"fleetloop.bench-{uuid.uuid4().hex[:8]}.perframe")
-    ensure_topics(settings, [topic])
-    batches = vehicle_batches(n_vehicles, frames_per_vehicle)
-    row_dtype = np.dtype([(c.name, c.np_dtype, c.shape) for c in TELEMETRY_FRAMES.columns])
-    rows = []
-    for b in batches:
-        r = np.empty(b.n_frames, dtype=row_dtype)
-        for name, arr in b.columns.items():
-            r[name] = arr
-        rows.append((b.vehicle_id.encode(), r))
+    topic = f"fleetloop.bench-{uuid.uuid4().hex[:8]}.perframe"
+    ensure_topics(settings, [replace(TELEMETRY, name=topic)])
     total = n_vehicles * frames_per_vehicle
     seen: dict[bytes, list[int]] = {}
+    proc, go, out = _start(_produce_per_frame, settings.bootstrap_servers, topic, n_vehicles, frames_per_vehicle)
     consumer = KafkaConsumer(
-        topic.name,
+        topic,
         bootstrap_servers=settings.bootstrap_servers,
         group_id=f"bench-{uuid.uuid4().hex[:8]}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
     try:
-        while not consumer.assignment():
-            consumer.poll(timeout_ms=200)
-        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, **PRODUCER_DEFAULTS)
-        nbytes = [0]
-
-        def send_all() -> None:
-            for key, r in rows:
-                for i in range(len(r)):
-                    value = r[i : i + 1].tobytes()
-                    nbytes[0] += len(value)
-                    producer.send(topic.name, value=value, key=key)
-            producer.flush()
-
-        thread, took = _timed_producer(send_all)
+        _wait_assigned(lambda: bool(consumer.assignment()), lambda: len(consumer.poll(timeout_ms=200)))
+        go.set()
         t0 = time.perf_counter()
-        thread.start()
         got = 0
         deadline = time.monotonic() + 300
         while got < total and time.monotonic() < deadline:
@@ -208,21 +209,21 @@ def run_per_frame(settings: Settings, n_vehicles: int, frames_per_vehicle: int) 
                     got += 1
             consumer.commit()
         elapsed = time.perf_counter() - t0
-        thread.join()
-        producer.close()
+        produce_s, messages, nbytes = out.get(timeout=60)
     finally:
         consumer.close(autocommit=False)
+        proc.join(60)
     arrays = {k.decode(): [np.asarray(v, dtype=np.uint32)] for k, v in seen.items()}
     _check_sequences(arrays, n_vehicles, frames_per_vehicle, "per-frame")
-    return Result("one frame per message (kafka-python)", total, total, elapsed, took[0], nbytes[0])
+    return Result("one frame per message (kafka-python)", total, messages, elapsed, produce_s, nbytes)
 
 
-def _wait_assigned(consumer: BusConsumer) -> None:
-    # Join the group before the clock starts, so neither path pays for the rebalance.
+def _wait_assigned(assigned: Callable[[], bool], poll: Callable[[], int]) -> None:
+    # Join the group before the clock starts, so neither path pays for the rebalance; nothing is sent yet.
     deadline = time.monotonic() + 60
-    while not consumer._consumer.assignment() and time.monotonic() < deadline:
-        polled = consumer.poll(0.2)
-        assert polled.n_records == 0
+    while not assigned() and time.monotonic() < deadline:
+        if poll():
+            raise SystemExit("records arrived before the producer started: the topic was not fresh")
 
 
 def _check_sequences(seen: dict[str, list[np.ndarray]], n_vehicles: int, per_vehicle: int, what: str) -> None:
@@ -250,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     results = [baseline, batched]
     speedup = batched.frames_per_s / baseline.frames_per_s
     if args.json:
-        print(json.dumps({"results": [{**r.__dict__, "frames_per_s": r.frames_per_s} for r in results],
-                          "speedup": speedup}, indent=2))
+        print(
+            json.dumps(
+                {"results": [{**r.__dict__, "frames_per_s": r.frames_per_s} for r in results], "speedup": speedup},
+                indent=2,
+            )
+        )
         return 0
     print(f"{'path':<38} {'frames':>10} {'messages':>9} {'end-to-end s':>13} {'frames/s':>12} {'MB/s':>7}")
     for r in results:
@@ -259,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.path:<38} {r.frames:>10,} {r.messages:>9,} {r.seconds:>13.2f} {r.frames_per_s:>12,.0f} "
             f"{r.mb_per_s:>7.1f}"
         )
+    for r in results:
+        print(f"  {r.path}: producer finished after {r.produce_seconds:.2f} s")
     print(f"speed-up: {speedup:.1f}x; every frame arrived once, in order (sequence numbers checked)")
     return 0
 
