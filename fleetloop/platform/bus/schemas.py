@@ -168,6 +168,7 @@ _TELEMETRY_COLUMNS = (
     Column("lidar_range_m", "<f2", (LIDAR_BEAMS,), doc="lidar range per beam; inf = no return"),
     Column("radar_range_m", "<f2", (RADAR_TARGETS,), doc="radar target range; see radar_valid_bits"),
     Column("radar_range_rate_mps", "<f2", (RADAR_TARGETS,), doc="radar target range rate, + = opening"),
+    Column("radar_azimuth_rad", "<f2", (RADAR_TARGETS,), doc="radar target azimuth, + = left"),
     Column("radar_valid_bits", "<u1", doc="bit i set = radar target i is valid (see radar_valid())"),
     Column("ego_speed_mps", "<f2", doc="ego speed"),
     Column("ego_accel_mps2", "<f2", doc="ego acceleration measured on board"),
