@@ -19,7 +19,7 @@ single beams at random ranges).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -38,6 +38,7 @@ __all__ = [
     "FallbackOutput",
     "FallbackState",
     "Perceived",
+    "Track",
     "fallback_control",
     "perceive_in_path",
 ]
@@ -51,6 +52,10 @@ STATIONARY_MPS = 1.0  # [m/s] a radar target slower than this (over ground) is t
 CONFIRM_RANGE_M = 3.0  # [m] radar and lidar agree on a target when their ranges differ by less
 LIDAR_PAIR_M = 1.5  # [m] two adjacent beams see the same object when their ranges differ by less
 NO_OBSTACLE_M = 1.0e6  # [m] gap reported when nothing is in path
+FALLBACK_IDM = IdmParams(
+    v0_mps=33.3, time_headway_s=1.5, min_gap_m=3.0, accel_mps2=1.0, comfort_decel_mps2=2.0, delta=4.0
+)  # following control: 1.5 s time gap, 3 m standstill gap, 2 m/s² comfortable braking
+TRACK_COAST_TICKS = 10  # a lidar-only obstacle keeps the radar speed of its track this long after radar lost it
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class FallbackConfig:
         hold_decel_mps2: brake held at standstill [m/s²].
         sensor_debounce_ticks: a sensor counts as failed after this many bad frames in a row.
         latch_ticks: an emergency stage is held at least this long once reached (no brake flicker on noise).
+        dt_s: tick length [s] (to predict the track one tick ahead).
         idm: following-control parameters (desired speed comes per vehicle, else the current speed is held).
     """
 
@@ -88,15 +94,15 @@ class FallbackConfig:
     hold_decel_mps2: float = 1.5
     sensor_debounce_ticks: int = 3
     latch_ticks: int = 5
-    idm: IdmParams = IdmParams(
-        v0_mps=33.3, time_headway_s=1.5, min_gap_m=3.0, accel_mps2=1.0, comfort_decel_mps2=2.0, delta=4.0
-    )
+    dt_s: float = 0.1
+    idm: IdmParams = field(default_factory=lambda: FALLBACK_IDM)
 
     @classmethod
     def for_world(cls, world: World, **overrides: float) -> FallbackConfig:
         """Thresholds for ``world``'s actuators: lag = dead time + half the time brake pressure takes to build."""
         lag = world.dead_time_s + 0.5 * world.max_brake_mps2 / world.brake_jerk_mps3
-        return replace(cls(lag_s=lag, full_decel_mps2=world.max_brake_mps2), **overrides)  # type: ignore[arg-type]
+        base = cls(lag_s=lag, full_decel_mps2=world.max_brake_mps2, dt_s=world.dt_s)
+        return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -112,22 +118,35 @@ class Perceived:
     closing_mps: torch.Tensor
     obstacle_speed_mps: torch.Tensor
     ttc_s: torch.Tensor
+    radar_seen: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Track:
+    """Last tick's in-path obstacle, tensors [B]: gap [m], speed over ground [m/s], ticks since radar saw it."""
+
+    gap_m: torch.Tensor
+    speed_mps: torch.Tensor
+    age_ticks: torch.Tensor
 
 
 @dataclass(frozen=True)
 class FallbackState:
     """What the fallback carries between ticks, tensors [B]: bad-frame counts per sensor [B, 3] (camera, lidar,
-    radar), the latched emergency stage and how many ticks it is still held."""
+    radar), the latched emergency stage, how many ticks it is still held, and the in-path track."""
 
     bad_ticks: torch.Tensor
     latched_stage: torch.Tensor
     latch_left: torch.Tensor
+    track: Track
 
     @staticmethod
     def init(batch: int, device: torch.device | str = "cpu") -> FallbackState:
         """A fresh state for ``batch`` vehicles."""
         z = torch.zeros(batch, dtype=torch.int64, device=device)
-        return FallbackState(torch.zeros(batch, 3, dtype=torch.int64, device=device), z, z.clone())
+        far = torch.full((batch,), NO_OBSTACLE_M, device=device)
+        track = Track(far, torch.zeros(batch, device=device), torch.full_like(z, TRACK_COAST_TICKS + 1))
+        return FallbackState(torch.zeros(batch, 3, dtype=torch.int64, device=device), z, z.clone(), track)
 
 
 @dataclass(frozen=True)
@@ -175,10 +194,14 @@ def perceive_in_path(
     ego_speed_mps: torch.Tensor,
     lidar_ok: torch.Tensor | None = None,
     radar_ok: torch.Tensor | None = None,
+    prior: Track | None = None,
+    dt_s: float = 0.1,
 ) -> Perceived:
     """The nearest in-path obstacle from radar [B, 8] and lidar [B, beams] (also used by the hindsight labeller).
 
-    ``lidar_ok`` / ``radar_ok`` [B] mask out a failed sensor (its readings are then ignored).
+    ``lidar_ok`` / ``radar_ok`` [B] mask out a failed sensor (its readings are then ignored). ``prior`` is last
+    tick's track: a lidar-only obstacle where the track predicts one keeps the track's radar speed for a while
+    (radar misses a target now and then; without this a followed car would look stationary for that tick).
     """
     if lidar_range_m.shape[-1] != LIDAR_BEAMS:
         raise ValueError(f"lidar_range_m must have {LIDAR_BEAMS} beams, got shape {tuple(lidar_range_m.shape)}")
@@ -198,22 +221,38 @@ def perceive_in_path(
     v_ego = ego_speed_mps.float().unsqueeze(-1)
     over_ground = v_ego + rate / torch.cos(az).clamp_min(0.2)
     stationary = over_ground.abs() < STATIONARY_MPS
-    confirmed = (lon - lidar_gap.unsqueeze(-1)).abs() < CONFIRM_RANGE_M
+    moving_in_path = in_path & ~stationary
+    # A lidar return explained by a moving radar target does not confirm a stationary one at the same range.
+    explained = (moving_in_path & ((lon - lidar_gap.unsqueeze(-1)).abs() < CONFIRM_RANGE_M)).any(-1, keepdim=True)
+    confirmed = ((lon - lidar_gap.unsqueeze(-1)).abs() < CONFIRM_RANGE_M) & ~explained
     trusted = in_path & (~stationary | confirmed)
     radar_gap = torch.where(trusted, lon, torch.full_like(lon, NO_OBSTACLE_M))
     best = radar_gap.argmin(dim=-1, keepdim=True)
     r_gap = torch.gather(radar_gap, -1, best).squeeze(-1)
     r_speed = torch.gather(over_ground, -1, best).squeeze(-1)
-    # A lidar-only obstacle has no range rate: assume it stands still (the cautious reading).
+    # A lidar-only obstacle has no range rate: its track's speed while radar lost it briefly, else assume it
+    # stands still (the cautious reading).
     use_lidar = lidar_gap < r_gap - CONFIRM_RANGE_M
-    gap = torch.where(use_lidar, lidar_gap, r_gap)
-    speed = torch.where(use_lidar, torch.zeros_like(r_speed), r_speed).clamp_min(0.0)
-    present = gap < NO_OBSTACLE_M
     v = ego_speed_mps.float()
+    lidar_speed = torch.zeros_like(r_speed)
+    if prior is not None:
+        predicted = prior.gap_m - (v - prior.speed_mps) * dt_s
+        coast = (prior.age_ticks < TRACK_COAST_TICKS) & ((lidar_gap - predicted).abs() < CONFIRM_RANGE_M)
+        lidar_speed = torch.where(coast, prior.speed_mps, lidar_speed)
+    gap = torch.where(use_lidar, lidar_gap, r_gap)
+    speed = torch.where(use_lidar, lidar_speed, r_speed).clamp_min(0.0)
+    present = gap < NO_OBSTACLE_M
     closing = torch.where(present, v - speed, torch.zeros_like(v))
     inf = torch.full_like(v, math.inf)
     ttc = torch.where(present & (closing > 0.1), gap.clamp_min(0.0) / closing.clamp_min(0.1), inf)
-    return Perceived(present=present, gap_m=gap, closing_mps=closing, obstacle_speed_mps=speed, ttc_s=ttc)
+    return Perceived(
+        present=present,
+        gap_m=gap,
+        closing_mps=closing,
+        obstacle_speed_mps=speed,
+        ttc_s=ttc,
+        radar_seen=present & ~use_lidar,
+    )
 
 
 def _required_decel(cfg: FallbackConfig, p: Perceived, v: torch.Tensor) -> torch.Tensor:
@@ -264,7 +303,11 @@ def fallback_control(
         v,
         lidar_ok=raw_ok[:, 1],
         radar_ok=raw_ok[:, 2],
+        prior=state.track,
+        dt_s=cfg.dt_s,
     )
+    age = torch.where(p.radar_seen, torch.zeros_like(state.track.age_ticks), state.track.age_ticks + 1)
+    track = Track(p.gap_m, p.obstacle_speed_mps, age)
     # Following control.
     v0 = v if desired_speed_mps is None else desired_speed_mps.float()
     follow = idm_acceleration(v, p.gap_m, p.closing_mps, cfg.idm, v0_mps=v0.clamp_min(0.5))
@@ -310,4 +353,4 @@ def fallback_control(
         sensor_ok=sensor_ok,
         sensor_fault=~sensor_ok.all(dim=-1),
     )
-    return FallbackState(bad_ticks=bad, latched_stage=latched, latch_left=latch_left), out
+    return FallbackState(bad_ticks=bad, latched_stage=latched, latch_left=latch_left, track=track), out

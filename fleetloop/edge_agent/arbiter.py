@@ -1,0 +1,219 @@
+"""The arbiter: per vehicle per tick, the model or the fallback drives, and why.
+
+``arbitrate(cfg, state, inputs) -> (state, decision)`` is pure and batched. Reasons, in priority order (the first
+that applies is recorded): ``no_model``, ``model_switch``, ``deadline``, ``invalid_output``, ``sensor_fault``,
+``ttc_critical``, ``low_confidence``. Codes equal the telemetry schema's ``FallbackReason`` (a unit test checks).
+
+Fallback activations are counted as transitions (model -> fallback), per reason of the transition, with their
+durations in ticks once the vehicle is back on the model. A command that is not finite never leaves this module:
+the model's output is used only where every one of its numbers is finite and in range, and the fallback's command
+is finite by construction (checked again here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fleetloop.edge_agent.fallback import STAGE_MRM, STAGE_PARTIAL, FallbackOutput
+
+__all__ = [
+    "DRIVER_FALLBACK",
+    "DRIVER_MODEL",
+    "REASON_CODES",
+    "REASON_NAMES",
+    "ArbiterConfig",
+    "ArbiterInputs",
+    "ArbiterState",
+    "Decision",
+    "arbitrate",
+]
+
+DRIVER_MODEL, DRIVER_FALLBACK = 0, 1
+REASON_NAMES = (
+    "none",
+    "deadline",
+    "invalid_output",
+    "low_confidence",
+    "ttc_critical",
+    "sensor_fault",
+    "no_model",
+    "model_switch",
+)
+REASON_CODES = {name: code for code, name in enumerate(REASON_NAMES)}
+_PRIORITY = ("no_model", "model_switch", "deadline", "invalid_output", "sensor_fault", "ttc_critical", "low_confidence")
+
+
+@dataclass(frozen=True)
+class ArbiterConfig:
+    """Arbiter thresholds.
+
+    Attributes:
+        max_uncertainty: model uncertainty above this hands the tick to the fallback (in the model's own units,
+            from its metadata when it gives one).
+        max_abs_accel_mps2: a model command outside +-this is invalid output, not a command [m/s²].
+        switch_hold_ticks: after a model switch the fallback drives this many ticks (the new model's first outputs
+            are not trusted until it has seen a few frames; the OTA client activates in a safe state).
+        ttc_override_stage: a fallback stage at or above this overrides a model that brakes less.
+    """
+
+    max_uncertainty: float = 0.5
+    max_abs_accel_mps2: float = 12.0
+    switch_hold_ticks: int = 10
+    ttc_override_stage: int = STAGE_PARTIAL
+
+
+@dataclass(frozen=True)
+class ArbiterInputs:
+    """One tick's inputs, tensors [B].
+
+    ``model_*`` are the policy's outputs (anything, NaN included, where ``model_valid`` is False);
+    ``deadline_missed`` marks vehicles whose inference did not finish in time; ``has_model`` is False where no
+    model is on board; ``switched`` is True on the tick a vehicle's model version changed.
+    """
+
+    model_accel_mps2: torch.Tensor
+    model_hazard_prob: torch.Tensor
+    model_uncertainty: torch.Tensor
+    model_valid: torch.Tensor
+    deadline_missed: torch.Tensor
+    has_model: torch.Tensor
+    switched: torch.Tensor
+    fallback: FallbackOutput
+
+
+@dataclass(frozen=True)
+class ArbiterState:
+    """Arbiter memory and counters, tensors on the vehicles' device ([B] or [B, R], R = len(REASON_NAMES)).
+
+    Attributes:
+        on_fallback: the fallback drove last tick.
+        episode_reason: reason code of the current fallback episode (its transition), 0 when on the model.
+        episode_ticks: ticks of the current fallback episode so far.
+        switch_hold: ticks the fallback still has to drive after a model switch.
+        activations: [B, R] int64, model -> fallback transitions per reason.
+        fallback_ticks: [B, R] int64, ticks driven by the fallback per episode reason.
+        episodes_ended: [B, R] int64, fallback episodes that ended (back on the model) per reason.
+        ended_ticks: [B, R] int64, summed durations of those ended episodes [ticks].
+        reason_ticks: [B, R] int64, ticks per tick-reason (the reason of each single tick).
+    """
+
+    on_fallback: torch.Tensor
+    episode_reason: torch.Tensor
+    episode_ticks: torch.Tensor
+    switch_hold: torch.Tensor
+    activations: torch.Tensor
+    fallback_ticks: torch.Tensor
+    episodes_ended: torch.Tensor
+    ended_ticks: torch.Tensor
+    reason_ticks: torch.Tensor
+
+    @staticmethod
+    def init(batch: int, device: torch.device | str = "cpu", start_on_fallback: bool = False) -> ArbiterState:
+        """Fresh counters for ``batch`` vehicles (``start_on_fallback``: the first fallback tick is no transition)."""
+        z = torch.zeros(batch, dtype=torch.int64, device=device)
+        zr = torch.zeros(batch, len(REASON_NAMES), dtype=torch.int64, device=device)
+        flag = torch.full((batch,), start_on_fallback, dtype=torch.bool, device=device)
+        return ArbiterState(flag, z, z.clone(), z.clone(), zr, zr.clone(), zr.clone(), zr.clone(), zr.clone())
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Fleet totals per reason name: activations, fallback ticks, ended episodes and their summed ticks."""
+        out: dict[str, dict[str, int]] = {}
+        for key in ("activations", "fallback_ticks", "episodes_ended", "ended_ticks", "reason_ticks"):
+            col = getattr(self, key).sum(0).tolist()
+            out[key] = {name: int(col[i]) for i, name in enumerate(REASON_NAMES) if i > 0}
+        return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One tick's decision, tensors [B].
+
+    Attributes:
+        accel_mps2: the command for the actuators (always finite).
+        driver: ``DRIVER_MODEL`` or ``DRIVER_FALLBACK`` (int64).
+        reason: reason code of this tick (0 when the model drives).
+        started: a fallback episode began this tick (model -> fallback).
+        ended: a fallback episode ended this tick (fallback -> model); its reason and length below.
+        ended_reason, ended_ticks: the ended episode's reason code and duration [ticks] (0 where not ended).
+    """
+
+    accel_mps2: torch.Tensor
+    driver: torch.Tensor
+    reason: torch.Tensor
+    started: torch.Tensor
+    ended: torch.Tensor
+    ended_reason: torch.Tensor
+    ended_ticks: torch.Tensor
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(x) if x.is_floating_point() else torch.ones_like(x, dtype=torch.bool)
+
+
+def arbitrate(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInputs) -> tuple[ArbiterState, Decision]:
+    """Choose model or fallback for every vehicle, count transitions and durations."""
+    fb = inp.fallback
+    if not bool(torch.isfinite(fb.accel_mps2).all()):
+        raise ValueError("fallback command is not finite; the fallback must always produce a command")
+    m = inp.model_accel_mps2
+    usable = (
+        inp.model_valid.bool()
+        & _finite(m)
+        & _finite(inp.model_hazard_prob)
+        & _finite(inp.model_uncertainty)
+        & (m.abs() <= cfg.max_abs_accel_mps2)
+    )
+    hold = torch.where(
+        inp.switched.bool(), torch.full_like(state.switch_hold, cfg.switch_hold_ticks), state.switch_hold
+    )
+    safe_m = torch.where(usable, m, fb.accel_mps2)
+    conditions = {
+        "no_model": ~inp.has_model.bool(),
+        "model_switch": hold > 0,
+        "deadline": inp.deadline_missed.bool(),
+        "invalid_output": ~usable,
+        "sensor_fault": fb.sensor_fault.bool(),
+        "ttc_critical": (fb.stage >= cfg.ttc_override_stage) & (fb.stage < STAGE_MRM) & (fb.accel_mps2 < safe_m),
+        "low_confidence": torch.nan_to_num(inp.model_uncertainty.float(), nan=0.0) > cfg.max_uncertainty,
+    }
+    reason = torch.zeros_like(state.episode_reason)
+    for name in reversed(_PRIORITY):  # the highest priority is written last
+        reason = torch.where(conditions[name], torch.full_like(reason, REASON_CODES[name]), reason)
+    on_fb = reason > 0
+    cmd = torch.where(on_fb, fb.accel_mps2, safe_m)
+    if not bool(torch.isfinite(cmd).all()):  # unreachable by construction; a bug must not reach the actuators
+        raise RuntimeError("arbiter produced a non-finite command")
+    started = on_fb & ~state.on_fallback
+    ended = ~on_fb & state.on_fallback
+    ep_reason = torch.where(started, reason, torch.where(on_fb, state.episode_reason, torch.zeros_like(reason)))
+    ep_ticks = torch.where(on_fb, state.episode_ticks + 1, torch.zeros_like(state.episode_ticks))
+    n_r = len(REASON_NAMES)
+    one_start = torch.nn.functional.one_hot(torch.where(started, reason, 0), n_r) * started.unsqueeze(-1)
+    one_ep = torch.nn.functional.one_hot(ep_reason, n_r) * on_fb.unsqueeze(-1)
+    one_tick = torch.nn.functional.one_hot(reason, n_r) * on_fb.unsqueeze(-1)
+    ended_reason = torch.where(ended, state.episode_reason, torch.zeros_like(reason))
+    ended_ticks = torch.where(ended, state.episode_ticks, torch.zeros_like(reason))
+    one_end = torch.nn.functional.one_hot(ended_reason, n_r) * ended.unsqueeze(-1)
+    new_state = ArbiterState(
+        on_fallback=on_fb,
+        episode_reason=ep_reason,
+        episode_ticks=ep_ticks,
+        switch_hold=(hold - 1).clamp_min(0),
+        activations=state.activations + one_start,
+        fallback_ticks=state.fallback_ticks + one_ep,
+        episodes_ended=state.episodes_ended + one_end,
+        ended_ticks=state.ended_ticks + one_end * ended_ticks.unsqueeze(-1),
+        reason_ticks=state.reason_ticks + one_tick,
+    )
+    decision = Decision(
+        accel_mps2=cmd,
+        driver=on_fb.to(torch.int64),
+        reason=reason,
+        started=started,
+        ended=ended,
+        ended_reason=ended_reason,
+        ended_ticks=ended_ticks,
+    )
+    return new_state, decision

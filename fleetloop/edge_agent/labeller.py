@@ -1,0 +1,156 @@
+"""The hindsight labeller: labels each frame from the frames of the same vehicle that follow it.
+
+The vehicle runs it on its buffer for federated training, and the pipeline's label stage runs the same function on
+the lake. It sees only vehicle-known columns (the buffer's / telemetry's): its own radar and lidar, odometry, the
+fallback stage. For frame i and the next ``horizon_s`` of frames j of the same vehicle:
+
+- in-path obstacle at j (``perceive_in_path``, the fallback's perception), placed in frame i's coordinates with
+  the ego's own odometry: ``D_j = gap_j + (distance driven from i to j) - margin``;
+- needed deceleration: the smallest constant deceleration from frame i's speed v that keeps the ego behind every
+  such ``D_j`` at time t_j (``v^2 / 2D`` if it stops before t_j, else ``2 (v t_j - D_j) / t_j^2``), and, for an
+  obstacle that stands still, behind it for good (``v^2 / 2D_j``);
+- hazard: within the horizon the vehicle perceived an obstacle closer than ``hazard_gap_m``, or a perceived TTC
+  below ``hazard_ttc_s``, or braked harder than ``hard_brake_mps2``, or its fallback went to full braking; or the
+  needed deceleration exceeds ``hazard_decel_mps2``;
+- target acceleration: ``-needed`` where braking was needed, else the command the vehicle applied (it turned out
+  fine);
+- confidence: the share of the horizon with frames (1 where the hazard already materialised); ``valid`` where the
+  horizon is complete or the hazard is confirmed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fleetloop.edge_agent.fallback import STAGE_FULL, perceive_in_path
+
+__all__ = ["LabelConfig", "Labels", "hindsight_labels"]
+
+REQUIRED = (
+    "vehicle_id",
+    "tick",
+    "ego_speed_mps",
+    "ego_accel_mps2",
+    "lidar_range_m",
+    "radar_range_m",
+    "radar_range_rate_mps",
+    "radar_azimuth_rad",
+    "radar_valid",
+)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Labeller settings.
+
+    Attributes:
+        dt_s: tick length [s].
+        horizon_s: how far ahead the labeller looks [s].
+        margin_m: distance to keep to the obstacle when stopping [m].
+        hazard_gap_m, hazard_ttc_s: a later perceived gap / TTC below these means a hazard materialised.
+        hard_brake_mps2: a later measured deceleration above this means a hazard materialised [m/s²].
+        hazard_decel_mps2: needed deceleration above this is a hazard [m/s²].
+        max_decel_mps2: needed deceleration is capped here (the target must be a feasible command) [m/s²].
+        chunk_frames: frames labelled per batch (bounds memory at chunk x horizon).
+    """
+
+    dt_s: float = 0.1
+    horizon_s: float = 3.0
+    margin_m: float = 2.0
+    hazard_gap_m: float = 5.0
+    hazard_ttc_s: float = 1.0
+    hard_brake_mps2: float = 4.0
+    hazard_decel_mps2: float = 3.0
+    max_decel_mps2: float = 9.5
+    chunk_frames: int = 65_536
+
+    @property
+    def horizon_ticks(self) -> int:
+        return max(1, round(self.horizon_s / self.dt_s))
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Labels per frame, tensors [N]: target acceleration [m/s²], hazard (0/1 float), needed deceleration
+    [m/s²], confidence 0..1, and valid (bool)."""
+
+    target_accel_mps2: torch.Tensor
+    hazard: torch.Tensor
+    needed_decel_mps2: torch.Tensor
+    confidence: torch.Tensor
+    valid: torch.Tensor
+
+
+def _tensor(x: object) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    arr = np.asarray(x)
+    return torch.from_numpy(arr.astype(np.float32) if arr.dtype == np.float16 else np.ascontiguousarray(arr))
+
+
+def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
+    """Label ``frames`` (columns as numpy arrays or tensors, ordered by vehicle then tick; e.g.
+    ``OnboardBuffer.frames()``). Optional columns: ``fallback_stage``, ``command_accel_mps2``."""
+    missing = [c for c in REQUIRED if c not in frames]
+    if missing:
+        raise ValueError(f"hindsight_labels needs columns {missing}; give the buffer's or telemetry's frames")
+    col = {k: _tensor(v) for k, v in frames.items()}
+    vid = col["vehicle_id"].to(torch.int64)
+    tick = col["tick"].to(torch.int64)
+    n = int(vid.shape[0])
+    if n and bool(((vid[1:] < vid[:-1]) | ((vid[1:] == vid[:-1]) & (tick[1:] <= tick[:-1]))).any()):
+        raise ValueError("frames must be ordered by vehicle id, then strictly increasing tick")
+    v = col["ego_speed_mps"].float()
+    p = perceive_in_path(
+        col["lidar_range_m"].float(),
+        col["radar_range_m"].float(),
+        col["radar_range_rate_mps"].float(),
+        col["radar_azimuth_rad"].float(),
+        col["radar_valid"].bool(),
+        v,
+    )
+    decel = -col["ego_accel_mps2"].float()
+    stage = col["fallback_stage"].to(torch.int64) if "fallback_stage" in col else torch.zeros(n, dtype=torch.int64)
+    event = (p.gap_m < cfg.hazard_gap_m) | (p.ttc_s < cfg.hazard_ttc_s) | (decel > cfg.hard_brake_mps2)
+    event = event | (stage == STAGE_FULL)
+    # Distance driven since the first frame, by odometry (trapezoid per tick).
+    step = torch.zeros(n, dtype=torch.float64)
+    if n > 1:
+        step[1:] = 0.5 * (v[1:] + v[:-1]).double() * cfg.dt_s
+    odo = torch.cumsum(step, 0)
+    command = col["command_accel_mps2"].float() if "command_accel_mps2" in col else -decel
+    h = cfg.horizon_ticks
+    k = torch.arange(1, h + 1)
+    out: list[tuple[torch.Tensor, ...]] = []
+    for lo in range(0, n, cfg.chunk_frames):
+        i = torch.arange(lo, min(n, lo + cfg.chunk_frames))
+        j = (i.unsqueeze(-1) + k).clamp(max=max(n - 1, 0))
+        # A later frame counts only if it is the same vehicle exactly k ticks later (no gap in the record).
+        ok = (i.unsqueeze(-1) + k < n) & (vid[j] == vid[i].unsqueeze(-1)) & (tick[j] - tick[i].unsqueeze(-1) == k)
+        t = k.double() * cfg.dt_s
+        d = (p.gap_m[j].double() + odo[j] - odo[i].unsqueeze(-1) - cfg.margin_m).clamp_min(0.05)
+        vi = v[i].double().unsqueeze(-1)
+        stop_by_t = 2.0 * d / vi.clamp_min(1e-3) <= t
+        a_stop = vi * vi / (2.0 * d)
+        a_reach = (2.0 * (vi * t - d) / (t * t)).clamp_min(0.0)
+        need_j = torch.where(stop_by_t, a_stop, a_reach)
+        standing = p.obstacle_speed_mps[j] < 1.0
+        need_j = torch.where(standing, torch.maximum(need_j, a_stop), need_j)
+        need_j = torch.where(ok & p.present[j], need_j, torch.zeros_like(need_j))
+        need = need_j.max(-1).values.float().clamp(max=cfg.max_decel_mps2)
+        seen = (ok & event[j]).any(-1)
+        hazard = seen | (need > cfg.hazard_decel_mps2)
+        cover = ok.float().mean(-1)
+        conf = torch.where(seen, torch.ones_like(cover), cover)
+        valid = ok.all(-1) | seen
+        target = torch.where(need > cfg.hazard_decel_mps2, -need, command[i])
+        out.append((target, hazard.float(), need, conf, valid))
+    if not out:
+        empty = torch.zeros(0)
+        return Labels(empty, empty, empty, empty, empty.bool())
+    cols = [torch.cat(parts) for parts in zip(*out, strict=True)]
+    return Labels(*cols)

@@ -1,0 +1,64 @@
+"""The on-board buffer: bounded rings, overwrite counting, atomic round trip through disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetloop.edge_agent.buffer import FRAME_COLUMNS, BufferError, OnboardBuffer
+
+
+def _frames(n: int, tick: int) -> dict[str, np.ndarray]:
+    out = {name: np.zeros((n, *shape), dtype=np.dtype(dt)) for name, (dt, shape) in FRAME_COLUMNS.items()}
+    out["tick"][:] = tick
+    out["seq"][:] = tick
+    out["ego_speed_mps"][:] = np.arange(n) + tick / 100
+    out["camera"][:] = tick % 256
+    return out
+
+
+def test_ring_keeps_the_newest_frames_and_counts_overwrites() -> None:
+    buf = OnboardBuffer(np.array([10, 11, 12]), capacity=4)
+    for t in range(6):
+        buf.append(_frames(3, t))
+    buf.append(_frames(1, 6), rows=np.array([1]))
+    assert buf.count().tolist() == [4, 4, 4]
+    assert buf.overwritten.tolist() == [2, 3, 2]
+    f = buf.frames()
+    assert f["vehicle_id"].tolist() == [10] * 4 + [11] * 4 + [12] * 4
+    assert f["tick"].tolist() == [2, 3, 4, 5, 3, 4, 5, 6, 2, 3, 4, 5]
+
+
+def test_round_trip_through_disk(tmp_path: Path) -> None:
+    buf = OnboardBuffer(np.array([7, 8]), capacity=5)
+    for t in range(7):
+        buf.append(_frames(2, t))
+    buf.save(tmp_path)
+    buf.append(_frames(2, 7))
+    buf.save(tmp_path)  # a second generation replaces the first
+    assert sorted(p.name for p in tmp_path.glob("tick.*.npy")) == ["tick.2.npy"]
+    back = OnboardBuffer.open(tmp_path)
+    want, got = buf.frames(), back.frames()
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_array_equal(want[name], got[name])
+    assert back.overwritten.tolist() == [3, 3]
+    with pytest.raises(BufferError, match="read-only"):
+        back.append(_frames(2, 8))
+    more = OnboardBuffer.open(tmp_path, writable=True)
+    more.append(_frames(2, 8))
+    assert more.frames()["tick"].tolist() == [4, 5, 6, 7, 8] * 2
+
+
+def test_bad_input_is_refused(tmp_path: Path) -> None:
+    buf = OnboardBuffer(np.array([1]), capacity=2)
+    frames = _frames(1, 0)
+    del frames["camera"]
+    with pytest.raises(BufferError, match="missing \\['camera'\\]"):
+        buf.append(frames)
+    with pytest.raises(BufferError, match="expected shape"):
+        buf.append(_frames(2, 0))
+    with pytest.raises(BufferError, match="no on-board buffer"):
+        OnboardBuffer.open(tmp_path / "nope")

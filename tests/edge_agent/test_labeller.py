@@ -1,0 +1,82 @@
+"""The hindsight labeller on frames the vehicle recorded in the world."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fleetloop.edge_agent.fallback import FallbackConfig, FallbackState, fallback_control
+from fleetloop.edge_agent.labeller import LabelConfig, hindsight_labels
+from fleetloop.sim import World, init_state, observe, step
+from fleetloop.sim.scenarios import ActorSpec, ScenarioSpec
+
+GAP_M = 15.0
+SPEED_MPS = 40 / 3.6
+
+
+def _record(ticks: int) -> dict[str, torch.Tensor]:
+    """Vehicle 0 meets a stationary car GAP_M ahead and brakes hard; vehicle 1 drives on a free road."""
+    world = World()
+    target = ActorSpec(kind="stopped_vehicle", x_m=GAP_M + 4.5, lane=1)
+    scenes = [ScenarioSpec("late", SPEED_MPS, SPEED_MPS, 1, (target,)), ScenarioSpec("free", 20.0, 20.0, 1, ())]
+    state = init_state(world, scenes, [0, 1], seed=4)
+    cfg = FallbackConfig.for_world(world)
+    fb = FallbackState.init(2)
+    rows: list[dict[str, torch.Tensor]] = []
+    for tick in range(ticks):
+        obs = observe(world, state)
+        fb, out = fallback_control(cfg, fb, obs, desired_speed_mps=state.ego_v0_mps)
+        rows.append({**obs.as_dict(), "fallback_stage": out.stage, "tick": torch.full((2,), tick)})
+        rows[-1]["vehicle_id"] = state.vehicle_ids
+        rows[-1]["command_accel_mps2"] = out.accel_mps2
+        state = step(world, state, out.accel_mps2, world.dt_s)
+    assert not state.collided.any()
+    # Ordered by vehicle, then tick.
+    return {k: torch.stack([r[k] for r in rows], 1).flatten(0, 1) for k in rows[0] if k != "camera"}
+
+
+TICKS = 50
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict[str, torch.Tensor]:
+    return _record(TICKS)
+
+
+def test_frame_before_a_hard_stop_is_a_hazard_with_the_needed_deceleration(recorded: dict[str, torch.Tensor]) -> None:
+    ticks = TICKS
+    frames = recorded
+    labels = hindsight_labels(LabelConfig(), frames)
+    first = 0  # vehicle 0, tick 0
+    want = SPEED_MPS**2 / (2 * (GAP_M - LabelConfig().margin_m))
+    assert labels.hazard[first] == 1.0 and bool(labels.valid[first])
+    assert math.isclose(float(labels.needed_decel_mps2[first]), want, rel_tol=0.1)
+    assert math.isclose(float(labels.target_accel_mps2[first]), -want, rel_tol=0.1)
+    free = slice(ticks, 2 * ticks)
+    assert (labels.hazard[free][:20] == 0).all()
+    assert (labels.needed_decel_mps2[free] == 0).all()
+    torch.testing.assert_close(labels.target_accel_mps2[free][:20], frames["command_accel_mps2"][free][:20])
+
+
+def test_horizon_cut_off_lowers_confidence_and_validity(recorded: dict[str, torch.Tensor]) -> None:
+    frames = {k: v.view(2, TICKS, *v.shape[1:])[:, :40].flatten(0, 1) for k, v in recorded.items()}
+    cfg = LabelConfig(horizon_s=1.0)
+    labels = hindsight_labels(cfg, frames)
+    free = labels.valid[40:]
+    assert free[: 40 - cfg.horizon_ticks].all() and not free[40 - cfg.horizon_ticks :].any()
+    assert float(labels.confidence[79]) == 0.0 and math.isclose(float(labels.confidence[75]), 0.4, rel_tol=1e-6)
+    # Late frames of the braking vehicle see the obstacle close in what follows: a confirmed hazard stays valid.
+    assert labels.valid[35] and labels.hazard[35] == 1.0
+
+
+def test_unordered_frames_are_refused(recorded: dict[str, torch.Tensor]) -> None:
+    frames = dict(recorded)
+    frames["tick"] = frames["tick"].flip(0)
+    try:
+        hindsight_labels(LabelConfig(), frames)
+    except ValueError as exc:
+        assert "ordered by vehicle id" in str(exc)
+    else:
+        raise AssertionError("unordered frames were labelled")
