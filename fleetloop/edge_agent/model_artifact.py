@@ -108,6 +108,8 @@ class ArtifactMetadata:
     """UTC creation time, ISO 8601 (filled by ``save_artifact`` when empty)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Training / validation metrics (e.g. ``val_accel_mse``)."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Free-form labels, e.g. ``role`` ("initial" / "reference": a reference model is never deployed), ``weather``."""
     format: str = "safetensors"
     """Serialization of the weights."""
     artifact_format_version: int = ARTIFACT_FORMAT_VERSION
