@@ -11,6 +11,7 @@ rising edges, so a long braking manoeuvre counts once.
 - phantom braking: the ego's deceleration first exceeds ``PHANTOM_BRAKE_MPS2`` while the ground truth demands less
   than ``PHANTOM_REQUIRED_MAX_MPS2`` (no obstacle in or entering the path that needs it).
 - jerk: ``jerk_mps3`` per tick; ``harsh_jerk`` when |jerk| first exceeds ``HARSH_JERK_MPS3``.
+  All thresholds carry a 1e-3 rounding margin: the actuator's exact steps sit on them.
 - progress: ``distance_m`` driven this tick; compare with an expert-driven copy of the same scenes
   (``progress_ratio``).
 """
@@ -39,6 +40,9 @@ HARD_BRAKE_MPS2 = 4.0  # [m/s²]
 PHANTOM_BRAKE_MPS2 = 3.0  # [m/s²]
 PHANTOM_REQUIRED_MAX_MPS2 = 1.0  # [m/s²]
 HARSH_JERK_MPS3 = 10.0  # [m/s³]
+# The actuator moves in exact steps (10 m/s³ ramps, 3 m/s² brake increments per tick) that sit on these thresholds;
+# without a margin, last-bit rounding (CPU vs CUDA) would decide whether such a step counts.
+ROUNDING_MARGIN = 1e-3  # [m/s² or m/s³]
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,9 @@ class Events:
 def detect_events(world: World, prev: WorldState, state: WorldState) -> Events:
     """Events between ``prev`` and ``state`` (the state ``step`` returned from ``prev``)."""
     alive = ~state.collided
-    decel = -state.ego_a_mps2
-    prev_decel = -prev.ego_a_mps2
+    # margins folded into the decelerations compared with thresholds (see ROUNDING_MARGIN)
+    decel = -state.ego_a_mps2 - ROUNDING_MARGIN
+    prev_decel = -prev.ego_a_mps2 - ROUNDING_MARGIN
     jerk = (state.ego_a_mps2 - prev.ego_a_mps2) / world.dt_s
     collision = state.collided & ~prev.collided
     near = prev.near_active & ~state.near_active & alive
@@ -77,7 +82,7 @@ def detect_events(world: World, prev: WorldState, state: WorldState) -> Events:
         prev.required_decel_mps2 < PHANTOM_REQUIRED_MAX_MPS2
     )
     phantom = alive & unneeded & (decel > PHANTOM_BRAKE_MPS2) & ~(prev_decel > PHANTOM_BRAKE_MPS2)
-    harsh = alive & (jerk.abs() > HARSH_JERK_MPS3) & ~prev.collided
+    harsh = alive & (jerk.abs() > HARSH_JERK_MPS3 + ROUNDING_MARGIN) & ~prev.collided
     nan = torch.full_like(state.ttc_s, float("nan"))
     return Events(
         collision=collision,
@@ -87,7 +92,7 @@ def detect_events(world: World, prev: WorldState, state: WorldState) -> Events:
         hard_brake=hard,
         phantom_brake=phantom,
         harsh_jerk=harsh,
-        decel_mps2=torch.where(alive, decel, torch.zeros_like(decel)),
+        decel_mps2=torch.where(alive, -state.ego_a_mps2, torch.zeros_like(decel)),
         jerk_mps3=torch.where(alive & ~prev.collided, jerk, torch.zeros_like(jerk)),
         ttc_s=state.ttc_s,
         distance_m=(state.ego_s_m - prev.ego_s_m).to(torch.float32),

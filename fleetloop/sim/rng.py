@@ -2,9 +2,9 @@
 
 No generator state is carried, so a vehicle draws the same numbers whether it runs alone, in a batch of
 100,000 or in one of four shards, and CPU and CUDA draw bit-identical integers (only the float transforms
-that follow may differ by rounding). The hash is a 32-bit avalanche mix (xor-shift / multiply rounds,
-constants from the "lowbias32" family) evaluated on int64 tensors; the 32 x 32-bit products are split into
-16-bit halves so that nothing ever overflows int64.
+that follow may differ by rounding). The hash is a 32-bit avalanche mix (xor-shift / multiply rounds; the
+multipliers are below 2**31, so a 32-bit value times one stays below 2**63 and int64 never overflows) evaluated
+in place on int64 tensors.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ __all__ = [
     "STREAM_RADAR",
     "STREAM_SCENARIO",
     "hash32",
-    "normal",
+    "noise",
     "uniform",
     "vehicle_key",
 ]
 
 MASK32 = 0xFFFFFFFF
-_M1 = 0x7FEB352D
-_M2 = 0x846CA68B
+_M1 = 0x21F0AAAD
+_M2 = 0x735A2D97
 _GOLDEN = 0x9E3779B9
 
 # Streams keep unrelated draws independent: a new sensor never shifts the numbers of another.
@@ -38,21 +38,15 @@ STREAM_RADAR = 4
 STREAM_GHOST = 5
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2**32 for 0 <= x < 2**32 without int64 overflow."""
-    lo = x & 0xFFFF
-    hi = x >> 16
-    return (lo * c + ((hi * (c & 0xFFFF)) << 16)) & MASK32
-
-
 def hash32(x: torch.Tensor) -> torch.Tensor:
-    """Avalanche-mix a tensor of 32-bit values (int64 dtype, 0 <= x < 2**32) into 32-bit values."""
+    """Avalanche-mix a tensor of 32-bit values (int64 dtype) into 32-bit values; returns a new tensor."""
     x = x & MASK32
-    x = x ^ (x >> 16)
-    x = _mul32(x, _M1)
-    x = x ^ (x >> 15)
-    x = _mul32(x, _M2)
-    return x ^ (x >> 16)
+    x ^= x >> 16
+    x.mul_(_M1).bitwise_and_(MASK32)
+    x ^= x >> 15
+    x.mul_(_M2).bitwise_and_(MASK32)
+    x ^= x >> 15
+    return x
 
 
 def vehicle_key(seed: int, vehicle_ids: torch.Tensor, tick: int | torch.Tensor, stream: int) -> torch.Tensor:
@@ -81,14 +75,12 @@ def uniform(key: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return u.reshape(*key.shape, *shape)
 
 
-def normal(key: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Standard normal floats of shape [B, *shape] (float32; Box-Muller on two 16-bit halves of one hash).
-
-    The 16-bit halves bound the tails at about 4.7 sigma, which is fine for sensor noise.
-    """
+def noise(key: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Zero-mean, unit-variance noise of shape [B, *shape] (float32): triangular, the sum of the two 16-bit
+    halves of one hash, bounded at +-sqrt(6). Cheaper than a Gaussian by several times on the CPU, and sensor
+    noise only needs its first two moments and bounded tails."""
     n = math.prod(shape)
     b = _bits(key, n)
-    u1 = ((b >> 16).to(torch.float32) + 0.5) * (1.0 / 65536.0)
-    u2 = (b & 0xFFFF).to(torch.float32) * (1.0 / 65536.0)
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+    total = (b & 0xFFFF) + (b >> 16)  # 0 .. 2 * 65535, mean 65535
+    z = (total.to(torch.float32) - 65535.0) * (math.sqrt(6.0) / 65536.0)
     return z.reshape(*key.shape, *shape)

@@ -49,7 +49,7 @@ LIDAR_R0_M = 110.0  # [m] range at which a reflectivity-1 target fades to thresh
 LIDAR_FADING_SIGMA = 0.25  # [-] log-normal fading of the return
 LIDAR_NOISE_M = 0.05  # [m]
 LIDAR_BEAM_DROPOUT = 0.01
-LIDAR_BACKSCATTER = 0.15  # [-] spurious return probability per beam in thick fog (scaled by exp(-vis/80 m))
+LIDAR_BACKSCATTER = 0.06  # [-] spurious return probability per beam in thick fog (scaled by exp(-vis/80 m))
 RADAR_TARGETS = 8
 RADAR_MAX_RANGE_M = 150.0  # [m]
 RADAR_FOV_RAD = math.radians(45.0)
@@ -59,7 +59,7 @@ RADAR_AZ_NOISE_RAD = math.radians(0.5)
 RADAR_RAIN_CLUTTER = 0.25  # [-] clutter target probability per tick in heavy rain
 RADAR_RAIN_LOSS = 0.15  # [-] detection loss in heavy rain
 RADAR_FURNITURE_CELL_M = 400.0  # [m] one possible overhead reflector per road cell of this length
-RADAR_FURNITURE_RATE = 0.2  # [-] fraction of cells with an overhead reflector
+RADAR_FURNITURE_RATE = 0.35  # [-] fraction of cells with an overhead reflector
 RADAR_FURNITURE_SEEN = (15.0, 70.0)  # [m] range window where its elevation is not resolved
 RADAR_FURNITURE_P = 0.6  # [-] per-tick probability it shows up as a target in that window
 # Per kind (index = KIND_CODES): camera contrast, lidar reflectivity, radar detection probability.
@@ -127,7 +127,7 @@ def _camera(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Ten
     grid = torch.zeros(b * CAMERA_ROWS * CAMERA_COLS, device=r.device)
     grid = grid.scatter_reduce(0, flat.reshape(-1), vals.reshape(-1), reduce="amax").view(b, CAMERA_ROWS, CAMERA_COLS)
     sigma = CAMERA_NOISE_DAY + CAMERA_NOISE_NIGHT * (1.0 - state.light)
-    noise = rng.normal(key, (CAMERA_ROWS * CAMERA_COLS + 1,))
+    noise = rng.noise(key, (CAMERA_ROWS * CAMERA_COLS + 1,))
     grid = grid + sigma.view(b, 1, 1) * noise[:, 1:].view(b, CAMERA_ROWS, CAMERA_COLS)
     valid = rng.uniform(rng.hash32(key ^ 0x5BD1E995), (1,)).squeeze(-1) >= CAMERA_DROPOUT
     return torch.where(valid.view(b, 1, 1), grid, torch.zeros_like(grid)), valid
@@ -142,16 +142,18 @@ def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tens
     safe_near = near.clamp_min(0.1).unsqueeze(-1)
     th_lo = torch.atan2((rel_y - half_w).unsqueeze(-1), safe_near)
     th_hi = torch.atan2((rel_y + half_w).unsqueeze(-1), safe_near)
-    hit = (state.actor_kind > 0).unsqueeze(-1) & (near > 0.1).unsqueeze(-1) & (theta >= th_lo) & (theta <= th_hi)
-    r_hit = safe_near / torch.cos(theta)  # [B, K, beams]
-    refl = _table(LIDAR_REFLECTIVITY, r_hit)[state.actor_kind].unsqueeze(-1)
-    vis = state.visibility_m.view(b, 1, 1)
-    u = rng.uniform(key, (k * LIDAR_BEAMS + 3 * LIDAR_BEAMS,))
-    fade = torch.exp(LIDAR_FADING_SIGMA * (u[:, : k * LIDAR_BEAMS].view(b, k, LIDAR_BEAMS) * 3.4 - 1.7))
-    power = refl * (LIDAR_R0_M / r_hit) ** 2 * torch.exp(-6.0 * r_hit / vis) * fade
-    seen = hit & (power > 1.0) & (r_hit < LIDAR_MAX_RANGE_M)
-    rng_m = torch.where(seen, r_hit, torch.full_like(r_hit, LIDAR_MAX_RANGE_M)).min(dim=1).values  # [B, beams]
-    tail = u[:, k * LIDAR_BEAMS :].view(b, 3, LIDAR_BEAMS)
+    u = rng.uniform(key, (k + 3 * LIDAR_BEAMS,))
+    # Whether an object returns is decided once per object and tick at its near-face range (the 1/cos stretch
+    # across +-15 deg is under 4 %); fading is per object and tick (its pose and surface).
+    fade = torch.exp(LIDAR_FADING_SIGMA * (u[:, :k] * 3.46 - 1.73))
+    refl = _table(LIDAR_REFLECTIVITY, near)[state.actor_kind]
+    r_near = near.clamp_min(0.1)
+    power = refl * (LIDAR_R0_M / r_near) ** 2 * torch.exp(-6.0 * r_near / state.visibility_m.unsqueeze(-1)) * fade
+    returns = (state.actor_kind > 0) & (near > 0.1) & (power > 1.0) & (r_near < LIDAR_MAX_RANGE_M)
+    hit = returns.unsqueeze(-1) & (theta >= th_lo) & (theta <= th_hi)  # [B, K, beams]
+    r_hit = torch.where(hit, safe_near, torch.full_like(safe_near, LIDAR_MAX_RANGE_M)) / torch.cos(theta)
+    rng_m = r_hit.min(dim=1).values.clamp_max(LIDAR_MAX_RANGE_M)  # [B, beams]
+    tail = u[:, k:].view(b, 3, LIDAR_BEAMS)
     rng_m = rng_m + LIDAR_NOISE_M * (tail[:, 0] - 0.5) * 3.46 * (rng_m < LIDAR_MAX_RANGE_M)
     p_back = LIDAR_BACKSCATTER * torch.exp(-state.visibility_m / 80.0).unsqueeze(-1)
     back_r = 2.0 + tail[:, 2] * (0.5 * state.visibility_m.unsqueeze(-1)).clamp(max=LIDAR_MAX_RANGE_M)
@@ -167,7 +169,7 @@ def _radar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tens
     az = torch.atan2(rel_y, near)
     rate = (state.actor_v_mps - state.ego_v_mps.unsqueeze(-1)) * torch.cos(az)
     u = rng.uniform(key, (k + 8,))
-    z = rng.normal(rng.hash32(key ^ 0x27D4EB2F), (3 * (k + 2),)).view(b, 3, k + 2)
+    z = rng.noise(rng.hash32(key ^ 0x27D4EB2F), (3 * (k + 2),)).view(b, 3, k + 2)
     p = _table(RADAR_DETECT_P, near)[state.actor_kind] * (1.0 - RADAR_RAIN_LOSS * state.rain.unsqueeze(-1))
     det = (state.actor_kind > 0) & (near > 0.3) & (rng_t < RADAR_MAX_RANGE_M) & (az.abs() < RADAR_FOV_RAD)
     det = det & (u[:, :k] < p)
@@ -221,7 +223,7 @@ def observe(world: World, state: WorldState) -> Observation:
     cam, cam_ok = _camera(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_CAMERA))
     lidar = _lidar(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_LIDAR))
     r, rr, az, ok = _radar(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_RADAR))
-    odo = rng.normal(rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_GHOST), (2,))
+    odo = rng.noise(rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_GHOST), (2,))
     return Observation(
         camera=cam,
         camera_valid=cam_ok,

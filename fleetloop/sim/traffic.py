@@ -79,31 +79,45 @@ def find_leaders(
     length_m: torch.Tensor,
     speed_mps: torch.Tensor,
     accel_mps2: torch.Tensor,
-    present: torch.Tensor,
+    present: torch.Tensor | None = None,
 ) -> LeaderInfo:
     """Leader of every vehicle in its lane, by one sort per row over the last dimension.
 
     All inputs have shape [..., N]: front-bumper positions [m], integer lanes, lengths [m], speeds, accelerations
-    and a ``present`` mask (absent vehicles neither lead nor are led). Ties in position keep index order.
+    and an optional ``present`` mask (absent vehicles neither lead nor are led). After sorting by
+    (lane, position), a vehicle's leader is simply the next one in the sorted row if it is in the same lane, so all
+    the work happens in sorted order and is scattered back once.
     """
     key = lane.to(torch.float64) * LANE_KEY_M + front_m.to(torch.float64)
-    key = torch.where(present, key, torch.full_like(key, math.inf))
+    if present is not None:
+        key = torch.where(present, key, torch.full_like(key, math.inf))
     order = torch.sort(key, dim=-1, stable=True).indices
-    sorted_key = torch.gather(key, -1, order)
-    nxt = torch.cat([order[..., 1:], order[..., :1]], dim=-1)  # candidate leader: next in sorted order
-    nxt_key = torch.cat([sorted_key[..., 1:], torch.full_like(sorted_key[..., :1], math.inf)], dim=-1)
-    same_lane = torch.floor(nxt_key / LANE_KEY_M + 0.5) == torch.floor(sorted_key / LANE_KEY_M + 0.5)
-    has = same_lane & torch.isfinite(nxt_key)
-    lead_sorted = torch.where(has, nxt, torch.full_like(nxt, -1))
-    leader = torch.empty_like(lead_sorted).scatter_(-1, order, lead_sorted)
-    leader = torch.where(present, leader, torch.full_like(leader, -1))
-    safe = leader.clamp_min(0)
-    has_leader = leader >= 0
-    gap = torch.gather(front_m, -1, safe) - torch.gather(length_m, -1, safe) - front_m
-    gap = torch.where(has_leader, gap, torch.full_like(gap, NO_LEADER_GAP_M))
-    lead_v = torch.where(has_leader, torch.gather(speed_mps, -1, safe), speed_mps)
-    lead_a = torch.where(has_leader, torch.gather(accel_mps2, -1, safe), torch.zeros_like(accel_mps2))
-    return LeaderInfo(index=leader, gap_m=gap, speed_mps=lead_v, accel_mps2=lead_a)
+    # The four per-vehicle quantities travel together: one gather into sorted order, one shift, one scatter back.
+    vals = torch.stack(
+        [front_m, length_m.to(front_m.dtype), speed_mps.to(front_m.dtype), accel_mps2.to(front_m.dtype)], -2
+    )
+    vals_s = vals.gather(-1, order.unsqueeze(-2).expand_as(vals))  # [..., 4, N]
+    l_s = lane.gather(-1, order)
+    same = l_s[..., 1:] == l_s[..., :-1]
+    if present is not None:
+        p_s = present.gather(-1, order)
+        same = same & p_s[..., 1:] & p_s[..., :-1]
+    same = torch.cat([same, torch.zeros_like(same[..., :1])], dim=-1)  # the front vehicle of a row has no leader
+    ahead = torch.cat([vals_s[..., 1:], vals_s[..., -1:]], dim=-1)  # the next vehicle in sorted order
+    gap_s = torch.where(same, ahead[..., 0, :] - ahead[..., 1, :] - vals_s[..., 0, :], NO_LEADER_GAP_M)
+    lead_v_s = torch.where(same, ahead[..., 2, :], vals_s[..., 2, :])
+    lead_a_s = torch.where(same, ahead[..., 3, :], 0.0)
+    nxt = torch.cat([order[..., 1:], order[..., :1]], dim=-1)
+    idx_s = torch.where(same, nxt, -1)
+    out_s = torch.stack([gap_s, lead_v_s, lead_a_s], -2)
+    out = torch.empty_like(out_s).scatter_(-1, order.unsqueeze(-2).expand_as(out_s), out_s)
+    index = torch.empty_like(idx_s).scatter_(-1, order, idx_s)
+    return LeaderInfo(
+        index=index,
+        gap_m=out[..., 0, :].to(speed_mps.dtype) if front_m.dtype != speed_mps.dtype else out[..., 0, :],
+        speed_mps=out[..., 1, :].to(speed_mps.dtype),
+        accel_mps2=out[..., 2, :].to(accel_mps2.dtype),
+    )
 
 
 def ballistic_update(
@@ -111,10 +125,10 @@ def ballistic_update(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Advance with constant acceleration over ``dt_s``; a vehicle that would reverse stops where v reaches 0."""
     new_v = speed_mps + accel_mps2 * dt_s
-    stops = new_v < 0
-    t_stop = torch.where(stops, speed_mps / (-accel_mps2).clamp_min(1e-9), torch.full_like(speed_mps, dt_s))
-    t = torch.minimum(t_stop, torch.full_like(t_stop, dt_s))
-    dist = speed_mps * t + 0.5 * accel_mps2 * t * t
+    # a vehicle that would reverse stops where its speed reaches zero: distance v^2 / (2 |a|)
+    dist = torch.where(
+        new_v < 0, speed_mps * speed_mps / (-2.0 * accel_mps2).clamp_min(1e-9), (speed_mps + new_v) * (0.5 * dt_s)
+    )
     return pos_m + dist.to(pos_m.dtype), new_v.clamp_min(0.0)
 
 
@@ -132,8 +146,7 @@ def road_traffic_step(
 
     ``v0_mps`` optionally gives each vehicle its own desired speed.
     """
-    present = torch.ones_like(lane, dtype=torch.bool)
-    lead = find_leaders(front_m, lane, length_m, speed_mps, accel_mps2, present)
+    lead = find_leaders(front_m, lane, length_m, speed_mps, accel_mps2)
     accel = idm_acceleration(speed_mps, lead.gap_m, speed_mps - lead.speed_mps, params, v0_mps=v0_mps)
     new_front, new_speed = ballistic_update(front_m, speed_mps, accel, dt_s)
     return new_front, new_speed, accel

@@ -27,7 +27,7 @@ def test_idm_platoon_reaches_closed_form_equilibrium_gap() -> None:
     length = torch.full((n,), 5.0, dtype=torch.float64)
     v0 = torch.full((n,), P.v0_mps, dtype=torch.float64)
     v0[0] = lead_speed
-    for _ in range(6000):  # 600 s
+    for _ in range(3000):  # 300 s
         front, speed, accel = road_traffic_step(front, speed, accel, lane, length, P, 0.1, v0_mps=v0)
     gaps = front[:-1] - length[:-1] - front[1:]
     expected = equilibrium_gap_m(float(speed[0]), P)
