@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export MLFLOW_DISABLE_TELEMETRY=true FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 RAY_USAGE_STATS_ENABLED=0
 export FLEETLOOP_KAFKA_LIBS_DIR := $(KAFKA_LIBS)
 
-.PHONY: install demo test lint format kafka-jars bench clean
+.PHONY: install demo test lint format kafka-jars bench-deps clean
 install: $(DEPS_STAMP) $(KAFKA_STAMP)
 	@# The environment is shared between clones: point its editable install at this checkout.
 	@if [ "$$($(PY) -c 'import fleetloop,os;print(os.path.dirname(os.path.dirname(fleetloop.__file__)))' 2>/dev/null)" != "$(CURDIR)" ]; then \
@@ -45,6 +45,9 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format fleetloop tests benchmarks
 	$(VENV)/bin/ruff check --fix fleetloop tests benchmarks
+
+bench-deps: install
+	$(PY) -m pip install -q -e '.[dev,bench]'
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -7,12 +7,24 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
+if TYPE_CHECKING:
+    from fleetloop.platform.settings import Settings
 
-os.environ.update(PHONE_HOME_OFF)
+# Set before any library is imported; spelled out here so that the sim tests also run on a machine that has
+# only torch and numpy (the GPU box), where the platform's settings module (pydantic) cannot be imported.
+os.environ.update(
+    {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "DO_NOT_TRACK": "1",
+    }
+)
 
 
 def free_port() -> int:
@@ -24,6 +36,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings for a private stack: temporary state directory, free loopback ports."""
+    from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
+
+    assert all(os.environ.get(k) == v for k, v in PHONE_HOME_OFF.items())
     state = tmp_path_factory.mktemp("fleetloop-state")
     libs = os.environ.get("FLEETLOOP_KAFKA_LIBS_DIR") or str(Path.home() / ".cache" / "fleetloop" / "kafka-libs")
     return Settings(
