@@ -1,0 +1,515 @@
+"""`fleetloop sim run` and `fleetloop sim euroncap`: launch a fleet simulation; run the Euro NCAP CCR matrix.
+
+The step functions (``resolve_model``, ``load_scenario``, ``simulate``, ``euroncap``) return JSON-ready results so
+that the demo can compose them; the typer commands add the progress bar, the tables, ``--json``, the PNG plot,
+the run record and the metrics exporter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fleetloop.cli.output import console, emit, err_console
+from fleetloop.platform.errors import NotFoundError, ServiceUnavailable, UserInputError
+from fleetloop.platform.runs import run_record
+from fleetloop.platform.settings import Settings, load_settings
+
+__all__ = ["app", "euroncap", "load_scenario", "resolve_model", "simulate"]
+
+app = typer.Typer(no_args_is_help=True)
+
+DEVICES = ("cpu", "cuda")
+CHUNK_TICKS = 10  # ticks between progress / metrics updates
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+
+
+def load_scenario(scenario: str) -> str | tuple[Any, ...]:
+    """A family name, or a YAML file holding one scenario or a list of them (parsed here, validated by the sim)."""
+    from fleetloop.sim import FAMILIES, ScenarioError, scenario_from_dict
+
+    if scenario in FAMILIES:
+        return scenario
+    path = Path(scenario)
+    if path.suffix.lower() not in (".yaml", ".yml") and not path.is_file():
+        raise UserInputError(
+            f"unknown scenario {scenario!r}; valid scenarios: {', '.join(FAMILIES)}, or a YAML file path"
+        )
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise NotFoundError(f"cannot read scenario file {path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise UserInputError(f"scenario file {path} is not valid YAML: {e}") from e
+    items = data if isinstance(data, list) else [data]
+    try:
+        return tuple(scenario_from_dict(d) for d in items)
+    except ScenarioError as e:
+        raise UserInputError(f"scenario file {path}: {e}") from e
+
+
+def resolve_model(settings: Settings, model: str | None, fallback_only: bool, workdir: Path) -> tuple[str, Path] | None:
+    """(version label, artifact path) of the model to drive with, or None for ``--fallback-only``.
+
+    ``model`` is a local artifact path or a registry version; without it the registry's production version.
+    """
+    if fallback_only:
+        if model:
+            raise UserInputError("--fallback-only and --model exclude each other; give one")
+        return None
+    if model and (Path(model).exists() or not model.isdigit()):
+        path = Path(model)
+        if not path.is_file():
+            raise NotFoundError(f"model file {path} does not exist; give an artifact path or a registry version")
+        return f"local:{path.stem}", path
+    from fleetloop.platform.registry import open_registry
+
+    try:
+        reg = open_registry(settings)
+    except ServiceUnavailable as e:
+        raise ServiceUnavailable(
+            f"{e}; or drive without the registry: --model PATH (a local artifact) or --fallback-only"
+        ) from e
+    name = settings.model_name
+    if model is None:
+        try:
+            prod = reg.by_alias(name, "production")
+        except NotFoundError:
+            prod = None
+        if prod is None:
+            raise NotFoundError(
+                f"{name} has no production version yet; run `fleetloop model bootstrap` to train and release the "
+                "initial model, or drive with --fallback-only"
+            )
+        version = prod.version
+    else:
+        version = str(int(model))
+    where = reg.download(name, version, workdir / f"v{version}")
+    files = sorted(where.rglob("*.safetensors")) if where.is_dir() else [where]
+    if not files:
+        raise NotFoundError(f"{name} v{version} holds no .safetensors artifact in {where}")
+    return version, files[0]
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+def simulate(
+    settings: Settings,
+    *,
+    vehicles: int,
+    minutes: float,
+    scenario: str = "mixed",
+    weather: str = "clear",
+    seed: int = 0,
+    model: str | None = None,
+    fallback_only: bool = False,
+    inject: list[str] | None = None,
+    device: str = "cpu",
+    shards: int = 1,
+    backend: str = "processes",
+    ray_address: str | None = None,
+    telemetry: bool = True,
+    fleet_tag: str = "",
+    on_progress: Callable[[dict[str, int]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran)."""
+    from fleetloop.edge_agent.faults import FaultError
+    from fleetloop.edge_agent.fleet import FleetConfig
+    from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec
+
+    if vehicles < 1:
+        raise UserInputError(f"--vehicles must be a positive count, got {vehicles}")
+    if not minutes > 0 or not math.isfinite(minutes):
+        raise UserInputError(f"--minutes must be a positive number, got {minutes}")
+    if shards < 1:
+        raise UserInputError(f"--shards must be a positive count, got {shards}")
+    if device not in DEVICES:
+        raise UserInputError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    if backend not in BACKENDS:
+        raise UserInputError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError("--device cuda: torch sees no CUDA device here; use --device cpu")
+    scen = load_scenario(scenario)
+    try:
+        config = FleetConfig(scenario=scen, weather=weather, seed=seed, device=device, faults=tuple(inject or ()))
+    except FaultError as e:
+        raise UserInputError(str(e)) from e
+    except ValueError as e:
+        raise UserInputError(str(e)) from e
+    workdir = Path(settings.state_dir) / "sim" / "models"
+    resolved = resolve_model(settings, model, fallback_only, workdir)
+    paths = {} if resolved is None else {resolved[0]: str(resolved[1])}
+    label = None if resolved is None else resolved[0]
+    ticks = max(1, round(minutes * 60.0 / 0.1))
+    spec = ShardSpec(
+        config=config,
+        vehicle_ids=tuple(range(vehicles)),
+        model_paths=paths,
+        initial_version=label,
+        telemetry=settings.model_dump() if telemetry else None,
+        fleet_tag=fleet_tag,
+    )
+    t0 = time.monotonic()
+    if shards == 1 and backend == "processes":
+        from fleetloop.edge_agent.shards import build_runner
+
+        runner = build_runner(spec)
+        done = 0
+        while done < ticks:
+            n = min(CHUNK_TICKS, ticks - done)
+            before = runner.ticks
+            reports = [runner.step() for _ in range(n)]
+            done += runner.ticks - before
+            if on_progress:
+                on_progress(_sum_reports(reports))
+        summary = runner.close()
+    else:
+        fleet = ShardedFleet(spec, shards, backend, ray_address)
+        try:
+            done = 0
+            while done < ticks:
+                n = min(CHUNK_TICKS, ticks - done)
+                part = fleet.advance(n)
+                done += n
+                if on_progress:
+                    on_progress(part)
+            summary = fleet.close()
+        except BaseException:
+            if not fleet.closed:
+                fleet.kill()
+            raise
+    wall = time.monotonic() - t0
+    out = summary.to_dict()
+    out["run"] = {
+        "model": label or "fallback only",
+        "model_path": None if resolved is None else str(resolved[1]),
+        "scenario": scenario,
+        "weather": weather,
+        "seed": seed,
+        "device": device,
+        "shards": len(ShardedFleet.plan(spec, shards, backend)) if shards > 1 else 1,
+        "backend": backend,
+        "faults": list(inject or ()),
+        "telemetry": telemetry,
+        "wall_s": wall,
+        "vehicle_steps_per_s": out["vehicle_steps"] / wall if wall > 0 else None,
+    }
+    return out
+
+
+def _sum_reports(reports: list[Any]) -> dict[str, int]:
+    keys = ("vehicle_steps", "collisions", "near_misses", "fallback_activations", "uploaded_frames")
+    out = {k: sum(getattr(r, k) for r in reports) for k in keys}
+    out["ticks"] = len(reports)
+    return out
+
+
+# -- output -----------------------------------------------------------------------------------------
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return f"{x:,}"
+
+
+def _render_run(d: dict[str, Any]) -> None:
+    run = d["run"]
+    console.print(
+        f"[bold]{d['vehicles']:,} vehicles[/], {d['simulated_s'] / 60:.1f} simulated min, model {run['model']}, "
+        f"scenario {run['scenario']}, weather {run['weather']}, seed {run['seed']}, {run['shards']} shard(s) "
+        f"on {run['device']}: {d['km']:,.1f} km, {d['vehicle_hours']:,.2f} vehicle-hours in {run['wall_s']:.1f} s "
+        f"({_fmt(run['vehicle_steps_per_s'], 0)} vehicle-steps/s)",
+        highlight=False,
+    )
+    table = Table(title="per 1,000 km (counts in brackets)")
+    table.add_column("group")
+    for col in ("km", "collisions", "near misses", "phantom brakes", "hard brakes", "fallback acts", "progress"):
+        table.add_column(col, justify="right")
+
+    def row(name: str, g: dict[str, Any]) -> None:
+        per, ev = g["per_1000_km"], g["events"]
+        table.add_row(
+            name,
+            _fmt(g["km"], 1),
+            f"{_fmt(per['collisions'])} ({ev['collisions']})",
+            f"{_fmt(per['near_misses'])} ({ev['near_misses']})",
+            f"{_fmt(per['phantom_brakes'])} ({ev['phantom_brakes']})",
+            f"{_fmt(per['hard_brakes'])} ({ev['hard_brakes']})",
+            _fmt(g["fallback_activations_per_1000_km"]),
+            _fmt(g["progress_vs_expert"], 3),
+        )
+
+    row("[bold]fleet[/]", d)
+    for v, g in d["by_version"].items():
+        row(f"model {v}", g)
+    for c, g in d["by_condition"].items():
+        row(f"in {c}", g)
+    if len(d["by_version"]) > 1:
+        for k, g in d["by_version_condition"].items():
+            row(k, g)
+    console.print(table)
+    acts = {k: v for k, v in d["fallback_activations"].items() if v}
+    lat = d["latency"]
+    console.print(
+        "fallback activations: " + (", ".join(f"{k} {v:,}" for k, v in acts.items()) or "none"),
+        highlight=False,
+    )
+    console.print(
+        f"inference latency: simulated p50 {_fmt(lat['simulated_p50_ms'])} ms, p99 {_fmt(lat['simulated_p99_ms'])} ms "
+        f"({d['deadline_misses']:,} deadline misses); wall-clock per batched call p50 {_fmt(lat['wall_p50_ms'])} ms, "
+        f"p99 {_fmt(lat['wall_p99_ms'])} ms",
+        highlight=False,
+    )
+    c = d["counts"]
+    up = c.get("uploads", {})
+    console.print(
+        f"uploads: {up.get('frames_uploaded', 0):,} of {c.get('buffer', {}).get('frames_written', 0):,} frames "
+        f"({sum(up.get('refused_by_budget', {}).values()):,} wanted but over budget, kept on board)",
+        highlight=False,
+    )
+    tel = c.get("telemetry")
+    if tel:
+        lost = tel.get("frames_lost", {})
+        console.print(
+            f"telemetry: {tel.get('frames_sent', 0):,} frames sent, "
+            f"{tel.get('ground_truth_frames_sent', 0):,} ground-truth frames to the audit topic, "
+            + (f"[bold red]{sum(lost.values()):,} lost[/] ({lost})" if lost else "none lost"),
+            highlight=False,
+        )
+    if c.get("model_failures"):
+        console.print(f"[bold red]model failures[/]: {', '.join(c['model_failures'])}", highlight=False)
+
+
+def _plot(d: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    conds = list(d["by_condition"])
+    events = ("collisions", "near_misses", "phantom_brakes", "hard_brakes")
+    width = 0.8 / max(len(events), 1)
+    for i, ev in enumerate(events):
+        vals = [d["by_condition"][c]["per_1000_km"][ev] for c in conds]
+        axes[0].bar([j + i * width for j in range(len(conds))], [0 if math.isnan(v) else v for v in vals], width)
+    axes[0].set_xticks([j + 0.4 - width / 2 for j in range(len(conds))], conds)
+    axes[0].set_ylabel("events per 1,000 km")
+    axes[0].legend([e.replace("_", " ") for e in events])
+    axes[0].set_title("safety events by condition")
+    acts = d["fallback_activations"]
+    axes[1].barh(list(acts), list(acts.values()))
+    axes[1].set_xlabel("fallback activations")
+    axes[1].set_title("fallback activations by reason")
+    run = d["run"]
+    fig.suptitle(f"{d['vehicles']} vehicles, {d['simulated_s'] / 60:.1f} min, model {run['model']}, {run['weather']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
+    """Start the process's exporter; returns the per-chunk updater of the sim's counters."""
+    from fleetloop.platform.metrics import counter, gauge, start_exporter
+
+    start_exporter(settings, "sim")
+    steps = counter("fleetloop_sim_vehicle_steps_total", "Vehicle-steps simulated.")
+    events = counter("fleetloop_sim_events_total", "Safety events in the simulated fleet.", ["event"])
+    acts = counter("fleetloop_sim_fallback_activations_total", "Model -> fallback transitions.")
+    uploads = counter("fleetloop_sim_uploaded_frames_total", "Frames the vehicles chose to upload.")
+    rate = gauge("fleetloop_sim_vehicle_steps_per_second", "Vehicle-steps per wall-clock second (last chunk).")
+    last = [time.monotonic()]
+
+    def update(part: dict[str, int]) -> None:
+        now = time.monotonic()
+        steps.inc(part["vehicle_steps"])
+        events.labels(event="collision").inc(part["collisions"])
+        events.labels(event="near_miss").inc(part["near_misses"])
+        acts.inc(part["fallback_activations"])
+        uploads.inc(part["uploaded_frames"])
+        if now > last[0]:
+            rate.set(part["vehicle_steps"] / (now - last[0]))
+        last[0] = now
+
+    return update
+
+
+@app.command("run")
+def run_cmd(
+    vehicles: int = typer.Option(100, "--vehicles", help="Fleet size (vehicles)."),
+    minutes: float = typer.Option(1.0, "--minutes", help="Simulated minutes."),
+    scenario: str = typer.Option("mixed", "--scenario", help="Scenario family or a YAML scenario file."),
+    weather: str = typer.Option("clear", "--weather", help="Weather preset: clear, fog, rain, night, mixed."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
+    model: str | None = typer.Option(None, "--model", help="Registry version or artifact path (default: production)."),
+    fallback_only: bool = typer.Option(False, "--fallback-only", help="Drive with the rule-based fallback alone."),
+    inject: list[str] = typer.Option([], "--inject", help="Fault, e.g. latency_spike:p=0.05,ms=80; repeatable."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    shards: int = typer.Option(1, "--shards", help="Split the fleet over K shards."),
+    backend: str = typer.Option("processes", "--backend", help="Shard backend: processes or ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (--backend ray)."),
+    no_telemetry: bool = typer.Option(False, "--no-telemetry", help="Do not send uploads to Kafka."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the summary here."),
+) -> None:
+    """Launch a fleet simulation and print what it amounts to."""
+    settings = load_settings()
+    params = {k: v for k, v in locals().items() if k != "settings"}
+    ticks = max(1, round(minutes * 600))
+    with run_record(settings, command="sim run", params=params, seed=seed) as rec:
+        update = _metrics(settings)
+        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
+        with Progress(
+            *columns, TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=as_json
+        ) as progress:
+            task = progress.add_task(f"{vehicles:,} vehicles", total=ticks, info="")
+            seen = {"collisions": 0, "near_misses": 0}
+
+            def on_progress(part: dict[str, int]) -> None:
+                update(part)
+                seen["collisions"] += part["collisions"]
+                seen["near_misses"] += part["near_misses"]
+                info = f"collisions {seen['collisions']:,}, near misses {seen['near_misses']:,}"
+                progress.update(task, advance=part["ticks"], info=info)
+
+            result = simulate(
+                settings,
+                vehicles=vehicles,
+                minutes=minutes,
+                scenario=scenario,
+                weather=weather,
+                seed=seed,
+                model=model,
+                fallback_only=fallback_only,
+                inject=inject,
+                device=device,
+                shards=shards,
+                backend=backend,
+                ray_address=ray_address,
+                telemetry=not no_telemetry,
+                fleet_tag=rec.id,
+                on_progress=on_progress,
+            )
+        if plot is not None:
+            _plot(result, plot)
+            result["plot"] = str(plot)
+        rec.summary = result
+    result["run_id"] = rec.id
+    emit(result, as_json, _render_run)
+
+
+# -- Euro NCAP --------------------------------------------------------------------------------------
+
+
+def euroncap(settings: Settings, *, model: str | None = None, fallback_only: bool = False) -> dict[str, Any]:
+    """Drive the 24 Euro NCAP CCR tests (one vehicle each) and report every test."""
+    import torch
+
+    from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
+    from fleetloop.edge_agent.model_artifact import load_artifact
+    from fleetloop.sim import euro_ncap_matrix
+
+    tests = euro_ncap_matrix()
+    resolved = resolve_model(settings, model, fallback_only, Path(settings.state_dir) / "sim" / "models")
+    models = {} if resolved is None else {resolved[0]: load_artifact(resolved[1]).model}
+    config = FleetConfig(scenario=tuple(tests), weather="clear", respawn=False, progress_reference=False)
+    runner = FleetRunner(config, list(range(len(tests))), models, None if resolved is None else resolved[0])
+    n = len(tests)
+    collided = torch.zeros(n, dtype=torch.bool)
+    impact = torch.zeros(n)
+    warn_ttc = torch.full((n,), math.nan)
+    ticks = round(max(t.duration_s for t in tests) / 0.1)
+    for _ in range(ticks):
+        runner.step()
+        vt, ev, ttc = runner.last_tick, runner.last_events, runner.last_true_ttc_s
+        assert vt is not None and ev is not None and ttc is not None
+        first_warn = (vt.fallback.stage >= 1) & torch.isnan(warn_ttc) & ~collided
+        warn_ttc = torch.where(first_warn, ttc.float().cpu(), warn_ttc)
+        impact = torch.where(ev.collision.cpu(), ev.impact_speed_mps.cpu(), impact)
+        collided |= ev.collision.cpu()
+    rows = []
+    for i, t in enumerate(tests):
+        target = t.actors[0]
+        rows.append(
+            {
+                "test": t.name,
+                "ego_kmh": round(t.ego_speed_mps * 3.6, 1),
+                "target_kmh": round(target.speed_mps * 3.6, 1),
+                "target_decel_mps2": target.brake_decel_mps2,
+                "gap_m": round(target.x_m - target.size_m[0], 1),
+                "collided": bool(collided[i]),
+                "impact_kmh": round(float(impact[i]) * 3.6, 1) if bool(collided[i]) else 0.0,
+                "ttc_at_warning_s": None if math.isnan(float(warn_ttc[i])) else round(float(warn_ttc[i]), 2),
+            }
+        )
+    avoided = sum(not r["collided"] for r in rows)
+    ccrs_40 = [
+        r for r, t in zip(rows, tests, strict=True) if t.name.startswith("ccrs") and t.ego_speed_mps <= 40 / 3.6 + 1e-6
+    ]
+    return {
+        "model": "fallback only" if resolved is None else resolved[0],
+        "tests": rows,
+        "avoided": avoided,
+        "total": len(rows),
+        "ccrs_up_to_40_kmh_avoided": all(not r["collided"] for r in ccrs_40),
+    }
+
+
+def _render_ncap(d: dict[str, Any]) -> None:
+    table = Table(title=f"Euro NCAP AEB car-to-car rear, driven by {d['model']}: {d['avoided']}/{d['total']} avoided")
+    for col in (
+        "test",
+        "ego km/h",
+        "target km/h",
+        "target decel m/s²",
+        "gap m",
+        "collided",
+        "impact km/h",
+        "TTC warn s",
+    ):
+        table.add_column(col, justify="left" if col == "test" else "right")
+    for r in d["tests"]:
+        table.add_row(
+            r["test"],
+            _fmt(r["ego_kmh"], 0),
+            _fmt(r["target_kmh"], 0),
+            _fmt(r["target_decel_mps2"], 0),
+            _fmt(r["gap_m"], 1),
+            "[bold red]yes[/]" if r["collided"] else "[green]no[/]",
+            _fmt(r["impact_kmh"], 1),
+            _fmt(r["ttc_at_warning_s"]),
+        )
+    console.print(table)
+
+
+@app.command("euroncap")
+def euroncap_cmd(
+    fallback_only: bool = typer.Option(False, "--fallback-only", help="The rule-based fallback alone."),
+    model: str | None = typer.Option(None, "--model", help="Registry version or artifact path (default: production)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Drive the Euro NCAP CCR matrix (CCRs, CCRm, CCRb) and print every test."""
+    settings = load_settings()
+    params = {"fallback_only": fallback_only, "model": model}
+    with run_record(settings, command="sim euroncap", params=params, seed=0) as rec:
+        result = euroncap(settings, model=model, fallback_only=fallback_only)
+        rec.summary = result
+    emit(result, as_json, _render_ncap)
