@@ -1,0 +1,158 @@
+"""The label, train and validate stages for `fleetloop pipeline run`, as :class:`StageCommand` entries.
+
+Wire them with ``pipeline_stages.register(pipeline.STAGES)`` (after collect and groundtruth, in loop order).
+``validate`` here validates every training run of ``fleetloop-train`` not yet validated (tag
+``fleetloop.validation`` unset), newest last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from fleetloop.cli.output import console
+from fleetloop.cli.pipeline import Progress, StageCommand
+from fleetloop.platform.settings import Settings
+
+__all__ = ["STAGE_COMMANDS", "register"]
+
+
+def _run_label(settings: Settings, progress: Progress) -> dict[str, Any]:
+    from fleetloop.pipelines.label import label_pending
+
+    progress("label: labelling new lake segments")
+    report, events = label_pending(settings.state_dir)
+    if events:
+        from fleetloop.platform.bus.producer import BusProducer
+        from fleetloop.platform.bus.topics import PIPELINE_EVENTS
+
+        with BusProducer(settings, client_id="label") as p:
+            for ev in events:
+                p.send(PIPELINE_EVENTS, ev, key=ev.dataset_id)
+            p.flush()
+    return {**report.as_dict(), "events_emitted": len(events)}
+
+
+def _run_train(settings: Settings, progress: Progress) -> dict[str, Any]:
+    from fleetloop.pipelines.train import run_train
+
+    progress("train: fine-tuning on new labelled data")
+    out = run_train(settings)
+    if out.event is not None:
+        from fleetloop.platform.bus.producer import BusProducer
+        from fleetloop.platform.bus.topics import PIPELINE_EVENTS
+
+        with BusProducer(settings, client_id="train") as p:
+            p.send(PIPELINE_EVENTS, out.event, key=out.event.run_id)
+            p.flush()
+    return out.as_dict()
+
+
+def _unvalidated_runs(settings: Settings) -> list[Any]:
+    from mlflow import MlflowClient
+
+    from fleetloop.pipelines.train import TRAIN_EXPERIMENT
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    exp = client.get_experiment_by_name(TRAIN_EXPERIMENT)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time"])
+    return [r for r in runs if "fleetloop.validation" not in r.data.tags]
+
+
+def _run_validate(settings: Settings, progress: Progress) -> dict[str, Any]:
+    import json
+
+    from fleetloop.pipelines.train import ARTIFACT_DIR, ARTIFACT_FILE
+    from fleetloop.pipelines.validate import validate_candidate
+    from fleetloop.platform.bus.events import ModelTrained
+
+    results = []
+    for run in _unvalidated_runs(settings):
+        rid = run.info.run_id
+        ids = tuple(json.loads(run.data.tags.get("fleetloop.dataset_ids", "[]")))
+        ev = ModelTrained(
+            model_name=run.data.tags.get("fleetloop.model", settings.model_name),
+            run_id=rid,
+            artifact_uri=f"runs:/{rid}/{ARTIFACT_DIR}/{ARTIFACT_FILE}",
+            dataset_ids=ids,
+            source="pipeline-run",
+        )
+
+        def on_run(slice_name: str, seed: int, r: str = rid) -> None:
+            progress(f"validate {r[:8]}: {slice_name} seed {seed}")
+
+        out = validate_candidate(settings, ev, on_run=on_run)
+        results.append(out.as_dict())
+    return {"validated": results, "candidates": len(results)}
+
+
+def _render_label(d: dict[str, Any]) -> None:
+    t = Table(title="label", box=box.SIMPLE_HEAD, show_header=False)
+    t.add_row("segments labelled", f"{d['segments']:,} ({d['skipped_already_labelled']:,} already labelled)")
+    t.add_row("frames / valid labels", f"{d['frames']:,} / {d['labelled_valid']:,}")
+    q = d.get("quality", {})
+    if q.get("matched"):
+        t.add_row(
+            "label quality vs ground truth",
+            f"hazard precision {q['hazard_precision'] or 0:.2f}, recall {q['hazard_recall'] or 0:.2f}; "
+            f"target accel MAE {q['target_accel_mae_mps2'] or 0:.2f} m/s²",
+        )
+    t.add_row("conditions (own estimates)", ", ".join(f"{k} {v:,}" for k, v in d.get("conditions", {}).items()))
+    console.print(t)
+
+
+def _render_train(d: dict[str, Any]) -> None:
+    t = Table(title="train", box=box.SIMPLE_HEAD, show_header=False)
+    t.add_row("status", d["status"] + (f": {d['reason']}" if d["reason"] else ""))
+    if d["status"] == "trained":
+        m = d["metrics"]
+        t.add_row("frames / datasets", f"{d['frames']:,} / {len(d['dataset_ids'])}")
+        t.add_row("parent version", str(d["parent_version"] or "none (from scratch)"))
+        t.add_row("loss first -> last", f"{m.get('loss_first') or 0:.3f} -> {m.get('loss_last') or 0:.3f}")
+        t.add_row("MLflow run", str(d["run_id"]))
+    console.print(t)
+
+
+def _fmt(r: dict[str, Any]) -> str:
+    x = r["collisions_plus_near_misses"]
+    if x["per_1000_km"] is None:
+        return "-"
+    return f"{x['per_1000_km']:.0f} [{x['ci_low']:.0f}-{x['ci_high']:.0f}]"
+
+
+def _render_validate(d: dict[str, Any]) -> None:
+    if not d["validated"]:
+        console.print("validate: no unvalidated candidate")
+    for out in d["validated"]:
+        t = Table(
+            title=f"validate {out['model_name']} v{out['version']}: {out['stage'] or out['status']}",
+            box=box.SIMPLE_HEAD,
+        )
+        for col in ("slice", "candidate coll+nm /1000 km [95% CI]", f"{out['baseline']}", "progress cand / base"):
+            t.add_column(col)
+        for row in out["table"]:
+            c, b = row["candidate"], row["baseline"]
+            pc, pb = c["progress_vs_expert"]["mean"], b["progress_vs_expert"]["mean"]
+            t.add_row(row["slice"], _fmt(c), _fmt(b), f"{pc or 0:.3f} / {pb or 0:.3f}")
+        console.print(t)
+        for r in out["reasons"] or ([out["reason"]] if out["reason"] else []):
+            console.print(f"  [red]x[/] {r}")
+
+
+STAGE_COMMANDS: tuple[StageCommand, ...] = (
+    StageCommand("label", "hindsight labels over the lake, audited against ground truth", _run_label, _render_label),
+    StageCommand("train", "fine-tune production on new labelled data (MLflow run)", _run_train, _render_train),
+    StageCommand(
+        "validate", "held-out suite, gates, registration as staging / rejected", _run_validate, _render_validate
+    ),
+)
+
+
+def register(stages: dict[str, StageCommand]) -> None:
+    """Add label, train and validate to the pipeline CLI's stage table (in loop order)."""
+    for s in STAGE_COMMANDS:
+        stages[s.name] = s

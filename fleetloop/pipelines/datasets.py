@@ -1,0 +1,204 @@
+"""Labelled datasets on disk, and the features a model trains on, built from telemetry columns.
+
+A labelled dataset is one Parquet file per sealed lake segment, ``<state_dir>/datasets/labelled/<id>.parquet``,
+holding the segment's telemetry columns (per-frame arrays as fixed-size binary with dtype / shape metadata,
+the lake's convention, so :func:`fleetloop.pipelines.lake.read_segment` reads it) plus the label columns
+``LABEL_COLUMNS``, and a JSON sidecar ``<id>.json`` (rows, valid rows, content hash, label quality) written after
+the Parquet file is durable: the sidecar is the commit point, a Parquet file without one is ignored.
+
+:func:`policy_inputs_from_telemetry` turns telemetry columns into ``PolicyInputs`` with the vehicle's own
+feature function (``features_from_observation``), so a model trains on exactly what it will see on board.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleetloop.platform.errors import DataError
+
+__all__ = [
+    "LABEL_COLUMNS",
+    "LabelledDataset",
+    "labelled_dir",
+    "list_labelled",
+    "policy_inputs_from_telemetry",
+    "read_labelled",
+    "write_labelled",
+]
+
+LABEL_COLUMNS = (
+    "label_target_accel_mps2",
+    "label_hazard",
+    "label_needed_decel_mps2",
+    "label_confidence",
+    "label_valid",
+)
+_SIDECAR_VERSION = 1
+
+
+def labelled_dir(state_dir: Path) -> Path:
+    """``<state_dir>/datasets/labelled``."""
+    return Path(state_dir) / "datasets" / "labelled"
+
+
+@dataclass(frozen=True)
+class LabelledDataset:
+    """A labelled dataset's sidecar: where it is, what it holds, its content hash and label quality."""
+
+    dataset_id: str
+    path: str
+    rows: int
+    valid_rows: int
+    content_sha256: str
+    source_sha256: str = ""
+    """The lake segment's hash it was labelled from."""
+    conditions: dict[str, int] = field(default_factory=dict)
+    """Valid frames per data condition, from the vehicles' own estimates."""
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps({**asdict(self), "sidecar_version": _SIDECAR_VERSION}, sort_keys=True).encode()
+
+    @staticmethod
+    def from_file(path: Path) -> LabelledDataset:
+        try:
+            d = json.loads(path.read_bytes())
+            if d.pop("sidecar_version") != _SIDECAR_VERSION:
+                raise ValueError("unsupported sidecar version")
+            return LabelledDataset(**d)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise DataError(f"labelled dataset sidecar {path} is unreadable ({e}); delete it to relabel") from e
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_labelled(
+    state_dir: Path,
+    dataset_id: str,
+    columns: Mapping[str, np.ndarray],
+    *,
+    source_sha256: str = "",
+    conditions: Mapping[str, int] | None = None,
+    quality: Mapping[str, Any] | None = None,
+) -> LabelledDataset:
+    """Write one labelled dataset (Parquet, then the sidecar); returns the sidecar."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    missing = [c for c in ("vehicle_id", *LABEL_COLUMNS) if c not in columns]
+    if missing:
+        raise DataError(f"labelled dataset {dataset_id} lacks columns {missing}")
+    n = len(columns["vehicle_id"])
+    fields, arrays = [], []
+    for name in sorted(columns):
+        arr = np.asarray(columns[name])
+        if len(arr) != n:
+            raise DataError(f"labelled dataset {dataset_id}: column {name} has {len(arr)} rows, not {n}")
+        if name == "vehicle_id":
+            arrays.append(pa.array([str(v) for v in arr], pa.string()))
+            fields.append(pa.field(name, pa.string(), nullable=False))
+        elif arr.ndim > 1:
+            a = np.ascontiguousarray(arr)
+            width = a.dtype.itemsize * int(np.prod(a.shape[1:]))
+            arrays.append(
+                pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(a.view(np.uint8))])
+            )
+            meta = {b"dtype": a.dtype.str.encode(), b"shape": json.dumps(list(a.shape[1:])).encode()}
+            fields.append(pa.field(name, pa.binary(width), nullable=False, metadata=meta))
+        else:
+            arrays.append(pa.array(arr))
+            fields.append(pa.field(name, arrays[-1].type, nullable=False))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    folder = labelled_dir(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dataset_id}.parquet"
+    _write_durably(path, data)
+    valid = np.asarray(columns["label_valid"]).astype(bool)
+    side = LabelledDataset(
+        dataset_id=dataset_id,
+        path=str(path),
+        rows=n,
+        valid_rows=int(valid.sum()),
+        content_sha256="sha256:" + hashlib.sha256(data).hexdigest(),
+        source_sha256=source_sha256,
+        conditions=dict(conditions or {}),
+        quality=dict(quality or {}),
+    )
+    _write_durably(folder / f"{dataset_id}.json", side.to_json())
+    return side
+
+
+def list_labelled(state_dir: Path) -> list[LabelledDataset]:
+    """Every committed labelled dataset (those with a sidecar), by id."""
+    folder = labelled_dir(state_dir)
+    if not folder.is_dir():
+        return []
+    return [LabelledDataset.from_file(p) for p in sorted(folder.glob("*.json"))]
+
+
+def read_labelled(ds: LabelledDataset, verify: bool = True) -> dict[str, np.ndarray]:
+    """The dataset's columns; ``verify`` checks the file against its content hash first."""
+    from fleetloop.pipelines.lake import read_segment
+
+    path = Path(ds.path)
+    if verify:
+        try:
+            digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as e:
+            raise DataError(f"labelled dataset {ds.dataset_id} is missing ({e}); relabel it") from e
+        if digest != ds.content_sha256:
+            raise DataError(f"labelled dataset {ds.dataset_id} does not match its hash {ds.content_sha256}; relabel it")
+    return read_segment(path)
+
+
+def policy_inputs_from_telemetry(cols: Mapping[str, np.ndarray]) -> Any:
+    """``PolicyInputs`` of telemetry frames, through the vehicle's own ``features_from_observation``.
+
+    Telemetry carries no camera-health flag: a lost camera frame arrives as all zeros, so a frame with any
+    non-zero cell counts as valid (a night frame is dark but never exactly zero)."""
+    import torch
+
+    from fleetloop.edge_agent.buffer import unpack_camera
+    from fleetloop.edge_agent.features import features_from_observation
+    from fleetloop.platform.bus.schemas import radar_valid
+    from fleetloop.sim import Observation
+
+    def f32(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(cols[name], dtype=np.float32)))
+
+    cam = np.asarray(cols["camera"])
+    if "radar_valid" in cols:
+        rv = np.asarray(cols["radar_valid"], dtype=bool)
+    else:
+        rv = radar_valid(np.asarray(cols["radar_valid_bits"]))
+    obs = Observation(
+        camera=torch.from_numpy(unpack_camera(cam)),
+        camera_valid=torch.from_numpy(cam.reshape(len(cam), -1).any(axis=1)),
+        lidar_range_m=torch.nan_to_num(f32("lidar_range_m"), posinf=1e4),
+        radar_range_m=f32("radar_range_m"),
+        radar_range_rate_mps=f32("radar_range_rate_mps"),
+        radar_azimuth_rad=f32("radar_azimuth_rad"),
+        radar_valid=torch.from_numpy(rv),
+        ego_speed_mps=f32("ego_speed_mps"),
+        ego_accel_mps2=f32("ego_accel_mps2"),
+    )
+    return features_from_observation(obs)

@@ -1,0 +1,423 @@
+"""The train stage: fine-tune the production model on labelled fleet data; one MLflow run per candidate.
+
+    labelled datasets not yet trained on  ->  policy features (the vehicle's own) + hindsight targets
+    production model from the registry (alias ``production``; from scratch only when there is none)
+    train_imitation (the same function the bootstrap and the federated client use), seeded
+    artifact with lineage (parent version, dataset hashes, MLflow run id)  ->  MLflow run in ``fleetloop-train``
+    ->  ``model.trained``
+
+Too little data (fewer valid labelled frames than ``TrainConfig.min_frames``) is not an error: the stage says
+so, logs nothing and registers nothing, and the datasets wait for more. Datasets a candidate was trained on are
+recorded in ``<state_dir>/pipelines/train-consumed.json`` once its run is logged, so the next candidate trains
+on new data only (its parent already learnt the old).
+
+Device: ``TrainConfig.device`` "auto" would pick CUDA, but ``edge_agent.imitation.train_imitation`` keeps its
+bootstrap weights and sampling on the CPU, so training runs on the CPU until it takes a device (the outcome
+says which device ran, and why).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fleetloop.pipelines.datasets import LabelledDataset, list_labelled, policy_inputs_from_telemetry, read_labelled
+from fleetloop.platform.bus.events import ModelTrained
+from fleetloop.platform.errors import DataError, NotFoundError
+
+if TYPE_CHECKING:
+    import torch
+
+    from fleetloop.edge_agent.model_artifact import LoadedPolicy
+    from fleetloop.edge_agent.policy import FusionPolicy
+    from fleetloop.pipelines.event_stage import EventStageReport
+    from fleetloop.platform.registry import Registry
+    from fleetloop.platform.settings import Settings
+
+__all__ = [
+    "TRAIN_EXPERIMENT",
+    "TrainConfig",
+    "TrainOutcome",
+    "TrainingSet",
+    "build_training_set",
+    "consumed_datasets",
+    "consumed_path",
+    "fine_tune",
+    "production_model",
+    "run_train",
+    "run_train_stage",
+    "target_conditions",
+]
+
+TRAIN_EXPERIMENT = "fleetloop-train"
+ARTIFACT_DIR = "model"
+ARTIFACT_FILE = "policy.safetensors"
+TARGET_SHARE = 0.2  # a non-clear condition with at least this share of the frames is a target of the candidate
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters and limits of the train stage (logged as MLflow params)."""
+
+    seed: int = 0
+    """Seeds the train/validation split, bootstrap resamples, batch order and (from scratch) the weights."""
+    epochs: int = 4
+    """Passes over the training frames."""
+    batch_size: int = 512
+    """Frames per optimiser step."""
+    lr: float = 1e-3
+    """AdamW learning rate (lower than the bootstrap's: this is a fine-tune)."""
+    weight_decay: float = 1e-5
+    """AdamW weight decay."""
+    val_fraction: float = 0.1
+    """Share of frames held out for validation metrics."""
+    max_seconds: float = 300.0
+    """Wall-clock budget of the optimisation [s]."""
+    min_frames: int = 512
+    """Fewest valid labelled frames worth a candidate; fewer: the stage says so and stops."""
+    confidence_weighting: bool = True
+    """Weight each frame's loss by its label confidence (the share of its horizon that was seen)."""
+    device: str = "auto"
+    """"auto", "cpu" or "cuda" (see the module docstring: training runs on the CPU for now)."""
+    torch_threads: int = 0
+    """Intra-op threads for torch (0: leave the default)."""
+    experiment: str = TRAIN_EXPERIMENT
+    """MLflow experiment of the training runs."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.min_frames < 2:
+            raise ValueError("epochs and batch_size must be >= 1, min_frames >= 2")
+        if not 0 <= self.val_fraction < 1 or not self.lr > 0 or not self.max_seconds > 0:
+            raise ValueError("val_fraction must be in [0, 1), lr and max_seconds > 0")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device {self.device!r} invalid; use auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Tensors ``train_imitation`` takes, plus where they came from."""
+
+    data: dict[str, torch.Tensor]
+    dataset_ids: tuple[str, ...]
+    dataset_hashes: tuple[str, ...]
+    conditions: dict[str, int]
+
+    @property
+    def frames(self) -> int:
+        return int(self.data["accel_mps2"].shape[0]) if self.data else 0
+
+
+def build_training_set(datasets: Sequence[LabelledDataset], confidence_weighting: bool = True) -> TrainingSet:
+    """Valid labelled frames of ``datasets`` as policy features + targets (files checked against their hashes)."""
+    import torch
+
+    parts = [read_labelled(ds) for ds in datasets]
+    parts = [{k: v[np.asarray(p["label_valid"], dtype=bool)] for k, v in p.items()} for p in parts]
+    parts = [p for p in parts if len(p["vehicle_id"])]
+    conditions: dict[str, int] = {}
+    for ds in datasets:
+        for k, v in ds.conditions.items():
+            conditions[k] = conditions.get(k, 0) + int(v)
+    ids = tuple(ds.dataset_id for ds in datasets)
+    hashes = tuple(ds.content_sha256 for ds in datasets)
+    if not parts:
+        return TrainingSet({}, ids, hashes, conditions)
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    data = policy_inputs_from_telemetry(cols).as_dict()
+    data["accel_mps2"] = torch.from_numpy(np.asarray(cols["label_target_accel_mps2"], dtype=np.float32))
+    data["hazard"] = torch.from_numpy(np.asarray(cols["label_hazard"], dtype=np.float32))
+    if confidence_weighting:
+        data["weight"] = torch.from_numpy(np.asarray(cols["label_confidence"], dtype=np.float32))
+    return TrainingSet(data, ids, hashes, conditions)
+
+
+def target_conditions(conditions: Mapping[str, int]) -> list[str]:
+    """The data conditions a candidate should improve: non-clear ones with >= ``TARGET_SHARE`` of the frames;
+    ``clear`` when there are none."""
+    total = sum(conditions.values())
+    out = sorted(c for c, n in conditions.items() if c != "clear" and total and n / total >= TARGET_SHARE)
+    return out or ["clear"]
+
+
+def fine_tune(parent: FusionPolicy | None, ts: TrainingSet, cfg: TrainConfig) -> tuple[Any, Any]:
+    """Copy of ``parent`` (or a fresh model, seeded) trained on ``ts``; returns (model, ``ImitationMetrics``)."""
+    import copy
+
+    import torch
+
+    from fleetloop.edge_agent.imitation import ImitationConfig, train_imitation
+    from fleetloop.edge_agent.policy import FusionPolicy, PolicyConfig
+
+    if ts.frames < 2:
+        raise DataError(f"cannot train on {ts.frames} frames")
+    if parent is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = FusionPolicy(PolicyConfig())
+    else:
+        model = copy.deepcopy(parent).cpu()  # type: ignore[assignment]
+        model.requires_grad_(True)
+    icfg = ImitationConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        val_fraction=cfg.val_fraction,
+        max_seconds=cfg.max_seconds,
+    )
+    metrics = train_imitation(model, ts.data, icfg, cfg.seed)
+    return model, metrics
+
+
+@dataclass
+class TrainOutcome:
+    """What the train stage did: ``trained`` (with the run and the event) or ``skipped`` (with the reason)."""
+
+    status: str
+    reason: str = ""
+    frames: int = 0
+    dataset_ids: list[str] = field(default_factory=list)
+    dataset_hashes: list[str] = field(default_factory=list)
+    conditions: dict[str, int] = field(default_factory=dict)
+    parent_version: str | None = None
+    run_id: str | None = None
+    artifact_uri: str | None = None
+    device: str = "cpu"
+    device_note: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    loss_curve: list[float] = field(default_factory=list)
+    event: ModelTrained | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["event"] = None if self.event is None else {"run_id": self.event.run_id, "uri": self.event.artifact_uri}
+        d["metrics"] = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.metrics.items()
+        }
+        return d
+
+
+def consumed_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "pipelines" / "train-consumed.json"
+
+
+def consumed_datasets(state_dir: Path) -> set[str]:
+    """Ids of labelled datasets a logged candidate was already trained on."""
+    p = consumed_path(state_dir)
+    if not p.exists():
+        return set()
+    try:
+        return set(json.loads(p.read_text())["datasets"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{p} is unreadable ({e}); fix or delete it (then every dataset counts as new)") from e
+
+
+def _mark_consumed(state_dir: Path, ids: Sequence[str]) -> None:
+    p = consumed_path(state_dir)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    all_ids = sorted(consumed_datasets(state_dir) | set(ids))
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps({"datasets": all_ids}))
+    os.replace(tmp, p)
+
+
+def _resolve_device(cfg: TrainConfig) -> tuple[str, str]:
+    import torch
+
+    if cfg.device == "cpu":
+        return "cpu", ""
+    if torch.cuda.is_available():
+        return "cpu", "CUDA is available but edge_agent.imitation.train_imitation trains on the CPU only"
+    return "cpu", "" if cfg.device == "auto" else "no CUDA device; trained on the CPU"
+
+
+def production_model(registry: Registry, name: str, workdir: Path) -> tuple[LoadedPolicy | None, str | None]:
+    """(loaded production model, its version), or (None, None) when no version is in production."""
+    from fleetloop.edge_agent.model_artifact import load_artifact
+
+    try:
+        info = registry.by_alias(name, "production")
+    except NotFoundError:
+        return None, None
+    if info is None:
+        return None, None
+    folder = registry.download(name, info.version, workdir / f"production-v{info.version}")
+    files = sorted(Path(folder).rglob("*.safetensors"))
+    if not files:
+        raise DataError(f"{name} version {info.version} holds no .safetensors artifact; re-register it")
+    return load_artifact(files[0]), info.version
+
+
+def run_train(
+    settings: Settings,
+    cfg: TrainConfig | None = None,
+    *,
+    dataset_ids: Sequence[str] | None = None,
+    registry: Registry | None = None,
+    model_name: str | None = None,
+) -> TrainOutcome:
+    """Fine-tune production on the labelled datasets not yet trained on (or ``dataset_ids``); see the module doc."""
+    import torch
+
+    from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
+    from fleetloop.edge_agent.model_artifact import ArtifactMetadata, hash_tensors, save_artifact
+    from fleetloop.edge_agent.policy import ARCHITECTURE
+    from fleetloop.pipelines.label import labelled_by_id
+
+    cfg = cfg or TrainConfig()
+    name = model_name or settings.model_name
+    if dataset_ids is not None:
+        datasets = labelled_by_id(settings.state_dir, dataset_ids)
+    else:
+        used = consumed_datasets(settings.state_dir)
+        datasets = [d for d in list_labelled(settings.state_dir) if d.dataset_id not in used]
+    valid = sum(d.valid_rows for d in datasets)
+    base = TrainOutcome(
+        status="skipped",
+        frames=valid,
+        dataset_ids=[d.dataset_id for d in datasets],
+        dataset_hashes=[d.content_sha256 for d in datasets],
+    )
+    if valid < cfg.min_frames:
+        base.reason = (
+            f"too little labelled data: {valid} valid frames in {len(datasets)} new dataset(s), "
+            f"a candidate needs at least {cfg.min_frames}; nothing trained, nothing logged"
+        )
+        return base
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    ts = build_training_set(datasets, cfg.confidence_weighting)
+    if ts.frames < cfg.min_frames:
+        base.reason = f"too little labelled data: {ts.frames} valid frames, need {cfg.min_frames}"
+        return base
+    if registry is None:
+        from fleetloop.platform.registry import open_registry
+
+        registry = open_registry(settings)
+    device, note = _resolve_device(cfg)
+    with tempfile.TemporaryDirectory(prefix="fleetloop-train-") as tmp:
+        parent, parent_version = production_model(registry, name, Path(tmp))
+        t0 = time.perf_counter()
+        model, metrics = fine_tune(None if parent is None else parent.model, ts, cfg)
+        train_s = time.perf_counter() - t0
+        targets = target_conditions(ts.conditions)
+        client, run_id = _start_run(settings, cfg, name)
+        try:
+            meta = ArtifactMetadata(
+                architecture=ARCHITECTURE,
+                hyperparameters=model.config.to_dict(),
+                input_schema_version=INPUT_SCHEMA_VERSION,
+                parent_version=parent_version,
+                training_data_hashes=ts.dataset_hashes,
+                training_run_id=run_id,
+                metrics={**metrics.as_dict(), "frames": float(ts.frames), "train_wall_s": train_s},
+                notes={
+                    "role": "candidate",
+                    "origin": "central",
+                    "target_conditions": ",".join(targets),
+                    "dataset_ids": ",".join(ts.dataset_ids),
+                    "from_scratch": str(parent is None).lower(),
+                },
+            )
+            path = save_artifact(Path(tmp) / ARTIFACT_FILE, model, meta)
+            params = {
+                **{f"train.{k}": v for k, v in asdict(cfg).items()},
+                "data.frames": ts.frames,
+                "data.datasets": len(ts.dataset_ids),
+                "data.tensor_hash": hash_tensors(ts.data),
+                "data.target_conditions": ",".join(targets),
+                "parent_version": parent_version or "none (from scratch)",
+                "device": device,
+            }
+            for k, v in ts.conditions.items():
+                params[f"data.condition.{k}"] = v
+            _log(client, run_id, params, metrics, train_s, ts)
+            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+            client.set_terminated(run_id, "FINISHED")
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+    _mark_consumed(settings.state_dir, ts.dataset_ids)
+    uri = f"runs:/{run_id}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
+    event = ModelTrained(
+        model_name=name, run_id=run_id, artifact_uri=uri, origin="central", dataset_ids=ts.dataset_ids, source="train"
+    )
+    return TrainOutcome(
+        status="trained",
+        frames=ts.frames,
+        dataset_ids=list(ts.dataset_ids),
+        dataset_hashes=list(ts.dataset_hashes),
+        conditions=ts.conditions,
+        parent_version=parent_version,
+        run_id=run_id,
+        artifact_uri=uri,
+        device=device,
+        device_note=note,
+        metrics={**metrics.as_dict(), "train_wall_s": train_s},
+        loss_curve=list(metrics.loss_curve),
+        event=event,
+    )
+
+
+def _start_run(settings: Settings, cfg: TrainConfig, name: str) -> tuple[Any, str]:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    from fleetloop.platform.registry.mlflow_backend import MlflowBackend
+
+    MlflowBackend(settings.tracking_uri).check()  # fail fast (ServiceUnavailable) if MLflow is down
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment)
+    run = client.create_run(
+        exp_id, tags={"fleetloop.stage": "train", "fleetloop.model": name}, run_name=f"train-{name}"
+    )
+    return client, run.info.run_id
+
+
+def _log(client: Any, run_id: str, params: Mapping[str, Any], metrics: Any, train_s: float, ts: TrainingSet) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, 0) for k, v in metrics.as_dict().items() if math.isfinite(float(v))]
+    ms.append(Metric("train_wall_s", train_s, now, 0))
+    ms += [Metric("epoch_loss", float(v), now, i) for i, v in enumerate(metrics.loss_curve)]
+    ps = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    tags = [RunTag("fleetloop.dataset_hashes", json.dumps(list(ts.dataset_hashes))[:5000])]
+    tags.append(RunTag("fleetloop.dataset_ids", json.dumps(list(ts.dataset_ids))[:5000]))
+    client.log_batch(run_id, metrics=ms, params=ps, tags=tags)
+    client.log_dict(
+        run_id, {"dataset_ids": list(ts.dataset_ids), "dataset_hashes": list(ts.dataset_hashes)}, "data/lineage.json"
+    )
+
+
+def run_train_stage(
+    settings: Settings,
+    cfg: TrainConfig | None = None,
+    *,
+    group_id: str = "fleetloop-train",
+    idle_timeout_s: float | None = 2.0,
+    stop: Any = None,
+    on_outcome: Any = None,
+) -> EventStageReport:
+    """On ``labels.ready``: train a candidate once enough new labelled data has arrived; emit ``model.trained``."""
+    from fleetloop.pipelines.event_stage import run_event_stage
+
+    def handle(events: Sequence[Any]) -> list[Any]:
+        outcome = run_train(settings, cfg)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return [outcome.event] if outcome.event is not None else []
+
+    return run_event_stage(
+        settings, "train", handle, wants=("labels.ready",), group_id=group_id, idle_timeout_s=idle_timeout_s, stop=stop
+    )

@@ -1,0 +1,110 @@
+"""The gates: exact intervals against known values, and the decision as a pure function of slice metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fleetloop.pipelines.gates import (
+    GateConfig,
+    RunMetrics,
+    SliceMetrics,
+    SuiteMetrics,
+    decide,
+    mean_ci,
+    poisson_ci,
+    rate_per_1000km,
+    rate_ratio_ci,
+)
+
+
+def test_poisson_interval_matches_the_exact_garwood_values() -> None:
+    assert poisson_ci(0) == pytest.approx((0.0, 3.6889), abs=1e-4)
+    assert poisson_ci(10) == pytest.approx((4.7954, 18.3904), abs=1e-4)
+    assert poisson_ci(200) == pytest.approx((173.2409, 229.7220), abs=1e-3)
+
+
+def test_rate_per_1000km_scales_the_interval_and_is_nan_without_distance() -> None:
+    r = rate_per_1000km(10, 5.0)
+    assert r.per_1000_km == pytest.approx(2000.0)
+    assert (r.ci_low, r.ci_high) == pytest.approx((959.08, 3678.07), abs=0.1)
+    assert math.isnan(rate_per_1000km(0, 0.0).per_1000_km)
+
+
+def test_rate_ratio_interval_is_the_conditional_clopper_pearson() -> None:
+    ratio, lo, hi = rate_ratio_ci(5, 10.0, 10, 10.0)
+    assert ratio == pytest.approx(0.5)
+    assert (lo, hi) == pytest.approx((0.1341, 1.6055), abs=1e-3)
+    assert math.isinf(rate_ratio_ci(3, 1.0, 0, 1.0)[0])
+
+
+def test_mean_interval_uses_student_t() -> None:
+    m = mean_ci([1.0, 2.0, 3.0])
+    assert (m.mean, m.ci_low, m.ci_high) == pytest.approx((2.0, -0.4843, 4.4843), abs=1e-3)
+
+
+def run(km: float = 10.0, progress: float = 1.0, latency_s: float | None = 0.02, **counts: int) -> RunMetrics:
+    return RunMetrics(km=km, expert_km=km / progress, counts=counts, sim_latency_p99_s=latency_s)
+
+
+def suite(label: str, clear: RunMetrics, fog: RunMetrics) -> SuiteMetrics:
+    return SuiteMetrics(label, (SliceMetrics("ccr/clear", "clear", (clear,)), SliceMetrics("ccr/fog", "fog", (fog,))))
+
+
+BASE = suite("v1", run(collisions=1), run(collisions=6, near_misses=4))
+
+
+def test_a_candidate_safer_in_fog_and_not_worse_elsewhere_passes() -> None:
+    cand = suite("c", run(collisions=1), run(collisions=2, near_misses=1))
+    d = decide(cand, BASE, ["fog"])
+    assert d.passed, d.reasons
+
+
+def test_a_candidate_worse_in_clear_weather_is_rejected_with_that_slice_named() -> None:
+    cand = suite("c", run(collisions=4), run(collisions=1))
+    d = decide(cand, BASE, ["fog"])
+    assert not d.passed
+    assert any(r.startswith("slice ccr/clear") for r in d.reasons)
+
+
+def test_a_candidate_without_improvement_where_its_data_came_from_is_rejected() -> None:
+    cand = suite("c", run(collisions=1), run(collisions=6, near_misses=4))
+    d = decide(cand, BASE, ["fog"])
+    assert [r.split(":")[0] for r in d.reasons] == ["improvement"]
+
+
+def test_a_timid_model_fails_on_progress_even_with_fewer_collisions() -> None:
+    cand = suite("c", run(progress=0.8), run(progress=0.8))
+    d = decide(cand, BASE, ["fog"])
+    assert not d.passed
+    assert any("progress" in r for r in d.reasons)
+
+
+def test_phantom_braking_counts_against_the_candidate() -> None:
+    cand = suite("c", run(collisions=1, phantom_brakes=9), run(collisions=1))
+    d = decide(cand, BASE, ["fog"])
+    assert any(r.startswith("counter phantom_brakes") for r in d.reasons)
+
+
+def test_a_late_model_fails_the_latency_budget() -> None:
+    cand = suite("c", run(collisions=1, latency_s=0.25), run(collisions=1))
+    d = decide(cand, BASE, ["fog"], GateConfig(latency_budget_s=0.1))
+    assert any(r.startswith("latency") for r in d.reasons)
+
+
+def test_a_suite_too_small_to_judge_fails_with_that_reason() -> None:
+    tiny = suite("c", run(km=0.01), run(km=0.01))
+    d = decide(tiny, BASE, ["fog"])
+    assert not d.passed and d.reasons[0].startswith("suite too small")
+
+
+def test_mismatched_suites_are_refused() -> None:
+    other = SuiteMetrics("c", (SliceMetrics("x", "clear", (run(),)),))
+    with pytest.raises(ValueError, match="same suite"):
+        decide(other, BASE, ["fog"])
+
+
+def test_bad_margins_are_refused_with_the_setting_named() -> None:
+    with pytest.raises(ValueError, match="progress_margin"):
+        GateConfig(progress_margin=-1.0)
