@@ -13,7 +13,7 @@ from fleetloop.platform.settings import PHONE_HOME_OFF
 for _k, _v in PHONE_HOME_OFF.items():
     os.environ[_k] = _v
 
-from fleetloop.cli import config_cmd, demo, model, model_bootstrap, runs, sim, stack  # noqa: E402
+from fleetloop.cli import config_cmd, demo, lake, model, model_bootstrap, pipeline, pipeline_stages, runs, sim, stack  # noqa: E402
 from fleetloop.cli.output import err_console  # noqa: E402
 from fleetloop.platform.errors import FleetloopError  # noqa: E402
 
@@ -31,6 +31,9 @@ app.add_typer(config_cmd.app, name="config", help="Show the effective settings."
 model.app.command("bootstrap")(model_bootstrap.bootstrap_cmd)
 app.add_typer(model.app, name="model", help="See, bootstrap and promote fleet-policy model versions.")
 app.add_typer(sim.app, name="sim", help="Launch fleet simulations; the Euro NCAP CCR matrix.")
+pipeline_stages.register(pipeline.STAGES)
+app.add_typer(pipeline.app, name="pipeline", help="The data loop: collect -> label -> train -> validate.")
+app.add_typer(lake.app, name="lake", help="Inspect and prune the telemetry lake.")
 app.add_typer(runs.app, name="runs", help="Look back at the records every command leaves.")
 app.add_typer(demo.app, name="demo", help="See the whole loop once on the embedded defaults.")
 

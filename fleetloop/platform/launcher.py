@@ -389,6 +389,10 @@ def down(settings: Settings, names: Iterable[str] | None = None, purge: bool = F
             pgid = int(str(rec.get("pgid", rec["pid"])))
             if _group_alive(pgid):
                 action = "killed" if _stop_group(pgid, settings.stop_timeout_s) else "stopped"
+            child = _CHILDREN.pop(int(str(rec["pid"])), None)
+            if child is not None:  # started by this process: reap it, so no zombie outlives `down`
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=5)
             _record_path(settings, spec.name).unlink(missing_ok=True)
         res = StopResult(spec.name, action)
         folder = service_dir(settings, spec.name)

@@ -71,6 +71,13 @@ class Settings(BaseModel):
     )
     mlflow_port: int = Field(15000, description="Port of the local MLflow tracking server.")
     model_name: str = Field("fleet-policy", description="Registered model name of the fleet policy.")
+    # Lake
+    lake_max_age_h: float | None = Field(
+        None, description="Retention: delete lake partitions older than this many hours (unset: keep all)."
+    )
+    lake_max_bytes: int | None = Field(
+        None, description="Retention: delete the oldest lake partitions beyond this many bytes (unset: no cap)."
+    )
     # Timeouts
     startup_timeout_s: float = Field(90.0, description="How long `up` waits for a service to become healthy.")
     stop_timeout_s: float = Field(20.0, description="How long `down` waits after SIGTERM before SIGKILL.")
