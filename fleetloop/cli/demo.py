@@ -6,20 +6,25 @@ Each step returns a JSON-ready summary; the demo prints them as it goes and one 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit
 from fleetloop.platform import launcher
-from fleetloop.platform.errors import DataError, NotFoundError
+from fleetloop.platform.errors import NotFoundError
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = ["app", "step_bus_round_trip", "step_stack_up"]
+__all__ = [
+    "app",
+    "step_fleet",
+    "step_genesis_model",
+    "step_models",
+    "step_pipeline",
+    "step_stack_up",
+]
 
 app = typer.Typer()
 
@@ -35,58 +40,48 @@ def step_stack_up(settings: Settings) -> dict[str, Any]:
     }
 
 
-def step_bus_round_trip(settings: Settings, vehicles: int = 50, frames_per_vehicle: int = 2000) -> dict[str, Any]:
-    """Send columnar telemetry for ``vehicles`` through the broker and read every frame back exactly once."""
-    from fleetloop.platform.bus import TELEMETRY, TELEMETRY_FRAMES, BusConsumer, BusProducer, FrameBatch
+def step_genesis_model(settings: Settings) -> dict[str, Any]:
+    """The fleet's initial model: bootstrapped by imitation on clear weather and released as genesis, once."""
+    from fleetloop.cli.model_bootstrap import bootstrap
 
-    run = uuid.uuid4().hex[:8]
-    ids = [f"demo-{run}-{i:04d}" for i in range(vehicles)]
-    rng = np.random.default_rng(0)
-    t0 = time.monotonic()
-    with BusProducer(settings, client_id="fleetloop-demo") as producer:
-        for vid in ids:
-            cols: dict[str, Any] = {}
-            for c in TELEMETRY_FRAMES.columns:
-                shape = (frames_per_vehicle, *c.shape)
-                cols[c.name] = rng.integers(0, 200, size=shape) if c.np_dtype.kind in "ui" else rng.random(shape)
-            cols["seq"] = np.arange(frames_per_vehicle)
-            cols["tick"] = np.arange(frames_per_vehicle)
-            producer.send(TELEMETRY, FrameBatch.build(TELEMETRY_FRAMES, vid, cols))
-        producer.flush()
-    sent_s = time.monotonic() - t0
-    seen: dict[str, list[np.ndarray]] = {vid: [] for vid in ids}
-    others = 0
-    with BusConsumer(settings, [TELEMETRY], group_id=f"demo-{run}", client_id="fleetloop-demo") as consumer:
-        total = vehicles * frames_per_vehicle
-        got = 0
-        for polled in consumer.poll_batches(idle_timeout_s=15.0):
-            for d in polled.deliveries:
-                if isinstance(d.value, FrameBatch) and d.value.vehicle_id in seen:
-                    seen[d.value.vehicle_id].append(d.value.seq)
-                    got += d.value.n_frames
-                else:
-                    others += 1  # telemetry of earlier runs on the same topic
-            consumer.commit(polled)
-            if got >= total:
-                break
-    elapsed = time.monotonic() - t0
-    missing = duplicates = 0
-    for seqs in seen.values():
-        allseq = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.uint32)
-        uniq = np.unique(allseq)
-        duplicates += len(allseq) - len(uniq)
-        missing += frames_per_vehicle - len(uniq)
-    if missing or duplicates:
-        raise DataError(f"bus round trip lost {missing} and duplicated {duplicates} frames")
+    out = bootstrap(settings, vehicles=512, ticks=300, max_train_s=30.0, actor="demo")
+    metrics = out.get("metrics") or {}
     return {
-        "vehicles": vehicles,
-        "frames": total,
-        "missing": missing,
-        "duplicates": duplicates,
-        "other_records_skipped": others,
-        "send_seconds": round(sent_s, 2),
-        "frames_per_second_end_to_end": round(total / elapsed),
+        "production": out.get("production"),
+        "trained_now": out.get("changed"),
+        "genesis": out.get("genesis", "earlier"),
+        **{k: round(float(metrics[k]), 3) for k in ("val_accel_corr", "val_hazard_acc") if k in metrics},
     }
+
+
+def step_fleet(settings: Settings, vehicles: int, minutes: float, weather: str, seed: int) -> dict[str, Any]:
+    """A fleet on the production model, streaming its triggered uploads through Kafka."""
+    from fleetloop.cli.sim import simulate
+
+    out = simulate(
+        settings, vehicles=vehicles, minutes=minutes, scenario="mixed", weather=weather, seed=seed, fleet_tag="demo"
+    )
+    events = out.get("events", {})
+    return {
+        "km": round(float(out.get("km", 0.0)), 1),
+        **{k: events[k] for k in ("collisions", "near_misses") if k in events},
+        "collisions_plus_near_misses_per_1000_km": round(
+            float(out.get("collisions_plus_near_misses_per_1000_km", 0.0)), 1
+        ),
+        "counts": {k: v for k, v in out.get("counts", {}).items() if "upload" in k or "telemetry" in k},
+    }
+
+
+def step_pipeline(settings: Settings) -> dict[str, Any]:
+    """Every pipeline stage once over what arrived: collect, ground truth, label, train, validate."""
+    from fleetloop.cli.pipeline import STAGES
+
+    out: dict[str, Any] = {}
+    for name, stage in STAGES.items():
+        summary = stage.run(settings, lambda msg: None)
+        flat = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
+        out[name] = ", ".join(f"{k}={v}" for k, v in list(flat.items())[:4])
+    return out
 
 
 def step_models(settings: Settings) -> dict[str, Any]:
@@ -116,17 +111,25 @@ def _render(d: dict[str, Any]) -> None:
 
 @app.callback(invoke_without_command=True)
 def demo(
-    vehicles: int = typer.Option(50, min=1, help="Vehicles whose telemetry crosses the bus."),
-    frames: int = typer.Option(2000, min=1, help="Frames per vehicle."),
+    vehicles: int = typer.Option(100, min=1, help="Fleet vehicles driving into fog."),
+    minutes: float = typer.Option(1.0, min=0.1, help="Simulated minutes of fleet driving."),
+    weather: str = typer.Option("fog", help="Weather preset of the fleet run."),
+    seed: int = typer.Option(0, help="Seed of the fleet run."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """See the whole loop once on the embedded defaults: local Kafka, MLflow on SQLite."""
     settings = load_settings()
-    with run_record(settings, command="demo", params={"vehicles": vehicles, "frames": frames}, seed=0) as rec:
+    params = {"vehicles": vehicles, "minutes": minutes, "weather": weather}
+    with run_record(settings, command="demo", params=params, seed=seed) as rec:
         steps: dict[str, Any] = {}
+        t0 = time.monotonic()
         steps["stack"] = step_stack_up(settings)
-        with console.status("telemetry through the bus..."):
-            steps["bus"] = step_bus_round_trip(settings, vehicles, frames)
+        with console.status("genesis model: imitation of the expert on clear weather..."):
+            steps["genesis model"] = step_genesis_model(settings)
+        steps["fleet"] = step_fleet(settings, vehicles, minutes, weather, seed)
+        with console.status("data loop: collect, label, train, validate..."):
+            steps.update({f"pipeline {k}": {"summary": v} for k, v in step_pipeline(settings).items()})
         steps["registry"] = step_models(settings)
+        steps["registry"]["demo_seconds"] = round(time.monotonic() - t0, 1)
         rec.summary = {"steps": steps}
     emit({"run_id": rec.id, "steps": steps}, as_json, _render)
