@@ -121,5 +121,38 @@ def run_cmd(
         err_console.print("[yellow]note:[/] no partitions were assigned; is another member of the group running?")
 
 
+@app.command("serve")
+def serve_cmd(
+    stage: list[str] = typer.Option(None, "--stage", "-s", help="Stage service(s) to start; all by default."),
+    min_new_frames: int = typer.Option(
+        None, "--min-new-frames", help="Train a candidate once this many new valid labelled frames have arrived."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the services' status as JSON."),
+) -> None:
+    """Run the stages unattended as services of the launcher (`fleetloop down` stops them)."""
+    from fleetloop.pipelines.serve import SERVE_STAGES, register_services, service_name
+    from fleetloop.platform.launcher import up
+
+    names = stage or list(SERVE_STAGES)
+    unknown = [n for n in names if n not in SERVE_STAGES]
+    if unknown:
+        raise UserInputError(f"unknown stage(s) {unknown}; known: {', '.join(SERVE_STAGES)}")
+    if min_new_frames is not None and min_new_frames < 2:
+        raise UserInputError("--min-new-frames must be at least 2")
+    register_services(min_new_frames)
+    settings = load_settings()
+    statuses = up(settings, [service_name(n) for n in names])
+    out = [st.to_dict() for st in statuses]
+    if as_json:
+        emit(out, True, lambda _d: None)
+        return
+    t = Table(title="pipeline services", box=box.SIMPLE_HEAD)
+    for col in ("service", "state", "pid", "detail"):
+        t.add_column(col)
+    for st in statuses:
+        t.add_row(st.name, st.state, str(st.pid or ""), st.detail)
+    console.print(t)
+
+
 if __name__ == "__main__":
     app()

@@ -11,12 +11,23 @@ checks them against the bus schema's ``TriggerFlag``)::
     bit 4  HIGH_UNCERTAINTY   model uncertainty above ``high_uncertainty``
     bit 5  RANDOM_SAMPLE      the unbiased random sample (counter-based per vehicle id and tick)
 
-A trigger at tick t asks for the clip [t - pre_s, t + post_s]. Frame f is therefore decided at tick
-f + pre_ticks, when every trigger that could cover it is known: ``step`` returns the decision for frame
-``tick - pre_ticks`` (the frame itself is read back from the on-board buffer). Uploads spend tokens of a
-per-vehicle token bucket filled at ``budget_fraction`` per tick, which starts empty, so a vehicle never uploads
-more than ``budget_fraction`` of its frames. Frames the budget refuses stay in the buffer; they are counted per
-primary reason (the lowest bit set). The last ``pre_ticks`` frames of a run are never decided (they stay buffered).
+Uploads are whole clips, admitted atomically (all or nothing) against the budget, so the label stage gets
+what the hindsight labeller needs: a trigger at tick t asks for the clip [t - pre_s, t + post_s], and ``post_s``
+reaches past the labeller's horizon (3 s) so the trigger moment itself gets a complete label. The random sample
+draws frame f (an unbiased sample, counter-based per vehicle id and frame) and asks for the short clip
+[f, f + sample_clip_s]. Frame f is decided at tick f + pre_ticks, when every trigger that could cover it is known:
+``step`` returns the decision for frame ``tick - pre_ticks`` (the frame itself is read back from the on-board
+buffer). Every clip starts at or before the frame being decided, so the admitted clips of a vehicle form one
+interval that only grows forward: a clip that overlaps the one being uploaded pays only for the frames it adds.
+
+The budget is a per-vehicle token bucket filled at ``budget_fraction`` per tick, holding at most
+``max(bucket_frames, clip_frames)``. It starts with room for exactly one trigger clip (the first event of a run is
+not lost), so a vehicle uploads at most ``budget_fraction`` x frames + one clip: the long-run share is at most
+``budget_fraction``. A clip the bucket cannot pay for in full is refused whole; its frames stay in the buffer.
+Refusals are counted per clip and per frame, by primary reason (the lowest bit set; the bit order is the
+priority order). ``trigger_mask`` selects which bits may ask for an upload (the others are still recorded in
+``trigger_flags``): random-only uploads are ``trigger_mask=RANDOM_SAMPLE``. The last ``pre_ticks`` frames of a
+run are never decided (they stay buffered).
 """
 
 from __future__ import annotations
@@ -62,28 +73,35 @@ class TriggerConfig:
         near_miss_ttc_s: perceived TTC below this is a near miss as the vehicle sees it [s].
         disagreement_mps2: model and fallback differ by more than this [m/s²].
         high_uncertainty: model uncertainty above this (model units).
-        sample_rate: probability a frame is taken as the random sample [-].
+        sample_rate: probability a frame is drawn as the random sample (the start of a random clip) [-].
+        sample_clip_s: a random clip reaches this far after the sampled frame [s] (past the labeller's horizon).
         budget_fraction: at most this share of frames is uploaded [-] (default 2 %).
-        bucket_frames: token bucket capacity [frames]: how much of a burst (clips) can be saved up.
+        bucket_frames: token bucket capacity [frames]: how much of a burst (clips) can be saved up (at least one
+            clip; see ``capacity_frames``).
+        trigger_mask: the bits that may ask for an upload (``TRIGGER_BITS`` values or-ed together).
     """
 
     pre_s: float = 2.0
-    post_s: float = 2.0
+    post_s: float = 3.0
     dt_s: float = 0.1
     hard_brake_mps2: float = 4.0
     near_miss_ttc_s: float = 1.0
     disagreement_mps2: float = 3.0
     high_uncertainty: float = 0.5
-    sample_rate: float = 0.002
+    sample_rate: float = 4e-5
+    sample_clip_s: float = 5.0
     budget_fraction: float = 0.02
     bucket_frames: float = 100.0
+    trigger_mask: int = (1 << 6) - 1
 
     def __post_init__(self) -> None:
-        for name in ("pre_s", "post_s", "sample_rate", "budget_fraction"):
+        for name in ("pre_s", "post_s", "sample_rate", "sample_clip_s", "budget_fraction"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"TriggerConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not self.dt_s > 0 or not self.bucket_frames >= 1:
             raise ValueError("TriggerConfig needs dt_s > 0 and bucket_frames >= 1")
+        if not 0 <= self.trigger_mask < (1 << N_BITS):
+            raise ValueError(f"TriggerConfig.trigger_mask must be a set of the {N_BITS} trigger bits")
 
     @property
     def pre_ticks(self) -> int:
@@ -92,6 +110,21 @@ class TriggerConfig:
     @property
     def post_ticks(self) -> int:
         return round(self.post_s / self.dt_s)
+
+    @property
+    def sample_ticks(self) -> int:
+        """Frames after the sampled one in a random clip."""
+        return round(self.sample_clip_s / self.dt_s)
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames of one trigger clip (before, the trigger moment, after)."""
+        return self.pre_ticks + 1 + self.post_ticks
+
+    @property
+    def capacity_frames(self) -> float:
+        """Token bucket capacity [frames]: at least one whole clip."""
+        return max(self.bucket_frames, float(self.clip_frames), float(self.sample_ticks + 1))
 
 
 @dataclass(frozen=True)
@@ -109,34 +142,47 @@ class TriggerInputs:
 
 @dataclass(frozen=True)
 class TriggerState:
-    """Per vehicle: the last tick each trigger bit fired [B, N_BITS], bucket tokens [B], and counters [B, N_BITS]:
-    frames uploaded and frames the budget refused, by primary reason; plus frames decided [B]."""
+    """Per vehicle: the last tick each trigger bit fired (the random bit: the last sampled frame) [B, N_BITS],
+    bucket tokens [B], the last frame of the admitted clips [B], counters [B, N_BITS] by primary reason: frames
+    uploaded and frames wanted but refused, clips admitted and clips refused; plus frames decided [B]."""
 
     last_fired: torch.Tensor
     tokens: torch.Tensor
+    clip_until: torch.Tensor
     uploaded: torch.Tensor
     refused: torch.Tensor
+    clips: torch.Tensor
+    clips_refused: torch.Tensor
     decided: torch.Tensor
 
     @staticmethod
-    def init(batch: int, device: torch.device | str = "cpu") -> TriggerState:
-        """A fresh state (empty bucket) for ``batch`` vehicles."""
+    def init(batch: int, device: torch.device | str = "cpu", cfg: TriggerConfig | None = None) -> TriggerState:
+        """A fresh state for ``batch`` vehicles: the bucket holds one trigger clip of ``cfg`` (default config)."""
+        cfg = cfg or TriggerConfig()
         zb = torch.zeros(batch, N_BITS, dtype=torch.int64, device=device)
         return TriggerState(
             last_fired=torch.full((batch, N_BITS), _NEVER, dtype=torch.int64, device=device),
-            tokens=torch.zeros(batch, dtype=torch.float64, device=device),
+            tokens=torch.full((batch,), float(cfg.clip_frames), dtype=torch.float64, device=device),
+            clip_until=torch.full((batch,), _NEVER, dtype=torch.int64, device=device),
             uploaded=zb,
             refused=zb.clone(),
+            clips=zb.clone(),
+            clips_refused=zb.clone(),
             decided=torch.zeros(batch, dtype=torch.int64, device=device),
         )
 
     def totals(self) -> dict[str, dict[str, int]]:
-        """Fleet totals: uploaded and refused frames per primary reason, and frames decided."""
+        """Fleet totals per primary reason: frames uploaded and refused, clips uploaded and refused; frames decided."""
         names = list(TRIGGER_BITS)
-        up, ref = self.uploaded.sum(0).tolist(), self.refused.sum(0).tolist()
+
+        def per(t: torch.Tensor) -> dict[str, int]:
+            return dict(zip(names, t.sum(0).tolist(), strict=True))
+
         return {
-            "uploaded": dict(zip(names, up, strict=True)),
-            "refused_by_budget": dict(zip(names, ref, strict=True)),
+            "uploaded": per(self.uploaded),
+            "refused_by_budget": per(self.refused),
+            "clips_uploaded": per(self.clips),
+            "clips_refused_by_budget": per(self.clips_refused),
             "decided": {"frames": int(self.decided.sum())},
         }
 
@@ -176,38 +222,77 @@ def trigger_bits(cfg: TriggerConfig, inp: TriggerInputs) -> torch.Tensor:
     return bits
 
 
+def _admit(
+    want: torch.Tensor, end: torch.Tensor, start: int, until: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Admit the clips [start, end] where ``want``, all or nothing: each pays for the frames it adds to the admitted
+    interval ending at ``until``. Returns (admitted, new until, new tokens)."""
+    cost = (end - torch.clamp(until, min=start - 1)).clamp(min=0).to(tokens.dtype)
+    admitted = want & (tokens >= cost)
+    return admitted, torch.where(admitted, torch.maximum(until, end), until), tokens - cost * admitted
+
+
 def triggers_step(
     cfg: TriggerConfig, state: TriggerState, inp: TriggerInputs, vehicle_ids: torch.Tensor, tick: int, seed: int
 ) -> tuple[TriggerState, UploadDecision]:
-    """Record this tick's triggers and decide frame ``tick - pre_ticks``."""
+    """Record this tick's triggers, admit or refuse the clips they ask for, and decide frame ``tick - pre_ticks``."""
     now_bits = trigger_bits(cfg, inp)
-    shifts = torch.arange(N_BITS, device=now_bits.device)
+    dev = now_bits.device
+    shifts = torch.arange(N_BITS, device=dev)
     fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
     last = torch.where(fired, torch.full_like(state.last_fired, tick), state.last_fired)
-    tokens = (state.tokens + cfg.budget_fraction).clamp(max=cfg.bucket_frames)
+    tokens = (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
     f = tick - cfg.pre_ticks
     b = now_bits.shape[0]
     if f < 0:
-        none = torch.zeros(b, dtype=torch.bool, device=now_bits.device)
-        new = TriggerState(last, tokens, state.uploaded, state.refused, state.decided)
+        # Clips of the run's first ticks are cut at frame 0; they are decided (and paid for) from tick pre_ticks on.
+        none = torch.zeros(b, dtype=torch.bool, device=dev)
+        new = TriggerState(
+            last,
+            tokens,
+            state.clip_until,
+            state.uploaded,
+            state.refused,
+            state.clips,
+            state.clips_refused,
+            state.decided,
+        )
         return new, UploadDecision(f, none, torch.zeros_like(now_bits), none, now_bits)
-    # Frame f lies in the clip of any trigger fired within [f - post, f + pre] = [f - post, tick].
-    covered = last >= f - cfg.post_ticks
+    until = state.clip_until
+    one_hot = torch.nn.functional.one_hot
+    # Trigger clips asked for at this tick, or, on the first decided frame, at any earlier tick that covers it.
+    live = (last[:, : N_BITS - 1] >= f - cfg.post_ticks) & bool(f == 0) | fired[:, : N_BITS - 1]
+    live = live & ((cfg.trigger_mask >> shifts[: N_BITS - 1]) & 1).bool()
+    want_t = live.any(-1)
+    end_t = torch.where(fired[:, : N_BITS - 1].any(-1), tick, last[:, : N_BITS - 1].max(-1).values) + cfg.post_ticks
+    ok_t, until, tokens = _admit(want_t, end_t, f, until, tokens)
+    reason_t = one_hot(live.to(torch.int64).argmax(-1), N_BITS) * want_t.unsqueeze(-1)
+    # The random sample: frame f starts a random clip [f, f + sample_ticks].
     key = rng.vehicle_key(seed, vehicle_ids.to(torch.int64), f, _STREAM_SAMPLE)
     sample = rng.uniform(key, (1,)).squeeze(-1) < cfg.sample_rate
-    covered[:, N_BITS - 1] = sample
+    sample = sample & bool((cfg.trigger_mask >> (N_BITS - 1)) & 1)
+    last[:, N_BITS - 1] = torch.where(sample, f, last[:, N_BITS - 1])
+    ok_s, until, tokens = _admit(sample, torch.full_like(until, f + cfg.sample_ticks), f, until, tokens)
+    reason_s = one_hot(torch.full_like(until, N_BITS - 1), N_BITS) * sample.unsqueeze(-1)
+    # Why frame f was wanted: the trigger clips [t - pre, t + post] and random clips [s, s + sample] that cover it.
+    covered = last >= f - cfg.post_ticks
+    covered[:, N_BITS - 1] = last[:, N_BITS - 1] >= f - cfg.sample_ticks
+    covered = covered & ((cfg.trigger_mask >> shifts) & 1).bool()
     bits = (covered.to(torch.int32) << shifts.to(torch.int32)).sum(-1, dtype=torch.int32)
+    upload = until >= f
     wanted = bits > 0
-    upload = wanted & (tokens >= 1.0)
     refused = wanted & ~upload
-    tokens = tokens - upload.to(tokens.dtype)
-    # Primary reason: the lowest bit set (the bit order is the priority order).
-    primary = torch.nn.functional.one_hot(covered.to(torch.int64).argmax(-1), N_BITS)
+    primary = one_hot(covered.to(torch.int64).argmax(-1), N_BITS)
     new = TriggerState(
         last_fired=last,
         tokens=tokens,
-        uploaded=state.uploaded + primary * upload.unsqueeze(-1),
+        clip_until=until,
+        uploaded=state.uploaded + primary * (upload & wanted).unsqueeze(-1),
         refused=state.refused + primary * refused.unsqueeze(-1),
+        clips=state.clips + reason_t * ok_t.unsqueeze(-1) + reason_s * ok_s.unsqueeze(-1),
+        clips_refused=state.clips_refused
+        + reason_t * (want_t & ~ok_t).unsqueeze(-1)
+        + reason_s * (sample & ~ok_s).unsqueeze(-1),
         decided=state.decided + 1,
     )
     return new, UploadDecision(f, upload, bits, refused, now_bits)

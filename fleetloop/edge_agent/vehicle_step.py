@@ -99,7 +99,7 @@ class VehicleState:
         return VehicleState(
             fallback=FallbackState.init(batch, device),
             arbiter=ArbiterState.init(batch, device),
-            triggers=TriggerState.init(batch, device),
+            triggers=TriggerState.init(batch, device, cfg.triggers),
             conditions=ConditionsState.init(batch, device),
             cmd_queue_mps2=torch.zeros(batch, max(cfg.delay_ticks, 1), device=device),
         )

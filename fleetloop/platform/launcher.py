@@ -69,6 +69,7 @@ class ServiceSpec:
     metrics_port: Callable[[Settings], int | None] = lambda s: None
     extra_env: Callable[[Settings], dict[str, str]] = lambda s: {}
     order: int = 100  # start order; stopped in reverse
+    autostart: bool = True  # started by a plain `fleetloop up`; on-demand services are started by name
 
 
 @dataclass
@@ -84,6 +85,7 @@ class ServiceStatus:
     metrics_port: int | None = None
     detail: str = ""
     log: str | None = None
+    required: bool = True  # part of the stack `fleetloop up` starts (on-demand services are not)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -233,7 +235,12 @@ def _status_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
 
 def status(settings: Settings, names: Iterable[str] | None = None) -> list[ServiceStatus]:
     """Ask every (selected) service how it is, with a real protocol call."""
-    return [_status_one(settings, spec) for spec in registered(names)]
+    out = []
+    for spec in registered(names):
+        st = _status_one(settings, spec)
+        st.required = spec.autostart
+        out.append(st)
+    return out
 
 
 def _wait_healthy(settings: Settings, spec: ServiceSpec, proc: subprocess.Popen[bytes], log: Path) -> Health:
@@ -337,7 +344,10 @@ def up(
 ) -> list[ServiceStatus]:
     """Start every (selected) service that is not already healthy; wait until each answers."""
     out = []
-    for spec in registered(names):
+    specs = registered(names)
+    if names is None:
+        specs = [s for s in specs if s.autostart]
+    for spec in specs:
         if on_event:
             on_event(spec.name, "starting")
         st = _start_one(settings, spec)

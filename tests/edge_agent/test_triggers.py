@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from fleetloop.edge_agent.labeller import LabelConfig, hindsight_labels
 from fleetloop.edge_agent.triggers import (
     TRIGGER_BITS,
     TriggerConfig,
@@ -13,6 +15,7 @@ from fleetloop.edge_agent.triggers import (
     triggers_step,
 )
 from fleetloop.platform.bus.schemas import TriggerFlag
+from fleetloop.sim.sensors import LIDAR_BEAMS
 
 
 def _inp(b: int, **kw: torch.Tensor) -> TriggerInputs:
@@ -47,22 +50,58 @@ def test_each_trigger_fires_on_vehicle_known_signals() -> None:
     assert trigger_bits(cfg, inp).tolist() == [1, 2, 4, 8, 16, 0]
 
 
+def _drive(cfg: TriggerConfig, hard_at: dict[int, list[int]], ticks: int, b: int = 1) -> tuple[TriggerState, list]:
+    """Run the triggers; vehicle v brakes hard at the ticks ``hard_at[v]``. Returns the state and the uploaded
+    (vehicle, frame tick, bits)."""
+    s = TriggerState.init(b, cfg=cfg)
+    ids = torch.arange(b)
+    got = []
+    for tick in range(ticks):
+        hard = torch.tensor([-6.0 if tick in hard_at.get(v, []) else 0.0 for v in range(b)])
+        s, d = triggers_step(cfg, s, _inp(b, ego_accel_mps2=hard), ids, tick, seed=0)
+        got += [(v, d.frame_tick, int(d.bits[v])) for v in ids[d.upload].tolist()]
+    return s, got
+
+
 def test_clip_covers_seconds_before_and_after_the_trigger() -> None:
-    cfg = TriggerConfig(pre_s=0.5, post_s=0.3, sample_rate=0.0, bucket_frames=100.0, budget_fraction=1.0)
-    s = TriggerState.init(1)
-    uploaded = []
-    for tick in range(40):
-        hard = torch.tensor([-6.0 if tick == 20 else 0.0])
-        s, d = triggers_step(cfg, s, _inp(1, ego_accel_mps2=hard), torch.tensor([5]), tick, seed=0)
-        if bool(d.upload[0]):
-            uploaded.append((d.frame_tick, int(d.bits[0])))
-    assert uploaded == [(t, 2) for t in range(15, 24)]
+    cfg = TriggerConfig(pre_s=0.5, post_s=0.3, sample_rate=0.0)
+    _, uploaded = _drive(cfg, {0: [20]}, 40)
+    assert uploaded == [(0, t, 2) for t in range(15, 24)]
+
+
+def test_first_event_of_a_run_is_uploaded_whole_on_the_default_budget() -> None:
+    cfg = TriggerConfig(sample_rate=0.0)
+    s, uploaded = _drive(cfg, {0: [100]}, 200)
+    assert [t for _, t, _ in uploaded] == list(range(100 - cfg.pre_ticks, 100 + cfg.post_ticks + 1))
+    assert cfg.post_ticks >= LabelConfig().horizon_ticks  # the trigger moment gets a complete label
+    assert s.totals()["clips_uploaded"]["hard_brake"] == 1
+
+
+def test_a_clip_over_budget_is_refused_whole_not_cut() -> None:
+    cfg = TriggerConfig(sample_rate=0.0)
+    s, uploaded = _drive(cfg, {0: [100, 400]}, 600)  # the second event comes before the bucket refilled a clip
+    assert [t for _, t, _ in uploaded] == list(range(100 - cfg.pre_ticks, 100 + cfg.post_ticks + 1))
+    tot = s.totals()
+    assert tot["clips_refused_by_budget"]["hard_brake"] == 1
+    assert tot["refused_by_budget"]["hard_brake"] == cfg.clip_frames  # every frame it wanted is counted, stays on board
+    # Once the bucket holds a clip again, the next event goes up whole.
+    s, uploaded = _drive(cfg, {0: [100, 100 + 50 + round(cfg.clip_frames / cfg.budget_fraction)]}, 3000)
+    assert len(uploaded) == 2 * cfg.clip_frames
+
+
+def test_overlapping_triggers_extend_the_clip_and_pay_only_for_added_frames() -> None:
+    cfg = TriggerConfig(sample_rate=0.0)
+    s, uploaded = _drive(cfg, {0: [100, 101, 102]}, 200)
+    ticks = [t for _, t, _ in uploaded]
+    assert ticks == list(range(100 - cfg.pre_ticks, 102 + cfg.post_ticks + 1))
+    # The starting clip plus 200 ticks of refill, less the clip and the two frames the extensions added.
+    assert abs(float(s.tokens[0]) - (cfg.clip_frames + 200 * cfg.budget_fraction - cfg.clip_frames - 2)) < 1e-6
 
 
 def test_budget_holds_over_a_long_run_and_drops_are_counted() -> None:
     cfg = TriggerConfig()
-    b, ticks = 100, 1500
-    s = TriggerState.init(b)
+    b, ticks = 8, 3000
+    s = TriggerState.init(b, cfg=cfg)
     ids = torch.arange(b)
     uploads = torch.zeros(b)
     for tick in range(ticks):
@@ -70,12 +109,47 @@ def test_budget_holds_over_a_long_run_and_drops_are_counted() -> None:
         hard = torch.where((ids + tick) % 50 == 0, -6.0, 0.0)
         s, d = triggers_step(cfg, s, _inp(b, ego_accel_mps2=hard), ids, tick, seed=1)
         uploads += d.upload
-    assert float(uploads.max()) <= cfg.budget_fraction * ticks
-    assert float(uploads.sum()) / (b * ticks) > 0.019  # the budget is used, not wasted
+    # At most the budget plus the starting clip; the long-run share tends to the budget.
+    assert float(uploads.max()) <= cfg.budget_fraction * ticks + cfg.clip_frames
+    assert float(uploads.sum()) / (b * ticks) <= cfg.budget_fraction + cfg.clip_frames / ticks
+    assert float(uploads.sum()) / (b * ticks) > 0.015  # the budget is used, not wasted
     tot = s.totals()
-    assert tot["refused_by_budget"]["hard_brake"] > 0
+    assert tot["refused_by_budget"]["hard_brake"] > 0 and tot["clips_refused_by_budget"]["hard_brake"] > 0
     assert sum(tot["uploaded"].values()) == int(uploads.sum())
     assert tot["decided"]["frames"] == b * (ticks - cfg.pre_ticks)
+
+
+def test_random_only_uploads_ignore_triggers() -> None:
+    cfg = TriggerConfig(sample_rate=0.01, trigger_mask=TRIGGER_BITS["random_sample"])
+    s, uploaded = _drive(cfg, {0: [100]}, 300)
+    assert uploaded and all(bits == TRIGGER_BITS["random_sample"] for _, _, bits in uploaded)
+    assert s.totals()["clips_uploaded"]["hard_brake"] == 0
+    first = uploaded[0][1]
+    assert [t for _, t, _ in uploaded[: cfg.sample_ticks + 1]] == list(range(first, first + cfg.sample_ticks + 1))
+
+
+def test_uploaded_clip_gives_the_label_stage_a_valid_label_at_the_trigger() -> None:
+    """The labeller sees only what was uploaded: the trigger frame's horizon must be in the clip."""
+    cfg = TriggerConfig(sample_rate=0.0)
+    _, uploaded = _drive(cfg, {0: [100]}, 200)
+    ticks = np.array([t for _, t, _ in uploaded])
+    assert (np.diff(ticks) == 1).all()  # contiguous
+    n = len(ticks)
+    frames = {
+        "vehicle_id": np.zeros(n, np.int64),
+        "tick": ticks,
+        "ego_speed_mps": np.full(n, 15.0, np.float32),
+        "ego_accel_mps2": np.zeros(n, np.float32),
+        "lidar_range_m": np.full((n, LIDAR_BEAMS), 100.0, np.float32),
+        "radar_range_m": np.full((n, 8), 100.0, np.float32),
+        "radar_range_rate_mps": np.zeros((n, 8), np.float32),
+        "radar_azimuth_rad": np.zeros((n, 8), np.float32),
+        "radar_valid": np.zeros((n, 8), bool),
+    }
+    labels = hindsight_labels(LabelConfig(dt_s=cfg.dt_s), frames)
+    valid = labels.valid.numpy()
+    assert valid[ticks == 100].all()
+    assert valid[ticks <= 100].all()  # the seconds before it too
 
 
 def test_random_sample_is_independent_of_the_batch_split() -> None:
@@ -84,7 +158,7 @@ def test_random_sample_is_independent_of_the_batch_split() -> None:
     parts = [ids[ids % 3 == k] for k in range(3)]
 
     def run(vehicle_ids: torch.Tensor) -> dict[int, list[int]]:
-        s = TriggerState.init(len(vehicle_ids))
+        s = TriggerState.init(len(vehicle_ids), cfg=cfg)
         got: dict[int, list[int]] = {int(v): [] for v in vehicle_ids}
         for tick in range(60):
             s, d = triggers_step(cfg, s, _inp(len(vehicle_ids)), vehicle_ids, tick, seed=9)
@@ -98,4 +172,4 @@ def test_random_sample_is_independent_of_the_batch_split() -> None:
         split.update(run(p))
     assert whole == split
     n = sum(len(v) for v in whole.values())
-    assert 0.005 < n / (1000 * (60 - cfg.pre_ticks)) < 0.015
+    assert n > 0 and all(v == sorted(set(v)) for v in whole.values())

@@ -1,0 +1,169 @@
+"""`fleetloop pipeline serve`: the data-loop stages as unattended services of the launcher.
+
+Each stage (collect, groundtruth, label, train, validate) is a service ``pipeline-<stage>``: its own process
+(``python -m fleetloop.pipelines.serve STAGE``), its own consumer group, running until stopped (``fleetloop down``
+sends SIGTERM; the stage shells finish the batch in hand, seal and commit). The stages hand off through pipeline
+events on Kafka, so a candidate is produced whenever enough new data has arrived: train runs on every
+``labels.ready`` but trains only once ``min_new_frames`` valid labelled frames not yet trained on have piled up
+(below that it says so and keeps them for the next event).
+
+Health is a heartbeat: the process rewrites ``<state>/services/pipeline-<stage>/heartbeat`` every
+``HEARTBEAT_S`` from a thread of its own; the launcher checks the process is alive (pid + command line) and the
+heartbeat is younger than ``STALE_S``. A stage busy training or validating keeps beating; a hung interpreter or
+a dead process does not.
+
+:func:`register_services` adds the specs to the launcher (the CLI calls it; ``platform`` cannot import
+``pipelines``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fleetloop.platform.launcher import Health, ServiceSpec
+    from fleetloop.platform.settings import Settings
+
+__all__ = [
+    "HEARTBEAT_S",
+    "SERVE_STAGES",
+    "STALE_S",
+    "heartbeat_health",
+    "heartbeat_path",
+    "register_services",
+    "serve_stage",
+    "service_name",
+]
+
+SERVE_STAGES = ("collect", "groundtruth", "label", "train", "validate")
+HEARTBEAT_S = 2.0  # [s] how often a stage process rewrites its heartbeat
+STALE_S = 15.0  # [s] a heartbeat older than this is unhealthy
+_MARKER = "fleetloop.pipelines.serve"
+
+
+def service_name(stage: str) -> str:
+    return f"pipeline-{stage}"
+
+
+def heartbeat_path(settings: Settings, stage: str) -> Path:
+    from fleetloop.platform.launcher import service_dir
+
+    return service_dir(settings, service_name(stage)) / "heartbeat"
+
+
+def _beat(path: Path, stop: threading.Event) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    while not stop.is_set():
+        tmp.write_text(f"{os.getpid()} {time.time():.3f}\n")
+        os.replace(tmp, path)
+        stop.wait(HEARTBEAT_S)
+
+
+def heartbeat_health(settings: Settings, stage: str) -> Health:
+    """Healthy when the stage's heartbeat is younger than ``STALE_S``."""
+    from fleetloop.platform.launcher import Health
+
+    path = heartbeat_path(settings, stage)
+    try:
+        age_s = time.time() - path.stat().st_mtime
+    except OSError:
+        return Health(False, f"no heartbeat yet at {path}")
+    if age_s > STALE_S:
+        return Health(False, f"heartbeat {age_s:.0f} s old (stale after {STALE_S:.0f} s)")
+    return Health(True, f"heartbeat {age_s:.1f} s ago")
+
+
+def serve_stage(settings: Settings, stage: str, *, min_new_frames: int | None = None, stop: Any = None) -> Any:
+    """Run one stage until stopped (SIGTERM / Ctrl-C or ``stop``), beating the heartbeat; returns its report."""
+    if stage not in SERVE_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(SERVE_STAGES)}")
+    done = threading.Event()
+    beat = threading.Thread(target=_beat, args=(heartbeat_path(settings, stage), done), daemon=True)
+    beat.start()
+    try:
+        if stage == "collect":
+            from fleetloop.pipelines.collect import run_collect
+
+            return run_collect(settings, idle_timeout_s=None, stop=stop)
+        if stage == "groundtruth":
+            from fleetloop.pipelines.ground_truth import run_ground_truth
+
+            return run_ground_truth(settings, idle_timeout_s=None)  # stops on SIGTERM / Ctrl-C
+        if stage == "label":
+            from fleetloop.pipelines.label import run_label
+
+            return run_label(settings, idle_timeout_s=None, stop=stop)
+        if stage == "train":
+            from fleetloop.pipelines.train import TrainConfig, run_train_stage
+
+            cfg = TrainConfig() if min_new_frames is None else TrainConfig(min_frames=min_new_frames)
+            return run_train_stage(settings, cfg, idle_timeout_s=None, stop=stop)
+        from fleetloop.pipelines.validate import run_validate_stage
+
+        return run_validate_stage(settings, idle_timeout_s=None, stop=stop)
+    finally:
+        done.set()
+        beat.join(timeout=HEARTBEAT_S + 1)
+
+
+def _stack_env(settings: Settings) -> dict[str, str]:
+    """The stage process talks to the same broker and tracking server as the settings that started it."""
+    return {
+        "FLEETLOOP_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
+        "FLEETLOOP_MLFLOW_TRACKING_URI": settings.tracking_uri,
+    }
+
+
+def _spec(stage: str, order: int, min_new_frames: int | None) -> ServiceSpec:
+    from fleetloop.platform.launcher import ServiceSpec
+
+    def command(settings: Settings, folder: Path) -> list[str]:
+        cmd = [sys.executable, "-m", _MARKER, stage]
+        return cmd + (["--min-new-frames", str(min_new_frames)] if min_new_frames is not None else [])
+
+    return ServiceSpec(
+        name=service_name(stage),
+        description=f"data-loop stage {stage} (consumer group fleetloop-{stage})",
+        address=lambda s: f"consumer group fleetloop-{stage}",
+        is_external=lambda s: False,
+        ports=lambda s: [],
+        command=command,
+        health=lambda s: heartbeat_health(s, stage),
+        cmdline_marker=f"{_MARKER} {stage}",
+        extra_env=_stack_env,
+        order=order,
+        autostart=False,  # started by `fleetloop pipeline serve`, not by `fleetloop up`
+    )
+
+
+def register_services(min_new_frames: int | None = None) -> list[str]:
+    """Register a launcher service per stage (after Kafka and MLflow); returns their names in start order."""
+    from fleetloop.platform.launcher import register
+
+    return [register(_spec(st, 200 + 10 * i, min_new_frames)).name for i, st in enumerate(SERVE_STAGES)]
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fleetloop.pipelines.serve STAGE``: one stage process (settings from the environment)."""
+    import argparse
+
+    from fleetloop.platform.settings import load_settings
+
+    p = argparse.ArgumentParser(prog=f"python -m {_MARKER}", description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=SERVE_STAGES)
+    p.add_argument("--min-new-frames", type=int, default=None, help="train only once this many new labelled frames")
+    args = p.parse_args(argv)
+    report = serve_stage(load_settings(), args.stage, min_new_frames=args.min_new_frames)
+    print(getattr(report, "as_dict", lambda: report)(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,43 @@
+"""`fleetloop pipeline serve`: the stages run unattended as launcher services and report health by heartbeat."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleetloop.platform.settings import Settings
+
+
+def test_stage_services_start_answer_and_stop(stack_settings: Settings, kafka_bootstrap: str, mlflow_uri: str) -> None:
+    from fleetloop.pipelines.serve import register_services, service_name
+    from fleetloop.platform import launcher
+
+    register_services(min_new_frames=64)
+    names = [service_name(s) for s in ("collect", "label")]
+    try:
+        up = launcher.up(stack_settings, names)
+        assert [s.state for s in up] == ["running", "running"], [s.detail for s in up]
+        st = launcher.status(stack_settings, names)
+        assert all(s.healthy and s.pid for s in st)
+    finally:
+        launcher.down(stack_settings, names)
+    assert [s.state for s in launcher.status(stack_settings, names)] == ["stopped", "stopped"]
+
+
+def test_a_stale_heartbeat_is_unhealthy(tmp_path: object) -> None:
+    import os
+    import time
+    from pathlib import Path
+
+    from fleetloop.pipelines.serve import STALE_S, heartbeat_health, heartbeat_path
+    from fleetloop.platform.settings import Settings
+
+    settings = Settings(state_dir=Path(str(tmp_path)))
+    assert not heartbeat_health(settings, "train").ok  # never beat
+    path = heartbeat_path(settings, "train")
+    path.parent.mkdir(parents=True)
+    path.write_text("1 0\n")
+    assert heartbeat_health(settings, "train").ok
+    old = time.time() - STALE_S - 5
+    os.utime(path, (old, old))
+    assert not heartbeat_health(settings, "train").ok
