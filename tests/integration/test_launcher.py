@@ -82,11 +82,11 @@ def _up_status_down(s: Settings) -> None:
     by_name = {x["name"]: x for x in data["services"]}
     assert by_name["kafka"]["healthy"] and by_name["mlflow"]["healthy"]
     assert data["kafka_bootstrap"] == f"127.0.0.1:{s.kafka_port}"
-    pids = {x["name"]: x["pid"] for x in data["services"]}
+    pids = {x["name"]: x["pid"] for x in data["services"] if x["required"]}
     # up twice is a no-op: same processes
     again = _cli(s, "up", "--json")
     assert again.returncode == 0, again.stderr
-    assert {x["name"]: x["pid"] for x in json.loads(again.stdout)["services"]} == pids
+    assert {x["name"]: x["pid"] for x in json.loads(again.stdout)["services"]} == pids  # only the stack
     assert _pids_in_state(s.state_dir), "services should run from the state directory"
     down = _cli(s, "down")
     assert down.returncode == 0, down.stderr
@@ -94,6 +94,7 @@ def _up_status_down(s: Settings) -> None:
     st2 = _cli(s, "status", "--json")
     assert st2.returncode == 4
     assert {x["state"] for x in json.loads(st2.stdout)["services"]} == {"stopped"}
+    assert all(not x["required"] for x in json.loads(st2.stdout)["services"] if x["name"].startswith("pipeline-"))
 
 
 def test_kafka_data_survives_a_restart_and_purge_removes_it(tmp_path: Path, stack_settings: Settings) -> None:
