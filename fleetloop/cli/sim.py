@@ -123,8 +123,15 @@ def simulate(
     telemetry: bool = True,
     fleet_tag: str = "",
     on_progress: Callable[[dict[str, int]], None] | None = None,
+    fog_onset_s: float | None = None,
+    triggers: Any | None = None,
 ) -> dict[str, Any]:
-    """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran)."""
+    """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran).
+
+    ``fog_onset_s``: a fog bank rolls in over the whole road at this simulated time (``FleetConfig.fog_onset_s``).
+    ``triggers``: an ``edge_agent.triggers.TriggerConfig`` replacing the vehicles' default (budget, ``trigger_mask``
+    for random-only uploads); one shard only, since ``FleetConfig`` does not carry it to other shards.
+    """
     from fleetloop.edge_agent.faults import FaultError
     from fleetloop.edge_agent.fleet import FleetConfig
     from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec
@@ -139,6 +146,8 @@ def simulate(
         raise UserInputError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if triggers is not None and (shards != 1 or backend != "processes"):
+        raise UserInputError("a trigger configuration override runs on one local shard only (--shards 1)")
     if device == "cuda":
         import torch
 
@@ -146,7 +155,14 @@ def simulate(
             raise UserInputError("--device cuda: torch sees no CUDA device here; use --device cpu")
     scen = load_scenario(scenario)
     try:
-        config = FleetConfig(scenario=scen, weather=weather, seed=seed, device=device, faults=tuple(inject or ()))
+        config = FleetConfig(
+            scenario=scen,
+            weather=weather,
+            seed=seed,
+            device=device,
+            faults=tuple(inject or ()),
+            fog_onset_s=fog_onset_s,
+        )
     except FaultError as e:
         raise UserInputError(str(e)) from e
     except ValueError as e:
@@ -169,6 +185,8 @@ def simulate(
         from fleetloop.edge_agent.shards import build_runner
 
         runner = build_runner(spec)
+        if triggers is not None:
+            _override_triggers(runner, triggers)
         done = 0
         while done < ticks:
             n = min(CHUNK_TICKS, ticks - done)
@@ -210,6 +228,23 @@ def simulate(
         "vehicle_steps_per_s": out["vehicle_steps"] / wall if wall > 0 else None,
     }
     return out
+
+
+def _override_triggers(runner: Any, triggers: Any) -> None:
+    """Give a fresh runner (no tick run yet) another ``TriggerConfig``, with the trigger state it starts from."""
+    import dataclasses
+
+    from fleetloop.edge_agent.triggers import TriggerState
+
+    if runner.ticks:
+        raise RuntimeError("triggers can only be replaced before the first tick")
+    if triggers.pre_ticks != runner.vcfg.triggers.pre_ticks:
+        raise UserInputError("the trigger override must keep pre_s (the on-board buffer is sized for it)")
+    runner.vcfg = dataclasses.replace(runner.vcfg, triggers=triggers)
+    batch = int(runner.vstate.triggers.tokens.shape[0])
+    runner.vstate = dataclasses.replace(
+        runner.vstate, triggers=TriggerState.init(batch, runner.vstate.triggers.tokens.device, triggers)
+    )
 
 
 def _sum_reports(reports: list[Any]) -> dict[str, int]:

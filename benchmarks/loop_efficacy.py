@@ -1,0 +1,428 @@
+"""Loop efficacy: does one turn of the data loop make a fleet that drives into fog safer?
+
+One private stack (real Kafka broker and MLflow, started through the launcher in a temporary state directory):
+
+1. the initial model: ``model bootstrap`` (clear weather), registered and released as production (genesis);
+   the all-conditions reference (``BootstrapConfig(weather="all")``): trained the same way, never registered;
+2. per seed and per upload policy (``triggers``: the vehicles' triggers within the budget; ``random``: only the
+   random sample, tuned to fill the same budget): a fleet on the production model drives ``mixed`` scenes in clear
+   weather into a fog bank that rolls in at ``--fog-onset-s``; its uploads go through the broker (``sim.simulate``)
+   -> collect -> ground truth -> label -> train (fine-tunes production, MLflow run) -> validate (gates on a small
+   held-out suite, registered as ``staging`` or ``rejected``); each policy has its own lake (state directory) and
+   the loop runs once after the fleet run;
+3. closed-loop evaluation on held-out scenes (seeds >= ``suite.HELD_OUT_SEED_BASE``, never used for training or
+   validation): the initial model, both candidates and the reference, each with the fallback, in steady fog 0.8
+   and in clear weather.
+
+Rates are per 1,000 km with exact Poisson 95 % intervals over all seeds pooled (``gates.rate_per_1000km``); the
+share of the gap closed and times are means over seeds with Student-t 95 % intervals (``gates.mean_ci``).
+
+    python benchmarks/loop_efficacy.py --quick            # a small smoke version (1 seed)
+    python benchmarks/loop_efficacy.py --seeds 5          # the benchmark (see BENCHMARKS.loop.md for sizes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fleetloop.pipelines.gates import mean_ci, rate_per_1000km
+from fleetloop.pipelines.suite import CONDITIONS, HELD_OUT_SEED_BASE, HeldOutSuite, SuiteSlice
+from fleetloop.platform.settings import Settings
+
+ARMS = ("triggers", "random")
+MODELS = ("initial", "candidate:triggers", "candidate:random", "reference")
+EVAL_CONDITIONS = {"fog": "fog_0.8", "clear": "clear"}
+EVAL_SEED_OFFSET = 500  # held-out evaluation seeds: HELD_OUT_SEED_BASE + this + seed
+VALIDATE_SEED_OFFSET = 200  # the validate stage's suite seeds: HELD_OUT_SEED_BASE + this + seed
+DT_S = 0.1  # [s] tick
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stack_settings(root: Path) -> Settings:
+    libs = os.environ.get("FLEETLOOP_KAFKA_LIBS_DIR") or str(Path.home() / ".cache" / "fleetloop" / "kafka-libs")
+    return Settings.model_validate(
+        {
+            "state_dir": root / "stack",
+            "kafka_port": free_port(),
+            "kafka_controller_port": free_port(),
+            "mlflow_port": free_port(),
+            "kafka_libs_dir": Path(libs),
+            "kafka_heap_mb": 512,
+        }
+    )
+
+
+def arm_settings(stack: Settings, root: Path, seed: int, arm: str) -> Settings:
+    """The stack's broker and MLflow, but a lake (state directory) of this seed and upload policy alone."""
+    return stack.model_copy(
+        update={
+            "state_dir": root / f"seed{seed}-{arm}",
+            "kafka_bootstrap": stack.bootstrap_servers,
+            "mlflow_tracking_uri": stack.tracking_uri,
+        }
+    )
+
+
+RANDOM_OVERDRAW = 1.6  # random clips drawn per clip wanted: a vehicle's second clip in a short run is mostly refused
+
+
+def trigger_config(arm: str, budget: float, match_share: float | None = None) -> Any:
+    """``triggers``: the default triggers; ``random``: only the random sample, under the same budget, drawn at a
+    rate that uploads about ``match_share`` of the frames (what the triggers uploaded in the same seed), so both
+    policies send about as many frames; the shares actually uploaded are reported side by side."""
+    from fleetloop.edge_agent.triggers import TRIGGER_BITS, TriggerConfig
+
+    base = TriggerConfig(dt_s=DT_S, budget_fraction=budget)
+    if arm == "triggers":
+        return base
+    share = budget if match_share is None else match_share
+    return dataclasses.replace(
+        base, trigger_mask=TRIGGER_BITS["random_sample"], sample_rate=RANDOM_OVERDRAW * share / (base.sample_ticks + 1)
+    )
+
+
+def validate_suite(seed: int, vehicles: int, ticks: int) -> HeldOutSuite:
+    slices = tuple(SuiteSlice("mixed", CONDITIONS[c], vehicles, ticks) for c in ("clear", "fog_0.8", "rain_0.7"))
+    return HeldOutSuite(f"loop-validate-{seed}", slices, (HELD_OUT_SEED_BASE + VALIDATE_SEED_OFFSET + seed,))
+
+
+def run_arm(
+    stack: Settings, root: Path, seed: int, arm: str, a: argparse.Namespace, log: Any, match_share: float | None = None
+) -> dict[str, Any]:
+    """One loop turn: fleet into fog -> broker -> collect -> ground truth -> label -> train -> validate."""
+    from fleetloop.cli.sim import simulate
+    from fleetloop.pipelines.collect import run_collect
+    from fleetloop.pipelines.ground_truth import run_ground_truth
+    from fleetloop.pipelines.label import label_pending
+    from fleetloop.pipelines.train import TrainConfig, run_train
+    from fleetloop.pipelines.validate import ValidateConfig, validate_candidate
+
+    s = arm_settings(stack, root, seed, arm)
+    onset_ticks = round(a.fog_onset_s / DT_S)
+    done = [0]
+    onset_wall: list[float] = []
+
+    def progress(part: dict[str, int]) -> None:
+        done[0] += part["ticks"]
+        if not onset_wall and done[0] >= onset_ticks:
+            onset_wall.append(time.monotonic())
+
+    t0 = time.monotonic()
+    fleet = simulate(
+        s,
+        vehicles=a.vehicles,
+        minutes=a.minutes,
+        scenario="mixed",
+        weather="clear",
+        seed=seed,
+        fleet_tag=f"s{seed}{arm[0]}",
+        on_progress=progress,
+        fog_onset_s=a.fog_onset_s,
+        triggers=trigger_config(arm, a.budget, match_share),
+    )
+    t_fleet = time.monotonic()
+    onset = onset_wall[0] if onset_wall else t0
+    col = run_collect(s).as_dict()
+    gt = run_ground_truth(s).as_dict()
+    lab, _ = label_pending(s.state_dir)
+    t_label = time.monotonic()
+    tcfg = TrainConfig(seed=seed, epochs=a.train_epochs, max_seconds=a.train_max_s, torch_threads=1)
+    tr = run_train(s, tcfg)
+    t_train = time.monotonic()
+    out: dict[str, Any] = {
+        "seed": seed,
+        "arm": arm,
+        "fleet_km": fleet["km"],
+        "fleet_by_condition_km": {c: g["km"] for c, g in fleet["by_condition"].items()},
+        "frames_written": fleet["counts"]["buffer"]["frames_written"],
+        "frames_uploaded": fleet["counts"]["uploads"]["frames_uploaded"],
+        "telemetry": fleet["counts"].get("telemetry", {}),
+        "rows_collected": col["rows_collected"],
+        "dead_lettered": col["dead_lettered_total"],
+        "ground_truth_rows": gt["rows_collected"],
+        "labelled_frames": lab.frames,
+        "labelled_valid": lab.labelled_valid,
+        "label_conditions": lab.conditions,
+        "label_quality": {k: v for k, v in lab.quality.items() if isinstance(v, int | float)},
+        "train_status": tr.status,
+        "train_reason": tr.reason,
+        "train_frames": tr.frames,
+        "train_conditions": tr.conditions,
+        "fleet_wall_s": t_fleet - t0,
+        "collect_label_wall_s": t_label - t_fleet,
+        "train_wall_s": t_train - t_label,
+    }
+    log(
+        f"seed {seed} {arm}: {out['frames_uploaded']} of {out['frames_written']} frames uploaded, "
+        f"{out['rows_collected']} collected, {lab.labelled_valid} valid labels, train {tr.status} {tr.reason}"
+    )
+    if tr.event is None:
+        return out
+    vcfg = ValidateConfig(suite=validate_suite(seed, a.validate_vehicles, a.validate_ticks))
+    val = validate_candidate(s, tr.event, vcfg)
+    t_val = time.monotonic()
+    out.update(
+        {
+            "version": val.version,
+            "stage": val.stage,
+            "passed": val.passed,
+            "gate_reasons": val.reasons,
+            "validate_wall_s": t_val - t_train,
+            "onset_to_validated_s": t_val - onset,
+            "candidate_path": str(download_version(s, val.version, root / f"cand-{seed}-{arm}")),
+        }
+    )
+    log(
+        f"seed {seed} {arm}: v{val.version} {val.stage} ({'; '.join(val.reasons)[:200]}), "
+        f"fog onset -> validated {out['onset_to_validated_s']:.0f} s"
+    )
+    return out
+
+
+def download_version(s: Settings, version: str | None, dst: Path) -> Path:
+    from fleetloop.platform.registry import open_registry
+
+    where = Path(open_registry(s).download(s.model_name, str(version), dst))
+    return sorted(where.rglob("*.safetensors"))[0] if where.is_dir() else where
+
+
+def evaluate(models: dict[str, Any], seed: int, a: argparse.Namespace, log: Any) -> dict[str, dict[str, Any]]:
+    """Closed loop on held-out scenes: every model (with the fallback) in steady fog and in clear weather."""
+    from fleetloop.pipelines.validate import run_slice
+
+    out: dict[str, dict[str, Any]] = {}
+    for cond, cname in EVAL_CONDITIONS.items():
+        sl = SuiteSlice("mixed", CONDITIONS[cname], a.eval_vehicles, a.eval_ticks)
+        for label, model in models.items():
+            r = run_slice(model, sl, HELD_OUT_SEED_BASE + EVAL_SEED_OFFSET + seed)
+            out[f"{label}|{cond}"] = {"km": r.km, "expert_km": r.expert_km, "counts": dict(r.counts)}
+        log(f"seed {seed} evaluated in {cond}")
+    return out
+
+
+# -- the table ------------------------------------------------------------------------------------------------
+
+
+def _safety(run: dict[str, Any]) -> int:
+    return int(run["counts"]["collisions"]) + int(run["counts"]["near_misses"])
+
+
+def _per_km(runs: list[dict[str, Any]], count: Any) -> dict[str, float]:
+    r = rate_per_1000km(sum(count(x) for x in runs), sum(x["km"] for x in runs))
+    return {"rate": r.per_1000_km, "lo": r.ci_low, "hi": r.ci_high, "count": r.count, "km": r.km}
+
+
+def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled rates with exact intervals, and per-seed shares with t intervals."""
+    models: dict[str, Any] = {}
+    for m in MODELS:
+        for cond in EVAL_CONDITIONS:
+            runs = [s["eval"][f"{m}|{cond}"] for s in seeds if f"{m}|{cond}" in s["eval"]]
+            if not runs:
+                continue
+            models[f"{m}|{cond}"] = {
+                "seeds": len(runs),
+                "coll_nm": _per_km(runs, _safety),
+                "collisions": _per_km(runs, lambda x: x["counts"]["collisions"]),
+                "phantom": _per_km(runs, lambda x: x["counts"]["phantom_brakes"]),
+                "progress": dataclasses.asdict(mean_ci(x["km"] / x["expert_km"] for x in runs if x["expert_km"] > 0)),
+            }
+    arms: dict[str, Any] = {}
+    for arm in ARMS:
+        turns = [s["arms"][arm] for s in seeds if arm in s["arms"]]
+        if not turns:
+            continue
+        gaps = []
+        for s in seeds:
+            ev = s["eval"]
+            key = f"candidate:{arm}|fog"
+            if key not in ev:
+                continue
+            rate = {m: 1000.0 * _safety(ev[f"{m}|fog"]) / ev[f"{m}|fog"]["km"] for m in ("initial", "reference")}
+            cand = 1000.0 * _safety(ev[key]) / ev[key]["km"]
+            gap = rate["initial"] - rate["reference"]
+            gaps.append((rate["initial"] - cand) / gap if gap > 0 else math.nan)
+        pooled = {}
+        for m in ("initial", f"candidate:{arm}", "reference"):
+            pooled[m] = models.get(f"{m}|fog", {}).get("coll_nm", {}).get("rate", math.nan)
+        pooled_gap = pooled["initial"] - pooled["reference"]
+        arms[arm] = {
+            "turns": len(turns),
+            "upload_share": dataclasses.asdict(mean_ci(t["frames_uploaded"] / t["frames_written"] for t in turns)),
+            "valid_labels": dataclasses.asdict(mean_ci(t["labelled_valid"] for t in turns)),
+            "fog_share_of_labels": dataclasses.asdict(
+                mean_ci(
+                    t["label_conditions"].get("fog", 0) / max(1, sum(t["label_conditions"].values())) for t in turns
+                )
+            ),
+            "gap_closed_per_seed": gaps,
+            "gap_closed": dataclasses.asdict(mean_ci(gaps)),
+            "gap_closed_pooled": (pooled["initial"] - pooled[f"candidate:{arm}"]) / pooled_gap
+            if pooled_gap > 0
+            else math.nan,
+            "passed_gates": sum(bool(t.get("passed")) for t in turns),
+            "onset_to_validated_s": dataclasses.asdict(
+                mean_ci(t["onset_to_validated_s"] for t in turns if "onset_to_validated_s" in t)
+            ),
+        }
+    return {"models": models, "arms": arms}
+
+
+def _ci(d: dict[str, float], digits: int = 0) -> str:
+    if d.get("rate", d.get("mean")) is None or not math.isfinite(d.get("rate", d.get("mean", math.nan))):
+        return "-"
+    v = d.get("rate", d.get("mean"))
+    lo, hi = d.get("lo", d.get("ci_low")), d.get("hi", d.get("ci_high"))
+    return f"{v:,.{digits}f} [{lo:,.{digits}f}, {hi:,.{digits}f}]"
+
+
+def render(summary: dict[str, Any], sizes: str) -> str:
+    lines = [
+        f"loop efficacy ({sizes})",
+        "",
+        "| model (+ fallback) | condition | seeds | km | (coll+nm)/1000 km | collisions/1000 km | phantom/1000 km "
+        "| progress vs expert |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, m in summary["models"].items():
+        model, cond = key.split("|")
+        lines.append(
+            f"| {model} | {cond} | {m['seeds']} | {m['coll_nm']['km']:,.0f} | {_ci(m['coll_nm'])} "
+            f"| {_ci(m['collisions'])} | {_ci(m['phantom'])} | {_ci(m['progress'], 3)} |"
+        )
+    lines += [
+        "",
+        "| uploads | turns | share of frames uploaded | valid labels | fog share of labels | gap closed in fog "
+        "(mean over seeds) | gap closed (pooled rates) | passed gates | fog onset -> validated [s] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, d in summary["arms"].items():
+        lines.append(
+            f"| {arm} | {d['turns']} | {_ci(d['upload_share'], 4)} | {_ci(d['valid_labels'])} "
+            f"| {_ci(d['fog_share_of_labels'], 2)} | {_ci(d['gap_closed'], 2)} | {d['gap_closed_pooled']:.2f} "
+            f"| {d['passed_gates']}/{d['turns']} | {_ci(d['onset_to_validated_s'])} |"
+        )
+    return "\n".join(lines)
+
+
+# -- main -------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=5, help="loop turns (fleet seeds 1..N) and evaluation seeds")
+    p.add_argument("--vehicles", type=int, default=128, help="fleet vehicles driving into fog")
+    p.add_argument("--minutes", type=float, default=2.5, help="simulated minutes of the fleet run")
+    p.add_argument("--fog-onset-s", type=float, default=10.0, help="simulated time the fog bank starts forming [s]")
+    p.add_argument("--budget", type=float, default=0.02, help="upload budget: share of frames (both policies)")
+    p.add_argument("--no-random", action="store_true", help="skip the random-upload baseline")
+    p.add_argument("--train-epochs", type=int, default=4)
+    p.add_argument("--train-max-s", type=float, default=60.0, help="wall-clock training budget per turn [s]")
+    p.add_argument("--validate-vehicles", type=int, default=64)
+    p.add_argument("--validate-ticks", type=int, default=150)
+    p.add_argument("--eval-vehicles", type=int, default=128)
+    p.add_argument("--eval-ticks", type=int, default=200)
+    p.add_argument("--bootstrap-vehicles", type=int, default=512)
+    p.add_argument("--bootstrap-ticks", type=int, default=300)
+    p.add_argument("--bootstrap-train-s", type=float, default=30.0)
+    p.add_argument("--quick", action="store_true", help="smoke version: 1 seed, small fleet and suites")
+    p.add_argument("--json", type=Path, default=None, help="write every number here (rewritten after each seed)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.seeds, a.vehicles, a.minutes, a.fog_onset_s = 1, 32, 1.0, 5.0
+        a.validate_vehicles, a.validate_ticks, a.eval_vehicles, a.eval_ticks = 32, 100, 32, 100
+        a.bootstrap_vehicles, a.bootstrap_ticks, a.bootstrap_train_s, a.train_max_s = 256, 150, 10.0, 15.0
+    torch.set_num_threads(1)
+    sizes = (
+        f"{a.seeds} seed(s); fleet {a.vehicles} vehicles x {a.minutes:g} min, fog from {a.fog_onset_s:g} s, budget "
+        f"{a.budget:g}; eval {a.eval_vehicles} vehicles x {a.eval_ticks * DT_S:g} s per model x condition x seed; "
+        f"validate {a.validate_vehicles} x {a.validate_ticks * DT_S:g} s x 3 slices (clear, fog, rain); bootstrap "
+        f"{a.bootstrap_vehicles} x {a.bootstrap_ticks} ticks, {a.bootstrap_train_s:g} s training"
+    )
+    t_start = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    from fleetloop.cli.model_bootstrap import bootstrap
+    from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
+    from fleetloop.edge_agent.model_artifact import load_artifact
+    from fleetloop.platform import launcher
+
+    root = Path(tempfile.mkdtemp(prefix="fleetloop-loop-"))
+    stack = stack_settings(root)
+    log(f"{sizes}; state in {root}")
+    launcher.up(stack, ["kafka", "mlflow"])
+    results: dict[str, Any] = {"sizes": sizes, "args": {k: str(v) for k, v in vars(a).items()}, "seeds": []}
+    try:
+        log("stack up; bootstrapping the initial (clear) model")
+        init = bootstrap(
+            stack,
+            seed=0,
+            vehicles=a.bootstrap_vehicles,
+            ticks=a.bootstrap_ticks,
+            max_train_s=a.bootstrap_train_s,
+            actor="loop-efficacy",
+        )
+        log(f"initial model v{init['production']} in production; training the all-conditions reference")
+        base = BootstrapConfig()
+        ref_path, _ = bootstrap_initial_model(
+            BootstrapConfig(
+                weather="all",
+                seed=0,
+                vehicles=a.bootstrap_vehicles,
+                ticks=a.bootstrap_ticks,
+                output_dir=root / "reference",
+                imitation=dataclasses.replace(base.imitation, max_seconds=a.bootstrap_train_s),
+            )
+        )
+        initial = load_artifact(init["artifact"]).model
+        reference = load_artifact(ref_path).model
+        results["bootstrap_wall_s"] = time.monotonic() - t_start
+        for seed in range(1, a.seeds + 1):
+            entry: dict[str, Any] = {"seed": seed, "arms": {}, "eval": {}}
+            models: dict[str, Any] = {"initial": initial, "reference": reference}
+            share = None
+            for arm in ARMS[:1] if a.no_random else ARMS:
+                turn = run_arm(stack, root, seed, arm, a, log, share)
+                share = turn["frames_uploaded"] / max(1, turn["frames_written"])
+                entry["arms"][arm] = turn
+                if "candidate_path" in turn:
+                    models[f"candidate:{arm}"] = load_artifact(turn["candidate_path"]).model
+            entry["eval"] = evaluate(models, seed, a, log)
+            results["seeds"].append(entry)
+            results["summary"] = summarize(results["seeds"])
+            results["wall_s"] = time.monotonic() - t_start
+            if a.json:
+                a.json.write_text(json.dumps(results, indent=1, default=str))
+            print(render(results["summary"], f"{sizes}; {seed} seed(s) done"), flush=True)
+    finally:
+        launcher.down(stack, ["kafka", "mlflow"])
+        if not a.keep:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+    log(f"done in {time.monotonic() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
