@@ -6,16 +6,21 @@ plus a JSON header, atomically: new files carry a fresh generation number, the h
 one with ``os.replace``, then the old generation is deleted, so a reader (a federated client in another process)
 always sees one complete generation. ``OnboardBuffer.open(directory)`` reopens it (memory-mapped, read-only by
 default).
+
+The fleet runner writes a whole tick at once from tensors (``append_tensors``, ``mark_uploaded``, ``gather``): on
+the CPU the rings are numpy arrays shared with torch views (no copy per tick); with ``device="cuda"`` they live on
+the GPU and ``columns`` returns host copies.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 __all__ = ["FRAME_COLUMNS", "BufferError", "OnboardBuffer", "pack_camera", "unpack_camera"]
 
@@ -45,6 +50,8 @@ FRAME_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
 HEADER = "buffer.json"
 FORMAT_VERSION = 1
 CAMERA_SCALE = 255.0  # camera contrast 0..1 -> 0..255 (as in telemetry)
+# numpy dtype -> the torch dtype holding the same bits (torch cannot index-write unsigned 16 / 32-bit tensors)
+_TORCH_VIEW = {"<u4": np.int32, "<u2": np.int16}
 
 
 class BufferError(ValueError):
@@ -54,6 +61,11 @@ class BufferError(ValueError):
 def pack_camera(camera: np.ndarray) -> np.ndarray:
     """Camera contrast (float, about 0..1) -> uint8 0..255."""
     return np.clip(np.rint(np.asarray(camera, dtype=np.float32) * CAMERA_SCALE), 0, 255).astype(np.uint8)
+
+
+def pack_camera_tensor(camera: torch.Tensor) -> torch.Tensor:
+    """``pack_camera`` on a tensor (same rounding: half to even), on its device."""
+    return (camera.to(torch.float32) * CAMERA_SCALE).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def unpack_camera(camera: np.ndarray) -> np.ndarray:
@@ -67,7 +79,7 @@ class OnboardBuffer:
     Memory: about 400 bytes per frame; 10,000 vehicles x 256 frames is about 1 GB, so size ``capacity`` per shard.
     """
 
-    def __init__(self, vehicle_ids: np.ndarray, capacity: int) -> None:
+    def __init__(self, vehicle_ids: np.ndarray, capacity: int, device: torch.device | str = "cpu") -> None:
         ids = np.asarray(vehicle_ids, dtype=np.int64).reshape(-1)
         if capacity < 1:
             raise BufferError(f"capacity must be >= 1 frame, got {capacity}")
@@ -75,13 +87,90 @@ class OnboardBuffer:
             raise BufferError("vehicle ids must be unique")
         self.vehicle_ids = ids
         self.capacity = int(capacity)
-        self.columns: dict[str, np.ndarray] = {
-            name: np.zeros((len(ids), capacity, *shape), dtype=np.dtype(dt))
-            for name, (dt, shape) in FRAME_COLUMNS.items()
-        }
+        self.device = torch.device(device)
+        self._np: dict[str, np.ndarray] | None = None
+        self._t: dict[str, torch.Tensor] | None = None
+        if self.device.type == "cpu":
+            self._np = {
+                name: np.zeros((len(ids), capacity, *shape), dtype=np.dtype(dt))
+                for name, (dt, shape) in FRAME_COLUMNS.items()
+            }
+        else:
+            self._t = {
+                name: torch.zeros(
+                    (len(ids), capacity, *shape),
+                    dtype=torch.from_numpy(np.zeros(0, _TORCH_VIEW.get(dt, np.dtype(dt)))).dtype,
+                    device=self.device,
+                )
+                for name, (dt, shape) in FRAME_COLUMNS.items()
+            }
         self.written = np.zeros(len(ids), dtype=np.int64)  # frames ever written per vehicle
         self.overwritten = np.zeros(len(ids), dtype=np.int64)  # frames lost to the ring per vehicle
         self.read_only = False
+        self._uniform = True  # every vehicle has written the same number of frames (one ring slot for all)
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        """The rings as numpy arrays [V, capacity, ...] (on CUDA: host copies, for reading)."""
+        if self._np is not None:
+            return self._np
+        assert self._t is not None
+        return {name: t.cpu().numpy().view(np.dtype(FRAME_COLUMNS[name][0])) for name, t in self._t.items()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The rings as torch tensors on ``device`` (sharing memory with ``columns`` on the CPU; unsigned 16 / 32-bit
+        columns as the signed type of the same width)."""
+        if self.read_only:
+            raise BufferError("this buffer was opened read-only; open(..., writable=True) to append")
+        if self._t is None:
+            assert self._np is not None
+            self._t = {
+                name: torch.from_numpy(a.view(_TORCH_VIEW[dt]) if dt in _TORCH_VIEW else a)
+                for name, a in self._np.items()
+                for dt in (FRAME_COLUMNS[name][0],)
+            }
+        return self._t
+
+    def append_tensors(self, frames: Mapping[str, torch.Tensor]) -> None:
+        """Append one frame for every vehicle (in row order) from tensors of any device and dtype (converted as
+        numpy's ``astype`` would); the fleet runner's per-tick path."""
+        t = self.tensors()
+        v = len(self.vehicle_ids)
+        if set(frames) != set(FRAME_COLUMNS):
+            missing = sorted(set(FRAME_COLUMNS) - set(frames))
+            extra = sorted(set(frames) - set(FRAME_COLUMNS))
+            raise BufferError(f"frame columns missing {missing} / unknown {extra}; expected {sorted(FRAME_COLUMNS)}")
+        if self._uniform:
+            slot = int(self.written[0] % self.capacity) if v else 0
+            for name, (_, shape) in FRAME_COLUMNS.items():
+                value = frames[name]
+                if tuple(value.shape) != (v, *shape):
+                    raise BufferError(f"column {name}: expected shape {(v, *shape)}, got {tuple(value.shape)}")
+                t[name][:, slot].copy_(value)
+            self.overwritten += self.written >= self.capacity
+            self.written += 1
+            return
+        self.append({name: value.cpu().numpy() for name, value in frames.items()})
+
+    def _slots(self, rows: torch.Tensor, back: int) -> torch.Tensor | int:
+        """Ring slot of the frame written ``back`` appends before the last one, for ``rows``."""
+        if self._uniform:
+            return int((self.written[0] - 1 - back) % self.capacity) if len(self.written) else 0
+        written = torch.from_numpy(self.written).to(rows.device)[rows]
+        return (written - 1 - back) % self.capacity
+
+    def mark_uploaded(self, rows: torch.Tensor, back: int) -> None:
+        """Set ``uploaded`` on the frame ``back`` appends before the last one of vehicle rows ``rows``."""
+        col = self.tensors()["uploaded"]
+        rows = rows.to(col.device)
+        col[rows, self._slots(rows, back)] = True
+
+    def gather(self, rows: torch.Tensor, back: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The frames ``back`` appends before the last one of vehicle rows ``rows``, as numpy columns."""
+        t = self.tensors()
+        rows = rows.to(self.device)
+        slot = self._slots(rows, back)
+        return {name: t[name][rows, slot].cpu().numpy().view(np.dtype(FRAME_COLUMNS[name][0])) for name in names}
 
     def append(self, frames: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> None:
         """Append one frame for each vehicle row in ``rows`` (default: all, in order); ``frames[c]`` has
@@ -96,11 +185,23 @@ class OnboardBuffer:
         if len(np.unique(r)) != len(r):
             raise BufferError("one frame per vehicle per append: rows must be unique")
         slot = self.written[r] % self.capacity
-        for name, (_, shape) in FRAME_COLUMNS.items():
+        if self._np is None:  # on a device: write through the tensors
+            t = self.tensors()
+            rt = torch.from_numpy(r).to(self.device)
+            st = torch.from_numpy(slot).to(self.device)
+        for name, (dt, shape) in FRAME_COLUMNS.items():
             value = np.asarray(frames[name])
             if value.shape != (len(r), *shape):
                 raise BufferError(f"column {name}: expected shape {(len(r), *shape)}, got {value.shape}")
-            self.columns[name][r, slot] = value
+            if self._np is not None:
+                self._np[name][r, slot] = value
+            else:
+                arr = np.ascontiguousarray(value.astype(np.dtype(dt)))
+                t[name][rt, st] = torch.from_numpy(arr.view(_TORCH_VIEW[dt]) if dt in _TORCH_VIEW else arr).to(
+                    self.device
+                )
+        if len(r) != len(self.vehicle_ids) or len(np.unique(self.written)) > 1:
+            self._uniform = False
         self.overwritten[r] += self.written[r] >= self.capacity
         self.written[r] += 1
 
@@ -168,8 +269,11 @@ class OnboardBuffer:
         buf.capacity = int(header["capacity"])
         if set(arrays) != set(FRAME_COLUMNS):
             raise BufferError(f"on-board buffer in {d} has columns {sorted(arrays)}, expected {sorted(FRAME_COLUMNS)}")
-        buf.columns = arrays
+        buf._np = arrays
+        buf._t = None
+        buf.device = torch.device("cpu")
         buf.read_only = not writable
+        buf._uniform = len(np.unique(buf.written)) <= 1
         return buf
 
 

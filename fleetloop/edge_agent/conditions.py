@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fleetloop.sim.sensors import LIDAR_MAX_RANGE_M, Observation
@@ -56,6 +57,17 @@ class ConditionsEstimate:
     friction: torch.Tensor
 
 
+def _median_abs(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise lower median of ``|x|`` [B, N] (``torch.median``'s value). On the CPU numpy's introselect
+    (``np.partition``) finds the same element about ten times faster than ``torch.median``."""
+    a = x.abs()
+    if a.device.type != "cpu" or a.shape[-1] == 0 or a.shape[0] == 0:
+        return a.median(-1).values
+    k = (a.shape[-1] - 1) // 2
+    med = torch.from_numpy(np.partition(a.numpy(), k, axis=-1)[:, k].copy())
+    return torch.where(a.isnan().any(-1), float("nan"), med)  # torch.median: a row with NaN has median NaN
+
+
 def estimate_conditions(
     state: ConditionsState, obs: Observation, demanded_accel_mps2: torch.Tensor, dt_s: float = 0.1
 ) -> tuple[ConditionsState, ConditionsEstimate]:
@@ -75,7 +87,7 @@ def estimate_conditions(
     vis = vis.clamp(VISIBILITY_MIN_M, VISIBILITY_CLEAR_M)
     cam = obs.camera.float().flatten(1)
     # Median absolute value of the cells ~ 0.67 sigma for pure noise (most cells see nothing).
-    sigma_now = cam.abs().median(-1).values / 0.6745
+    sigma_now = _median_abs(cam) / 0.6745
     sigma = torch.where(
         obs.camera_valid, state.camera_sigma + alpha * (sigma_now - state.camera_sigma), state.camera_sigma
     )

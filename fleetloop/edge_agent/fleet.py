@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from fleetloop.edge_agent.arbiter import REASON_NAMES
-from fleetloop.edge_agent.buffer import OnboardBuffer, pack_camera
+from fleetloop.edge_agent.buffer import OnboardBuffer, pack_camera_tensor
 from fleetloop.edge_agent.faults import parse_faults
 from fleetloop.edge_agent.inference import NO_MODEL, STATUS_NAMES, EngineConfig, InferenceEngine
 from fleetloop.edge_agent.summary import (
-    COL,
     COLUMNS,
+    MAX_VERSIONS,
     NO_MODEL_LABEL,
     FleetSummary,
     SummaryAccumulator,
@@ -191,15 +191,23 @@ class FleetRunner:
             (n,), 0 if initial_version is None else self.labels.index(initial_version), dtype=torch.int64
         ).to(self.device)
         self._pending: list[tuple[torch.Tensor, str | None]] = []
+        self._any_model = initial_version is not None  # some vehicle runs a model (no device sync per tick)
+        self._no_switch = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.vstate = VehicleState.init(self.vcfg, n, self.device)
         arb = self.vstate.arbiter
         # A vehicle that starts without a model starts on the fallback: that is no activation.
         self.vstate = _replace(self.vstate, arbiter=_replace(arb, on_fallback=self.slots == NO_MODEL))
-        self.buffer = OnboardBuffer(self._ids_np, config.buffer_frames)
+        self.buffer = OnboardBuffer(self._ids_np, config.buffer_frames, self.device)
         self.sink = sink
-        self._ring: list[dict[str, np.ndarray] | None] = [None] * (pre + 1)
+        # The last pre + 1 ticks' columns that are not in the buffer (road position, own estimate, ground truth),
+        # as tensors: only the rows uploaded pre ticks later are ever copied to the host.
+        self._ring: list[dict[str, torch.Tensor] | None] = [None] * (pre + 1)
         self.acc = SummaryAccumulator(self.device)
-        self.status_counts = np.zeros(len(STATUS_NAMES), dtype=np.int64)
+        self._status = torch.zeros(len(STATUS_NAMES), dtype=torch.int64, device=self.device)
+        self._kind_lut = torch.zeros(max(KIND_CODES.values()) + 1, dtype=torch.uint8, device=self.device)
+        for code, hz in _HAZARD_TYPE.items():
+            self._kind_lut[code] = hz
+        self._version_lut = torch.zeros(0, dtype=torch.int64, device=self.device)
         self.failures: dict[str, str] = {}
         self.respawns = 0
         self.ticks = 0
@@ -220,6 +228,8 @@ class FleetRunner:
         """Make version ``label`` available to ``set_model`` (refuses NaN / Inf weights)."""
         if label == NO_MODEL_LABEL:
             raise ValueError(f"{NO_MODEL_LABEL!r} is reserved for vehicles without a model")
+        if label not in self.labels and len(self.labels) >= MAX_VERSIONS:
+            raise ValueError(f"at most {MAX_VERSIONS - 1} model versions per run")
         self._engine().add_model(label, model)
         if label not in self.labels:
             self.labels.append(label)
@@ -234,7 +244,14 @@ class FleetRunner:
         self._pending.append((mask, version))
         return int(mask.sum())
 
+    @property
+    def status_counts(self) -> np.ndarray:
+        """Vehicle-ticks per inference status (``STATUS_NAMES`` order)."""
+        return self._status.cpu().numpy()
+
     def _apply_pending(self) -> torch.Tensor:
+        if not self._pending:
+            return self._no_switch
         switched = torch.zeros_like(self.slots, dtype=torch.bool)
         for mask, version in self._pending:
             slot = NO_MODEL if version is None else self._engine().slot(version)
@@ -244,6 +261,7 @@ class FleetRunner:
             self.slots = torch.where(mask, torch.full_like(self.slots, slot), self.slots)
             self.version_index = torch.where(mask, torch.full_like(self.version_index, vidx), self.version_index)
         self._pending.clear()
+        self._any_model = bool((self.slots != NO_MODEL).any())
         return switched & (self.slots != NO_MODEL)
 
     # -- scenes ------------------------------------------------------------------------------------
@@ -272,7 +290,7 @@ class FleetRunner:
         tick = self.state.tick
         switched = self._apply_pending()
         obs = observe(self.world, self.state)
-        engine = self.engine if bool((self.slots != NO_MODEL).any()) else None
+        engine = self.engine if self._any_model else None
         t0 = time.perf_counter()
         self.vstate, vt = vehicle_step(
             self.vcfg, self.vstate, obs, engine, self.slots, self.ids, tick, switched, self.state.ego_v0_mps
@@ -288,164 +306,178 @@ class FleetRunner:
         ev = detect_events(self.world, self.state, nxt)
         self._accumulate(vt, ev, expert_dist)
         self.last_tick, self.last_events, self.last_true_ttc_s = vt, ev, self.state.ttc_s
-        uploaded = self._record_frame(tick, vt)
+        done = nxt.collided | (nxt.scene_t_s >= self._durations - 1e-4) if self.config.respawn else None
+        # Every number the host needs from this tick, in one transfer (one device sync).
+        up = vt.upload.upload if vt.upload.frame_tick >= 0 else self._no_switch
+        counts = [ev.collision, ev.near_miss, vt.decision.started, up] + ([] if done is None else [done])
+        n_coll, n_near, n_started, n_up, *n_done = torch.stack([c.sum() for c in counts]).tolist()
+        uploaded = self._record_frame(tick, vt, int(n_up))
         self.state = nxt
         self.ticks += 1
-        if self.config.respawn:
-            done = nxt.collided | (nxt.scene_t_s >= self._durations - 1e-4)
-            if bool(done.any()):
-                self._respawn(done)
+        if done is not None and n_done[0] > 0:
+            self._respawn(done)
         return TickReport(
             tick=tick,
             vehicle_steps=int(self.ids.shape[0]),
-            collisions=int(ev.collision.sum()),
-            near_misses=int(ev.near_miss.sum()),
-            fallback_activations=int(vt.decision.started.sum()),
+            collisions=int(n_coll),
+            near_misses=int(n_near),
+            fallback_activations=int(n_started),
             uploaded_frames=uploaded,
         )
 
     def _accumulate(self, vt: VehicleTick, ev: Any, expert_dist: torch.Tensor) -> None:
         d = vt.decision
-        rows = torch.zeros(self.ids.shape[0], len(COLUMNS), dtype=torch.float32, device=self.device)
-        rows[:, COL["vehicle_ticks"]] = 1.0
-        rows[:, COL["distance_m"]] = ev.distance_m
-        rows[:, COL["expert_distance_m"]] = expert_dist
-        rows[:, COL["collisions"]] = ev.collision.float()
-        rows[:, COL["near_misses"]] = ev.near_miss.float()
-        rows[:, COL["hard_brakes"]] = ev.hard_brake.float()
-        rows[:, COL["phantom_brakes"]] = ev.phantom_brake.float()
-        rows[:, COL["harsh_jerks"]] = ev.harsh_jerk.float()
-        rows[:, COL["impact_speed_sum_mps"]] = ev.impact_speed_mps
-        rows[:, COL["model_ticks"]] = (d.driver == 0).float()
-        rows[:, COL["fallback_ticks"]] = (d.driver != 0).float()
-        rows[:, COL["deadline_misses"]] = vt.policy.deadline_missed.float()
-        first = COL["activations.deadline"]
-        one_hot = torch.nn.functional.one_hot(d.reason, len(REASON_NAMES))[:, 1:].float()
-        rows[:, first : first + one_hot.shape[1]] = one_hot * d.started.unsqueeze(-1).float()
+        f32 = torch.float32
+        cols = {
+            "vehicle_ticks": torch.ones_like(ev.distance_m),
+            "distance_m": ev.distance_m,
+            "expert_distance_m": expert_dist,
+            "collisions": ev.collision.to(f32),
+            "near_misses": ev.near_miss.to(f32),
+            "hard_brakes": ev.hard_brake.to(f32),
+            "phantom_brakes": ev.phantom_brake.to(f32),
+            "harsh_jerks": ev.harsh_jerk.to(f32),
+            "impact_speed_sum_mps": ev.impact_speed_mps,
+            "model_ticks": (d.driver == 0).to(f32),
+            "fallback_ticks": (d.driver != 0).to(f32),
+            "deadline_misses": vt.policy.deadline_missed.to(f32),
+        }
+        one_hot = torch.nn.functional.one_hot(d.reason, len(REASON_NAMES))[:, 1:] * d.started.unsqueeze(-1)
+        first = [cols[c].to(f32) for c in COLUMNS[: len(cols)]]
+        rows = torch.cat([torch.stack(first, -1), one_hot.to(f32)], -1)
         cond = condition_codes(self.state.visibility_m, self.state.light, self.state.rain)
-        self.acc.add(self.version_index, cond, rows)
-        ran = self.slots != NO_MODEL
-        self.acc.add_sim_latency(vt.policy.latency_s[ran])
-        self.status_counts += torch.bincount(
-            vt.policy.status.to(torch.int64).cpu(), minlength=len(STATUS_NAMES)
-        ).numpy()
+        self.acc.add(self.version_index, cond, rows, checked=True)  # load_model keeps versions < MAX_VERSIONS
+        self.acc.add_sim_latency(vt.policy.latency_s, self.slots != NO_MODEL)
+        self._status += torch.bincount(vt.policy.status.to(torch.int64), minlength=len(STATUS_NAMES))
         for version, failure in vt.policy.failures.items():
             self.failures.setdefault(version, str(failure))
 
     # -- frames: buffer and uploads ----------------------------------------------------------------
 
-    def _record_frame(self, tick: int, vt: VehicleTick) -> int:
+    def _record_frame(self, tick: int, vt: VehicleTick, n_upload: int) -> int:
         obs, d, p = vt.obs, vt.decision, vt.policy
-        nan = torch.full_like(p.hazard_prob, float("nan"))
         ran = p.valid
+        n = self.ids.shape[0]
+        stamp = torch.full((n,), tick, dtype=torch.int64, device=self.device)
+        if self._version_lut.shape[0] != len(self.labels):
+            self._version_lut = torch.from_numpy(self._version_numbers().astype(np.int64)).to(self.device)
         frame = {
-            "tick": np.full(len(self._ids_np), tick, dtype=np.uint32),
-            "seq": np.full(len(self._ids_np), tick, dtype=np.uint32),
-            "model_version": self._version_numbers()[self.version_index.cpu().numpy()],
-            "camera": pack_camera(obs.camera.cpu().numpy()),
-            "camera_valid": obs.camera_valid.cpu().numpy(),
-            "lidar_range_m": obs.lidar_range_m.cpu().numpy(),
-            "radar_range_m": obs.radar_range_m.cpu().numpy(),
-            "radar_range_rate_mps": obs.radar_range_rate_mps.cpu().numpy(),
-            "radar_azimuth_rad": obs.radar_azimuth_rad.cpu().numpy(),
-            "radar_valid": obs.radar_valid.cpu().numpy(),
-            "ego_speed_mps": obs.ego_speed_mps.cpu().numpy(),
-            "ego_accel_mps2": obs.ego_accel_mps2.cpu().numpy(),
-            "command_accel_mps2": vt.command_mps2.cpu().numpy(),
-            "driver": d.driver.cpu().numpy(),
-            "fallback_reason": d.reason.cpu().numpy(),
-            "fallback_stage": vt.fallback.stage.cpu().numpy(),
-            "hazard_prob": torch.where(ran, p.hazard_prob, nan).cpu().numpy(),
-            "uncertainty": torch.where(ran, p.uncertainty_mps2, nan).cpu().numpy(),
-            "trigger_bits": vt.upload.current_bits.cpu().numpy(),
-            "uploaded": np.zeros(len(self._ids_np), dtype=bool),
+            "tick": stamp,
+            "seq": stamp,
+            "model_version": self._version_lut[self.version_index],
+            "camera": pack_camera_tensor(obs.camera),
+            "camera_valid": obs.camera_valid,
+            "lidar_range_m": obs.lidar_range_m,
+            "radar_range_m": obs.radar_range_m,
+            "radar_range_rate_mps": obs.radar_range_rate_mps,
+            "radar_azimuth_rad": obs.radar_azimuth_rad,
+            "radar_valid": obs.radar_valid,
+            "ego_speed_mps": obs.ego_speed_mps,
+            "ego_accel_mps2": obs.ego_accel_mps2,
+            "command_accel_mps2": vt.command_mps2,
+            "driver": d.driver,
+            "fallback_reason": d.reason,
+            "fallback_stage": vt.fallback.stage,
+            "hazard_prob": torch.where(ran, p.hazard_prob, float("nan")),
+            "uncertainty": torch.where(ran, p.uncertainty_mps2, float("nan")),
+            "trigger_bits": vt.upload.current_bits,
+            "uploaded": self._no_switch,
         }
-        self.buffer.append(frame)
+        self.buffer.append_tensors(frame)
         pre = self.vcfg.triggers.pre_ticks
-        extra: dict[str, np.ndarray] = {
-            "road_pos_m": self.state.ego_s_m.cpu().numpy(),
-            "est_visibility_m": vt.estimate.visibility_m.cpu().numpy(),
-            "est_friction": vt.estimate.friction.cpu().numpy(),
-        }
-        if self.sink is not None and self.config.ground_truth_audit:
-            extra.update(self._ground_truth_columns(tick))
-        self._ring[tick % (pre + 1)] = extra
+        if self.sink is not None:
+            extra = {
+                "road_pos_m": self.state.ego_s_m,
+                "est_visibility_m": vt.estimate.visibility_m,
+                "est_friction": vt.estimate.friction,
+            }
+            if self.config.ground_truth_audit:
+                extra.update(self._ground_truth_columns(tick))
+            self._ring[tick % (pre + 1)] = extra
         up = vt.upload
-        if up.frame_tick < 0:
+        if up.frame_tick < 0 or n_upload == 0:
             return 0
-        rows = np.flatnonzero(up.upload.cpu().numpy())
-        if rows.size == 0:
-            return 0
-        slot = (self.buffer.written[rows] - 1 - pre) % self.buffer.capacity
-        self.buffer.columns["uploaded"][rows, slot] = True
+        rows = torch.nonzero(up.upload).squeeze(-1)
+        self.buffer.mark_uploaded(rows, pre)
         if self.sink is not None:
             old = self._ring[up.frame_tick % (pre + 1)]
             if old is None:  # unreachable: the ring holds the last pre + 1 ticks
                 raise RuntimeError(f"frame of tick {up.frame_tick} is no longer in the upload ring")
-            bits = up.bits.cpu().numpy()[rows]
-            self.sink.submit(self._uploaded(rows, slot, old, bits))
-        return int(rows.size)
+            self.sink.submit(self._uploaded(rows, old, up.bits[rows]))
+        return n_upload
 
     def _version_numbers(self) -> np.ndarray:
         return np.asarray([version_number(None if i == 0 else lab) for i, lab in enumerate(self.labels)], np.uint16)
 
-    def _ground_truth_columns(self, tick: int) -> dict[str, np.ndarray]:
+    def _ground_truth_columns(self, tick: int) -> dict[str, torch.Tensor]:
         gt = ground_truth(self.world, self.state)
         gap = gt.in_path_gap_m
         present = gap < FAR_GAP_M
         # The in-path obstacle's kind: the actor ahead whose rear is at the in-path gap.
-        rear = torch.where(gt.actor_kind > 0, gt.actor_x_m - self.state.actor_len_m, torch.full_like(gt.actor_x_m, 1e9))
+        rear = torch.where(gt.actor_kind > 0, gt.actor_x_m - self.state.actor_len_m, 1e9)
         nearest = (rear - gap.unsqueeze(-1)).abs().argmin(-1, keepdim=True)
-        kind = torch.gather(gt.actor_kind, -1, nearest).squeeze(-1).cpu().numpy()
-        lut = np.zeros(max(KIND_CODES.values()) + 1, dtype=np.uint8)
-        for code, hz in _HAZARD_TYPE.items():
-            lut[code] = hz
-        present_np = present.cpu().numpy()
+        kind = torch.gather(gt.actor_kind, -1, nearest).squeeze(-1)
         return {
-            "gt.true_hazard_dist_m": np.where(present_np, gap.cpu().numpy(), np.inf),
-            "gt.true_hazard_type": np.where(present_np, lut[kind], 0).astype(np.uint8),
-            "gt.true_ttc_s": gt.ttc_s.cpu().numpy(),
-            "gt.true_visibility_m": gt.visibility_m.cpu().numpy(),
-            "gt.true_friction": gt.friction.cpu().numpy(),
-            "gt.is_night": (gt.light < NIGHT_LIGHT).cpu().numpy().astype(np.uint8),
-            "gt.expert_accel_mps2": gt.expert_accel_mps2.cpu().numpy(),
+            "gt.true_hazard_dist_m": torch.where(present, gap, float("inf")),
+            "gt.true_hazard_type": torch.where(present, self._kind_lut[kind], 0),
+            "gt.true_ttc_s": gt.ttc_s,
+            "gt.true_visibility_m": gt.visibility_m,
+            "gt.true_friction": gt.friction,
+            "gt.is_night": (gt.light < NIGHT_LIGHT).to(torch.uint8),
+            "gt.expert_accel_mps2": gt.expert_accel_mps2,
         }
 
-    def _uploaded(self, rows: np.ndarray, slot: np.ndarray, extra: Mapping[str, np.ndarray], bits: np.ndarray) -> Any:
-        c = self.buffer.columns
-
-        def col(name: str) -> np.ndarray:
-            return np.asarray(c[name][rows, slot])
-
-        radar_bits = np.packbits(col("radar_valid"), axis=1, bitorder="little")[:, 0]
+    def _uploaded(self, rows: torch.Tensor, extra: Mapping[str, torch.Tensor], bits: torch.Tensor) -> Any:
+        pre = self.vcfg.triggers.pre_ticks
+        names = (
+            "seq",
+            "tick",
+            "model_version",
+            "camera",
+            "lidar_range_m",
+            "radar_range_m",
+            "radar_range_rate_mps",
+            "radar_azimuth_rad",
+            "radar_valid",
+            "ego_speed_mps",
+            "ego_accel_mps2",
+            "command_accel_mps2",
+            "driver",
+            "fallback_reason",
+            "hazard_prob",
+            "uncertainty",
+        )
+        c = self.buffer.gather(rows, pre, names)
+        ex = {k: v[rows].cpu().numpy() for k, v in extra.items()}
+        radar_bits = np.packbits(c["radar_valid"], axis=1, bitorder="little")[:, 0]
         tel = {
-            "seq": col("seq"),
-            "tick": col("tick"),
-            "model_version": col("model_version"),
-            "road_pos_m": extra["road_pos_m"][rows],
-            "camera": col("camera"),
-            "lidar_range_m": col("lidar_range_m"),
-            "radar_range_m": col("radar_range_m"),
-            "radar_range_rate_mps": col("radar_range_rate_mps"),
-            "radar_azimuth_rad": col("radar_azimuth_rad"),
+            "seq": c["seq"],
+            "tick": c["tick"],
+            "model_version": c["model_version"],
+            "road_pos_m": ex["road_pos_m"],
+            "camera": c["camera"],
+            "lidar_range_m": c["lidar_range_m"],
+            "radar_range_m": c["radar_range_m"],
+            "radar_range_rate_mps": c["radar_range_rate_mps"],
+            "radar_azimuth_rad": c["radar_azimuth_rad"],
             "radar_valid_bits": radar_bits,
-            "ego_speed_mps": col("ego_speed_mps"),
-            "ego_accel_mps2": col("ego_accel_mps2"),
-            "command_accel_mps2": col("command_accel_mps2"),
-            "driver": col("driver"),
-            "fallback_reason": col("fallback_reason"),
-            "hazard_prob": col("hazard_prob"),
-            "uncertainty": col("uncertainty"),
-            "est_visibility_m": extra["est_visibility_m"][rows],
-            "est_friction": extra["est_friction"][rows],
-            "trigger_flags": bits.astype(np.uint16),
+            "ego_speed_mps": c["ego_speed_mps"],
+            "ego_accel_mps2": c["ego_accel_mps2"],
+            "command_accel_mps2": c["command_accel_mps2"],
+            "driver": c["driver"],
+            "fallback_reason": c["fallback_reason"],
+            "hazard_prob": c["hazard_prob"],
+            "uncertainty": c["uncertainty"],
+            "est_visibility_m": ex["est_visibility_m"],
+            "est_friction": ex["est_friction"],
+            "trigger_flags": bits.cpu().numpy().astype(np.uint16),
         }
         gt = None
-        if "gt.true_ttc_s" in extra:
-            gt = {k[3:]: v[rows] for k, v in extra.items() if k.startswith("gt.")}
+        if "gt.true_ttc_s" in ex:
+            gt = {k[3:]: v for k, v in ex.items() if k.startswith("gt.")}
             gt["seq"] = tel["seq"]
             gt["tick"] = tel["tick"]
-        return UploadedFrames(self._ids_np[rows], tel, gt)
+        return UploadedFrames(self._ids_np[rows.cpu().numpy()], tel, gt)
 
     # -- running -------------------------------------------------------------------------------------
 
@@ -474,7 +506,7 @@ class FleetRunner:
                 "frames_written": int(self.buffer.written.sum()),
                 "frames_overwritten": int(self.buffer.overwritten.sum()),
             },
-            "inference_status": dict(zip(STATUS_NAMES, self.status_counts.tolist(), strict=True)),
+            "inference_status": dict(zip(STATUS_NAMES, self._status.tolist(), strict=True)),
             "fallback_episodes": {"ended": arb["episodes_ended"], "ended_ticks": arb["ended_ticks"]},
             "respawns": self.respawns,
         }

@@ -70,11 +70,23 @@ def condition_codes(visibility_m: torch.Tensor, light: torch.Tensor, rain: torch
     return torch.where(visibility_m < FOG_VISIBILITY_M, torch.full_like(code, 1), code)
 
 
-def _histogram(values_s: torch.Tensor) -> torch.Tensor:
-    """Counts [len(edges) + 1] of ``values_s`` in ``LATENCY_EDGES_S`` (bin 0: below the first edge)."""
+def _histogram(values_s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Counts [len(edges) + 1] of ``values_s`` in ``LATENCY_EDGES_S`` (bin 0: below the first edge); with
+    ``mask``, of the values where it is set (no boolean indexing: no device sync)."""
     v = values_s.detach().to(torch.float64).reshape(-1)
-    idx = torch.bucketize(v, _EDGES_T.to(v.device))
-    return torch.bincount(idx, minlength=len(LATENCY_EDGES_S) + 1)
+    idx = torch.bucketize(v, _edges(v.device))
+    n = len(LATENCY_EDGES_S) + 1
+    if mask is None:
+        return torch.bincount(idx, minlength=n)
+    idx = torch.where(mask.reshape(-1), idx, n)  # masked-out values go to a bin past the end, dropped
+    return torch.bincount(idx, minlength=n + 1)[:n]
+
+
+def _edges(device: torch.device) -> torch.Tensor:
+    cache: dict[torch.device, torch.Tensor] = _edges.__dict__.setdefault("cache", {})
+    if device not in cache:
+        cache[device] = _EDGES_T.to(device)
+    return cache[device]
 
 
 class SummaryAccumulator:
@@ -84,25 +96,33 @@ class SummaryAccumulator:
         self.device = torch.device(device)
         self.sums = torch.zeros(MAX_VERSIONS * len(CONDITIONS), len(COLUMNS), dtype=torch.float64, device=self.device)
         self.sim_latency = torch.zeros(len(LATENCY_EDGES_S) + 1, dtype=torch.int64, device=self.device)
-        self.wall_latency = torch.zeros(len(LATENCY_EDGES_S) + 1, dtype=torch.int64)
+        self.wall_latency = np.zeros(len(LATENCY_EDGES_S) + 1, dtype=np.int64)
 
-    def add(self, version_index: torch.Tensor, condition: torch.Tensor, rows: torch.Tensor) -> None:
-        """Add ``rows`` [B, len(COLUMNS)] of the vehicles with ``version_index`` [B] and ``condition`` [B]."""
+    def add(
+        self, version_index: torch.Tensor, condition: torch.Tensor, rows: torch.Tensor, *, checked: bool = False
+    ) -> None:
+        """Add ``rows`` [B, len(COLUMNS)] of the vehicles with ``version_index`` [B] and ``condition`` [B].
+
+        ``checked``: the caller guarantees ``version_index < MAX_VERSIONS`` (skips a device sync per call).
+        """
         if rows.shape[-1] != len(COLUMNS):
             raise ValueError(f"rows must have {len(COLUMNS)} columns ({', '.join(COLUMNS)}), got {rows.shape[-1]}")
-        if bool((version_index >= MAX_VERSIONS).any()):
+        if not checked and bool((version_index >= MAX_VERSIONS).any()):
             raise ValueError(f"at most {MAX_VERSIONS} model versions per run")
         group = version_index.to(torch.int64) * len(CONDITIONS) + condition.to(torch.int64)
         self.sums.index_add_(0, group.to(self.device), rows.to(self.device, torch.float64))
 
-    def add_sim_latency(self, latency_s: torch.Tensor) -> None:
-        """Simulated inference latencies [s] of the vehicles that ran a model this tick."""
+    def add_sim_latency(self, latency_s: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Simulated inference latencies [s] of the vehicles that ran a model this tick (those where ``mask`` [B]
+        is set, when given)."""
         if latency_s.numel():
-            self.sim_latency += _histogram(latency_s).to(self.device)
+            self.sim_latency += _histogram(latency_s, mask).to(self.device)
 
     def add_wall_latency(self, seconds: float) -> None:
         """One measured wall-clock inference call [s]."""
-        self.wall_latency += _histogram(torch.tensor([seconds]))
+        # the bin torch.bucketize (right=False) gives: edges[i - 1] < v <= edges[i]
+        v = float(np.float32(seconds))  # as the float32 tensor it used to be
+        self.wall_latency[int(np.searchsorted(LATENCY_EDGES_S, v, side="left"))] += 1
 
     def result(
         self, versions: Sequence[str], vehicles: int, ticks: int, dt_s: float, counts: Mapping[str, Any] | None = None
@@ -121,7 +141,7 @@ class SummaryAccumulator:
             dt_s=dt_s,
             groups=groups,
             sim_latency_hist=self.sim_latency.cpu().numpy().astype(np.int64),
-            wall_latency_hist=self.wall_latency.numpy().astype(np.int64),
+            wall_latency_hist=self.wall_latency.copy(),
             counts=dict(counts or {}),
         )
 

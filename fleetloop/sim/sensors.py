@@ -98,10 +98,19 @@ class Observation:
 
 
 def _table(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=like.device)
+    # Cached per (values, device): a per-tick torch.tensor() would be a host-to-device copy on CUDA.
+    cache: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = _table.__dict__.setdefault("cache", {})
+    key = (tuple(values), like.device)
+    out = cache.get(key)
+    if out is None:
+        out = cache[key] = torch.tensor(values, dtype=torch.float32, device=like.device)
+    return out
 
 
-def _camera(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _camera(
+    world: World, state: WorldState, rel_y: torch.Tensor, noise: torch.Tensor, u_valid: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Camera grid and frame validity; ``noise`` [B, 128] unit noise per cell, ``u_valid`` [B] uniform."""
     b = state.actor_kind.shape[0]
     near = state.actor_x_m - state.actor_len_m  # [B, K] distance to the near face
     r = near.clamp_min(0.5)
@@ -110,7 +119,7 @@ def _camera(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Ten
     lit = light + (1.0 - light) * torch.exp(-((r / CAMERA_HEADLIGHT_M) ** 2))
     contrast = _table(CAMERA_CONTRAST, r)[state.actor_kind]
     signal = contrast * torch.exp(-3.0 * r / vis) * lit * (1.0 - 0.2 * state.rain.unsqueeze(-1))
-    edges = torch.tensor(CAMERA_ROW_EDGES_M, device=r.device)
+    edges = _table(CAMERA_ROW_EDGES_M, r)
     row = torch.bucketize(near, edges, right=True) - 1  # [B, K]
     in_view = (state.actor_kind > 0) & (near > 0) & (row >= 0) & (row < CAMERA_ROWS)
     col_w = 2 * CAMERA_HALF_WIDTH_M / CAMERA_COLS
@@ -123,17 +132,17 @@ def _camera(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Ten
     flat = (torch.arange(b, device=r.device).view(b, 1, 1) * (CAMERA_ROWS * CAMERA_COLS)) + (
         row.clamp(0, CAMERA_ROWS - 1).unsqueeze(-1) * CAMERA_COLS + cols.clamp(0, CAMERA_COLS - 1)
     )
-    vals = torch.where(ok, signal.unsqueeze(-1).expand(-1, -1, 3), torch.zeros(1, device=r.device))
+    vals = torch.where(ok, signal.unsqueeze(-1), 0.0)
     grid = torch.zeros(b * CAMERA_ROWS * CAMERA_COLS, device=r.device)
     grid = grid.scatter_reduce(0, flat.reshape(-1), vals.reshape(-1), reduce="amax").view(b, CAMERA_ROWS, CAMERA_COLS)
     sigma = CAMERA_NOISE_DAY + CAMERA_NOISE_NIGHT * (1.0 - state.light)
-    noise = rng.noise(key, (CAMERA_ROWS * CAMERA_COLS + 1,))
-    grid = grid + sigma.view(b, 1, 1) * noise[:, 1:].view(b, CAMERA_ROWS, CAMERA_COLS)
-    valid = rng.uniform(rng.hash32(key ^ 0x5BD1E995), (1,)).squeeze(-1) >= CAMERA_DROPOUT
-    return torch.where(valid.view(b, 1, 1), grid, torch.zeros_like(grid)), valid
+    grid = grid + sigma.view(b, 1, 1) * noise.view(b, CAMERA_ROWS, CAMERA_COLS)
+    valid = u_valid >= CAMERA_DROPOUT
+    return torch.where(valid.view(b, 1, 1), grid, 0.0), valid
 
 
-def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Lidar ranges [B, beams]; ``u`` [B, K + 3 * beams] uniforms."""
     b, k = state.actor_kind.shape
     dev = rel_y.device
     theta = torch.linspace(LIDAR_FOV_RAD, -LIDAR_FOV_RAD, LIDAR_BEAMS, device=dev)  # left to right
@@ -142,7 +151,6 @@ def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tens
     safe_near = near.clamp_min(0.1).unsqueeze(-1)
     th_lo = torch.atan2((rel_y - half_w).unsqueeze(-1), safe_near)
     th_hi = torch.atan2((rel_y + half_w).unsqueeze(-1), safe_near)
-    u = rng.uniform(key, (k + 3 * LIDAR_BEAMS,))
     # Whether an object returns is decided once per object and tick at its near-face range (the 1/cos stretch
     # across +-15 deg is under 4 %); fading is per object and tick (its pose and surface).
     fade = torch.exp(LIDAR_FADING_SIGMA * (u[:, :k] * 3.46 - 1.73))
@@ -150,44 +158,53 @@ def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tens
     r_near = near.clamp_min(0.1)
     power = refl * (LIDAR_R0_M / r_near) ** 2 * torch.exp(-6.0 * r_near / state.visibility_m.unsqueeze(-1)) * fade
     returns = (state.actor_kind > 0) & (near > 0.1) & (power > 1.0) & (r_near < LIDAR_MAX_RANGE_M)
-    hit = returns.unsqueeze(-1) & (theta >= th_lo) & (theta <= th_hi)  # [B, K, beams]
-    r_hit = torch.where(hit, safe_near, torch.full_like(safe_near, LIDAR_MAX_RANGE_M)) / torch.cos(theta)
-    rng_m = r_hit.min(dim=1).values.clamp_max(LIDAR_MAX_RANGE_M)  # [B, beams]
+    face = torch.where(returns.unsqueeze(-1), safe_near, LIDAR_MAX_RANGE_M)  # [B, K, 1]
+    hit = (theta >= th_lo) & (theta <= th_hi)  # [B, K, beams]
+    # Nearest face per beam, then the 1/cos stretch: dividing by the same positive number is monotonic, so this
+    # equals dividing every object's range first (and costs [B, beams] instead of [B, K, beams]).
+    r_min = torch.where(hit, face, LIDAR_MAX_RANGE_M).amin(dim=1)
+    rng_m = (r_min / torch.cos(theta)).clamp_max(LIDAR_MAX_RANGE_M)  # [B, beams]
     tail = u[:, k:].view(b, 3, LIDAR_BEAMS)
     rng_m = rng_m + LIDAR_NOISE_M * (tail[:, 0] - 0.5) * 3.46 * (rng_m < LIDAR_MAX_RANGE_M)
     p_back = LIDAR_BACKSCATTER * torch.exp(-state.visibility_m / 80.0).unsqueeze(-1)
     back_r = 2.0 + tail[:, 2] * (0.5 * state.visibility_m.unsqueeze(-1)).clamp(max=LIDAR_MAX_RANGE_M)
-    rng_m = torch.where(tail[:, 1] < p_back, torch.minimum(rng_m, back_r), rng_m)
-    dropped = (tail[:, 1] > 1.0 - LIDAR_BEAM_DROPOUT) & ~(tail[:, 1] < p_back)
-    return torch.where(dropped, torch.full_like(rng_m, LIDAR_MAX_RANGE_M), rng_m).clamp(0.0, LIDAR_MAX_RANGE_M)
+    back = tail[:, 1] < p_back
+    rng_m = torch.where(back, torch.minimum(rng_m, back_r), rng_m)
+    dropped = (tail[:, 1] > 1.0 - LIDAR_BEAM_DROPOUT) & ~back
+    return torch.where(dropped, LIDAR_MAX_RANGE_M, rng_m).clamp(0.0, LIDAR_MAX_RANGE_M)
 
 
-def _radar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _furniture_salt(seed: int) -> int:
+    """The road-furniture hash salt of ``seed`` (a 32-bit value; cached, computed on the CPU)."""
+    cache: dict[int, int] = _furniture_salt.__dict__.setdefault("cache", {})
+    if seed not in cache:
+        cache[seed] = int(rng.hash32(torch.tensor([(seed & rng.MASK32) ^ 0x68E31DA4], dtype=torch.int64))[0])
+    return cache[seed]
+
+
+def _radar(
+    world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor, z: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Radar targets; ``u`` [B, K + 8] uniforms, ``z`` [B, 3 * (K + 2)] unit noise."""
     b, k = state.actor_kind.shape
     near = state.actor_x_m - state.actor_len_m
     rng_t = torch.sqrt(near * near + rel_y * rel_y)
     az = torch.atan2(rel_y, near)
     rate = (state.actor_v_mps - state.ego_v_mps.unsqueeze(-1)) * torch.cos(az)
-    u = rng.uniform(key, (k + 8,))
-    z = rng.noise(rng.hash32(key ^ 0x27D4EB2F), (3 * (k + 2),)).view(b, 3, k + 2)
+    z = z.view(b, 3, k + 2)
     p = _table(RADAR_DETECT_P, near)[state.actor_kind] * (1.0 - RADAR_RAIN_LOSS * state.rain.unsqueeze(-1))
     det = (state.actor_kind > 0) & (near > 0.3) & (rng_t < RADAR_MAX_RANGE_M) & (az.abs() < RADAR_FOV_RAD)
     det = det & (u[:, :k] < p)
     extra = u[:, k:]
     # Overhead road furniture: a property of the road cell (shared by every vehicle), seen as a stationary target.
+    # The cell of the ego and the two ahead, in one hash.
     cell = torch.floor(state.ego_s_m / RADAR_FURNITURE_CELL_M).to(torch.int64)
-    f_rng, f_ok = [], []
-    for ahead in (0, 1, 2):
-        c = cell + ahead
-        hc = rng.hash32((c & rng.MASK32) ^ rng.hash32(torch.full_like(c, state.seed & rng.MASK32) ^ 0x68E31DA4))
-        has = (hc & 0xFFFF).to(torch.float32) / 65536.0 < RADAR_FURNITURE_RATE
-        pos = (c.to(torch.float64) + ((hc >> 16).to(torch.float64) / 65536.0)) * RADAR_FURNITURE_CELL_M
-        d = (pos - state.ego_s_m).to(torch.float32)
-        ok = has & (d > RADAR_FURNITURE_SEEN[0]) & (d < RADAR_FURNITURE_SEEN[1])
-        f_rng.append(d)
-        f_ok.append(ok)
-    d_f = torch.stack(f_rng, -1)
-    ok_f = torch.stack(f_ok, -1)
+    c = cell.unsqueeze(-1) + torch.arange(3, device=cell.device)  # [B, 3]
+    hc = rng.hash32((c & rng.MASK32) ^ _furniture_salt(state.seed))
+    has = (hc & 0xFFFF).to(torch.float32) / 65536.0 < RADAR_FURNITURE_RATE
+    pos = (c.to(torch.float64) + ((hc >> 16).to(torch.float64) / 65536.0)) * RADAR_FURNITURE_CELL_M
+    d_f = (pos - state.ego_s_m.unsqueeze(-1)).to(torch.float32)
+    ok_f = has & (d_f > RADAR_FURNITURE_SEEN[0]) & (d_f < RADAR_FURNITURE_SEEN[1])
     first = ok_f.to(torch.int64).argmax(-1, keepdim=True)
     furn_r = torch.gather(d_f, -1, first).squeeze(-1)
     furn_ok = ok_f.any(-1) & (extra[:, 0] < RADAR_FURNITURE_P)
@@ -200,14 +217,16 @@ def _radar(world: World, state: WorldState, rel_y: torch.Tensor, key: torch.Tens
     all_rate = torch.cat([rate, ghost_rate], -1) + RADAR_RATE_NOISE_MPS * z[:, 1]
     all_az = torch.cat([az, ghost_az], -1) + RADAR_AZ_NOISE_RAD * z[:, 2]
     all_ok = torch.cat([det, torch.stack([furn_ok, clutter_ok], -1)], -1)
-    key_r = torch.where(all_ok, all_r, torch.full_like(all_r, math.inf))
+    key_r = torch.where(all_ok, all_r, math.inf)
     n = min(RADAR_TARGETS, key_r.shape[-1])
     order = torch.topk(key_r, n, dim=-1, largest=False).indices
     valid = torch.gather(all_ok, -1, order)
-    out = [
-        torch.where(valid, torch.gather(x, -1, order), torch.zeros(1, device=x.device))
-        for x in (all_r, all_rate, all_az)
-    ]
+    # The three target fields travel together: one gather.
+    fields3 = torch.stack([all_r, all_rate, all_az], 1)  # [B, 3, K + 2]
+    picked = torch.where(
+        valid.unsqueeze(1), torch.gather(fields3, -1, order.unsqueeze(1).expand(-1, 3, -1)), 0.0
+    )  # [B, 3, n]
+    out = list(picked.unbind(1))
     if n < RADAR_TARGETS:
         pad = RADAR_TARGETS - n
         out = [torch.nn.functional.pad(x, (0, pad)) for x in out]
@@ -219,11 +238,29 @@ def observe(world: World, state: WorldState) -> Observation:
     """Sensor readings of every vehicle at the state's tick (noise keyed by seed, vehicle id, tick and sensor)."""
     ego_y = world.lane_center_m(state.ego_lane.to(torch.float32)).unsqueeze(-1)  # type: ignore[union-attr]
     rel_y = state.actor_y_m - ego_y  # + left of the ego
-    tick = state.tick
-    cam, cam_ok = _camera(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_CAMERA))
-    lidar = _lidar(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_LIDAR))
-    r, rr, az, ok = _radar(world, state, rel_y, rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_RADAR))
-    odo = rng.noise(rng.vehicle_key(state.seed, state.vehicle_ids, tick, rng.STREAM_GHOST), (2,))
+    k = state.actor_kind.shape[1]
+    # Every draw of the tick in one hash (ADR 0100): key columns camera, lidar, radar, odometry, then the derived
+    # keys of the camera's frame loss and of the radar's measurement noise.
+    keys = rng.vehicle_keys(
+        state.seed,
+        state.vehicle_ids,
+        state.tick,
+        (rng.STREAM_CAMERA, rng.STREAM_LIDAR, rng.STREAM_RADAR, rng.STREAM_GHOST),
+    )
+    keys = torch.cat([keys, rng.derive(keys[:, 0:1], 0x5BD1E995), rng.derive(keys[:, 2:3], 0x27D4EB2F)], -1)
+    cells = CAMERA_ROWS * CAMERA_COLS
+    n_lidar, n_radar, n_radar_z = k + 3 * LIDAR_BEAMS, k + 8, 3 * (k + 2)
+    # noise: camera cells (indices 1..128 of the camera stream), radar measurement noise, odometry;
+    # uniform: camera frame loss, lidar, radar.
+    segments = ((0, 1, cells), (5, 0, n_radar_z), (3, 0, 2), (4, 0, 1), (1, 0, n_lidar), (2, 0, n_radar))
+    bits = rng.draw_bits(keys, segments)
+    n_noise = cells + n_radar_z + 2
+    z = rng.bits_noise(bits[:, :n_noise])
+    u = rng.bits_uniform(bits[:, n_noise:])
+    cam, cam_ok = _camera(world, state, rel_y, z[:, :cells], u[:, 0])
+    lidar = _lidar(world, state, rel_y, u[:, 1 : 1 + n_lidar])
+    r, rr, az, ok = _radar(world, state, rel_y, u[:, 1 + n_lidar :], z[:, cells : cells + n_radar_z])
+    odo = z[:, cells + n_radar_z :]
     return Observation(
         camera=cam,
         camera_valid=cam_ok,
