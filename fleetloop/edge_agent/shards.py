@@ -1,8 +1,9 @@
 """Shard backends: one fleet split into K shards of contiguous vehicle ids, each a ``FleetRunner`` elsewhere.
 
 - ``processes``: K local processes (spawned, so CUDA works in them); with GPUs, one process per GPU
-  (shard i on ``cuda:i``), else K CPU processes. Commands go over a pipe. Needs torch + numpy only (a GPU box
-  has no Ray).
+  (shard i on ``cuda:i``), else K CPU processes. ``devices=G`` instead keeps all K shards and puts shard i on
+  ``cuda:(i % G)`` (several shards may share a GPU). CUDA is initialised only inside the shard processes (the
+  driver only counts the GPUs). Commands go over a pipe. Needs torch + numpy only (a GPU box has no Ray).
 - ``ray``: K Ray actors; ``ray_address`` joins a cluster (every node needs fleetloop installed), otherwise a
   local Ray is started with usage stats and the dashboard off and ``num_cpus`` = K.
 
@@ -77,6 +78,8 @@ def build_runner(spec: ShardSpec) -> FleetRunner:
 
     if spec.torch_threads > 0:
         torch.set_num_threads(spec.torch_threads)
+    if spec.config.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(spec.config.device))  # this shard's GPU is its current device
     models = {label: load_artifact(path).model for label, path in spec.model_paths.items()}
     sink = None
     if spec.telemetry is not None:
@@ -226,17 +229,27 @@ class ShardedFleet:
 
     Args:
         spec: the run's shard spec with *all* vehicle ids; it is split into contiguous slices.
-        shards: K (with the ``processes`` backend and GPUs present, at most one shard per GPU is used).
+        shards: K (with the ``processes`` backend and GPUs present, at most one shard per GPU is used unless
+            ``devices`` is given).
         backend: ``processes`` or ``ray``.
         ray_address: a Ray cluster to join (``ray`` backend only).
+        devices: on CUDA, the number of GPUs to use (the first ``devices`` visible ones); all K shards run,
+            shard i on ``cuda:(i % devices)``. None: every visible GPU, one shard per GPU.
     """
 
-    def __init__(self, spec: ShardSpec, shards: int, backend: str = "processes", ray_address: str | None = None):
+    def __init__(
+        self,
+        spec: ShardSpec,
+        shards: int,
+        backend: str = "processes",
+        ray_address: str | None = None,
+        devices: int | None = None,
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown shard backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
         if ray_address and backend != "ray":
             raise ValueError("--ray-address needs --backend ray")
-        specs = self.plan(spec, shards, backend)
+        specs = self.plan(spec, shards, backend, devices)
         self.specs = specs
         self.backend = backend
         self.impl: _ProcessShards | _RayShards = (
@@ -245,8 +258,10 @@ class ShardedFleet:
         self.closed = False
 
     @staticmethod
-    def plan(spec: ShardSpec, shards: int, backend: str) -> list[ShardSpec]:
-        """The per-shard specs: contiguous id slices; devices cuda:i when the fleet runs on CUDA."""
+    def plan(spec: ShardSpec, shards: int, backend: str, devices: int | None = None) -> list[ShardSpec]:
+        """The per-shard specs: contiguous id slices; devices cuda:(i % GPUs) when the fleet runs on CUDA.
+
+        Counts the GPUs without initialising CUDA in this process (only the shards do)."""
         import torch
 
         k = shards
@@ -254,7 +269,13 @@ class ShardedFleet:
         gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
         if device.startswith("cuda") and gpus == 0:
             raise ValueError("device cuda asked for, but torch sees no CUDA device; use --device cpu")
-        if gpus and backend == "processes":
+        if devices is not None:
+            if not device.startswith("cuda"):
+                raise ValueError("devices (a GPU count) needs device cuda")
+            if not 1 <= devices <= gpus:
+                raise ValueError(f"devices must be between 1 and the {gpus} visible GPU(s), got {devices}")
+            gpus = devices
+        elif gpus and backend == "processes":
             k = min(k, gpus)
         out = []
         for i, ids in enumerate(split_ids(spec.vehicle_ids, k)):
