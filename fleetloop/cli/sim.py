@@ -118,6 +118,7 @@ def simulate(
     inject: list[str] | None = None,
     device: str = "cpu",
     shards: int = 1,
+    devices: int | None = None,
     backend: str = "processes",
     ray_address: str | None = None,
     telemetry: bool = True,
@@ -197,7 +198,7 @@ def simulate(
                 on_progress(_sum_reports(reports))
         summary = runner.close()
     else:
-        fleet = ShardedFleet(spec, shards, backend, ray_address)
+        fleet = ShardedFleet(spec, shards, backend, ray_address, devices=devices)
         try:
             done = 0
             while done < ticks:
@@ -399,6 +400,9 @@ def run_cmd(
     inject: list[str] = typer.Option([], "--inject", help="Fault, e.g. latency_spike:p=0.05,ms=80; repeatable."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     shards: int = typer.Option(1, "--shards", help="Split the fleet over K shards."),
+    devices: int | None = typer.Option(
+        None, "--devices", help="GPUs the shards share (default: one shard per GPU); CUDA only."
+    ),
     backend: str = typer.Option("processes", "--backend", help="Shard backend: processes or ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (--backend ray)."),
     no_telemetry: bool = typer.Option(False, "--no-telemetry", help="Do not send uploads to Kafka."),
@@ -437,6 +441,7 @@ def run_cmd(
                 inject=inject,
                 device=device,
                 shards=shards,
+                devices=devices,
                 backend=backend,
                 ray_address=ray_address,
                 telemetry=not no_telemetry,
