@@ -8,11 +8,19 @@ Fallback activations are counted as transitions (model -> fallback), per reason 
 durations in ticks once the vehicle is back on the model. A command that is not finite never leaves this module:
 the model's output is used only where every one of its numbers is finite and in range, and the fallback's command
 is finite by construction (checked again here).
+
+Low confidence is debounced, so an activation is an episode, not a flicker: the model's uncertainty must stay above
+``max_uncertainty`` for ``low_conf_enter_ticks`` ticks in a row before the fallback takes over, and the vehicle goes
+back to the model only after ``low_conf_min_hold_ticks`` and once the uncertainty is below
+``low_conf_exit_ratio * max_uncertainty``. ``ArbiterConfig.for_model(metadata)`` sets ``max_uncertainty`` from the
+model's own validation uncertainty (recorded by the bootstrap, in m/s²).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -23,6 +31,8 @@ __all__ = [
     "DRIVER_MODEL",
     "REASON_CODES",
     "REASON_NAMES",
+    "UNCERTAINTY_CALIBRATION_KEY",
+    "UNCERTAINTY_CALIBRATION_MARGIN",
     "ArbiterConfig",
     "ArbiterInputs",
     "ArbiterState",
@@ -42,6 +52,12 @@ REASON_NAMES = (
     "model_switch",
 )
 REASON_CODES = {name: code for code, name in enumerate(REASON_NAMES)}
+# The model's uncertainty on its own clear-weather validation frames, 99th percentile (bootstrap metrics, m/s²).
+UNCERTAINTY_CALIBRATION_KEY = "val_uncertainty_p99_mps2"
+# The low-confidence threshold is this multiple of that percentile: 1 % of in-distribution frames already exceed the
+# p99, so the margin leaves in-distribution driving on the model and hands over where the model is unsure beyond
+# anything it saw in training (fog, night for a clear-weather model).
+UNCERTAINTY_CALIBRATION_MARGIN = 1.5  # [-]
 _PRIORITY = ("no_model", "model_switch", "deadline", "invalid_output", "sensor_fault", "ttc_critical", "low_confidence")
 
 
@@ -50,8 +66,16 @@ class ArbiterConfig:
     """Arbiter thresholds.
 
     Attributes:
-        max_uncertainty: model uncertainty above this hands the tick to the fallback (in the model's own units,
-            from its metadata when it gives one).
+        max_uncertainty: model uncertainty above this (for ``low_conf_enter_ticks`` ticks) hands over to the
+            fallback [m/s², the model's own units]; ``for_model`` sets it from the model's metadata. The default
+            (0.5) is for models without a calibration.
+        low_conf_enter_ticks: consecutive ticks above ``max_uncertainty`` before low confidence takes over
+            (3 ticks = 0.3 s: one noisy frame is no loss of confidence; shorter than the world's 0.2 s dead time
+            plus a brake build-up would not be safer, since the fallback's own TTC stages override at once).
+        low_conf_min_hold_ticks: a low-confidence episode lasts at least this many ticks (10 = 1 s: handing the
+            car back and forth every tick is worse than either driver).
+        low_conf_exit_ratio: back to the model only once the uncertainty is below this fraction of
+            ``max_uncertainty`` (hysteresis against flapping around the threshold).
         max_abs_accel_mps2: a model command outside +-this is invalid output, not a command [m/s²].
         switch_hold_ticks: after a model switch the fallback drives this many ticks (the new model's first outputs
             are not trusted until it has seen a few frames; the OTA client activates in a safe state).
@@ -62,6 +86,33 @@ class ArbiterConfig:
     max_abs_accel_mps2: float = 12.0
     switch_hold_ticks: int = 10
     ttc_override_stage: int = STAGE_PARTIAL
+    low_conf_enter_ticks: int = 3
+    low_conf_min_hold_ticks: int = 10
+    low_conf_exit_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not (self.max_uncertainty > 0 and self.max_uncertainty < float("inf")):
+            raise ValueError(f"max_uncertainty must be a positive finite number [m/s²], got {self.max_uncertainty}")
+        if self.low_conf_enter_ticks < 1 or self.low_conf_min_hold_ticks < 0:
+            raise ValueError("low_conf_enter_ticks must be >= 1 and low_conf_min_hold_ticks >= 0")
+        if not 0 < self.low_conf_exit_ratio <= 1:
+            raise ValueError(f"low_conf_exit_ratio must be in (0, 1], got {self.low_conf_exit_ratio}")
+
+    @classmethod
+    def for_model(cls, metadata: Any, **overrides: Any) -> ArbiterConfig:
+        """Thresholds matched to a model: ``max_uncertainty`` = ``UNCERTAINTY_CALIBRATION_MARGIN`` x the model's
+        validation uncertainty p99 (``metadata.metrics[UNCERTAINTY_CALIBRATION_KEY]``; ``metadata`` is an
+        ``ArtifactMetadata`` or its metrics mapping). A model without that calibration gets the default threshold."""
+        metrics = metadata if isinstance(metadata, Mapping) else getattr(metadata, "metrics", {})
+        base = cls(**overrides)
+        p99 = metrics.get(UNCERTAINTY_CALIBRATION_KEY)
+        try:
+            value = float(p99) if p99 is not None else float("nan")
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (value > 0 and value < float("inf")) or "max_uncertainty" in overrides:
+            return base
+        return replace(base, max_uncertainty=UNCERTAINTY_CALIBRATION_MARGIN * value)
 
 
 @dataclass(frozen=True)
@@ -97,6 +148,10 @@ class ArbiterState:
         episodes_ended: [B, R] int64, fallback episodes that ended (back on the model) per reason.
         ended_ticks: [B, R] int64, summed durations of those ended episodes [ticks].
         reason_ticks: [B, R] int64, ticks per tick-reason (the reason of each single tick).
+        unc_high_ticks: consecutive ticks the model's uncertainty has been above the threshold.
+        low_conf: the low-confidence latch is set (the fallback drives for low confidence unless a reason of
+            higher priority applies).
+        low_conf_hold: ticks the latch still holds at least.
     """
 
     on_fallback: torch.Tensor
@@ -108,6 +163,9 @@ class ArbiterState:
     episodes_ended: torch.Tensor
     ended_ticks: torch.Tensor
     reason_ticks: torch.Tensor
+    unc_high_ticks: torch.Tensor
+    low_conf: torch.Tensor
+    low_conf_hold: torch.Tensor
 
     @staticmethod
     def init(batch: int, device: torch.device | str = "cpu", start_on_fallback: bool = False) -> ArbiterState:
@@ -115,7 +173,20 @@ class ArbiterState:
         z = torch.zeros(batch, dtype=torch.int64, device=device)
         zr = torch.zeros(batch, len(REASON_NAMES), dtype=torch.int64, device=device)
         flag = torch.full((batch,), start_on_fallback, dtype=torch.bool, device=device)
-        return ArbiterState(flag, z, z.clone(), z.clone(), zr, zr.clone(), zr.clone(), zr.clone(), zr.clone())
+        return ArbiterState(
+            flag,
+            z,
+            z.clone(),
+            z.clone(),
+            zr,
+            zr.clone(),
+            zr.clone(),
+            zr.clone(),
+            zr.clone(),
+            z.clone(),
+            torch.zeros(batch, dtype=torch.bool, device=device),
+            z.clone(),
+        )
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Fleet totals per reason name: activations, fallback ticks, ended episodes and their summed ticks."""
@@ -169,6 +240,14 @@ def arbitrate(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInputs) -> tu
         inp.switched.bool(), torch.full_like(state.switch_hold, cfg.switch_hold_ticks), state.switch_hold
     )
     safe_m = torch.where(usable, m, fb.accel_mps2)
+    unc = torch.nan_to_num(inp.model_uncertainty.float(), nan=0.0)
+    high = torch.where(unc > cfg.max_uncertainty, state.unc_high_ticks + 1, torch.zeros_like(state.unc_high_ticks))
+    enter = high >= cfg.low_conf_enter_ticks
+    hold_left = torch.where(
+        enter & ~state.low_conf, torch.full_like(state.low_conf_hold, cfg.low_conf_min_hold_ticks), state.low_conf_hold
+    )
+    calm = unc < cfg.low_conf_exit_ratio * cfg.max_uncertainty
+    low_conf = inp.has_model.bool() & (enter | (state.low_conf & ((hold_left > 0) | ~calm)))
     conditions = {
         "no_model": ~inp.has_model.bool(),
         "model_switch": hold > 0,
@@ -176,7 +255,7 @@ def arbitrate(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInputs) -> tu
         "invalid_output": ~usable,
         "sensor_fault": fb.sensor_fault.bool(),
         "ttc_critical": (fb.stage >= cfg.ttc_override_stage) & (fb.stage < STAGE_MRM) & (fb.accel_mps2 < safe_m),
-        "low_confidence": torch.nan_to_num(inp.model_uncertainty.float(), nan=0.0) > cfg.max_uncertainty,
+        "low_confidence": low_conf,
     }
     reason = torch.zeros_like(state.episode_reason)
     for name in reversed(_PRIORITY):  # the highest priority is written last
@@ -206,6 +285,9 @@ def arbitrate(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInputs) -> tu
         episodes_ended=state.episodes_ended + one_end,
         ended_ticks=state.ended_ticks + one_end * ended_ticks.unsqueeze(-1),
         reason_ticks=state.reason_ticks + one_tick,
+        unc_high_ticks=high,
+        low_conf=low_conf,
+        low_conf_hold=torch.where(low_conf, (hold_left - 1).clamp_min(0), torch.zeros_like(hold_left)),
     )
     decision = Decision(
         accel_mps2=cmd,

@@ -6,7 +6,9 @@ the progress reference in evaluation. It never produces hindsight labels or flee
 
 Its policy: IDM car-following at the scene's cruise speed behind the *in-path obstacle* (an actor overlapping the
 ego's corridor now, or whose lateral motion brings it into the corridor before the ego gets there), overridden
-by the deceleration needed to stop behind it once the dead time is accounted for.
+by the deceleration needed to stop behind it once the dead time is accounted for. Outside emergencies it builds
+up braking no faster than ``COMFORT_JERK_MPS3`` from its last command (a planner's comfort limit; the actuator
+alone would build any brake at 30 m/s³), so its own driving shows few harsh-jerk ticks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ EMERGENCY_ONSET_MPS2 = 2.0  # [m/s²] the expert brakes at least what is needed 
 OVERBRAKE_FACTOR = 1.3  # [-] the expert brakes at most this much more than needed (unless comfortable)
 BRAKE_RAMP_ALLOWANCE_S = 0.2  # [s] extra lag for the brake build-up (jerk limit)
 FAR_M = 1.0e6  # [m] gap when nothing is in path
+# ISO 15622 (ACC) limits the average rate of change of deceleration to 2.5 m/s³ at high and 5 m/s³ at low speed;
+# the upper value keeps the expert responsive and well under the 10 m/s³ harsh-jerk event threshold.
+COMFORT_JERK_MPS3 = 5.0  # [m/s³]
+# Between the emergency onset and a hard stop the expert still builds braking just under the 10 m/s³ harsh-jerk
+# threshold; only when it needs more than ``URGENT_DECEL_MPS2`` does it let the actuator build up at full rate.
+FIRM_JERK_MPS3 = 9.0  # [m/s³]
+URGENT_DECEL_MPS2 = 4.0  # [m/s²] (the hard-braking event threshold)
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,13 @@ def expert_control(world: World, state: WorldState, path: InPath | None = None) 
     floor = -torch.maximum(need * OVERBRAKE_FACTOR, torch.full_like(need, EXPERT_IDM.comfort_decel_mps2))
     ceiling = torch.where(need > EMERGENCY_ONSET_MPS2, -need * 1.1, torch.full_like(need, float("inf")))
     cmd = torch.minimum(torch.maximum(idm, floor), ceiling)
+    # Braking builds up at the comfort jerk from the last command issued, a firm brake just under the harsh-jerk
+    # threshold; an urgent one does not wait.
+    if state.ego_cmd_queue.shape[-1] > 0:
+        last = state.ego_cmd_queue[:, -1]
+        rate = torch.where(need > EMERGENCY_ONSET_MPS2, FIRM_JERK_MPS3, COMFORT_JERK_MPS3)
+        limited = torch.maximum(cmd, torch.minimum((last - rate * world.dt_s).clamp_max(0.0), last))
+        cmd = torch.where(need > URGENT_DECEL_MPS2, cmd, limited)
     # A stopped ego with an obstacle right ahead holds the brake instead of creeping.
     cmd = torch.where(p.present & (p.gap_m < STOP_MARGIN_M + 1.0) & (v_e < 0.5), -torch.ones_like(cmd), cmd)
     return cmd.clamp(-world.max_brake_mps2, world.max_accel_mps2)

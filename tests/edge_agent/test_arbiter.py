@@ -75,7 +75,7 @@ def test_any_model_output_gives_a_finite_bounded_command(values: list[float]) ->
 
 
 def test_reason_priority_and_each_reason() -> None:
-    cfg = ArbiterConfig()
+    cfg = ArbiterConfig(low_conf_enter_ticks=1)  # low confidence at once (its debounce is tested below)
     s = ArbiterState.init(B)
     yes, no = torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
     cases = {
@@ -127,3 +127,47 @@ def test_reason_change_within_an_episode_is_not_a_new_activation() -> None:
     assert s.totals()["activations"]["deadline"] == B and s.totals()["activations"]["invalid_output"] == 0
     assert s.totals()["fallback_ticks"]["deadline"] == 2 * B  # ticks count to the episode's reason
     assert s.totals()["reason_ticks"]["invalid_output"] == B
+
+
+def _unc(values: list[float]) -> ArbiterInputs:
+    return _inp(model_uncertainty=torch.tensor(values))
+
+
+def test_a_single_uncertain_frame_does_not_hand_over_to_the_fallback() -> None:
+    cfg = ArbiterConfig(max_uncertainty=0.5, low_conf_enter_ticks=3)
+    s = ArbiterState.init(B)
+    # uncertainty spikes on every other tick: never 3 in a row, so the model keeps driving
+    for t in range(20):
+        s, d = arbitrate(cfg, s, _unc([0.9 if t % 2 else 0.1] * B))
+        assert (d.driver == DRIVER_MODEL).all()
+    assert s.totals()["activations"]["low_confidence"] == 0
+
+
+def test_low_confidence_is_one_episode_of_at_least_the_minimum_hold_not_a_flicker() -> None:
+    cfg = ArbiterConfig(
+        max_uncertainty=0.5, low_conf_enter_ticks=3, low_conf_min_hold_ticks=10, low_conf_exit_ratio=0.8
+    )
+    s = ArbiterState.init(B)
+    # 3 uncertain ticks, then an uncertainty flapping around the threshold (0.45 / 0.55): one episode, which lasts
+    # the minimum hold and then as long as the uncertainty stays above 0.8 x 0.5 = 0.4
+    trace = [0.9] * 3 + [0.45, 0.55] * 10 + [0.3] * 5
+    drivers = []
+    for u in trace:
+        s, d = arbitrate(cfg, s, _unc([u] * B))
+        drivers.append(int(d.driver[0]))
+    assert drivers[:2] == [DRIVER_MODEL] * 2
+    assert drivers[2:23] == [DRIVER_FALLBACK] * 21  # held through the flapping
+    assert drivers[23:] == [DRIVER_MODEL] * 5
+    tot = s.totals()
+    assert tot["activations"]["low_confidence"] == B and tot["episodes_ended"]["low_confidence"] == B
+
+
+def test_for_model_sets_the_threshold_from_the_models_validation_uncertainty() -> None:
+    from fleetloop.edge_agent.arbiter import UNCERTAINTY_CALIBRATION_KEY, UNCERTAINTY_CALIBRATION_MARGIN
+
+    cfg = ArbiterConfig.for_model({UNCERTAINTY_CALIBRATION_KEY: 1.2, "val_accel_mse": 0.2})
+    assert math.isclose(cfg.max_uncertainty, UNCERTAINTY_CALIBRATION_MARGIN * 1.2, rel_tol=1e-9)
+    # uncalibrated models (or non-finite values) keep the default; explicit overrides win
+    assert ArbiterConfig.for_model({}).max_uncertainty == ArbiterConfig().max_uncertainty
+    assert ArbiterConfig.for_model({UNCERTAINTY_CALIBRATION_KEY: "nan"}).max_uncertainty == 0.5
+    assert ArbiterConfig.for_model({UNCERTAINTY_CALIBRATION_KEY: 1.2}, max_uncertainty=2.0).max_uncertainty == 2.0

@@ -106,3 +106,29 @@ def test_single_lost_camera_frame_is_not_a_sensor_fault() -> None:
     assert not bool(out.sensor_fault[0])
     fb, out = fallback_control(cfg, fb, obs)
     assert int(fb.bad_ticks[0, 0]) == 0 and torch.isfinite(out.accel_mps2).all()
+
+
+def _ghost_obs(world: World, lidar_pair_at_m: float | None) -> object:
+    """An observation of an empty road at 25 m/s, with two adjacent central lidar beams returning at a range."""
+    state = init_state(world, [ScenarioSpec("empty", 25.0, 25.0)], [0], seed=3)
+    obs = observe(world, state)
+    lidar = torch.full_like(obs.lidar_range_m, 120.0)
+    if lidar_pair_at_m is not None:
+        lidar[:, 15:17] = lidar_pair_at_m
+    return dataclasses.replace(obs, lidar_range_m=lidar, radar_valid=torch.zeros_like(obs.radar_valid))
+
+
+def test_a_one_frame_ghost_does_not_fire_the_emergency_brake_but_a_persisting_obstacle_does() -> None:
+    world = World(hazard_slots=0)
+    cfg = FallbackConfig.for_world(world)
+    # fog backscatter: a pair of returns 12 m ahead for one frame, then nothing -> no brake at all
+    fb = FallbackState.init(1)
+    for r in (None, 12.0, None, None):
+        fb, out = fallback_control(cfg, fb, _ghost_obs(world, r))  # type: ignore[arg-type]
+        assert int(out.stage[0]) == STAGE_NONE and float(out.accel_mps2[0]) > -1.0
+    # a stationary object seen on two frames where the track predicts it (25 m/s x 0.1 s closer) -> full braking
+    fb = FallbackState.init(1)
+    fb, out = fallback_control(cfg, fb, _ghost_obs(world, 12.0))  # type: ignore[arg-type]
+    assert int(out.stage[0]) == STAGE_NONE
+    fb, out = fallback_control(cfg, fb, _ghost_obs(world, 9.5))  # type: ignore[arg-type]
+    assert int(out.stage[0]) == STAGE_FULL

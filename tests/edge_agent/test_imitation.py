@@ -39,6 +39,16 @@ def test_bootstrap_learns_the_expert_on_held_out_clear_weather_frames(tmp_path: 
     assert corr > 0.6, f"policy accel correlates only {corr:.2f} with the expert on held-out frames"
     baseline_mse = float(((target - target.mean()) ** 2).mean())
     assert float(((pred - target) ** 2).mean()) < 0.6 * baseline_mse
+    # the artifact carries the model's own validation uncertainty, and the arbiter's threshold comes from it: at
+    # most ~1 % of in-distribution frames exceed the p99, so the arbiter keeps almost all of them on the model
+    from fleetloop.edge_agent.arbiter import ArbiterConfig
+
+    m = loaded.metadata.metrics
+    assert 0 < m["val_uncertainty_p50_mps2"] <= m["val_uncertainty_p99_mps2"] <= m["val_uncertainty_p99_9_mps2"]
+    cfg = ArbiterConfig.for_model(loaded.metadata)
+    with torch.inference_mode():
+        unc = loaded.model(*(held_out[k] for k in ("camera", "lidar", "radar", "radar_mask", "ego")))[:, 2]
+    assert float((unc > cfg.max_uncertainty).float().mean()) < 0.02
 
 
 def test_training_data_without_targets_is_refused_with_what_is_missing() -> None:
