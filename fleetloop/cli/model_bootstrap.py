@@ -29,7 +29,7 @@ def bootstrap(
     *,
     force: bool = False,
     seed: int = 0,
-    vehicles: int = 1024,
+    vehicles: int | None = None,
     ticks: int = 300,
     max_train_s: float = 60.0,
     reason: str = GENESIS_REASON,
@@ -40,6 +40,7 @@ def bootstrap(
     from fleetloop.edge_agent.model_artifact import read_metadata
     from fleetloop.platform.registry import Stage, open_registry
 
+    vehicles = BootstrapConfig().vehicles if vehicles is None else vehicles
     if vehicles < 1 or ticks < 1 or not max_train_s > 0:
         raise UserInputError("--vehicles and --ticks must be positive counts and --max-train-seconds positive")
     reg = open_registry(settings)
@@ -104,7 +105,9 @@ def _render(d: dict[str, Any]) -> None:
 def bootstrap_cmd(
     force: bool = typer.Option(False, "--force", help="Retrain and replace the production version."),
     seed: int = typer.Option(0, "--seed", help="Seed of data collection, initialisation and training."),
-    vehicles: int = typer.Option(1024, "--vehicles", help="Vehicles driven by the expert to collect data."),
+    vehicles: int | None = typer.Option(
+        None, "--vehicles", help="Vehicles driven by the expert to collect data (default: the bootstrap recipe's)."
+    ),
     ticks: int = typer.Option(300, "--ticks", help="Ticks (0.1 s) of expert driving collected."),
     max_train_seconds: float = typer.Option(60.0, "--max-train-seconds", help="Wall-clock training budget [s]."),
     reason: str = typer.Option(GENESIS_REASON, "--reason", help="Why; recorded in the transition log."),

@@ -99,6 +99,8 @@ class FleetConfig:
         buffer_frames: on-board ring size per vehicle [frames] (at least the triggers' pre-trigger ticks + 1).
         ground_truth_audit: pass the ground truth of uploaded frames to the sink (the audit topic).
         fog_onset_s: with it, a fog bank rolls in at this simulated time (``weather_preset(fog_onset_s=...)``).
+        max_uncertainty_mps2: the arbiter's low-confidence threshold, calibrated to the model
+            (``ArbiterConfig.for_model``); None keeps the arbiter's default.
     """
 
     scenario: str | tuple[ScenarioSpec, ...] = "mixed"
@@ -111,6 +113,7 @@ class FleetConfig:
     buffer_frames: int = 64
     ground_truth_audit: bool = True
     fog_onset_s: float | None = None
+    max_uncertainty_mps2: float | None = None
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(device="cpu"))
 
     def __post_init__(self) -> None:
@@ -168,7 +171,12 @@ class FleetRunner:
         self.world = World(weather=weather)
         self.ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
         self._ids_np = np.asarray(ids, dtype=np.int64)
-        self.vcfg = VehicleConfig.for_world(self.world, seed=config.seed, faults=parse_faults(config.faults))
+        extra: dict[str, object] = {}
+        if config.max_uncertainty_mps2 is not None:
+            from fleetloop.edge_agent.arbiter import ArbiterConfig
+
+            extra["arbiter"] = ArbiterConfig(max_uncertainty=config.max_uncertainty_mps2)
+        self.vcfg = VehicleConfig.for_world(self.world, seed=config.seed, faults=parse_faults(config.faults), **extra)
         pre = self.vcfg.triggers.pre_ticks
         if config.buffer_frames < pre + 1:
             raise ValueError(f"buffer_frames must be >= {pre + 1} (the triggers decide a frame {pre} ticks later)")

@@ -80,14 +80,24 @@ def build_runner(spec: ShardSpec) -> FleetRunner:
         torch.set_num_threads(spec.torch_threads)
     if spec.config.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(spec.config.device))  # this shard's GPU is its current device
-    models = {label: load_artifact(path).model for label, path in spec.model_paths.items()}
+    loaded = {label: load_artifact(path) for label, path in spec.model_paths.items()}
+    models = {label: lp.model for label, lp in loaded.items()}
+    config = spec.config
+    if config.max_uncertainty_mps2 is None and spec.initial_version in loaded:
+        import dataclasses
+
+        from fleetloop.edge_agent.arbiter import ArbiterConfig
+
+        # The low-confidence threshold is in the model's own units: calibrate it to the model that drives.
+        calibrated = ArbiterConfig.for_model(loaded[spec.initial_version].metadata).max_uncertainty
+        config = dataclasses.replace(config, max_uncertainty_mps2=calibrated)
     sink = None
     if spec.telemetry is not None:
         from fleetloop.edge_agent.telemetry import BusTelemetrySink
         from fleetloop.platform.settings import Settings
 
         sink = BusTelemetrySink(Settings(**spec.telemetry), fleet_tag=spec.fleet_tag)
-    return FleetRunner(spec.config, spec.vehicle_ids, models, spec.initial_version, sink)
+    return FleetRunner(config, spec.vehicle_ids, models, spec.initial_version, sink)
 
 
 class _Worker:

@@ -82,7 +82,9 @@ class ValidateConfig:
     min_train_frames: int = 512
 
 
-def run_slice(model: nn.Module | None, s: SuiteSlice, seed: int, device: str = "cpu") -> RunMetrics:
+def run_slice(
+    model: nn.Module | None, s: SuiteSlice, seed: int, device: str = "cpu", max_uncertainty_mps2: float | None = None
+) -> RunMetrics:
     """Drive one slice with one seed through the fleet runner (model + fallback + arbiter; the fallback alone
     when ``model`` is None) and sum what happened."""
     from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
@@ -91,7 +93,13 @@ def run_slice(model: nn.Module | None, s: SuiteSlice, seed: int, device: str = "
     ids = list(range(s.vehicles))
     scenario: Any = tuple(euro_ncap_matrix()) if s.scenario == NCAP_CCR else s.scenario
     cfg = FleetConfig(
-        scenario=scenario, weather="clear", seed=seed, device=device, progress_reference=True, ground_truth_audit=False
+        scenario=scenario,
+        weather="clear",
+        seed=seed,
+        device=device,
+        progress_reference=True,
+        ground_truth_audit=False,
+        max_uncertainty_mps2=max_uncertainty_mps2,
     )
     runner = FleetRunner(cfg, ids, None if model is None else {_LABEL: model}, None if model is None else _LABEL)
     # FleetConfig takes weather preset names only; the suite's steady intermediate intensities are set here,
@@ -125,13 +133,15 @@ def evaluate_on_suite(
     suite: HeldOutSuite,
     device: str = "cpu",
     on_run: Callable[[str, int], None] | None = None,
+    max_uncertainty_mps2: float | None = None,
 ) -> SuiteMetrics:
-    """Every slice x seed of ``suite`` for one model (None: the fallback alone)."""
+    """Every slice x seed of ``suite`` for one model (None: the fallback alone), under the arbiter threshold
+    calibrated to that model (``ArbiterConfig.for_model``)."""
     slices = []
     for s in suite.slices:
         runs = []
         for seed in suite.seeds:
-            runs.append(run_slice(model, s, seed, device))
+            runs.append(run_slice(model, s, seed, device, max_uncertainty_mps2))
             if on_run is not None:
                 on_run(s.name, seed)
         slices.append(SliceMetrics(s.name, s.condition.data_condition, tuple(runs)))
@@ -246,9 +256,14 @@ def validate_candidate(
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         try:
-            c_metrics = evaluate_on_suite(cand.model, "candidate", suite, cfg.device, on_run)
+            from fleetloop.edge_agent.arbiter import ArbiterConfig
+
+            c_thr = ArbiterConfig.for_model(cand.metadata).max_uncertainty
+            c_metrics = evaluate_on_suite(cand.model, "candidate", suite, cfg.device, on_run, c_thr)
             b_label = f"v{prod_version}" if prod_version else FALLBACK_ONLY
-            b_metrics = evaluate_on_suite(None if prod is None else prod.model, b_label, suite, cfg.device, on_run)
+            b_model = None if prod is None else prod.model
+            b_thr = None if prod is None else ArbiterConfig.for_model(prod.metadata).max_uncertainty
+            b_metrics = evaluate_on_suite(b_model, b_label, suite, cfg.device, on_run, b_thr)
         finally:
             torch.set_num_threads(old_threads)
         targets = [c for c in meta.notes.get("target_conditions", "").split(",") if c] or [
