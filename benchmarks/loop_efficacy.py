@@ -18,7 +18,7 @@ Rates are per 1,000 km with exact Poisson 95 % intervals over all seeds pooled (
 share of the gap closed and times are means over seeds with Student-t 95 % intervals (``gates.mean_ci``).
 
     python benchmarks/loop_efficacy.py --quick            # a small smoke version (1 seed)
-    python benchmarks/loop_efficacy.py --seeds 5          # the benchmark (see BENCHMARKS.loop.md for sizes)
+    python benchmarks/loop_efficacy.py --seeds 5          # the benchmark (see BENCHMARKS.md for sizes)
 """
 
 from __future__ import annotations
