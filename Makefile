@@ -19,13 +19,13 @@ install: $(DEPS_STAMP) $(KAFKA_STAMP)
 	@if [ "$$($(PY) -c 'import fleetloop,os;print(os.path.dirname(os.path.dirname(fleetloop.__file__)))' 2>/dev/null)" != "$(CURDIR)" ]; then \
 		echo "linking fleetloop -> $(CURDIR)"; $(PY) -m pip install -q --no-deps --no-build-isolation -e . ; fi
 
-$(DEPS_STAMP): pyproject.toml
+$(DEPS_STAMP):  # named by the hash of pyproject.toml: a fresh clone's new mtimes do not reinstall
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.deps-* && touch $@
 
 kafka-jars: $(KAFKA_STAMP)
-$(KAFKA_STAMP): deploy/kafka/pom.xml
+$(KAFKA_STAMP):  # named by the hash of pom.xml
 	@command -v mvn >/dev/null || { echo "Maven (mvn) is needed to fetch Kafka's jars: apt-get install maven"; exit 3; }
 	rm -rf $(KAFKA_LIBS) && mkdir -p $(KAFKA_LIBS)
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -Dkafka.libs.dir=$(KAFKA_LIBS)
