@@ -1,15 +1,25 @@
 """Training by imitation: fit a ``FusionPolicy`` to target commands and hazard labels.
 
-One plain function, ``train_imitation(model, data, config, seed) -> ImitationMetrics``, shared by the bootstrap
-(targets from the privileged expert), the pipeline's train stage and the federated client (targets from hindsight
-labels). ``data`` is a dict of tensors: the ``PolicyInputs`` fields plus ``accel_mps2`` [N] and ``hazard`` [N]
-(0/1), optionally ``weight`` [N] (per-frame loss weight).
+One plain function, ``train_imitation(model, data, config, seed, anchor=None) -> ImitationMetrics``, shared by
+the bootstrap (targets from the privileged expert), the pipeline's train stage and the federated client (targets
+from hindsight labels). ``data`` is a dict of tensors: the ``PolicyInputs`` fields plus ``accel_mps2`` [N] and
+``hazard`` [N] (0/1), optionally ``weight`` [N] (per-frame loss weight).
 
 Loss per head m (M heads): ``w * [(a_m - a*)² + nll_weight * GaussNLL(a*; sg(a_m), exp(logvar_m))
 + hazard_weight * BCE(hazard_logit_m, h*)]``, where each head sees a fixed bootstrap resample of the frames
 (Poisson(1) counts, drawn from the seed) so the heads disagree where data is thin; sg() stops the gradient so the
 variance head never drags the mean (a known failure of plain Gaussian NLL). Deterministic for a given seed on one
 device and thread count.
+
+Fine-tuning options (both off by default, so the bootstrap is unchanged):
+- ``balance_hazard``: per-frame weights ``W / (2 * W_c)`` (``W`` the total existing weight, ``W_c`` that of the
+  frame's class, hazard > 0.5 or not) so hazard and non-hazard frames carry equal total weight; trigger clips are
+  mostly hazards, and unbalanced they teach the model to brake everywhere.
+- ``anchor`` (a frozen parent model) with ``anchor_weight``: self-distillation, ``anchor_weight * mean over
+  frames and heads of [(a_m - a_parent,m)² + hazard_weight * KL(Bernoulli(parent_m) || Bernoulli(model_m))]`` on
+  every batch, unweighted by labels, keeps the candidate close to its parent except where the hindsight labels pull
+  it away. Heads are matched one to one when the parent has as many, else all heads are pulled to the parent's
+  mean. The parent's outputs are the only targets it adds; no privileged expert or ground truth is used.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from torch import nn
 from fleetloop.edge_agent.features import PolicyInputs
 from fleetloop.edge_agent.policy import FusionPolicy
 
-__all__ = ["ImitationConfig", "ImitationMetrics", "split_holdout", "train_imitation"]
+__all__ = ["ImitationConfig", "ImitationMetrics", "balance_weights", "split_holdout", "train_imitation"]
 
 TARGET_KEYS = ("accel_mps2", "hazard")
 
@@ -51,6 +61,10 @@ class ImitationConfig:
     """Wall-clock budget [s]; training stops after the step that crosses it."""
     grad_clip: float = 5.0
     """Global gradient-norm clip."""
+    anchor_weight: float = 0.0
+    """Weight of the self-distillation term toward a frozen parent (``anchor``; 0 or no anchor: none)."""
+    balance_hazard: bool = False
+    """Reweight frames so hazard and non-hazard frames contribute equally to the label loss."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,26 @@ def _check_data(data: dict[str, torch.Tensor]) -> int:
     return n
 
 
+def balance_weights(hazard: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight`` (default ones) rescaled per class (hazard > 0.5 or not) so both classes have equal total weight
+    and the total is unchanged; returned as is when one class has no weight."""
+    w = torch.ones(hazard.shape[0]) if weight is None else weight.to(torch.float32)
+    is_hazard = hazard > 0.5
+    total, w_h = w.sum(), w[is_hazard].sum()
+    w_n = total - w_h
+    if float(w_h) <= 0 or float(w_n) <= 0:
+        return w.clone()
+    return torch.where(is_hazard, w * (total / (2 * w_h)), w * (total / (2 * w_n)))
+
+
+def _bernoulli_kl(p_logit: torch.Tensor, q_logit: torch.Tensor) -> torch.Tensor:
+    """KL(Bernoulli(sigmoid(p_logit)) || Bernoulli(sigmoid(q_logit))), elementwise."""
+    p = torch.sigmoid(p_logit)
+    return p * (nn.functional.logsigmoid(p_logit) - nn.functional.logsigmoid(q_logit)) + (1 - p) * (
+        nn.functional.logsigmoid(-p_logit) - nn.functional.logsigmoid(-q_logit)
+    )
+
+
 def split_holdout(
     data: dict[str, torch.Tensor], fraction: float, seed: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -130,12 +164,26 @@ def _evaluate(model: FusionPolicy, data: dict[str, torch.Tensor]) -> tuple[float
 
 
 def train_imitation(
-    model: FusionPolicy, data: dict[str, torch.Tensor], config: ImitationConfig, seed: int
+    model: FusionPolicy,
+    data: dict[str, torch.Tensor],
+    config: ImitationConfig,
+    seed: int,
+    anchor: FusionPolicy | None = None,
 ) -> ImitationMetrics:
-    """Train ``model`` in place on ``data`` (see the module docstring); returns metrics. CPU tensors expected."""
+    """Train ``model`` in place on ``data`` (see the module docstring); returns metrics. CPU tensors expected.
+
+    ``anchor``: frozen parent for the self-distillation term (used when ``config.anchor_weight`` > 0; it is put
+    in eval mode and never updated)."""
     n = _check_data(data)
     if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.val_fraction < 1:
         raise ValueError(f"epochs and batch_size must be >= 1 and val_fraction in [0, 1), got {config}")
+    if not config.anchor_weight >= 0:
+        raise ValueError(f"anchor_weight must be >= 0, got {config.anchor_weight}")
+    if anchor is model:
+        raise ValueError("anchor must be a frozen copy of the parent, not the model being trained")
+    if anchor is not None:
+        anchor.eval()
+    parent = anchor if config.anchor_weight > 0 else None
     train, val = split_holdout(data, config.val_fraction, seed) if config.val_fraction > 0 else (data, {})
     n_train = int(train["accel_mps2"].shape[0])
     gen = torch.Generator().manual_seed(seed + 1)
@@ -143,6 +191,8 @@ def train_imitation(
     # Fixed bootstrap resample per head: Poisson(1) counts per frame.
     boot = torch.poisson(torch.ones(n_train, heads), generator=gen)
     weight = train.get("weight", torch.ones(n_train)).to(torch.float32)
+    if config.balance_hazard:
+        weight = balance_weights(train["hazard"], weight)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     total = steps_per_epoch * config.epochs
@@ -170,6 +220,13 @@ def train_imitation(
             per = mse + config.nll_weight * nll + config.hazard_weight * bce(logit, h_star)
             w = boot[idx] * weight[idx].unsqueeze(-1)
             loss = (per * w).sum() / w.sum().clamp_min(1.0)
+            if parent is not None:
+                with torch.no_grad():
+                    ref = parent.forward_heads(*_batch_inputs(train, idx))  # [b, M', 3]
+                if ref.shape[1] != heads:
+                    ref = ref.mean(1, keepdim=True).expand(-1, heads, -1)
+                drift = (mean - ref[..., 0]) ** 2 + config.hazard_weight * _bernoulli_kl(ref[..., 2], logit)
+                loss = loss + config.anchor_weight * drift.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -86,6 +86,11 @@ class TrainConfig:
     """Fewest valid labelled frames worth a candidate; fewer: the stage says so and stops."""
     confidence_weighting: bool = True
     """Weight each frame's loss by its label confidence (the share of its horizon that was seen)."""
+    anchor_weight: float = 1.0
+    """Self-distillation toward the frozen parent (production) model on every frame, so the candidate moves only
+    where the hindsight labels pull it (0: off; no effect when training from scratch)."""
+    balance_hazard: bool = True
+    """Reweight frames so hazard and non-hazard labels carry equal weight (trigger clips are mostly hazards)."""
     device: str = "auto"
     """"auto", "cpu" or "cuda" (see the module docstring: training runs on the CPU for now)."""
     torch_threads: int = 0
@@ -98,6 +103,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1, min_frames >= 2")
         if not 0 <= self.val_fraction < 1 or not self.lr > 0 or not self.max_seconds > 0:
             raise ValueError("val_fraction must be in [0, 1), lr and max_seconds > 0")
+        if not self.anchor_weight >= 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device {self.device!r} invalid; use auto, cpu or cuda")
 
@@ -149,7 +156,8 @@ def target_conditions(conditions: Mapping[str, int]) -> list[str]:
 
 
 def fine_tune(parent: FusionPolicy | None, ts: TrainingSet, cfg: TrainConfig) -> tuple[Any, Any]:
-    """Copy of ``parent`` (or a fresh model, seeded) trained on ``ts``; returns (model, ``ImitationMetrics``)."""
+    """Copy of ``parent`` (or a fresh model, seeded) trained on ``ts``, anchored to a frozen copy of ``parent``
+    (``cfg.anchor_weight``); returns (model, ``ImitationMetrics``)."""
     import copy
 
     import torch
@@ -159,6 +167,7 @@ def fine_tune(parent: FusionPolicy | None, ts: TrainingSet, cfg: TrainConfig) ->
 
     if ts.frames < 2:
         raise DataError(f"cannot train on {ts.frames} frames")
+    anchor: FusionPolicy | None = None
     if parent is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -166,6 +175,9 @@ def fine_tune(parent: FusionPolicy | None, ts: TrainingSet, cfg: TrainConfig) ->
     else:
         model = copy.deepcopy(parent).cpu()  # type: ignore[assignment]
         model.requires_grad_(True)
+        if cfg.anchor_weight > 0:
+            anchor = copy.deepcopy(parent).cpu().eval()  # type: ignore[assignment]
+            anchor.requires_grad_(False)
     icfg = ImitationConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -173,8 +185,10 @@ def fine_tune(parent: FusionPolicy | None, ts: TrainingSet, cfg: TrainConfig) ->
         weight_decay=cfg.weight_decay,
         val_fraction=cfg.val_fraction,
         max_seconds=cfg.max_seconds,
+        anchor_weight=cfg.anchor_weight if anchor is not None else 0.0,
+        balance_hazard=cfg.balance_hazard,
     )
-    metrics = train_imitation(model, ts.data, icfg, cfg.seed)
+    metrics = train_imitation(model, ts.data, icfg, cfg.seed, anchor=anchor)
     return model, metrics
 
 

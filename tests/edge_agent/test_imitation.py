@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model, collect_expert_frames
-from fleetloop.edge_agent.imitation import ImitationConfig, train_imitation
+from fleetloop.edge_agent.imitation import ImitationConfig, balance_weights, train_imitation
 from fleetloop.edge_agent.model_artifact import load_artifact
 from fleetloop.edge_agent.policy import FusionPolicy
 
@@ -71,3 +71,56 @@ def test_training_data_without_targets_is_refused_with_what_is_missing() -> None
 def test_unknown_weather_option_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="clear, all"):
         BootstrapConfig(weather="fog")
+
+
+def _frames(n: int, hazard: bool, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Synthetic policy inputs; hazard frames are told apart by the first camera feature."""
+    camera = torch.randn(n, 128, generator=gen)
+    camera[:, 0] = 2.0 if hazard else -2.0
+    return {
+        "camera": camera,
+        "lidar": torch.randn(n, 32, generator=gen),
+        "radar": torch.randn(n, 8, 7, generator=gen),
+        "radar_mask": torch.rand(n, 8, generator=gen) > 0.5,
+        "ego": torch.randn(n, 3, generator=gen),
+    }
+
+
+def _drift_on_normal_frames(anchor_weight: float) -> float:
+    """Fine-tune a parent on hazard-heavy labels (9 in 10 frames brake hard); mean |accel change| on held-out
+    normal frames."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    parent = FusionPolicy().eval()
+    haz, normal, held_out = _frames(450, True, gen), _frames(50, False, gen), _frames(300, False, gen)
+    with torch.no_grad():
+        normal_target = parent(*(normal[k] for k in ("camera", "lidar", "radar", "radar_mask", "ego")))[:, 0]
+    data = {k: torch.cat([haz[k], normal[k]]) for k in haz}
+    data["accel_mps2"] = torch.cat([torch.full((450,), -6.0), normal_target + 0.3 * torch.randn(50, generator=gen)])
+    data["hazard"] = torch.cat([torch.ones(450), torch.zeros(50)])
+    model = FusionPolicy().eval()
+    model.load_state_dict(parent.state_dict())
+    frozen = FusionPolicy().eval()
+    frozen.load_state_dict(parent.state_dict())
+    cfg = ImitationConfig(epochs=6, batch_size=125, lr=3e-3, val_fraction=0.0, anchor_weight=anchor_weight)
+    train_imitation(model, data, cfg, seed=0, anchor=frozen)
+    assert all(torch.equal(v, parent.state_dict()[k]) for k, v in frozen.state_dict().items()), "anchor changed"
+    x = tuple(held_out[k] for k in ("camera", "lidar", "radar", "radar_mask", "ego"))
+    with torch.no_grad():
+        return float((model(*x)[:, 0] - parent(*x)[:, 0]).abs().mean())
+
+
+def test_the_anchor_keeps_a_hazard_heavy_fine_tune_close_to_its_parent_on_normal_frames() -> None:
+    free, anchored = _drift_on_normal_frames(0.0), _drift_on_normal_frames(1.0)
+    assert anchored < 0.7 * free, (anchored, free)
+
+
+def test_balance_weights_give_both_classes_equal_total_weight() -> None:
+    hazard = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    w = balance_weights(hazard)
+    assert torch.allclose(w, torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0]))
+    conf = torch.tensor([1.0, 0.5, 0.5, 0.5])
+    w = balance_weights(hazard, conf)
+    assert torch.allclose(w[:3].sum(), w[3:].sum()) and torch.isclose(w.sum(), conf.sum())
+    assert torch.allclose(w[:3] / conf[:3], torch.full((3,), w[0] / conf[0]))  # existing weights kept within a class
+    assert torch.equal(balance_weights(torch.ones(3), conf[:3]), conf[:3])  # one class only: unchanged
