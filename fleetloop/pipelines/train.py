@@ -86,7 +86,7 @@ class TrainConfig:
     """Fewest valid labelled frames worth a candidate; fewer: the stage says so and stops."""
     confidence_weighting: bool = True
     """Weight each frame's loss by its label confidence (the share of its horizon that was seen)."""
-    anchor_weight: float = 1.0
+    anchor_weight: float = 10.0
     """Self-distillation toward the frozen parent (production) model on every frame, so the candidate moves only
     where the hindsight labels pull it (0: off; no effect when training from scratch)."""
     balance_hazard: bool = True
