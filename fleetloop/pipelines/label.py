@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fleetloop.edge_agent.labeller import REQUIRED as LABELLER_REQUIRED
 from fleetloop.edge_agent.labeller import LabelConfig, hindsight_labels
 from fleetloop.pipelines.datasets import LABEL_COLUMNS, LabelledDataset, labelled_dir, write_labelled
 from fleetloop.platform.bus.events import LabelsReady
@@ -57,16 +58,9 @@ FOG_ESTIMATE_M = 200.0  # [m] own visibility estimate below this: the frame is f
 RAIN_FRICTION = 0.7  # [-] own friction estimate below this: the frame is rain data
 TRUTH_HAZARD_TTC_S = 3.0  # [s] bootstrap.HAZARD_TTC_S
 TRUTH_HAZARD_DECEL_MPS2 = 2.0  # [m/s²] bootstrap.HAZARD_REQUIRED_DECEL_MPS2 (the expert's emergency onset)
-_LABELLER_INPUTS = (
-    "tick",
-    "ego_speed_mps",
-    "ego_accel_mps2",
-    "lidar_range_m",
-    "radar_range_m",
-    "radar_range_rate_mps",
-    "radar_azimuth_rad",
-    "command_accel_mps2",
-)
+# The labeller's own inputs, read from the lake: the vehicle id keys the sort, and the radar mask travels as
+# ``radar_valid_bits`` (expanded below); the applied command is an optional input the lake always has.
+_LABELLER_INPUTS = (*(c for c in LABELLER_REQUIRED if c not in ("vehicle_id", "radar_valid")), "command_accel_mps2")
 
 
 def label_columns(cols: Mapping[str, np.ndarray], cfg: LabelConfig | None = None) -> dict[str, np.ndarray]:
