@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from fleetloop.platform.errors import SetupError
@@ -102,6 +103,18 @@ def _check_jars(libs: Path) -> None:
         )
 
 
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64, never starting with "-".
+
+    Kafka's own ``Uuid.randomUuid`` redraws such ids too: one in 64 would start with "-", which
+    command-line parsers take for an option.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def _prepare(settings: Settings, folder: Path) -> None:
     check_java(settings.java)
     _check_jars(settings.kafka_libs_dir)
@@ -111,7 +124,7 @@ def _prepare(settings: Settings, folder: Path) -> None:
     (folder / "log4j2.properties").write_text(LOG4J2)
     if (data / "meta.properties").exists():
         return  # formatted before: the data survives restarts
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = new_cluster_id()
     cmd = [
         settings.java,
         "-cp",
@@ -121,8 +134,8 @@ def _prepare(settings: Settings, folder: Path) -> None:
         "kafka.tools.StorageTool",
         "format",
         "--standalone",
-        "-t",
-        cluster_id,
+        # The "=" form: an id may not start with "-", but the parser must never read one as an option.
+        f"--cluster-id={cluster_id}",
         "-c",
         str(folder / "server.properties"),
     ]
