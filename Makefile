@@ -16,8 +16,9 @@ export FLEETLOOP_KAFKA_LIBS_DIR := $(KAFKA_LIBS)
 .PHONY: install demo test lint format kafka-jars bench-deps clean
 install: $(DEPS_STAMP) $(KAFKA_STAMP)
 	@# The environment is shared between clones: point its editable install at this checkout.
-	@if [ "$$($(PY) -c 'import fleetloop,os;print(os.path.dirname(os.path.dirname(fleetloop.__file__)))' 2>/dev/null)" != "$(CURDIR)" ]; then \
-		echo "linking fleetloop -> $(CURDIR)"; $(PY) -m pip install -q --no-deps --no-build-isolation -e . ; fi
+	@# (-P: the check must not see the checkout through the working directory.)
+	@if [ "$$($(PY) -P -c 'import fleetloop,os;print(os.path.dirname(os.path.dirname(fleetloop.__file__)))' 2>/dev/null)" != "$(CURDIR)" ]; then \
+		echo "linking fleetloop -> $(CURDIR)"; $(PY) -m pip install -q --disable-pip-version-check --no-deps -e . ; fi
 
 $(DEPS_STAMP):  # named by the hash of pyproject.toml: a fresh clone's new mtimes do not reinstall
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
