@@ -10,10 +10,12 @@ fallback stage. For frame i and the next ``horizon_s`` of frames j of the same v
   such ``D_j`` at time t_j (``v^2 / 2D`` if it stops before t_j, else ``2 (v t_j - D_j) / t_j^2``), and, for an
   obstacle that stands still, behind it for good (``v^2 / 2D_j``);
 - hazard: within the horizon the vehicle perceived an obstacle closer than ``hazard_gap_m``, or a perceived TTC
-  below ``hazard_ttc_s``, or braked harder than ``hard_brake_mps2``, or its fallback went to full braking; or the
-  needed deceleration exceeds ``hazard_decel_mps2``;
+  below ``hazard_ttc_s``, or braked harder than ``hard_brake_mps2`` *for an obstacle it perceived closing in its
+  path* (TTC under ``brake_reason_ttc_s``), or its fallback went to full braking; or the needed deceleration
+  exceeds ``hazard_decel_mps2``. A hard brake with nothing perceived ahead is phantom braking, not a hazard;
 - target acceleration: ``-needed`` where braking was needed, else the command the vehicle applied (it turned out
-  fine);
+  fine) but never braking harder than needed plus ``overbrake_slack_mps2``: a phantom brake is labelled as the
+  gentle command it should have been, so training on uploaded clips unlearns it instead of repeating it;
 - confidence: the share of the horizon with frames (1 where the hazard already materialised); ``valid`` where the
   horizon is complete or the hazard is confirmed.
 """
@@ -52,7 +54,12 @@ class LabelConfig:
         horizon_s: how far ahead the labeller looks [s].
         margin_m: distance to keep to the obstacle when stopping [m].
         hazard_gap_m, hazard_ttc_s: a later perceived gap / TTC below these means a hazard materialised.
-        hard_brake_mps2: a later measured deceleration above this means a hazard materialised [m/s²].
+        hard_brake_mps2: a later measured deceleration above this, for an obstacle perceived closing within
+            ``brake_reason_ttc_s``, means a hazard materialised [m/s²].
+        brake_reason_ttc_s: perceived TTC under which a hard brake had a reason (the phantom-braking event's
+            stopping envelope, ``fleetloop.sim.events.PHANTOM_TTC_S``) [s].
+        overbrake_slack_mps2: where braking was not needed, the target brakes at most this much more than
+            needed [m/s²] (below the phantom-braking event's 3 m/s²).
         hazard_decel_mps2: needed deceleration above this is a hazard [m/s²].
         max_decel_mps2: needed deceleration is capped here (the target must be a feasible command) [m/s²].
         chunk_frames: frames labelled per batch (bounds memory at chunk x horizon).
@@ -64,6 +71,8 @@ class LabelConfig:
     hazard_gap_m: float = 5.0
     hazard_ttc_s: float = 1.0
     hard_brake_mps2: float = 4.0
+    brake_reason_ttc_s: float = 4.0
+    overbrake_slack_mps2: float = 1.0
     hazard_decel_mps2: float = 3.0
     max_decel_mps2: float = 9.5
     chunk_frames: int = 65_536
@@ -115,7 +124,8 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
     )
     decel = -col["ego_accel_mps2"].float()
     stage = col["fallback_stage"].to(torch.int64) if "fallback_stage" in col else torch.zeros(n, dtype=torch.int64)
-    event = (p.gap_m < cfg.hazard_gap_m) | (p.ttc_s < cfg.hazard_ttc_s) | (decel > cfg.hard_brake_mps2)
+    braked_for_it = (decel > cfg.hard_brake_mps2) & (p.ttc_s < cfg.brake_reason_ttc_s)
+    event = (p.gap_m < cfg.hazard_gap_m) | (p.ttc_s < cfg.hazard_ttc_s) | braked_for_it
     event = event | (stage == STAGE_FULL)
     # Distance driven since the first frame, by odometry (trapezoid per tick).
     step = torch.zeros(n, dtype=torch.float64)
@@ -147,7 +157,8 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
         cover = ok.float().mean(-1)
         conf = torch.where(seen, torch.ones_like(cover), cover)
         valid = ok.all(-1) | seen
-        target = torch.where(need > cfg.hazard_decel_mps2, -need, command[i])
+        gentle = torch.maximum(command[i], -(need + cfg.overbrake_slack_mps2))
+        target = torch.where(need > cfg.hazard_decel_mps2, -need, gentle)
         out.append((target, hazard.float(), need, conf, valid))
     if not out:
         empty = torch.zeros(0)

@@ -80,3 +80,19 @@ def test_unordered_frames_are_refused(recorded: dict[str, torch.Tensor]) -> None
         assert "ordered by vehicle id" in str(exc)
     else:
         raise AssertionError("unordered frames were labelled")
+
+
+def test_a_phantom_brake_is_neither_a_hazard_nor_a_target(recorded: dict[str, torch.Tensor]) -> None:
+    # The free-road vehicle (1) slams on 6 m/s² for half a second with nothing ahead: the labels must not teach
+    # it to do that again (target at most the slack below zero) nor call what came before it a hazard.
+    frames = {k: v.clone() for k, v in recorded.items()}
+    free = torch.arange(TICKS, 2 * TICKS)
+    slam = free[20:25]
+    frames["ego_accel_mps2"][slam] = -6.0
+    frames["command_accel_mps2"][slam] = -6.0
+    cfg = LabelConfig()
+    labels = hindsight_labels(cfg, frames)
+    assert (labels.hazard[free] == 0).all()
+    assert (labels.target_accel_mps2[slam] >= -cfg.overbrake_slack_mps2 - 1e-6).all()
+    # The same hard brake in front of the stopped car (vehicle 0) stays a hazard with its needed deceleration.
+    assert labels.hazard[0] == 1.0
