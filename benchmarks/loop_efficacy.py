@@ -204,14 +204,17 @@ def download_version(s: Settings, version: str | None, dst: Path) -> Path:
 
 
 def evaluate(models: dict[str, Any], seed: int, a: argparse.Namespace, log: Any) -> dict[str, dict[str, Any]]:
-    """Closed loop on held-out scenes: every model (with the fallback) in steady fog and in clear weather."""
+    """Closed loop on held-out scenes: every model (``LoadedPolicy``, with the fallback and its arbiter calibrated
+    to the model as deployed) in steady fog and in clear weather."""
+    from fleetloop.edge_agent.arbiter import ArbiterConfig
     from fleetloop.pipelines.validate import run_slice
 
     out: dict[str, dict[str, Any]] = {}
     for cond, cname in EVAL_CONDITIONS.items():
         sl = SuiteSlice("mixed", CONDITIONS[cname], a.eval_vehicles, a.eval_ticks)
         for label, model in models.items():
-            r = run_slice(model, sl, HELD_OUT_SEED_BASE + EVAL_SEED_OFFSET + seed)
+            threshold = ArbiterConfig.for_model(model.metadata).max_uncertainty
+            r = run_slice(model.model, sl, HELD_OUT_SEED_BASE + EVAL_SEED_OFFSET + seed, max_uncertainty_mps2=threshold)
             out[f"{label}|{cond}"] = {"km": r.km, "expert_km": r.expert_km, "counts": dict(r.counts)}
         log(f"seed {seed} evaluated in {cond}")
     return out
@@ -394,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                 imitation=dataclasses.replace(base.imitation, max_seconds=a.bootstrap_train_s),
             )
         )
-        initial = load_artifact(init["artifact"]).model
-        reference = load_artifact(ref_path).model
+        initial = load_artifact(init["artifact"])
+        reference = load_artifact(ref_path)
         results["bootstrap_wall_s"] = time.monotonic() - t_start
         for seed in range(1, a.seeds + 1):
             entry: dict[str, Any] = {"seed": seed, "arms": {}, "eval": {}}
@@ -406,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 share = turn["frames_uploaded"] / max(1, turn["frames_written"])
                 entry["arms"][arm] = turn
                 if "candidate_path" in turn:
-                    models[f"candidate:{arm}"] = load_artifact(turn["candidate_path"]).model
+                    models[f"candidate:{arm}"] = load_artifact(turn["candidate_path"])
             entry["eval"] = evaluate(models, seed, a, log)
             results["seeds"].append(entry)
             results["summary"] = summarize(results["seeds"])

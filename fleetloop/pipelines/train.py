@@ -192,6 +192,37 @@ def fine_tune(parent: FusionPolicy | None, ts: TrainingSet, cfg: TrainConfig) ->
     return model, metrics
 
 
+def uncertainty_calibration(
+    model: FusionPolicy, parent: LoadedPolicy | None, data: dict[str, Any], cfg: TrainConfig
+) -> dict[str, float]:
+    """The candidate's ``val_uncertainty_p*`` metrics, which ``ArbiterConfig.for_model`` turns into its
+    low-confidence threshold.
+
+    The parent's were measured on its own validation driving; the candidate's uploads are hazard-heavy clips,
+    so their raw quantiles would be on another scale. The parent's calibration is carried over instead, scaled
+    by how the candidate's uncertainty compares with the parent's on the same held-out frames. Without a
+    parent (or one without calibration) the candidate's own quantiles on those frames are used. Without this a
+    candidate fell back to the default threshold and handed far more ticks to the fallback than its parent.
+    """
+    from fleetloop.edge_agent.bootstrap import uncertainty_quantiles
+    from fleetloop.edge_agent.imitation import split_holdout
+
+    frames = split_holdout(data, cfg.val_fraction, cfg.seed)[1] if cfg.val_fraction > 0 else data
+    if int(frames["accel_mps2"].shape[0]) == 0:
+        frames = data
+    mine = uncertainty_quantiles(model, frames)
+    theirs = {} if parent is None else uncertainty_quantiles(parent.model, frames)
+    recorded = {} if parent is None else dict(parent.metadata.metrics)
+    out: dict[str, float] = {}
+    for key, value in mine.items():
+        p_rec, p_here = recorded.get(key), theirs.get(key)
+        if p_rec is not None and p_here is not None and p_here > 0 and math.isfinite(float(p_rec)):
+            out[key] = float(p_rec) * value / p_here
+        else:
+            out[key] = value
+    return out
+
+
 @dataclass
 class TrainOutcome:
     """What the train stage did: ``trained`` (with the run and the event) or ``skipped`` (with the reason)."""
@@ -323,6 +354,7 @@ def run_train(
         t0 = time.perf_counter()
         model, metrics = fine_tune(None if parent is None else parent.model, ts, cfg)
         train_s = time.perf_counter() - t0
+        calibration = uncertainty_calibration(model, parent, ts.data, cfg)
         targets = target_conditions(ts.conditions)
         client, run_id = _start_run(settings, cfg, name)
         try:
@@ -333,7 +365,7 @@ def run_train(
                 parent_version=parent_version,
                 training_data_hashes=ts.dataset_hashes,
                 training_run_id=run_id,
-                metrics={**metrics.as_dict(), "frames": float(ts.frames), "train_wall_s": train_s},
+                metrics={**metrics.as_dict(), **calibration, "frames": float(ts.frames), "train_wall_s": train_s},
                 notes={
                     "role": "candidate",
                     "origin": "central",

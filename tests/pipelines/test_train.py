@@ -56,3 +56,45 @@ def test_target_conditions_prefer_the_new_condition_over_clear() -> None:
     assert target_conditions({"clear": 70, "fog": 30}) == ["fog"]
     assert target_conditions({"clear": 95, "fog": 5}) == ["clear"]
     assert target_conditions({}) == ["clear"]
+
+
+def test_a_candidate_carries_its_parents_uncertainty_calibration_scaled_to_itself(labelled_lake: Path) -> None:
+    from fleetloop.edge_agent.arbiter import UNCERTAINTY_CALIBRATION_KEY, ArbiterConfig
+    from fleetloop.edge_agent.bootstrap import uncertainty_quantiles
+    from fleetloop.edge_agent.model_artifact import ArtifactMetadata, LoadedPolicy
+    from fleetloop.pipelines.train import uncertainty_calibration
+
+    ts = build_training_set(list_labelled(labelled_lake))
+    torch.manual_seed(1)
+    model = FusionPolicy(PolicyConfig()).eval()
+    meta = ArtifactMetadata(
+        architecture="fusion", hyperparameters={}, input_schema_version="x", metrics={UNCERTAINTY_CALIBRATION_KEY: 2.0}
+    )
+    # A candidate identical to its parent keeps the parent's recorded calibration exactly.
+    parent = LoadedPolicy(model, meta, "")
+    same = uncertainty_calibration(model, parent, ts.data, TINY)
+    assert same[UNCERTAINTY_CALIBRATION_KEY] == pytest.approx(2.0, rel=1e-5)
+    # A candidate twice as uncertain on the same frames gets a threshold twice as high.
+    own = uncertainty_quantiles(model, ts.data)
+    scaled = uncertainty_calibration(_ScaledUncertainty(model, 2.0), parent, ts.data, TINY)
+    assert scaled[UNCERTAINTY_CALIBRATION_KEY] == pytest.approx(4.0, rel=1e-4)
+    # Without a parent: the candidate's own quantiles on its held-out frames, which the arbiter then uses.
+    alone = uncertainty_calibration(model, None, ts.data, TINY)
+    assert alone[UNCERTAINTY_CALIBRATION_KEY] > 0 and set(alone) == set(own)
+    thr = ArbiterConfig.for_model(alone).max_uncertainty
+    assert thr != ArbiterConfig().max_uncertainty
+
+
+class _ScaledUncertainty(FusionPolicy):
+    """The same policy reporting ``factor`` times its uncertainty (column 2 of the output)."""
+
+    def __init__(self, base: FusionPolicy, factor: float) -> None:
+        super().__init__(base.config)
+        self.load_state_dict(base.state_dict())
+        self.factor = factor
+        self.eval()
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = super().forward(*inputs).clone()
+        out[:, 2] = out[:, 2] * self.factor
+        return out
