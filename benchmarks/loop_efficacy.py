@@ -39,6 +39,7 @@ import torch
 
 from fleetloop.pipelines.gates import mean_ci, rate_per_1000km
 from fleetloop.pipelines.suite import CONDITIONS, HELD_OUT_SEED_BASE, HeldOutSuite, SuiteSlice
+from fleetloop.pipelines.train import TrainConfig
 from fleetloop.platform.settings import Settings
 
 ARMS = ("triggers", "random")
@@ -143,7 +144,14 @@ def run_arm(
     gt = run_ground_truth(s).as_dict()
     lab, _ = label_pending(s.state_dir)
     t_label = time.monotonic()
-    tcfg = TrainConfig(seed=seed, epochs=a.train_epochs, max_seconds=a.train_max_s, torch_threads=1)
+    tcfg = TrainConfig(
+        seed=seed,
+        epochs=a.train_epochs,
+        max_seconds=a.train_max_s,
+        torch_threads=1,
+        anchor_weight=a.anchor_weight,
+        balance_hazard=not a.no_balance,
+    )
     tr = run_train(s, tcfg)
     t_train = time.monotonic()
     out: dict[str, Any] = {
@@ -338,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-random", action="store_true", help="skip the random-upload baseline")
     p.add_argument("--train-epochs", type=int, default=4)
     p.add_argument("--train-max-s", type=float, default=60.0, help="wall-clock training budget per turn [s]")
+    p.add_argument("--anchor-weight", type=float, default=TrainConfig().anchor_weight, help="train: pull to the parent")
+    p.add_argument("--no-balance", action="store_true", help="train: do not balance hazard and normal frames")
     p.add_argument("--validate-vehicles", type=int, default=64)
     p.add_argument("--validate-ticks", type=int, default=150)
     p.add_argument("--eval-vehicles", type=int, default=128)
