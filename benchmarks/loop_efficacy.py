@@ -354,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-ticks", type=int, default=200)
     p.add_argument("--bootstrap-vehicles", type=int, default=512)
     p.add_argument("--bootstrap-ticks", type=int, default=300)
-    p.add_argument("--bootstrap-train-s", type=float, default=30.0)
+    p.add_argument("--bootstrap-train-s", type=float, default=30.0, help="bootstrap training cap [s]")
+    p.add_argument(
+        "--bootstrap-epochs",
+        type=int,
+        default=None,
+        help="bootstrap epochs (with a generous --bootstrap-train-s, models then do not depend on the machine's load)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke version: 1 seed, small fleet and suites")
     p.add_argument("--json", type=Path, default=None, help="write every number here (rewritten after each seed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary state directory")
@@ -368,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.seeds} seed(s); fleet {a.vehicles} vehicles x {a.minutes:g} min, fog from {a.fog_onset_s:g} s, budget "
         f"{a.budget:g}; eval {a.eval_vehicles} vehicles x {a.eval_ticks * DT_S:g} s per model x condition x seed; "
         f"validate {a.validate_vehicles} x {a.validate_ticks * DT_S:g} s x 3 slices (clear, fog, rain); bootstrap "
-        f"{a.bootstrap_vehicles} x {a.bootstrap_ticks} ticks, {a.bootstrap_train_s:g} s training"
+        f"{a.bootstrap_vehicles} x {a.bootstrap_ticks} ticks, "
+        + (f"{a.bootstrap_epochs} epochs" if a.bootstrap_epochs else f"{a.bootstrap_train_s:g} s training")
     )
     t_start = time.monotonic()
 
@@ -393,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             vehicles=a.bootstrap_vehicles,
             ticks=a.bootstrap_ticks,
             max_train_s=a.bootstrap_train_s,
+            epochs=a.bootstrap_epochs,
             actor="loop-efficacy",
         )
         log(f"initial model v{init['production']} in production; training the all-conditions reference")
@@ -404,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                 vehicles=a.bootstrap_vehicles,
                 ticks=a.bootstrap_ticks,
                 output_dir=root / "reference",
-                imitation=dataclasses.replace(base.imitation, max_seconds=a.bootstrap_train_s),
+                imitation=dataclasses.replace(
+                    base.imitation, max_seconds=a.bootstrap_train_s, epochs=a.bootstrap_epochs or base.imitation.epochs
+                ),
             )
         )
         initial = load_artifact(init["artifact"])

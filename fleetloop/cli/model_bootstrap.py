@@ -32,10 +32,14 @@ def bootstrap(
     vehicles: int | None = None,
     ticks: int = 300,
     max_train_s: float = 60.0,
+    epochs: int | None = None,
     reason: str = GENESIS_REASON,
     actor: str | None = None,
 ) -> dict[str, Any]:
-    """Train, register as a new version and promote to production (see the module docstring)."""
+    """Train, register as a new version and promote to production (see the module docstring).
+
+    ``epochs`` overrides the bootstrap's epoch count; training stops at ``epochs`` or ``max_train_s``, whichever
+    comes first (a run that must not depend on the machine's load gives a generous ``max_train_s``)."""
     from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
     from fleetloop.edge_agent.model_artifact import read_metadata
     from fleetloop.platform.registry import Stage, open_registry
@@ -65,7 +69,7 @@ def bootstrap(
         vehicles=vehicles,
         ticks=ticks,
         output_dir=out_dir,
-        imitation=replace(base.imitation, max_seconds=max_train_s),
+        imitation=replace(base.imitation, max_seconds=max_train_s, epochs=epochs or base.imitation.epochs),
     )
     path, metrics = bootstrap_initial_model(config)
     meta = read_metadata(path)

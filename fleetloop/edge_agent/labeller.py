@@ -10,9 +10,10 @@ fallback stage. For frame i and the next ``horizon_s`` of frames j of the same v
   such ``D_j`` at time t_j (``v^2 / 2D`` if it stops before t_j, else ``2 (v t_j - D_j) / t_j^2``), and, for an
   obstacle that stands still, behind it for good (``v^2 / 2D_j``);
 - hazard: within the horizon the vehicle perceived an obstacle closer than ``hazard_gap_m``, or a perceived TTC
-  below ``hazard_ttc_s``, or braked harder than ``hard_brake_mps2`` *for an obstacle it perceived closing in its
-  path* (TTC under ``brake_reason_ttc_s``), or its fallback went to full braking; or the needed deceleration
-  exceeds ``hazard_decel_mps2``. A hard brake with nothing perceived ahead is phantom braking, not a hazard;
+  below ``hazard_ttc_s``, or braked harder than ``hard_brake_mps2``, or its fallback went to full braking, each
+  *for an obstacle it perceived closing in its path* (TTC under ``brake_reason_ttc_s``); or the needed
+  deceleration exceeds ``hazard_decel_mps2``. Close behind a queue is following, and a hard brake with nothing
+  perceived closing ahead is phantom braking: neither is a hazard;
 - target acceleration: ``-needed`` where braking was needed, else the command the vehicle applied (it turned out
   fine) but never braking harder than needed plus ``overbrake_slack_mps2``: a phantom brake is labelled as the
   gentle command it should have been, so training on uploaded clips unlearns it instead of repeating it;
@@ -53,7 +54,8 @@ class LabelConfig:
         dt_s: tick length [s].
         horizon_s: how far ahead the labeller looks [s].
         margin_m: distance to keep to the obstacle when stopping [m].
-        hazard_gap_m, hazard_ttc_s: a later perceived gap / TTC below these means a hazard materialised.
+        hazard_gap_m, hazard_ttc_s: a later perceived gap / TTC below these means a hazard materialised (the gap
+            only while closing on the obstacle within ``brake_reason_ttc_s``).
         hard_brake_mps2: a later measured deceleration above this, for an obstacle perceived closing within
             ``brake_reason_ttc_s``, means a hazard materialised [m/s²].
         brake_reason_ttc_s: perceived TTC under which a hard brake had a reason (the phantom-braking event's
@@ -125,8 +127,12 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
     decel = -col["ego_accel_mps2"].float()
     stage = col["fallback_stage"].to(torch.int64) if "fallback_stage" in col else torch.zeros(n, dtype=torch.int64)
     braked_for_it = (decel > cfg.hard_brake_mps2) & (p.ttc_s < cfg.brake_reason_ttc_s)
-    event = (p.gap_m < cfg.hazard_gap_m) | (p.ttc_s < cfg.hazard_ttc_s) | braked_for_it
-    event = event | (stage == STAGE_FULL)
+    # Each cue needs an obstacle perceived closing within ``brake_reason_ttc_s``: close behind a car in a queue
+    # is following, and a full brake of the fallback with nothing closing ahead was braking for a ghost.
+    closing_in = p.ttc_s < cfg.brake_reason_ttc_s
+    too_close = (p.gap_m < cfg.hazard_gap_m) & closing_in
+    event = too_close | (p.ttc_s < cfg.hazard_ttc_s) | braked_for_it
+    event = event | ((stage == STAGE_FULL) & closing_in)
     # Distance driven since the first frame, by odometry (trapezoid per tick).
     step = torch.zeros(n, dtype=torch.float64)
     if n > 1:
