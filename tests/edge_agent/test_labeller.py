@@ -67,8 +67,12 @@ def test_horizon_cut_off_lowers_confidence_and_validity(recorded: dict[str, torc
     free = labels.valid[40:]
     assert free[: 40 - cfg.horizon_ticks].all() and not free[40 - cfg.horizon_ticks :].any()
     assert float(labels.confidence[79]) == 0.0 and math.isclose(float(labels.confidence[75]), 0.4, rel_tol=1e-6)
-    # Late frames of the braking vehicle see the obstacle close in what follows: a confirmed hazard stays valid.
-    assert labels.valid[35] and labels.hazard[35] == 1.0
+    # Standing behind the stopped car by then (it stopped at tick 17): following, not a hazard.
+    assert labels.valid[25] and labels.hazard[25] == 0.0
+    # Cut while it still brakes, closing on the car: what follows confirms the hazard, so it stays valid.
+    cut = {k: v.view(2, TICKS, *v.shape[1:])[:, :12].flatten(0, 1) for k, v in recorded.items()}
+    early = hindsight_labels(cfg, cut)
+    assert float(early.confidence[8]) == 1.0 and early.valid[8] and early.hazard[8] == 1.0
 
 
 def test_unordered_frames_are_refused(recorded: dict[str, torch.Tensor]) -> None:
