@@ -62,7 +62,6 @@ TRAIN_EXPERIMENT = "fleetloop-train"
 ARTIFACT_DIR = "model"
 ARTIFACT_FILE = "policy.safetensors"
 TARGET_SHARE = 0.2  # a non-clear condition with at least this share of the frames is a target of the candidate
-EASED_MPS2 = 0.05  # [m/s²] a target this much above the applied command was eased by the labeller (float16 rounding)
 
 
 @dataclass(frozen=True)
@@ -143,32 +142,9 @@ def build_training_set(datasets: Sequence[LabelledDataset], confidence_weighting
     data = policy_inputs_from_telemetry(cols).as_dict()
     data["accel_mps2"] = torch.from_numpy(np.asarray(cols["label_target_accel_mps2"], dtype=np.float32))
     data["hazard"] = torch.from_numpy(np.asarray(cols["label_hazard"], dtype=np.float32))
-    weight = teaching_frames(cols).astype(np.float32)
     if confidence_weighting:
-        weight = weight * np.asarray(cols["label_confidence"], dtype=np.float32)
-    data["weight"] = torch.from_numpy(weight)
+        data["weight"] = torch.from_numpy(np.asarray(cols["label_confidence"], dtype=np.float32))
     return TrainingSet(data, ids, hashes, conditions)
-
-
-def teaching_frames(cols: Mapping[str, np.ndarray]) -> np.ndarray:
-    """[N] bool: the labelled frames whose target says something about what the *model* should do.
-
-    A hazard frame (brake as needed) and a frame whose target was eased below the applied brake (a phantom
-    brake, ADR 0093) teach; so does a frame the model drove. A non-hazard frame the fallback drove only shows the
-    fallback's gentler rule-based driving (it accelerates at 1 m/s²): imitating those made every candidate slower.
-    They still count for the anchor to the parent (which is unweighted by labels).
-    """
-    hazard = np.asarray(cols["label_hazard"]) > 0.5
-    n = len(hazard)
-    if "driver" not in cols or "command_accel_mps2" not in cols:
-        return np.ones(n, dtype=bool)
-    from fleetloop.platform.bus.schemas import Driver
-
-    by_model = np.asarray(cols["driver"]) == int(Driver.MODEL)
-    eased = np.asarray(cols["label_target_accel_mps2"], np.float32) > np.asarray(
-        cols["command_accel_mps2"], np.float32
-    ) + np.float32(EASED_MPS2)
-    return hazard | eased | by_model
 
 
 def target_conditions(conditions: Mapping[str, int]) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -99,18 +98,3 @@ class _ScaledUncertainty(FusionPolicy):
         out = super().forward(*inputs).clone()
         out[:, 2] = out[:, 2] * self.factor
         return out
-
-
-def test_only_frames_that_teach_the_model_carry_label_weight() -> None:
-    from fleetloop.pipelines.train import teaching_frames
-
-    cols = {
-        # hazard by fallback | phantom eased, fallback | fallback cruising | model cruising | model braking, eased
-        "label_hazard": np.array([1.0, 0.0, 0.0, 0.0, 0.0]),
-        "label_target_accel_mps2": np.array([-6.0, -1.0, 0.8, 1.2, -1.0], np.float32),
-        "command_accel_mps2": np.array([-3.0, -5.0, 0.8, 1.2, -4.0], np.float16),
-        "driver": np.array([1, 1, 1, 0, 0], np.uint8),
-    }
-    assert teaching_frames(cols).tolist() == [True, True, False, True, True]
-    # Without the driver column (older telemetry) every frame teaches.
-    assert teaching_frames({k: v for k, v in cols.items() if k != "driver"}).all()
