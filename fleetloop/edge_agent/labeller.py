@@ -29,9 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fleetloop.edge_agent.fallback import STAGE_FULL, perceive_in_path
+from fleetloop.edge_agent.fallback import STAGE_FULL, Perceived, perceive_in_path
 
 __all__ = ["LabelConfig", "Labels", "hindsight_labels"]
+
+GAP_RATE_MAX_MPS = 40.0  # [m/s] a faster change of the perceived gap is another obstacle, not this one moving
 
 REQUIRED = (
     "vehicle_id",
@@ -103,6 +105,26 @@ def _tensor(x: object) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32) if arr.dtype == np.float16 else np.ascontiguousarray(arr))
 
 
+def _obstacle_speed(p: Perceived, v: torch.Tensor, vid: torch.Tensor, tick: torch.Tensor, dt_s: float) -> torch.Tensor:
+    """[N] the in-path obstacle's speed over ground. Where radar did not see it this frame, the perception reads
+    it as standing (the cautious on-board choice); with the neighbouring frames at hand, the labeller takes its
+    speed from how the gap changed instead (ego speed + gap rate over the frames before and after), so a car
+    ahead that radar missed for a tick does not turn into a wall to stop for."""
+    n = int(v.shape[0])
+    speed = p.obstacle_speed_mps.clone()
+    if n < 3:
+        return speed
+    i = torch.arange(1, n - 1)
+    same = (vid[i - 1] == vid[i]) & (vid[i + 1] == vid[i]) & (tick[i + 1] - tick[i - 1] == 2)
+    both = p.present[i - 1] & p.present[i + 1] & p.present[i]
+    rate = (p.gap_m[i + 1] - p.gap_m[i - 1]) / (2.0 * dt_s)
+    plausible = rate.abs() < GAP_RATE_MAX_MPS  # the same obstacle, not a new one stepping into the corridor
+    est = (v[i] + rate).clamp_min(0.0)
+    use = same & both & plausible & ~p.radar_seen[i]
+    speed[i] = torch.where(use, est, speed[i])
+    return speed
+
+
 def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
     """Label ``frames`` (columns as numpy arrays or tensors, ordered by vehicle then tick; e.g.
     ``OnboardBuffer.frames()``). Optional columns: ``fallback_stage``, ``command_accel_mps2``."""
@@ -139,6 +161,7 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
         step[1:] = 0.5 * (v[1:] + v[:-1]).double() * cfg.dt_s
     odo = torch.cumsum(step, 0)
     command = col["command_accel_mps2"].float() if "command_accel_mps2" in col else -decel
+    obstacle_speed = _obstacle_speed(p, v, vid, tick, cfg.dt_s)
     h = cfg.horizon_ticks
     k = torch.arange(1, h + 1)
     out: list[tuple[torch.Tensor, ...]] = []
@@ -154,7 +177,7 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
         a_stop = vi * vi / (2.0 * d)
         a_reach = (2.0 * (vi * t - d) / (t * t)).clamp_min(0.0)
         need_j = torch.where(stop_by_t, a_stop, a_reach)
-        standing = p.obstacle_speed_mps[j] < 1.0
+        standing = obstacle_speed[j] < 1.0
         need_j = torch.where(standing, torch.maximum(need_j, a_stop), need_j)
         need_j = torch.where(ok & p.present[j], need_j, torch.zeros_like(need_j))
         need = need_j.max(-1).values.float().clamp(max=cfg.max_decel_mps2)

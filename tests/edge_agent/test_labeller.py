@@ -100,3 +100,29 @@ def test_a_phantom_brake_is_neither_a_hazard_nor_a_target(recorded: dict[str, to
     assert (labels.target_accel_mps2[slam] >= -cfg.overbrake_slack_mps2 - 1e-6).all()
     # The same hard brake in front of the stopped car (vehicle 0) stays a hazard with its needed deceleration.
     assert labels.hazard[0] == 1.0
+
+
+def test_a_lead_car_radar_misses_for_a_tick_is_not_a_wall_to_stop_for() -> None:
+    # Ego at 25 m/s follows a car at 25 m/s, 40 m ahead, seen by lidar on every frame and by radar on all but
+    # frame 10. On-board perception reads a lidar-only obstacle as standing (the cautious choice); the labeller
+    # has the frames around it and must not label the frames before it with a full stop.
+    n, v, gap = 40, 25.0, 40.0
+    lidar = torch.full((n, 32), 120.0)
+    lidar[:, 14:18] = gap
+    radar_valid = torch.zeros(n, 8, dtype=torch.bool)
+    radar_valid[:, 0] = True
+    radar_valid[10, 0] = False
+    frames = {
+        "vehicle_id": torch.zeros(n, dtype=torch.int64),
+        "tick": torch.arange(n),
+        "ego_speed_mps": torch.full((n,), v),
+        "ego_accel_mps2": torch.zeros(n),
+        "lidar_range_m": lidar,
+        "radar_range_m": torch.full((n, 8), gap),
+        "radar_range_rate_mps": torch.zeros(n, 8),
+        "radar_azimuth_rad": torch.zeros(n, 8),
+        "radar_valid": radar_valid,
+    }
+    labels = hindsight_labels(LabelConfig(), frames)
+    assert (labels.hazard[:10] == 0).all()
+    assert (labels.needed_decel_mps2[:10] < 0.5).all()
