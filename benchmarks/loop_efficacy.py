@@ -339,26 +339,26 @@ def render(summary: dict[str, Any], sizes: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=5, help="loop turns (fleet seeds 1..N) and evaluation seeds")
-    p.add_argument("--vehicles", type=int, default=128, help="fleet vehicles driving into fog")
-    p.add_argument("--minutes", type=float, default=2.5, help="simulated minutes of the fleet run")
-    p.add_argument("--fog-onset-s", type=float, default=10.0, help="simulated time the fog bank starts forming [s]")
+    p.add_argument("--vehicles", type=int, default=64, help="fleet vehicles driving into fog")
+    p.add_argument("--minutes", type=float, default=3.0, help="simulated minutes of the fleet run")
+    p.add_argument("--fog-onset-s", type=float, default=5.0, help="simulated time the fog bank starts forming [s]")
     p.add_argument("--budget", type=float, default=0.02, help="upload budget: share of frames (both policies)")
     p.add_argument("--no-random", action="store_true", help="skip the random-upload baseline")
     p.add_argument("--train-epochs", type=int, default=4)
-    p.add_argument("--train-max-s", type=float, default=60.0, help="wall-clock training budget per turn [s]")
+    p.add_argument("--train-max-s", type=float, default=30.0, help="wall-clock training budget per turn [s]")
     p.add_argument("--anchor-weight", type=float, default=TrainConfig().anchor_weight, help="train: pull to the parent")
     p.add_argument("--no-balance", action="store_true", help="train: do not balance hazard and normal frames")
-    p.add_argument("--validate-vehicles", type=int, default=64)
-    p.add_argument("--validate-ticks", type=int, default=150)
+    p.add_argument("--validate-vehicles", type=int, default=128)
+    p.add_argument("--validate-ticks", type=int, default=300)
     p.add_argument("--eval-vehicles", type=int, default=128)
     p.add_argument("--eval-ticks", type=int, default=200)
-    p.add_argument("--bootstrap-vehicles", type=int, default=512)
+    p.add_argument("--bootstrap-vehicles", type=int, default=3072)
     p.add_argument("--bootstrap-ticks", type=int, default=300)
-    p.add_argument("--bootstrap-train-s", type=float, default=30.0, help="bootstrap training cap [s]")
+    p.add_argument("--bootstrap-train-s", type=float, default=1200.0, help="bootstrap training cap [s]")
     p.add_argument(
         "--bootstrap-epochs",
         type=int,
-        default=None,
+        default=8,
         help="bootstrap epochs (with a generous --bootstrap-train-s, models then do not depend on the machine's load)",
     )
     p.add_argument("--quick", action="store_true", help="smoke version: 1 seed, small fleet and suites")
@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         a.seeds, a.vehicles, a.minutes, a.fog_onset_s = 1, 32, 1.0, 5.0
         a.validate_vehicles, a.validate_ticks, a.eval_vehicles, a.eval_ticks = 32, 100, 32, 100
         a.bootstrap_vehicles, a.bootstrap_ticks, a.bootstrap_train_s, a.train_max_s = 256, 150, 10.0, 15.0
+        a.bootstrap_epochs = 0  # the 10 s cap decides
     torch.set_num_threads(1)
     sizes = (
         f"{a.seeds} seed(s); fleet {a.vehicles} vehicles x {a.minutes:g} min, fog from {a.fog_onset_s:g} s, budget "

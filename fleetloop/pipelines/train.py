@@ -86,9 +86,10 @@ class TrainConfig:
     """Fewest valid labelled frames worth a candidate; fewer: the stage says so and stops."""
     confidence_weighting: bool = True
     """Weight each frame's loss by its label confidence (the share of its horizon that was seen)."""
-    anchor_weight: float = 10.0
+    anchor_weight: float = 30.0
     """Self-distillation toward the frozen parent (production) model on every frame, so the candidate moves only
-    where the hindsight labels pull it (0: off; no effect when training from scratch)."""
+    where the hindsight labels pull it (0: off; no effect when training from scratch). 30 against 10: progress
+    against the expert 0.96-0.97 instead of 0.95 after one loop turn, fog phantom braking still halved (ADR 0093)."""
     balance_hazard: bool = True
     """Reweight frames so hazard and non-hazard labels carry equal weight (trigger clips are mostly hazards)."""
     device: str = "auto"
