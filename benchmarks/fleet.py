@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/fleet.py                              # throughput at 10,000 vehicles (CPU), with a profile
     python benchmarks/fleet.py --vehicles 2000 --ticks 20
+    python benchmarks/fleet.py --compile --threads 1 2      # eager and compiled tick side by side (ADR 0101)
     python benchmarks/fleet.py --device cuda
     python benchmarks/fleet.py --claims --initial M.safetensors --reference R.safetensors
 
@@ -12,6 +13,11 @@ Throughput: one ``FleetRunner`` shard (world + sensors + faults + conditions + b
 weather; vehicle-steps/s = vehicles x ticks / wall seconds after ``--warmup`` ticks. Baseline in the same run:
 the world alone (observe + step + detect_events, the expert driving). The profile (cProfile, a few ticks) gives
 the share of each stage.
+
+With ``--compile`` the eager runner and the compiled one (``FleetConfig(compile=True)``, ADR 0101) are built in the
+same process and timed interleaved, ``--rounds`` times ``--ticks`` ticks each, best round kept, for every thread
+count of ``--threads``; the table gives both side by side, the time of the first compiled tick (compile, or load
+from inductor's cache) and the load average before and after (the machine may be shared: compare rows of one run).
 
 Claims (``--claims``): the clear-weather initial model vs the all-conditions reference in fog; model + fallback vs
 fallback alone on pedestrian scenes and on phantom braking (with progress against the expert); the fallback alone
@@ -22,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import shlex
+import sys
 import time
 from typing import Any
 
@@ -60,42 +69,113 @@ def world_only(vehicles: int, ticks: int, device: str) -> float:
     return vehicles * ticks / (time.perf_counter() - t0)
 
 
-def full_loop(vehicles: int, ticks: int, warmup: int, device: str, profile_ticks: int) -> dict[str, Any]:
+def _runner(vehicles: int, device: str, compile_: bool) -> FleetRunner:
     torch.manual_seed(0)
-    config = FleetConfig(scenario="mixed", weather="mixed", seed=0, device=device, progress_reference=False)
-    runner = FleetRunner(config, list(range(vehicles)), {"1": FusionPolicy(PolicyConfig())}, "1")
+    config = FleetConfig(
+        scenario="mixed", weather="mixed", seed=0, device=device, progress_reference=False, compile=compile_
+    )
+    return FleetRunner(config, list(range(vehicles)), {"1": FusionPolicy(PolicyConfig())}, "1")
+
+
+def _profile(runner: FleetRunner, profile_ticks: int) -> dict[str, float]:
+    """Cumulative seconds per tick of each stage (cProfile over ``profile_ticks`` ticks)."""
+    shares: dict[str, float] = {}
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(profile_ticks):
+        runner.step()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    for (file, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        if name in STAGES and ("fleetloop" in file):
+            key = f"{name} ({file.split('fleetloop/')[-1]})"
+            shares[key] = shares.get(key, 0.0) + row[3] / profile_ticks
+    return shares
+
+
+def full_loop(vehicles: int, ticks: int, warmup: int, device: str, profile_ticks: int) -> dict[str, Any]:
+    runner = _runner(vehicles, device, False)
     for _ in range(warmup):
         runner.step()
     t0 = time.perf_counter()
     for _ in range(ticks):
         runner.step()
     wall = time.perf_counter() - t0
-    shares: dict[str, float] = {}
-    if profile_ticks:
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(profile_ticks):
-            runner.step()
-        prof.disable()
-        stats = pstats.Stats(prof)
-        total = 0.0
-        for (_, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
-            if name == "step" and row[3] > total and row[0] == profile_ticks:
-                total = max(total, row[3])
-        for (file, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
-            if name in STAGES and ("fleetloop" in file):
-                key = f"{name} ({file.split('fleetloop/')[-1]})"
-                shares[key] = shares.get(key, 0.0) + row[3] / profile_ticks
+    shares = _profile(runner, profile_ticks) if profile_ticks else {}
     return {"steps_per_s": vehicles * ticks / wall, "s_per_tick": wall / ticks, "stage_s_per_tick": shares}
 
 
+def _timed(runner: FleetRunner, ticks: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(ticks):
+        runner.step()
+    return (time.perf_counter() - t0) / ticks
+
+
+def _load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def compiled_vs_eager(args: argparse.Namespace) -> None:
+    """Eager and compiled tick in one process, interleaved, best of ``--rounds`` per thread count."""
+    load_before = _load()
+    torch.set_num_threads(args.threads[0])
+    eager = _runner(args.vehicles, args.device, False)
+    comp = _runner(args.vehicles, args.device, True)
+    t0 = time.perf_counter()
+    comp.step()  # compiles, or loads the compiled graphs from inductor's on-disk cache
+    first = time.perf_counter() - t0
+    eager.step()
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for _ in range(args.warmup):
+            eager.step()
+            comp.step()
+        best = {"eager": float("inf"), "compiled": float("inf")}
+        for _ in range(args.rounds):
+            best["eager"] = min(best["eager"], _timed(eager, args.ticks))
+            best["compiled"] = min(best["compiled"], _timed(comp, args.ticks))
+        rows.append((threads, best["eager"], best["compiled"]))
+    ev_e, ev_c = eager.summary().to_dict()["events"], comp.summary().to_dict()["events"]
+    pos = float((eager.state.ego_s_m - comp.state.ego_s_m).abs().max())
+    n = args.vehicles
+    print(
+        f"# fleet loop, eager vs compiled tick, {n} vehicles, device {args.device}, torch {torch.__version__}, "
+        f"{os.cpu_count()} CPUs, best of {args.rounds} x {args.ticks} ticks per path (interleaved) after "
+        f"{args.warmup} warm-up"
+    )
+    print()
+    print("    " + " ".join(shlex.quote(a) for a in ["python", *sys.argv]))
+    print()
+    print(f"{_load()} at the end ({load_before} at the start)")
+    print()
+    print("| threads | eager vehicle-steps/s | eager s/tick | compiled vehicle-steps/s | compiled s/tick | speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for threads, te, tc in rows:
+        print(f"| {threads} | {n / te:,.0f} | {te:.4f} | {n / tc:,.0f} | {tc:.4f} | {te / tc:.2f}x |")
+    print(f"| target | 200,000 | {n / 200_000:.4f} | 200,000 | {n / 200_000:.4f} | |")
+    print()
+    print(f"first compiled tick ({args.threads[0]} thread(s); compile or cache load): {first:.1f} s")
+    print(f"events after the same ticks: eager {ev_e}; compiled {ev_c}; identical: {ev_e == ev_c}")
+    print(f"largest difference in ego road position: {pos:.2e} m")
+    if args.profile_ticks:
+        print()
+        print(f"profile of the compiled tick (cProfile, {args.profile_ticks} ticks; cumulative s per tick):")
+        print()
+        print("| stage | s per tick |")
+        print("|---|---:|")
+        for k, v in sorted(_profile(comp, args.profile_ticks).items(), key=lambda kv: -kv[1]):
+            print(f"| {k} | {v:.4f} |")
+
+
 def throughput(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     base = world_only(args.vehicles, max(2, args.ticks // 2), args.device)
     res = full_loop(args.vehicles, args.ticks, args.warmup, args.device, args.profile_ticks)
     print(
         f"# fleet loop, {args.vehicles} vehicles, device {args.device}, torch {torch.__version__}, "
-        f"threads {args.threads}, {args.ticks} ticks after {args.warmup} warm-up"
+        f"threads {args.threads[0]}, {args.ticks} ticks after {args.warmup} warm-up"
     )
     print()
     print("| path | vehicle-steps/s | s per tick |")
@@ -135,7 +215,7 @@ def _run(scenario: str, weather: str, model_path: str | None, vehicles: int, tic
 
 
 def claims(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     n, t = args.vehicles, args.ticks
     rows: list[tuple[str, dict[str, Any]]] = []
     for seed in args.seeds:
@@ -192,7 +272,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--profile-ticks", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="torch threads (--compile: one row each)")
+    p.add_argument("--compile", action="store_true", help="eager and compiled tick side by side (ADR 0101)")
+    p.add_argument("--rounds", type=int, default=3, help="--compile: timed rounds per path, the best is kept")
     p.add_argument("--claims", action="store_true")
     p.add_argument("--initial", help="artifact of the clear-weather initial model (--claims)")
     p.add_argument("--reference", help="artifact of the all-conditions reference (--claims)")
@@ -202,6 +284,8 @@ def main() -> None:
         if not (args.initial and args.reference):
             p.error("--claims needs --initial and --reference artifacts (edge_agent.bootstrap, weather clear / all)")
         claims(args)
+    elif args.compile:
+        compiled_vs_eager(args)
     else:
         throughput(args)
 

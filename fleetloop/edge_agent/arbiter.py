@@ -38,6 +38,9 @@ __all__ = [
     "ArbiterState",
     "Decision",
     "arbitrate",
+    "arbitrate_unchecked",
+    "check_command",
+    "check_fallback_command",
 ]
 
 DRIVER_MODEL, DRIVER_FALLBACK = 0, 1
@@ -225,9 +228,29 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
 
 def arbitrate(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInputs) -> tuple[ArbiterState, Decision]:
     """Choose model or fallback for every vehicle, count transitions and durations."""
-    fb = inp.fallback
-    if not bool(torch.isfinite(fb.accel_mps2).all()):
+    check_fallback_command(inp.fallback.accel_mps2)
+    new_state, decision = arbitrate_unchecked(cfg, state, inp)
+    check_command(decision.accel_mps2)
+    return new_state, decision
+
+
+def check_fallback_command(accel_mps2: torch.Tensor) -> None:
+    """Raise ``ValueError`` if the fallback's command is not finite (``arbitrate`` checks it first)."""
+    if not bool(torch.isfinite(accel_mps2).all()):
         raise ValueError("fallback command is not finite; the fallback must always produce a command")
+
+
+def check_command(accel_mps2: torch.Tensor) -> None:
+    """Raise ``RuntimeError`` if the arbiter's command is not finite (unreachable by construction; a bug must not
+    reach the actuators)."""
+    if not bool(torch.isfinite(accel_mps2).all()):
+        raise RuntimeError("arbiter produced a non-finite command")
+
+
+def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInputs) -> tuple[ArbiterState, Decision]:
+    """``arbitrate`` without its two host-side checks (no device sync: what a compiled graph runs). The caller
+    runs ``check_fallback_command`` and ``check_command`` before any result is used."""
+    fb = inp.fallback
     m = inp.model_accel_mps2
     usable = (
         inp.model_valid.bool()
@@ -262,8 +285,6 @@ def arbitrate(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInputs) -> tu
         reason = torch.where(conditions[name], torch.full_like(reason, REASON_CODES[name]), reason)
     on_fb = reason > 0
     cmd = torch.where(on_fb, fb.accel_mps2, safe_m)
-    if not bool(torch.isfinite(cmd).all()):  # unreachable by construction; a bug must not reach the actuators
-        raise RuntimeError("arbiter produced a non-finite command")
     started = on_fb & ~state.on_fallback
     ended = ~on_fb & state.on_fallback
     ep_reason = torch.where(started, reason, torch.where(on_fb, state.episode_reason, torch.zeros_like(reason)))

@@ -101,6 +101,10 @@ class FleetConfig:
         fog_onset_s: with it, a fog bank rolls in at this simulated time (``weather_preset(fog_onset_s=...)``).
         max_uncertainty_mps2: the arbiter's low-confidence threshold, calibrated to the model
             (``ArbiterConfig.for_model``); None keeps the arbiter's default.
+        compile: run the tick's pure tensor stages (sensors, world physics, conditions estimate, policy features,
+            arbiter + trigger bits) as ``torch.compile``d graphs (ADR 0101): same random bits, floats
+            within rounding of the eager tick; the first tick compiles (a minute or more on a small CPU, ~15 s
+            from inductor's on-disk cache in ``~/.cache/fleetloop/inductor``).
     """
 
     scenario: str | tuple[ScenarioSpec, ...] = "mixed"
@@ -115,6 +119,7 @@ class FleetConfig:
     fog_onset_s: float | None = None
     max_uncertainty_mps2: float | None = None
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(device="cpu"))
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.scenario, str):
@@ -297,20 +302,31 @@ class FleetRunner:
         """Advance the shard by one tick."""
         tick = self.state.tick
         switched = self._apply_pending()
-        obs = observe(self.world, self.state)
+        comp = self.config.compile
+        obs = observe(self.world, self.state, compiled=comp)
         engine = self.engine if self._any_model else None
         t0 = time.perf_counter()
         self.vstate, vt = vehicle_step(
-            self.vcfg, self.vstate, obs, engine, self.slots, self.ids, tick, switched, self.state.ego_v0_mps
+            self.vcfg,
+            self.vstate,
+            obs,
+            engine,
+            self.slots,
+            self.ids,
+            tick,
+            switched,
+            self.state.ego_v0_mps,
+            compiled=comp,
         )
         if engine is not None:
             self.acc.add_wall_latency(time.perf_counter() - t0)  # the whole on-board step, inference included
         expert_dist = torch.zeros_like(self.state.ego_v_mps)
         if self.expert_state is not None:
-            e_next = step(self.world, self.expert_state, expert_control(self.world, self.expert_state), self.world.dt_s)
+            e_cmd = expert_control(self.world, self.expert_state)
+            e_next = step(self.world, self.expert_state, e_cmd, self.world.dt_s, compiled=comp)
             expert_dist = (e_next.ego_s_m - self.expert_state.ego_s_m).to(torch.float32)
             self.expert_state = e_next
-        nxt = step(self.world, self.state, vt.command_mps2, self.world.dt_s)
+        nxt = step(self.world, self.state, vt.command_mps2, self.world.dt_s, compiled=comp)
         ev = detect_events(self.world, self.state, nxt)
         self._accumulate(vt, ev, expert_dist)
         self.last_tick, self.last_events, self.last_true_ttc_s = vt, ev, self.state.ttc_s

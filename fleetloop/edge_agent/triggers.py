@@ -233,10 +233,21 @@ def _admit(
 
 
 def triggers_step(
-    cfg: TriggerConfig, state: TriggerState, inp: TriggerInputs, vehicle_ids: torch.Tensor, tick: int, seed: int
+    cfg: TriggerConfig,
+    state: TriggerState,
+    inp: TriggerInputs,
+    vehicle_ids: torch.Tensor,
+    tick: int,
+    seed: int,
+    *,
+    now_bits: torch.Tensor | None = None,
 ) -> tuple[TriggerState, UploadDecision]:
-    """Record this tick's triggers, admit or refuse the clips they ask for, and decide frame ``tick - pre_ticks``."""
-    now_bits = trigger_bits(cfg, inp)
+    """Record this tick's triggers, admit or refuse the clips they ask for, and decide frame ``tick - pre_ticks``.
+
+    ``now_bits``: ``trigger_bits(cfg, inp)`` when the caller has it already (the compiled tick computes it in its
+    graph)."""
+    if now_bits is None:
+        now_bits = trigger_bits(cfg, inp)
     dev = now_bits.device
     shifts = torch.arange(N_BITS, device=dev)
     fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()

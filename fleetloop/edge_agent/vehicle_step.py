@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fleetloop.edge_agent.arbiter import ArbiterConfig, ArbiterInputs, ArbiterState, Decision, arbitrate
+from fleetloop.edge_agent.arbiter import (
+    ArbiterConfig,
+    ArbiterInputs,
+    ArbiterState,
+    Decision,
+    arbitrate,
+    arbitrate_unchecked,
+    check_command,
+    check_fallback_command,
+)
 from fleetloop.edge_agent.conditions import ConditionsEstimate, ConditionsState, estimate_conditions
 from fleetloop.edge_agent.fallback import FallbackConfig, FallbackOutput, FallbackState, fallback_control
 from fleetloop.edge_agent.faults import FaultEffects, FaultSpec, apply_sensor_dropout, fault_effects
@@ -38,9 +47,16 @@ from fleetloop.edge_agent.inference import (
     InferenceEngine,
     PolicyOutput,
 )
-from fleetloop.edge_agent.triggers import TriggerConfig, TriggerInputs, TriggerState, UploadDecision, triggers_step
+from fleetloop.edge_agent.triggers import (
+    TriggerConfig,
+    TriggerInputs,
+    TriggerState,
+    UploadDecision,
+    trigger_bits,
+    triggers_step,
+)
 from fleetloop.sim.sensors import Observation
-from fleetloop.sim.state import World
+from fleetloop.sim.state import World, compile_graph
 
 __all__ = ["VehicleConfig", "VehicleState", "VehicleTick", "vehicle_step"]
 
@@ -181,24 +197,32 @@ def vehicle_step(
     tick: int,
     switched: torch.Tensor,
     desired_speed_mps: torch.Tensor | None = None,
+    *,
+    compiled: bool = False,
 ) -> tuple[VehicleState, VehicleTick]:
     """Advance every vehicle's on-board stack by one tick (see the module docstring).
 
     ``slots`` [B] int64 are the engine slots of each vehicle's model (``NO_MODEL``: none on board; ``engine`` may be
     None when no vehicle runs a model); ``switched`` [B] bool marks vehicles whose model changed since last tick;
-    ``desired_speed_mps`` [B] is the driver's set speed (default: hold the current speed).
+    ``desired_speed_mps`` [B] is the driver's set speed (default: hold the current speed). ``compiled``: run the
+    conditions estimate, the policy features and arbiter + trigger bits as ``torch.compile``d graphs
+    (ADR 0101; floats within rounding of the eager result; the first tick compiles).
     """
     ids = vehicle_ids.to(torch.int64)
     effects = fault_effects(cfg.faults, ids, tick, cfg.seed)
     seen = apply_sensor_dropout(obs, effects) if cfg.faults else obs
-    cond_state, estimate = estimate_conditions(state.conditions, seen, state.cmd_queue_mps2[:, 0], cfg.dt_s)
+    if compiled:
+        cond_state, estimate = compile_graph(_conditions_graph, fullgraph=False)(cfg, state, seen)
+    else:
+        cond_state, estimate = estimate_conditions(state.conditions, seen, state.cmd_queue_mps2[:, 0], cfg.dt_s)
     has_model = slots != NO_MODEL
     if engine is not None and bool(has_model.any()):
-        inputs = features_from_observation(seen)
+        inputs = compile_graph(features_from_observation)(seen) if compiled else features_from_observation(seen)
         policy = engine.tick(inputs, slots, tick, ids, cfg.seed, spike_s=effects.latency_spike_ms / 1000.0)
         policy = _apply_model_faults(policy, effects)
     else:
         policy = _no_policy(int(ids.shape[0]), seen.ego_speed_mps.device)
+    # The fallback stays eager: inductor's code for it was slower than eager kernels on the CPU (ADR 0101).
     fb_state, fb = fallback_control(
         cfg.fallback,
         state.fallback,
@@ -208,20 +232,17 @@ def vehicle_step(
         desired_speed_mps=desired_speed_mps,
         friction_est=estimate.friction,
     )
-    arb_state, decision = arbitrate(
-        cfg.arbiter,
-        state.arbiter,
-        ArbiterInputs(
-            model_accel_mps2=policy.accel_mps2,
-            model_hazard_prob=policy.hazard_prob,
-            model_uncertainty=policy.uncertainty_mps2,
-            model_valid=policy.valid,
-            deadline_missed=policy.deadline_missed,
-            has_model=has_model,
-            switched=switched,
-            fallback=fb,
-        ),
-    )
+    outs = (policy.accel_mps2, policy.hazard_prob, policy.uncertainty_mps2, policy.valid, policy.deadline_missed)
+    if compiled:
+        check_fallback_command(fb.accel_mps2)
+        arb_state, decision, now_bits = compile_graph(_arbiter_graph)(
+            cfg, state.arbiter, fb, outs, has_model, switched, seen.ego_accel_mps2
+        )
+        check_command(decision.accel_mps2)
+    else:
+        arb_state, decision, now_bits = _arbiter_graph(
+            cfg, state.arbiter, fb, outs, has_model, switched, seen.ego_accel_mps2, checked=True
+        )
     trig_state, upload = triggers_step(
         cfg.triggers,
         state.triggers,
@@ -237,11 +258,57 @@ def vehicle_step(
         ids,
         tick,
         cfg.seed,
+        now_bits=now_bits,
     )
     cmd = decision.accel_mps2
     queue = torch.cat([state.cmd_queue_mps2[:, 1:], cmd.unsqueeze(-1)], dim=-1)
     new_state = VehicleState(fb_state, arb_state, trig_state, cond_state, queue)
     return new_state, VehicleTick(cmd, seen, effects, policy, fb, decision, estimate, upload)
+
+
+def _conditions_graph(
+    cfg: VehicleConfig, state: VehicleState, seen: Observation
+) -> tuple[ConditionsState, ConditionsEstimate]:
+    return estimate_conditions(state.conditions, seen, state.cmd_queue_mps2[:, 0], cfg.dt_s)
+
+
+def _arbiter_graph(
+    cfg: VehicleConfig,
+    state: ArbiterState,
+    fb: FallbackOutput,
+    policy: tuple[torch.Tensor, ...],
+    has_model: torch.Tensor,
+    switched: torch.Tensor,
+    ego_accel_mps2: torch.Tensor,
+    checked: bool = False,
+) -> tuple[ArbiterState, Decision, torch.Tensor]:
+    """Arbiter and this tick's trigger bits (``checked``: with the arbiter's host-side checks, as ``arbitrate``; the
+    compiled graph leaves them to its caller)."""
+    accel, hazard, unc, valid, deadline_missed = policy
+    inputs = ArbiterInputs(
+        model_accel_mps2=accel,
+        model_hazard_prob=hazard,
+        model_uncertainty=unc,
+        model_valid=valid,
+        deadline_missed=deadline_missed,
+        has_model=has_model,
+        switched=switched,
+        fallback=fb,
+    )
+    arb_state, decision = (arbitrate if checked else arbitrate_unchecked)(cfg.arbiter, state, inputs)
+    now_bits = trigger_bits(
+        cfg.triggers,
+        TriggerInputs(
+            fallback_started=decision.started,
+            ego_accel_mps2=ego_accel_mps2,
+            perceived_ttc_s=fb.ttc_s,
+            model_accel_mps2=accel,
+            fallback_accel_mps2=fb.accel_mps2,
+            model_valid=valid,
+            uncertainty=unc,
+        ),
+    )
+    return arb_state, decision, now_bits
 
 
 def _no_policy(batch: int, device: torch.device) -> PolicyOutput:

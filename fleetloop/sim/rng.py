@@ -29,12 +29,17 @@ __all__ = [
     "STREAM_LIDAR",
     "STREAM_RADAR",
     "STREAM_SCENARIO",
+    "base_keys",
     "bits_noise",
     "bits_uniform",
     "derive",
     "draw_bits",
+    "draw_bits_gathered",
+    "draw_layout",
     "hash32",
     "noise",
+    "signed_tick",
+    "tick_keys",
     "uniform",
     "vehicle_key",
     "vehicle_keys",
@@ -123,6 +128,38 @@ _BASE_CACHE: dict[tuple[int, int, tuple[int, ...]], tuple[weakref.ref, int, torc
 _BASE_CACHE_SIZE = 32
 # (segments, device) -> hash of every draw index [N] int32
 _LAYOUT_CACHE: dict[tuple[tuple[tuple[int, int, int], ...], str], torch.Tensor] = {}
+# (segments, device) -> (key column of every draw [N] int64, ``_LAYOUT_CACHE`` entry)
+_COLS_CACHE: dict[tuple[tuple[tuple[int, int, int], ...], str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def base_keys(seed: int, vehicle_ids: torch.Tensor, streams: Sequence[int]) -> torch.Tensor:
+    """[B, S] int32: the tick-independent part of ``vehicle_keys`` (``vehicle_keys`` = ``tick_keys(base_keys)``).
+
+    Cached per vehicle-id tensor (while it is alive and unmodified). Do not modify the result in place.
+    """
+    streams = tuple(int(s) for s in streams)
+    if vehicle_ids.is_inference():  # no version counter to tell an in-place change: no cache
+        return torch.stack([_base_key(seed, vehicle_ids, s) for s in streams], dim=-1)
+    ck = (id(vehicle_ids), int(seed), streams)
+    hit = _BASE_CACHE.get(ck)
+    if hit is not None and hit[0]() is vehicle_ids and hit[1] == vehicle_ids._version:
+        return hit[2]
+    base = torch.stack([_base_key(seed, vehicle_ids, s) for s in streams], dim=-1)
+    if len(_BASE_CACHE) >= _BASE_CACHE_SIZE:
+        _BASE_CACHE.pop(next(iter(_BASE_CACHE)))
+    _BASE_CACHE[ck] = (weakref.ref(vehicle_ids), vehicle_ids._version, base)
+    return base
+
+
+def tick_keys(base: torch.Tensor, tick: int | torch.Tensor) -> torch.Tensor:
+    """[B, S] int32 keys of one tick from ``base_keys``; ``tick`` an int or a 0-d int32 tensor holding
+    ``_signed32(tick)`` (``signed_tick``: one compiled graph serves every tick)."""
+    return _mix_(base ^ (_signed32(tick) if isinstance(tick, int) else tick))
+
+
+def signed_tick(tick: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """0-d int32 tensor with the bit pattern of ``tick`` (for ``tick_keys`` in a compiled graph)."""
+    return torch.tensor(_signed32(tick), dtype=torch.int32, device=device)
 
 
 def vehicle_keys(seed: int, vehicle_ids: torch.Tensor, tick: int, streams: Sequence[int]) -> torch.Tensor:
@@ -131,20 +168,7 @@ def vehicle_keys(seed: int, vehicle_ids: torch.Tensor, tick: int, streams: Seque
     The tick-independent part is cached per vehicle-id tensor (while it is alive and unmodified), so a tick costs
     one hash per key.
     """
-    streams = tuple(int(s) for s in streams)
-    if vehicle_ids.is_inference():  # no version counter to tell an in-place change: no cache
-        base = torch.stack([_base_key(seed, vehicle_ids, s) for s in streams], dim=-1)
-        return _mix_(base ^ _signed32(tick))
-    ck = (id(vehicle_ids), int(seed), streams)
-    hit = _BASE_CACHE.get(ck)
-    if hit is not None and hit[0]() is vehicle_ids and hit[1] == vehicle_ids._version:
-        base = hit[2]
-    else:
-        base = torch.stack([_base_key(seed, vehicle_ids, s) for s in streams], dim=-1)
-        if len(_BASE_CACHE) >= _BASE_CACHE_SIZE:
-            _BASE_CACHE.pop(next(iter(_BASE_CACHE)))
-        _BASE_CACHE[ck] = (weakref.ref(vehicle_ids), vehicle_ids._version, base)
-    return _mix_(base ^ _signed32(tick))
+    return tick_keys(base_keys(seed, vehicle_ids, streams), tick)
 
 
 def derive(keys: torch.Tensor, salt: int) -> torch.Tensor:
@@ -160,6 +184,24 @@ def _layout(segments: tuple[tuple[int, int, int], ...], device: torch.device) ->
         idx = torch.cat([torch.arange(first, first + n, dtype=torch.int64) for _, first, n in segments])
         hit = _LAYOUT_CACHE[ck] = _mix(_to32(idx * _GOLDEN + 1)).to(device)
     return hit
+
+
+def draw_layout(segments: Sequence[tuple[int, int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``draw_bits_gathered``: the key column [N] int64 and the index hash [N] int32 of every draw of
+    ``segments`` (cached per layout and device)."""
+    segs = tuple((int(c), int(i), int(n)) for c, i, n in segments)
+    ck = (segs, str(device))
+    hit = _COLS_CACHE.get(ck)
+    if hit is None:
+        cols = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, _, n in segs]).to(device)
+        hit = _COLS_CACHE[ck] = (cols, _layout(segs, device))
+    return hit
+
+
+def draw_bits_gathered(keys: torch.Tensor, cols: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``draw_bits`` with the layout of ``draw_layout``, as one gather and one mix (what a compiled graph fuses
+    into a single pass); the same bits."""
+    return _mix_(keys.index_select(-1, cols) ^ h)
 
 
 def draw_bits(keys: torch.Tensor, segments: Sequence[tuple[int, int, int]]) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from fleetloop.sim import rng
-from fleetloop.sim.state import World, WorldState
+from fleetloop.sim.state import World, WorldState, compile_graph, materialize
 
 __all__ = [
     "CAMERA_COLS",
@@ -99,6 +99,8 @@ class Observation:
 
 def _table(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
     # Cached per (values, device): a per-tick torch.tensor() would be a host-to-device copy on CUDA.
+    if torch.compiler.is_compiling():  # a constant of the graph
+        return torch.tensor(values, dtype=torch.float32, device=like.device)
     cache: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = _table.__dict__.setdefault("cache", {})
     key = (tuple(values), like.device)
     out = cache.get(key)
@@ -159,6 +161,8 @@ def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor
     power = refl * (LIDAR_R0_M / r_near) ** 2 * torch.exp(-6.0 * r_near / state.visibility_m.unsqueeze(-1)) * fade
     returns = (state.actor_kind > 0) & (near > 0.1) & (power > 1.0) & (r_near < LIDAR_MAX_RANGE_M)
     face = torch.where(returns.unsqueeze(-1), safe_near, LIDAR_MAX_RANGE_M)  # [B, K, 1]
+    # Computed once per object, not once per object and beam, in a compiled graph.
+    th_lo, th_hi, face = materialize(th_lo), materialize(th_hi), materialize(face)
     hit = (theta >= th_lo) & (theta <= th_hi)  # [B, K, beams]
     # Nearest face per beam, then the 1/cos stretch: dividing by the same positive number is monotonic, so this
     # equals dividing every object's range first (and costs [B, beams] instead of [B, K, beams]).
@@ -183,9 +187,10 @@ def _furniture_salt(seed: int) -> int:
 
 
 def _radar(
-    world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor, z: torch.Tensor
+    world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor, z: torch.Tensor, salt: int | torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
-    """Radar targets; ``u`` [B, K + 8] uniforms, ``z`` [B, 3 * (K + 2)] unit noise."""
+    """Radar targets; ``u`` [B, K + 8] uniforms, ``z`` [B, 3 * (K + 2)] unit noise, ``salt`` the road furniture's
+    hash salt (``_furniture_salt(state.seed)``; a 0-d int64 tensor in the compiled graph)."""
     b, k = state.actor_kind.shape
     near = state.actor_x_m - state.actor_len_m
     rng_t = torch.sqrt(near * near + rel_y * rel_y)
@@ -200,7 +205,7 @@ def _radar(
     # The cell of the ego and the two ahead, in one hash.
     cell = torch.floor(state.ego_s_m / RADAR_FURNITURE_CELL_M).to(torch.int64)
     c = cell.unsqueeze(-1) + torch.arange(3, device=cell.device)  # [B, 3]
-    hc = rng.hash32((c & rng.MASK32) ^ _furniture_salt(state.seed))
+    hc = rng.hash32((c & rng.MASK32) ^ salt)
     has = (hc & 0xFFFF).to(torch.float32) / 65536.0 < RADAR_FURNITURE_RATE
     pos = (c.to(torch.float64) + ((hc >> 16).to(torch.float64) / 65536.0)) * RADAR_FURNITURE_CELL_M
     d_f = (pos - state.ego_s_m.unsqueeze(-1)).to(torch.float32)
@@ -234,41 +239,73 @@ def _radar(
     return out[0].clamp_min(0.0), out[1], out[2], valid
 
 
-def observe(world: World, state: WorldState) -> Observation:
-    """Sensor readings of every vehicle at the state's tick (noise keyed by seed, vehicle id, tick and sensor)."""
+_STREAMS = (rng.STREAM_CAMERA, rng.STREAM_LIDAR, rng.STREAM_RADAR, rng.STREAM_GHOST)
+
+
+def _segments(k: int) -> tuple[tuple[int, int, int], ...]:
+    """Every draw of a tick (key column, first index, count) for K actor slots: noise first (camera cells, indices
+    1..128 of the camera stream; radar measurement noise; odometry), then uniforms (camera frame loss, lidar,
+    radar). Key columns: camera, lidar, radar, odometry, then the derived keys of the camera's frame loss and of
+    the radar's measurement noise."""
+    cells = CAMERA_ROWS * CAMERA_COLS
+    n_lidar, n_radar, n_radar_z = k + 3 * LIDAR_BEAMS, k + 8, 3 * (k + 2)
+    return ((0, 1, cells), (5, 0, n_radar_z), (3, 0, 2), (4, 0, 1), (1, 0, n_lidar), (2, 0, n_radar))
+
+
+def _derived_keys(keys: torch.Tensor) -> torch.Tensor:
+    return torch.cat([keys, rng.derive(keys[:, 0:1], 0x5BD1E995), rng.derive(keys[:, 2:3], 0x27D4EB2F)], -1)
+
+
+def _from_bits(
+    world: World, state: WorldState, bits: torch.Tensor, salt: int | torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The ``Observation`` fields from the tick's bits (``_segments`` layout)."""
     ego_y = world.lane_center_m(state.ego_lane.to(torch.float32)).unsqueeze(-1)  # type: ignore[union-attr]
     rel_y = state.actor_y_m - ego_y  # + left of the ego
     k = state.actor_kind.shape[1]
-    # Every draw of the tick in one hash (ADR 0100): key columns camera, lidar, radar, odometry, then the derived
-    # keys of the camera's frame loss and of the radar's measurement noise.
-    keys = rng.vehicle_keys(
-        state.seed,
-        state.vehicle_ids,
-        state.tick,
-        (rng.STREAM_CAMERA, rng.STREAM_LIDAR, rng.STREAM_RADAR, rng.STREAM_GHOST),
-    )
-    keys = torch.cat([keys, rng.derive(keys[:, 0:1], 0x5BD1E995), rng.derive(keys[:, 2:3], 0x27D4EB2F)], -1)
     cells = CAMERA_ROWS * CAMERA_COLS
-    n_lidar, n_radar, n_radar_z = k + 3 * LIDAR_BEAMS, k + 8, 3 * (k + 2)
-    # noise: camera cells (indices 1..128 of the camera stream), radar measurement noise, odometry;
-    # uniform: camera frame loss, lidar, radar.
-    segments = ((0, 1, cells), (5, 0, n_radar_z), (3, 0, 2), (4, 0, 1), (1, 0, n_lidar), (2, 0, n_radar))
-    bits = rng.draw_bits(keys, segments)
+    n_lidar, n_radar_z = k + 3 * LIDAR_BEAMS, 3 * (k + 2)
     n_noise = cells + n_radar_z + 2
     z = rng.bits_noise(bits[:, :n_noise])
     u = rng.bits_uniform(bits[:, n_noise:])
     cam, cam_ok = _camera(world, state, rel_y, z[:, :cells], u[:, 0])
     lidar = _lidar(world, state, rel_y, u[:, 1 : 1 + n_lidar])
-    r, rr, az, ok = _radar(world, state, rel_y, u[:, 1 + n_lidar :], z[:, cells : cells + n_radar_z])
+    r, rr, az, ok = _radar(world, state, rel_y, u[:, 1 + n_lidar :], z[:, cells : cells + n_radar_z], salt)
     odo = z[:, cells + n_radar_z :]
-    return Observation(
-        camera=cam,
-        camera_valid=cam_ok,
-        lidar_range_m=lidar,
-        radar_range_m=r,
-        radar_range_rate_mps=rr,
-        radar_azimuth_rad=az,
-        radar_valid=ok,
-        ego_speed_mps=(state.ego_v_mps + 0.05 * odo[:, 0]).clamp_min(0.0),
-        ego_accel_mps2=state.ego_a_mps2 + 0.1 * odo[:, 1],
-    )
+    ego_speed = (state.ego_v_mps + 0.05 * odo[:, 0]).clamp_min(0.0)
+    return cam, cam_ok, lidar, r, rr, az, ok, ego_speed, state.ego_a_mps2 + 0.1 * odo[:, 1]
+
+
+def _observe_graph(
+    world: World,
+    state: WorldState,
+    base: torch.Tensor,
+    tick: torch.Tensor,
+    cols: torch.Tensor,
+    h: torch.Tensor,
+    salt: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """``observe`` from the cached base keys, with tick and furniture salt as tensors (one graph for every tick and
+    seed): what ``observe(compiled=True)`` compiles."""
+    keys = _derived_keys(rng.tick_keys(base, tick))
+    # The bits once, into memory: every consumer reads its slice instead of re-hashing it.
+    return _from_bits(world, state, materialize(rng.draw_bits_gathered(keys, cols, h)), salt)
+
+
+def observe(world: World, state: WorldState, *, compiled: bool = False) -> Observation:
+    """Sensor readings of every vehicle at the state's tick (noise keyed by seed, vehicle id, tick and sensor).
+
+    ``compiled``: run it as one ``torch.compile``d graph (ADR 0101): the same random bits, floats within
+    rounding of the eager result. The first call compiles (see ``fleetloop.sim.state.compile_graph``).
+    """
+    k = state.actor_kind.shape[1]
+    salt = _furniture_salt(state.seed)
+    if compiled:
+        base = rng.base_keys(state.seed, state.vehicle_ids, _STREAMS)
+        cols, h = rng.draw_layout(_segments(k), state.vehicle_ids.device)
+        tick = rng.signed_tick(state.tick, base.device)
+        salt_t = torch.tensor(salt, dtype=torch.int64, device=base.device)
+        return Observation(*compile_graph(_observe_graph)(world, state, base, tick, cols, h, salt_t))
+    # Every draw of the tick in one hash (ADR 0100).
+    keys = _derived_keys(rng.vehicle_keys(state.seed, state.vehicle_ids, state.tick, _STREAMS))
+    return Observation(*_from_bits(world, state, rng.draw_bits(keys, _segments(k)), salt))

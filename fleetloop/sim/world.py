@@ -22,7 +22,7 @@ from fleetloop.sim.events import NEAR_MISS_TTC_S
 from fleetloop.sim.expert import expert_control, in_path
 from fleetloop.sim.physics import actuate_ego, contacts, hazard_slots, move_actors
 from fleetloop.sim.scenarios import ScenarioSpec
-from fleetloop.sim.state import KIND_CODES, World, WorldState
+from fleetloop.sim.state import KIND_CODES, World, WorldState, compile_graph
 from fleetloop.sim.traffic import ballistic_update
 from fleetloop.sim.weather import conditions_at
 
@@ -172,11 +172,14 @@ def _monitor(world: World, prev: WorldState, state: WorldState) -> WorldState:
     )
 
 
-def step(world: World, state: WorldState, controls_mps2: torch.Tensor, dt_s: float) -> WorldState:
+def step(
+    world: World, state: WorldState, controls_mps2: torch.Tensor, dt_s: float, *, compiled: bool = False
+) -> WorldState:
     """Advance every scene one tick with the egos' longitudinal commands ``controls_mps2`` [B] [m/s²].
 
     Pure: returns a new state and leaves ``state`` untouched. ``dt_s`` must equal ``world.dt_s`` (the dead-time
-    queue is built in ticks of it).
+    queue is built in ticks of it). ``compiled``: run the physics as one ``torch.compile``d graph (ADR 0101; floats
+    within rounding of the eager result; a world with static hazards stays eager).
     """
     if abs(dt_s - world.dt_s) > 1e-9:
         raise StateError(f"dt_s {dt_s} differs from the world's {world.dt_s}; build the World with dt_s={dt_s}")
@@ -187,6 +190,51 @@ def step(world: World, state: WorldState, controls_mps2: torch.Tensor, dt_s: flo
     if not bool(torch.isfinite(controls_mps2).all()):
         raise StateError("controls contain NaN or inf; the vehicle must never send those to the actuators")
     cmd = controls_mps2.to(state.ego_v_mps.device, torch.float32)
+    time_s = (state.tick + 1) * world.dt_s
+    if compiled and not world.hazards:  # hazard_slots filters hazards by time on the host
+        time_t = torch.tensor(time_s, dtype=torch.float64, device=cmd.device)
+        # The graph reads neither tick nor seed, but copying the state reads every field: fixed values keep
+        # dynamo from guarding on (and recompiling for) each tick's number and each run's seed.
+        fields = compile_graph(_step_graph)(world, state.replace(tick=0, seed=0), cmd, time_t)
+    else:
+        fields = _step_graph(world, state, cmd, time_s)
+    return state.replace(tick=state.tick + 1, **dict(zip(_STEP_FIELDS, fields, strict=True)))
+
+
+_STEP_FIELDS = (
+    "scene_t_s",
+    "ego_s_m",
+    "ego_v_mps",
+    "ego_a_mps2",
+    "ego_act_mps2",
+    "ego_cmd_queue",
+    "actor_kind",
+    "actor_x_m",
+    "actor_y_m",
+    "actor_v_mps",
+    "actor_a_mps2",
+    "actor_vy_mps",
+    "actor_len_m",
+    "actor_width_m",
+    "actor_target_y_m",
+    "visibility_m",
+    "friction",
+    "light",
+    "rain",
+    "collided",
+    "impact_speed_mps",
+    "ttc_s",
+    "required_decel_mps2",
+    "near_active",
+    "near_min_ttc_s",
+)
+
+
+def _step_graph(
+    world: World, state: WorldState, cmd: torch.Tensor, time_s: float | torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The tensors of ``step`` (``_STEP_FIELDS`` order); ``time_s`` is the time after the tick (a 0-d float64 tensor
+    in the compiled graph, so one graph serves every tick)."""
     crashed = state.collided
     queue, act = actuate_ego(world, state.ego_cmd_queue, state.ego_act_mps2, cmd, state.friction)
     act = torch.where(crashed, torch.zeros_like(act), act)
@@ -196,14 +244,23 @@ def step(world: World, state: WorldState, controls_mps2: torch.Tensor, dt_s: flo
     y, v, a, vy = moved["actor_y_m"], moved["actor_v_mps"], moved["actor_a_mps2"], moved["actor_vy_mps"]
     kind, length, width, target = state.actor_kind, state.actor_len_m, state.actor_width_m, state.actor_target_y_m
     ego_s = state.ego_s_m + ego_ds.to(torch.float64)
-    time_s = (state.tick + 1) * world.dt_s
     m = world.max_actors
     if world.hazard_slots:
-        hz = hazard_slots(world, ego_s, time_s)
-        kind, length, width, target = kind.clone(), length.clone(), width.clone(), target.clone()
-        kind[:, m:], x[:, m:], y[:, m:] = hz["actor_kind"], hz["actor_x_m"], hz["actor_y_m"]
-        length[:, m:], width[:, m:], target[:, m:] = hz["actor_len_m"], hz["actor_width_m"], hz["actor_y_m"]
-        v[:, m:], a[:, m:], vy[:, m:] = 0.0, 0.0, 0.0
+        # The hazard slots are refilled each tick (a concatenation, not slice assignment: the same values, and
+        # inductor's CPU vectorizer miscompiles the masked stores of slice assignment into this graph).
+        hz = hazard_slots(world, ego_s, time_s)  # type: ignore[arg-type]
+
+        def own(t: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[:, :m], fill.to(t.dtype)], dim=-1)
+
+        zero = torch.zeros_like(x[:, m:])
+        kind, x, y = own(kind, hz["actor_kind"]), own(x, hz["actor_x_m"]), own(y, hz["actor_y_m"])
+        length, width, target = (
+            own(length, hz["actor_len_m"]),
+            own(width, hz["actor_width_m"]),
+            own(target, hz["actor_y_m"]),
+        )
+        v, a, vy = own(v, zero), own(a, zero), own(vy, zero)
     ego_a_kin = (ego_v - state.ego_v_mps) / world.dt_s
     touched, speed = contacts(world, state.replace(actor_kind=kind), x, y, v, a, vy, ego_v, act)
     new_hit = touched.any(-1) & ~crashed
@@ -218,9 +275,8 @@ def step(world: World, state: WorldState, controls_mps2: torch.Tensor, dt_s: flo
     ego_v = torch.where(collided, torch.zeros_like(ego_v), ego_v)
     act = torch.where(collided, torch.zeros_like(act), act)
     queue = torch.where(collided.unsqueeze(-1), torch.zeros_like(queue), queue)
-    cond = conditions_at(world.weather, ego_s, time_s, world.road_length_m)
+    cond = conditions_at(world.weather, ego_s, time_s, world.road_length_m)  # type: ignore[arg-type]
     nxt = state.replace(
-        tick=state.tick + 1,
         scene_t_s=state.scene_t_s + world.dt_s,
         ego_s_m=ego_s,
         ego_v_mps=ego_v,
@@ -243,7 +299,8 @@ def step(world: World, state: WorldState, controls_mps2: torch.Tensor, dt_s: flo
         collided=collided,
         impact_speed_mps=impact,
     )
-    return _monitor(world, state, nxt)
+    nxt = _monitor(world, state, nxt)
+    return tuple(getattr(nxt, name) for name in _STEP_FIELDS)
 
 
 def ground_truth(world: World, state: WorldState) -> GroundTruth:
