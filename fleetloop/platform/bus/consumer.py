@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetloop.platform.bus import _kafka_speedups
 from fleetloop.platform.bus._kafka import BrokerTarget, bootstrap_of, kafka_errors_as_ours
 from fleetloop.platform.bus.counters import BusCounters
 from fleetloop.platform.bus.deadletter import DeadLetter
@@ -86,6 +87,8 @@ class BusConsumer:
     ) -> None:
         from kafka import KafkaConsumer
 
+        _kafka_speedups.install()
+
         if not topics:
             raise DataError("a consumer needs at least one topic")
         if not group_id:
@@ -104,6 +107,11 @@ class BusConsumer:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=group_id, client_id=client_id, **config
             )
+            # Learn the topics' partitions before joining the group: kafka-python 3.0.12's group leader assigns
+            # nothing for a topic it has no metadata for yet (a topic just created), and the rebalance that
+            # follows once the metadata arrives can stall, leaving the member without partitions.
+            for name in self._topics:
+                self._consumer.partitions_for_topic(name)
             self._consumer.subscribe(list(self._topics))
 
     # -- reading -----------------------------------------------------------------------------------
