@@ -23,17 +23,16 @@ fallback stage. For frame i and the next ``horizon_s`` of frames j of the same v
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fleetloop.edge_agent.fallback import STAGE_FULL, Perceived, perceive_in_path
+from fleetloop.edge_agent.fallback import CONFIRM_RANGE_M, STAGE_FULL, Perceived, perceive_in_path
 
 __all__ = ["LabelConfig", "Labels", "hindsight_labels"]
-
-GAP_RATE_MAX_MPS = 40.0  # [m/s] a faster change of the perceived gap is another obstacle, not this one moving
 
 REQUIRED = (
     "vehicle_id",
@@ -107,9 +106,11 @@ def _tensor(x: object) -> torch.Tensor:
 
 def _obstacle_speed(p: Perceived, v: torch.Tensor, vid: torch.Tensor, tick: torch.Tensor, dt_s: float) -> torch.Tensor:
     """[N] the in-path obstacle's speed over ground. Where radar did not see it this frame, the perception reads
-    it as standing (the cautious on-board choice); with the neighbouring frames at hand, the labeller takes its
-    speed from how the gap changed instead (ego speed + gap rate over the frames before and after), so a car
-    ahead that radar missed for a tick does not turn into a wall to stop for."""
+    it as standing (the cautious on-board choice); with the neighbouring frames at hand, the labeller takes the
+    mean radar speed of the frames before and after when radar saw it there, else the ego speed plus the gap
+    rate over those frames, so a car ahead that radar missed for a tick does not turn into a wall to stop for.
+    Only where this frame's gap lies between its neighbours' (the same obstacle, not another one that stepped
+    into the corridor for a tick)."""
     n = int(v.shape[0])
     speed = p.obstacle_speed_mps.clone()
     if n < 3:
@@ -117,10 +118,13 @@ def _obstacle_speed(p: Perceived, v: torch.Tensor, vid: torch.Tensor, tick: torc
     i = torch.arange(1, n - 1)
     same = (vid[i - 1] == vid[i]) & (vid[i + 1] == vid[i]) & (tick[i + 1] - tick[i - 1] == 2)
     both = p.present[i - 1] & p.present[i + 1] & p.present[i]
+    between = (p.gap_m[i] - 0.5 * (p.gap_m[i - 1] + p.gap_m[i + 1])).abs() < CONFIRM_RANGE_M
     rate = (p.gap_m[i + 1] - p.gap_m[i - 1]) / (2.0 * dt_s)
-    plausible = rate.abs() < GAP_RATE_MAX_MPS  # the same obstacle, not a new one stepping into the corridor
-    est = (v[i] + rate).clamp_min(0.0)
-    use = same & both & plausible & ~p.radar_seen[i]
+    from_gap = (v[i] + rate).clamp_min(0.0)
+    radar_both = p.radar_seen[i - 1] & p.radar_seen[i + 1]
+    from_radar = 0.5 * (p.obstacle_speed_mps[i - 1] + p.obstacle_speed_mps[i + 1])
+    est = torch.where(radar_both, from_radar, from_gap)
+    use = same & both & between & ~p.radar_seen[i]
     speed[i] = torch.where(use, est, speed[i])
     return speed
 
@@ -148,12 +152,16 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
     )
     decel = -col["ego_accel_mps2"].float()
     stage = col["fallback_stage"].to(torch.int64) if "fallback_stage" in col else torch.zeros(n, dtype=torch.int64)
-    braked_for_it = (decel > cfg.hard_brake_mps2) & (p.ttc_s < cfg.brake_reason_ttc_s)
+    # Hindsight speeds and TTC (a lead radar missed for a frame is not standing; see _obstacle_speed).
+    obstacle_speed = _obstacle_speed(p, v, vid, tick, cfg.dt_s)
+    closing = torch.where(p.present, v - obstacle_speed, torch.zeros_like(v))
+    ttc = torch.where(p.present & (closing > 0.1), p.gap_m.clamp_min(0.0) / closing.clamp_min(0.1), math.inf)
+    braked_for_it = (decel > cfg.hard_brake_mps2) & (ttc < cfg.brake_reason_ttc_s)
     # Each cue needs an obstacle perceived closing within ``brake_reason_ttc_s``: close behind a car in a queue
     # is following, and a full brake of the fallback with nothing closing ahead was braking for a ghost.
-    closing_in = p.ttc_s < cfg.brake_reason_ttc_s
+    closing_in = ttc < cfg.brake_reason_ttc_s
     too_close = (p.gap_m < cfg.hazard_gap_m) & closing_in
-    event = too_close | (p.ttc_s < cfg.hazard_ttc_s) | braked_for_it
+    event = too_close | (ttc < cfg.hazard_ttc_s) | braked_for_it
     event = event | ((stage == STAGE_FULL) & closing_in)
     # Distance driven since the first frame, by odometry (trapezoid per tick).
     step = torch.zeros(n, dtype=torch.float64)
@@ -161,7 +169,6 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
         step[1:] = 0.5 * (v[1:] + v[:-1]).double() * cfg.dt_s
     odo = torch.cumsum(step, 0)
     command = col["command_accel_mps2"].float() if "command_accel_mps2" in col else -decel
-    obstacle_speed = _obstacle_speed(p, v, vid, tick, cfg.dt_s)
     h = cfg.horizon_ticks
     k = torch.arange(1, h + 1)
     out: list[tuple[torch.Tensor, ...]] = []

@@ -62,6 +62,7 @@ TRAIN_EXPERIMENT = "fleetloop-train"
 ARTIFACT_DIR = "model"
 ARTIFACT_FILE = "policy.safetensors"
 TARGET_SHARE = 0.2  # a non-clear condition with at least this share of the frames is a target of the candidate
+CALIBRATION_RATIO_RANGE = (0.5, 2.0)  # candidate / parent uncertainty ratio carried into the calibration
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,9 @@ def uncertainty_calibration(
     for key, value in mine.items():
         p_rec, p_here = recorded.get(key), theirs.get(key)
         if p_rec is not None and p_here is not None and p_here > 0 and math.isfinite(float(p_rec)):
-            out[key] = float(p_rec) * value / p_here
+            # Bounded: a candidate far more uncertain on the clips must not switch its hand-over off.
+            ratio = min(max(value / p_here, CALIBRATION_RATIO_RANGE[0]), CALIBRATION_RATIO_RANGE[1])
+            out[key] = float(p_rec) * ratio
         else:
             out[key] = value
     return out

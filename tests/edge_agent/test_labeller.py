@@ -102,11 +102,13 @@ def test_a_phantom_brake_is_neither_a_hazard_nor_a_target(recorded: dict[str, to
     assert labels.hazard[0] == 1.0
 
 
-def test_a_lead_car_radar_misses_for_a_tick_is_not_a_wall_to_stop_for() -> None:
-    # Ego at 25 m/s follows a car at 25 m/s, 40 m ahead, seen by lidar on every frame and by radar on all but
-    # frame 10. On-board perception reads a lidar-only obstacle as standing (the cautious choice); the labeller
-    # has the frames around it and must not label the frames before it with a full stop.
-    n, v, gap = 40, 25.0, 40.0
+@pytest.mark.parametrize(("v", "gap"), [(25.0, 40.0), (25.0, 20.0), (2.0, 4.0)])
+def test_a_lead_car_radar_misses_for_a_tick_is_not_a_wall_to_stop_for(v: float, gap: float) -> None:
+    # Ego follows a car at its own speed, seen by lidar on every frame and by radar on all but frame 10. On-board
+    # perception reads a lidar-only obstacle as standing (the cautious choice); the labeller has the frames around
+    # it and must neither label the frames before it with a full stop nor call them hazards (a 20 m gap at
+    # 25 m/s would be a TTC under 1 s against a standing car; a queue at 2 m/s 4 m behind is following).
+    n = 40
     lidar = torch.full((n, 32), 120.0)
     lidar[:, 14:18] = gap
     radar_valid = torch.zeros(n, 8, dtype=torch.bool)

@@ -78,6 +78,9 @@ def test_a_candidate_carries_its_parents_uncertainty_calibration_scaled_to_itsel
     own = uncertainty_quantiles(model, ts.data)
     scaled = uncertainty_calibration(_ScaledUncertainty(model, 2.0), parent, ts.data, TINY)
     assert scaled[UNCERTAINTY_CALIBRATION_KEY] == pytest.approx(4.0, rel=1e-4)
+    # ... but bounded: a hundred times more uncertain is carried over as twice (the hand-over stays on).
+    wild = uncertainty_calibration(_ScaledUncertainty(model, 100.0), parent, ts.data, TINY)
+    assert wild[UNCERTAINTY_CALIBRATION_KEY] == pytest.approx(4.0, rel=1e-4)
     # Without a parent: the candidate's own quantiles on its held-out frames, which the arbiter then uses.
     alone = uncertainty_calibration(model, None, ts.data, TINY)
     assert alone[UNCERTAINTY_CALIBRATION_KEY] > 0 and set(alone) == set(own)

@@ -55,7 +55,7 @@ def install() -> bool:
             return _installed
         import kafka
 
-        if os.environ.get(DISABLE_ENV, "") not in ("", "1", "on", "true"):
+        if os.environ.get(DISABLE_ENV, "").strip().lower() in ("0", "off", "false", "no"):
             log.info("%s=%s: kafka-python receive-path speed-ups not installed", DISABLE_ENV, os.environ[DISABLE_ENV])
             _installed = False
             return False
@@ -75,6 +75,7 @@ def install() -> bool:
 def _patch() -> None:
     import kafka.errors as errors
     from kafka.net.transport import KafkaTCPTransport
+    from kafka.protocol.api_message import ApiMessage
     from kafka.protocol.frame import KafkaBytes
     from kafka.protocol.parser import KafkaProtocol
     from kafka.protocol.schemas.fields.codecs import Int32
@@ -185,7 +186,13 @@ def _patch() -> None:
                 f"Correlation IDs do not match: sent {correlation_id}, recv {recv_correlation_id}"
             )
         try:
-            response = response_type.decode(memoryview(read_buffer)[read_buffer.tell() :])
+            # Generated ApiMessage classes decode from a view; anything else (the SASL v0 byte responses) gets the
+            # stream it was written for.
+            from_view = isinstance(response_type, type) and issubclass(response_type, ApiMessage)
+            if from_view:
+                response = response_type.decode(memoryview(read_buffer)[read_buffer.tell() :])
+            else:
+                response = response_type.decode(read_buffer)
         except (ValueError, struct.error) as e:
             parser_log.error(
                 "Response %d [ResponseType: %s RequestHeader: %s]: Unable to decode %d-byte buffer",
