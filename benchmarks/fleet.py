@@ -248,7 +248,6 @@ def claims(args: argparse.Namespace) -> None:
             f"| {name} | {r['km']:.1f} | {r['collisions']} | {r['near_misses']} | {r['coll_nm_per_1000_km']:.1f} | "
             f"{r['phantom_per_1000_km']:.1f} | {r['progress_vs_expert']:.3f} | {r['fallback_share']:.3f} |"
         )
-    config = FleetConfig(scenario="ccrs", weather="clear", respawn=False, progress_reference=False)
     from fleetloop.sim import euro_ncap_matrix
 
     tests = [s for s in euro_ncap_matrix() if s.name.startswith("ccrs")]
