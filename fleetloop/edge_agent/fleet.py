@@ -59,7 +59,7 @@ from fleetloop.sim import (
     step,
     weather_preset,
 )
-from fleetloop.sim.state import KIND_CODES
+from fleetloop.sim.state import KIND_CODES, compile_graph
 
 __all__ = ["FleetConfig", "FleetRunner", "TickReport", "version_number"]
 
@@ -83,6 +83,40 @@ def version_number(label: str | None) -> int:
     return n if 0 < n < 65536 else 0
 
 
+def summary_rows(
+    ev: Any,
+    driver: torch.Tensor,
+    reason: torch.Tensor,
+    started: torch.Tensor,
+    deadline_missed: torch.Tensor,
+    expert_dist: torch.Tensor,
+    visibility_m: torch.Tensor,
+    light: torch.Tensor,
+    rain: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One tick's summary rows [B, len(COLUMNS)] (float32) and true-condition codes [B]: what ``FleetSummary``
+    sums per model version and condition (pure; the compiled tick compiles it)."""
+    f32 = torch.float32
+    cols = {
+        "vehicle_ticks": torch.ones_like(ev.distance_m),
+        "distance_m": ev.distance_m,
+        "expert_distance_m": expert_dist,
+        "collisions": ev.collision.to(f32),
+        "near_misses": ev.near_miss.to(f32),
+        "hard_brakes": ev.hard_brake.to(f32),
+        "phantom_brakes": ev.phantom_brake.to(f32),
+        "harsh_jerks": ev.harsh_jerk.to(f32),
+        "impact_speed_sum_mps": ev.impact_speed_mps,
+        "model_ticks": (driver == 0).to(f32),
+        "fallback_ticks": (driver != 0).to(f32),
+        "deadline_misses": deadline_missed.to(f32),
+    }
+    one_hot = torch.nn.functional.one_hot(reason, len(REASON_NAMES))[:, 1:] * started.unsqueeze(-1)
+    first = [cols[c].to(f32) for c in COLUMNS[: len(cols)]]
+    rows = torch.cat([torch.stack(first, -1), one_hot.to(f32)], -1)
+    return rows, condition_codes(visibility_m, light, rain)
+
+
 @dataclass(frozen=True)
 class FleetConfig:
     """What the fleet drives and how.
@@ -101,9 +135,9 @@ class FleetConfig:
         fog_onset_s: with it, a fog bank rolls in at this simulated time (``weather_preset(fog_onset_s=...)``).
         max_uncertainty_mps2: the arbiter's low-confidence threshold, calibrated to the model
             (``ArbiterConfig.for_model``); None keeps the arbiter's default.
-        compile: run the tick's pure tensor stages (sensors, world physics, conditions estimate, policy features,
-            arbiter + trigger bits) as ``torch.compile``d graphs (ADR 0101): same random bits, floats
-            within rounding of the eager tick; the first tick compiles (a minute or more on a small CPU, ~15 s
+        compile: run the tick's pure tensor stages (sensors, world physics, conditions estimate, policy features, policy
+            forward, arbiter + trigger bits, summary rows) as ``torch.compile``d graphs (ADR 0101): same random bits,
+            floats within rounding of the eager tick; the first tick compiles (a minute or more on a small CPU, ~15 s
             from inductor's on-disk cache in ``~/.cache/fleetloop/inductor``).
     """
 
@@ -233,7 +267,14 @@ class FleetRunner:
     def _engine(self) -> InferenceEngine:
         if self.engine is None:
             self.engine = InferenceEngine(
-                EngineConfig(**{**self.config.engine.__dict__, "device": str(self.device), "tick_s": self.world.dt_s})
+                EngineConfig(
+                    **{
+                        **self.config.engine.__dict__,
+                        "device": str(self.device),
+                        "tick_s": self.world.dt_s,
+                        "compile": self.config.engine.compile or self.config.compile,
+                    }
+                )
             )
         return self.engine
 
@@ -350,26 +391,11 @@ class FleetRunner:
         )
 
     def _accumulate(self, vt: VehicleTick, ev: Any, expert_dist: torch.Tensor) -> None:
-        d = vt.decision
-        f32 = torch.float32
-        cols = {
-            "vehicle_ticks": torch.ones_like(ev.distance_m),
-            "distance_m": ev.distance_m,
-            "expert_distance_m": expert_dist,
-            "collisions": ev.collision.to(f32),
-            "near_misses": ev.near_miss.to(f32),
-            "hard_brakes": ev.hard_brake.to(f32),
-            "phantom_brakes": ev.phantom_brake.to(f32),
-            "harsh_jerks": ev.harsh_jerk.to(f32),
-            "impact_speed_sum_mps": ev.impact_speed_mps,
-            "model_ticks": (d.driver == 0).to(f32),
-            "fallback_ticks": (d.driver != 0).to(f32),
-            "deadline_misses": vt.policy.deadline_missed.to(f32),
-        }
-        one_hot = torch.nn.functional.one_hot(d.reason, len(REASON_NAMES))[:, 1:] * d.started.unsqueeze(-1)
-        first = [cols[c].to(f32) for c in COLUMNS[: len(cols)]]
-        rows = torch.cat([torch.stack(first, -1), one_hot.to(f32)], -1)
-        cond = condition_codes(self.state.visibility_m, self.state.light, self.state.rain)
+        d, st = vt.decision, self.state
+        args = (ev, d.driver, d.reason, d.started, vt.policy.deadline_missed, expert_dist)
+        conds = (st.visibility_m, st.light, st.rain)
+        build = compile_graph(summary_rows) if self.config.compile else summary_rows
+        rows, cond = build(*args, *conds)
         self.acc.add(self.version_index, cond, rows, checked=True)  # load_model keeps versions < MAX_VERSIONS
         self.acc.add_sim_latency(vt.policy.latency_s, self.slots != NO_MODEL)
         self._status += torch.bincount(vt.policy.status.to(torch.int64), minlength=len(STATUS_NAMES))

@@ -39,6 +39,7 @@ from torch import nn
 from fleetloop.edge_agent.features import RADAR_SLOTS, PolicyInputs
 from fleetloop.edge_agent.policy import nonfinite_parameters
 from fleetloop.sim import rng
+from fleetloop.sim.state import compile_graph
 
 __all__ = [
     "NO_MODEL",
@@ -158,6 +159,9 @@ class EngineConfig:
     """Simulated latency model."""
     wall_window: int = 4096
     """How many recent per-call wall-clock latencies are kept for p50 / p99."""
+    compile: bool = False
+    """Run each model's forward as a ``torch.compile``d graph with dynamic batch and radar sizes (ADR 0101):
+    outputs within rounding of eager; a model's first call compiles (seconds; inductor's disk cache after)."""
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -262,7 +266,7 @@ class InferenceEngine:
         args = [self._to_device(t, n) for t, n in zip(chunk.tensors(), names, strict=True)]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model(*args)
+            out = compile_graph(_forward, dynamic=True)(model, *args) if self.config.compile else model(*args)
         out = out.to(chunk.device)  # synchronises on CUDA, so the wall time below is complete
         self._wall_s.append(time.perf_counter() - t0)
         return out
@@ -383,6 +387,12 @@ class InferenceEngine:
             "p99_s": float(np.percentile(a, 99)),
             "mean_s": float(a.mean()),
         }
+
+
+def _forward(model: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """``model(*args)``: what the engine compiles (the module is an argument, so one wrapper serves every version;
+    dynamo guards on it and compiles a version's first call)."""
+    return model(*args)
 
 
 def _gather_history(history: list[PolicyInputs], age: torch.Tensor) -> PolicyInputs:

@@ -276,20 +276,11 @@ def _from_bits(
     return cam, cam_ok, lidar, r, rr, az, ok, ego_speed, state.ego_a_mps2 + 0.1 * odo[:, 1]
 
 
-def _observe_graph(
-    world: World,
-    state: WorldState,
-    base: torch.Tensor,
-    tick: torch.Tensor,
-    cols: torch.Tensor,
-    h: torch.Tensor,
-    salt: torch.Tensor,
-) -> tuple[torch.Tensor, ...]:
-    """``observe`` from the cached base keys, with tick and furniture salt as tensors (one graph for every tick and
-    seed): what ``observe(compiled=True)`` compiles."""
-    keys = _derived_keys(rng.tick_keys(base, tick))
-    # The bits once, into memory: every consumer reads its slice instead of re-hashing it.
-    return _from_bits(world, state, materialize(rng.draw_bits_gathered(keys, cols, h)), salt)
+def _bits_graph(base: torch.Tensor, tick: torch.Tensor, cols: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The tick's bits (``_segments`` layout) from the cached base keys, with the tick as a tensor (one graph for
+    every tick and seed). A graph of its own: its output is the bits in memory, so every consumer in
+    ``_from_bits`` reads its slice instead of re-hashing it, with no copy."""
+    return rng.draw_bits_gathered(_derived_keys(rng.tick_keys(base, tick)), cols, h)
 
 
 def observe(world: World, state: WorldState, *, compiled: bool = False) -> Observation:
@@ -305,7 +296,8 @@ def observe(world: World, state: WorldState, *, compiled: bool = False) -> Obser
         cols, h = rng.draw_layout(_segments(k), state.vehicle_ids.device)
         tick = rng.signed_tick(state.tick, base.device)
         salt_t = torch.tensor(salt, dtype=torch.int64, device=base.device)
-        return Observation(*compile_graph(_observe_graph)(world, state, base, tick, cols, h, salt_t))
+        bits = compile_graph(_bits_graph)(base, tick, cols, h)
+        return Observation(*compile_graph(_from_bits)(world, state, bits, salt_t))
     # Every draw of the tick in one hash (ADR 0100).
     keys = _derived_keys(rng.vehicle_keys(state.seed, state.vehicle_ids, state.tick, _STREAMS))
     return Observation(*_from_bits(world, state, rng.draw_bits(keys, _segments(k)), salt))

@@ -43,7 +43,7 @@ HazardKind = str
 
 
 COMPILE_CACHE_ENV = "FLEETLOOP_COMPILE_CACHE_DIR"
-_COMPILED: dict[tuple[Callable[..., Any], bool], Callable[..., Any]] = {}
+_COMPILED: dict[tuple[Callable[..., Any], bool, bool], Callable[..., Any]] = {}
 # Whether the user chose inductor's cache directory (importing torch._dynamo sets a default into the environment).
 _USER_INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR" in os.environ
 
@@ -55,14 +55,15 @@ def compile_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "fleetloop" / "inductor"
 
 
-def compile_graph(fn: Callable[..., Any], *, fullgraph: bool = True) -> Callable[..., Any]:
-    """``torch.compile(fn)`` for the compiled tick (ADR 0101): inductor, static shapes, one wrapper per function.
+def compile_graph(fn: Callable[..., Any], *, fullgraph: bool = True, dynamic: bool = False) -> Callable[..., Any]:
+    """``torch.compile(fn)`` for the compiled tick (ADR 0101): inductor, one wrapper per function.
 
-    The first call per shape compiles (tens of seconds on a small CPU); inductor's on-disk caches make the next
-    process fast. They go to ``compile_cache_dir()`` unless the environment set ``TORCHINDUCTOR_CACHE_DIR`` before
-    fleetloop was imported.
+    Static shapes unless ``dynamic`` (one graph for every size: the policy, whose batch and radar width vary with the
+    vehicles on a model version). The first call per shape compiles (tens of seconds on a small CPU); inductor's on-disk
+    caches make the next process fast. They go to ``compile_cache_dir()`` unless the environment set
+    ``TORCHINDUCTOR_CACHE_DIR`` before fleetloop was imported.
     """
-    key = (fn, fullgraph)
+    key = (fn, fullgraph, dynamic)
     hit = _COMPILED.get(key)
     if hit is None:
         if not _USER_INDUCTOR_CACHE:
@@ -75,7 +76,7 @@ def compile_graph(fn: Callable[..., Any], *, fullgraph: bool = True) -> Callable
         # dynamic_threads: kernels use torch's thread count at run time, not the one at compile time (a cached
         # graph compiled in a 2-thread process would otherwise run 2 threads in a 1-thread one).
         options: dict[str, str | int | bool | Callable[..., Any]] = {"cpp.dynamic_threads": True}
-        hit = _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=fullgraph, options=options)
+        hit = _COMPILED[key] = torch.compile(fn, dynamic=dynamic, fullgraph=fullgraph, options=options)
     return hit
 
 

@@ -154,6 +154,25 @@ def test_a_crashing_model_marks_only_its_vehicles_and_reports_a_typed_failure() 
         eng.infer(x, slots, raise_failures=True)
 
 
+def test_compiled_engine_matches_eager_for_every_batch_and_radar_size() -> None:
+    """The compiled forward (dynamic shapes, ADR 0101) serves other group sizes and radar buckets without changing
+    outputs, and a crashing model still fails only its vehicles."""
+    x = _fleet(n=60)[0]
+    eager, comp = _engine(max_batch=32), _engine(max_batch=32, compile=True)
+    for eng in (eager, comp):
+        eng.add_model("1", _model(0))
+        eng.add_model("2", _model(1))
+        eng.add_model("crash", _Crashing())
+    a, b, crash = comp.slot("1"), comp.slot("2"), comp.slot("crash")
+    for pattern in ([a, b, a], [a, b, b, NO_MODEL, crash], [b]):
+        slots = torch.tensor(pattern * (x.batch // len(pattern)) + pattern[: x.batch % len(pattern)])
+        want, got = eager.infer(x, slots), comp.infer(x, slots)
+        assert torch.equal(got.status, want.status)
+        for name in ("accel_mps2", "hazard_prob", "uncertainty_mps2"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-5)
+        assert set(got.failures) == set(want.failures)
+
+
 def test_unknown_version_lists_the_loaded_ones() -> None:
     eng = _engine()
     eng.add_model("7", _model(0))

@@ -76,9 +76,11 @@ def test_compiled_fleet_runner_agrees_with_eager() -> None:
     def drive(compiled: bool) -> FleetRunner:
         torch.manual_seed(0)
         config = FleetConfig(scenario="mixed", weather="mixed", seed=SEED, progress_reference=True, compile=compiled)
-        runner = FleetRunner(config, IDS, {"1": FusionPolicy(PolicyConfig())}, "1")
+        runner = FleetRunner(config, IDS, {"1": FusionPolicy(PolicyConfig()), "2": FusionPolicy(PolicyConfig())}, "1")
         runner.set_model(IDS[::4], None)  # some vehicles on the fallback alone
-        runner.run(TICKS)
+        runner.run(TICKS // 2)
+        runner.set_model(IDS[1::3], "2")  # a second version mid-run: other batch sizes for the compiled policy
+        runner.run(TICKS - TICKS // 2)
         return runner
 
     eager, comp = drive(False), drive(True)
