@@ -415,7 +415,7 @@ class FleetRunner:
             "tick": stamp,
             "seq": stamp,
             "model_version": self._version_lut[self.version_index],
-            "camera": pack_camera_tensor(obs.camera),
+            "camera": (compile_graph(pack_camera_tensor) if self.config.compile else pack_camera_tensor)(obs.camera),
             "camera_valid": obs.camera_valid,
             "lidar_range_m": obs.lidar_range_m,
             "radar_range_m": obs.radar_range_m,

@@ -62,3 +62,19 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
         buf.append(_frames(2, 0))
     with pytest.raises(BufferError, match="no on-board buffer"):
         OnboardBuffer.open(tmp_path / "nope")
+
+
+def test_compiled_camera_packing_rounds_like_eager_and_numpy() -> None:
+    """The compiled tick packs the camera in a graph (ADR 0101): same bytes as the eager path and as ``pack_camera``,
+    halves to even, out-of-range contrast clamped."""
+    import torch
+
+    from fleetloop.edge_agent.buffer import pack_camera, pack_camera_tensor
+    from fleetloop.sim.state import compile_graph
+
+    halves = (torch.arange(-2, 254, dtype=torch.float32) + 0.5) / 255.0  # 256 values
+    x = torch.cat([halves, torch.rand(4096) * 1.4 - 0.2]).view(-1, 4, 4)
+    eager = pack_camera_tensor(x)
+    assert torch.equal(compile_graph(pack_camera_tensor)(x), eager)
+    assert np.array_equal(eager.numpy(), pack_camera(x.numpy()))
+    assert int(eager.min()) == 0 and int(eager.max()) == 255
