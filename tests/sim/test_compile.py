@@ -84,6 +84,7 @@ def test_compiled_fleet_runner_agrees_with_eager() -> None:
         return runner
 
     eager, comp = drive(False), drive(True)
+    assert comp.engine is not None and comp.engine.config.compile  # the policy forward is compiled too
     ev, ev_c = eager.summary().to_dict()["events"], comp.summary().to_dict()["events"]
     assert sum(ev.values()) > 0
     assert ev_c == ev
