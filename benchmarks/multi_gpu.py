@@ -16,6 +16,14 @@ reference) on mixed scenes in mixed weather. vehicle-steps/s = vehicles x ticks 
 - strong scaling: a fixed total fleet (``--total``) split over K shards;
 - weak scaling: a fixed fleet per shard (``--per-gpu``), K x that in all.
 
+Each row also gives every shard's own seconds per tick (timed inside the shard, ``ShardedFleet.last_busy_s``):
+fastest and slowest shard, and the driver's overhead = wall per tick - slowest shard's. Shards run in lockstep,
+so a K-shard row runs at its slowest shard. A shard's tick is bound by its one CPU thread (kernel launches and
+host work), and on the multi-GPU machines lent here that thread's speed differs from process to process by up to
+~1.6x, for a whole run (measured, issue 6 in BENCHMARKS.md): one sample of a K-shard row against one sample of the
+1-shard row is then mostly luck. ``--repeats R`` runs every row R times, each in fresh shard processes, and
+reports the repeat with the median rate (all R rates are in the JSON); efficiencies use those medians.
+
 Efficiency = rate_K / (G x rate_1), rate_1 the 1-GPU (1-shard) row of the same kind in the same call. When fewer
 GPUs exist than K, the K shards share the available GPU(s): the row is labelled so and its efficiency is left
 out, since it measures the code path (and how much sharing one GPU gives), not scaling. On the CPU each shard is a
@@ -65,6 +73,7 @@ def run_one(args: argparse.Namespace, model_path: str | None, vehicles: int, sha
         t0 = time.perf_counter()
         fleet.advance(args.ticks)
         wall = time.perf_counter() - t0
+        busy = list(fleet.last_busy_s)
         summary = fleet.close().to_dict()
     finally:
         if not fleet.closed:
@@ -78,11 +87,19 @@ def run_one(args: argparse.Namespace, model_path: str | None, vehicles: int, sha
         "devices": [s.config.device for s in fleet.specs],
         "steps_per_s": vehicles * args.ticks / wall,
         "s_per_tick": wall / args.ticks,
+        "shard_s_per_tick": [b / args.ticks for b in busy],
+        "driver_overhead_s_per_tick": (wall - max(busy)) / args.ticks,
         "startup_s": startup,
         "events": {k: events.get(k) for k in EVENT_KEYS if k in events},
         "all_events": events,
         "fallback_activations": summary["fallback_activations"],
     }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate (the lower middle one of an even count), with every run's rate beside it."""
+    ranked = sorted(runs, key=lambda r: r["steps_per_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "repeats_steps_per_s": [r["steps_per_s"] for r in runs]}
 
 
 def main() -> None:
@@ -97,12 +114,17 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads per shard (0: 2 on cuda, 1 on cpu)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeats", type=int, default=1, help="runs of every row, each in fresh shard processes; the median is kept"
+    )
     p.add_argument("--fallback-only", action="store_true", help="no policy model (no batched inference)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--json-out", help="also write that JSON object to this file")
     args = p.parse_args()
     if args.threads == 0:
         args.threads = 2 if args.device == "cuda" else 1
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     counts = sorted({k for k in args.counts if 1 <= k <= args.max_gpus} | {1})
     # Counting GPUs does not initialise CUDA here; only the shard processes do.
     visible = torch.cuda.device_count() if args.device == "cuda" else 0
@@ -120,7 +142,8 @@ def main() -> None:
             for k in counts:
                 gpus = min(k, visible) if args.device == "cuda" else 0
                 vehicles = args.total if mode == "strong" else args.per_gpu * k
-                row = {"mode": mode, **run_one(args, model_path, vehicles, k, gpus)}
+                runs = [run_one(args, model_path, vehicles, k, gpus) for _ in range(args.repeats)]
+                row = {"mode": mode, **median_run(runs)}
                 if base is None:
                     base = row
                 cpus = os.cpu_count() or 1
@@ -150,6 +173,7 @@ def main() -> None:
         "ticks": args.ticks,
         "warmup": args.warmup,
         "seed": args.seed,
+        "repeats": args.repeats,
         "model": None if args.fallback_only else "untrained FusionPolicy (artifact)",
     }
     if visible:
@@ -164,21 +188,26 @@ def main() -> None:
     print(
         f"# fleet shards, {meta.get('gpu_name', 'CPU')} x {visible or '-'} visible, device {args.device}, "
         f"torch {meta['torch']}, {meta['cpus']} CPUs, {args.threads} thread(s)/shard, {args.ticks} ticks after "
-        f"{args.warmup} warm-up, seed {args.seed}; driver CUDA initialised during runs: "
-        f"{meta['driver_cuda_initialised']}"
+        f"{args.warmup} warm-up, seed {args.seed}, median of {args.repeats} run(s) per row; driver CUDA initialised "
+        f"during runs: {meta['driver_cuda_initialised']}"
     )
     print()
+    runs_col = args.repeats > 1
     print(
-        "| scaling | run | vehicles | per shard | vehicle-steps/s | s per tick | x 1-shard row | efficiency "
-        "| events = 1 shard | start-up s |"
+        "| scaling | run | vehicles | per shard | vehicle-steps/s | s per tick | shard s per tick, fastest-slowest "
+        "| driver overhead s per tick | x 1-shard row | efficiency | events = 1 shard | start-up s |"
+        + (" vehicle-steps/s of each run |" if runs_col else "")
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|" + ("---|" if runs_col else ""))
     for r in rows:
         eff = "-" if r["efficiency"] is None else f"{100 * r['efficiency']:.0f} %"
         eq = "-" if r["events_equal_1_shard"] is None else ("yes" if r["events_equal_1_shard"] else "NO")
+        sh = r["shard_s_per_tick"]
         print(
             f"| {r['mode']} | {r['label']} | {r['vehicles']:,} | {r['per_shard']:,} | {r['steps_per_s']:,.0f} | "
-            f"{r['s_per_tick']:.4f} | {r['vs_1']:.2f} | {eff} | {eq} | {r['startup_s']:.1f} |"
+            f"{r['s_per_tick']:.4f} | {min(sh):.4f}-{max(sh):.4f} | {r['driver_overhead_s_per_tick']:.4f} | "
+            f"{r['vs_1']:.2f} | {eff} | {eq} | {r['startup_s']:.1f} |"
+            + (f" {', '.join(f'{x:,.0f}' for x in r['repeats_steps_per_s'])} |" if runs_col else "")
         )
 
 

@@ -8,7 +8,9 @@
   local Ray is started with usage stats and the dashboard off and ``num_cpus`` = K.
 
 The driver advances every shard by the same number of ticks at a time (``advance``), so shards stay in lockstep
-between chunks; ``set_model`` is forwarded to every shard (each applies it to the ids it holds). ``close`` returns
+between chunks: a chunk takes as long as its slowest shard. ``last_busy_s`` holds each shard's own seconds for the
+last chunk (timed inside the shard), so a straggler shows against the driver's wall time. ``set_model`` is
+forwarded to every shard (each applies it to the ids it holds). ``close`` returns
 the merged ``FleetSummary``. Randomness is per vehicle id, so the merged totals equal the single-process run's
 (event counts exactly on fixed scenarios; tested).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -106,7 +109,10 @@ class _Worker:
     def __init__(self, spec: ShardSpec) -> None:
         self.runner = build_runner(spec)
 
-    def advance(self, ticks: int) -> dict[str, int]:
+    def advance(self, ticks: int) -> dict[str, Any]:
+        """The summed tick reports of ``ticks`` ticks, plus ``busy_s``: this shard's own seconds for them (every
+        tick ends in a device sync, so the time is complete)."""
+        t0 = time.perf_counter()
         totals = {"ticks": 0, "vehicle_steps": 0, "collisions": 0, "near_misses": 0, "fallback_activations": 0}
         totals["uploaded_frames"] = 0
 
@@ -120,7 +126,7 @@ class _Worker:
 
         for _ in range(ticks):
             add(self.runner.step())
-        return totals
+        return {**totals, "busy_s": time.perf_counter() - t0}
 
     def set_model(self, vehicle_ids: list[int], version: str | None) -> int:
         return self.runner.set_model(vehicle_ids, version)
@@ -266,6 +272,7 @@ class ShardedFleet:
             _ProcessShards(specs) if backend == "processes" else _RayShards(specs, ray_address)
         )
         self.closed = False
+        self.last_busy_s: list[float] = []  # each shard's own seconds for the last ``advance`` (shard order)
 
     @staticmethod
     def plan(spec: ShardSpec, shards: int, backend: str, devices: int | None = None) -> list[ShardSpec]:
@@ -294,8 +301,11 @@ class ShardedFleet:
         return out
 
     def advance(self, ticks: int) -> dict[str, int]:
-        """Advance every shard by ``ticks`` ticks; returns the summed tick reports."""
+        """Advance every shard by ``ticks`` ticks; returns the summed tick reports.
+
+        Each shard's own time for these ticks goes to ``last_busy_s`` (not into the returned counts)."""
         parts = self.impl.call("advance", ticks)
+        self.last_busy_s = [float(p.pop("busy_s", 0.0)) for p in parts]
         total: dict[str, int] = {}
         for p in parts:
             total = merge_counts(total, p)

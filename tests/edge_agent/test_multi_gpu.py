@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -61,7 +63,15 @@ def test_three_cpu_shards_give_the_single_process_totals() -> None:
     fleet = ShardedFleet(ShardSpec(CPU, IDS, torch_threads=1), 3, "processes")
     try:
         assert [len(s.vehicle_ids) for s in fleet.specs] == [10, 10, 10]
-        fleet.advance(ticks)
+        assert fleet.last_busy_s == []
+        t0 = time.perf_counter()
+        part = fleet.advance(ticks)
+        wall = time.perf_counter() - t0
+        # Each shard's own time for the chunk, kept beside (not inside) the summed counts; lockstep: wall >= each.
+        assert len(fleet.last_busy_s) == 3
+        assert all(0 < b <= wall for b in fleet.last_busy_s)
+        assert "busy_s" not in part
+        assert part["ticks"] == ticks and part["vehicle_steps"] == len(IDS) * ticks
         merged = fleet.close().to_dict()
     finally:
         if not fleet.closed:
