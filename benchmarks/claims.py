@@ -12,8 +12,12 @@ reference; ``--single``: the reference recipe with ``PolicyConfig(modalities=(m,
 scenes, weather and sensor noise than seed s'). Two ways of driving a model:
 
 - *deployed*: model + fallback + arbiter, the arbiter calibrated to the model (``ArbiterConfig.for_model``);
-- *alone*: the model drives every tick it produces a valid output (no TTC override, no low-confidence hand-over;
-  the fallback still takes deadline misses and invalid outputs). This measures what the model itself learned.
+- *alone*: the model drives every tick it produces a valid output (no TTC override, no low-confidence hand-over,
+  no two-frame confirmation of its hard braking (ADR 0112); the fallback still takes deadline misses and invalid
+  outputs). This measures what the model itself learned.
+
+``--arbiter KEY=VALUE ...`` overrides ``ArbiterConfig`` fields in every row (``clearing_max_stage=0
+model_confirm_brake_mps2=inf``: the arbiter before ADR 0112).
 
 Claims (issue 4, "The learning problem must be real"):
 
@@ -49,18 +53,23 @@ _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 METRICS = ("coll_nm", "collisions", "phantom", "hard", "harsh_jerk", "progress", "fallback_share", "activations")
 
 
-def run_row(job: tuple[str, str, str, str | None, str, int, int, int]) -> tuple[str, int, dict[str, float]]:
-    """One fleet run: (row name, scenario, weather, model path or None, mode, seed, vehicles, ticks)."""
-    name, scenario, weather, path, mode, seed, vehicles, ticks = job
+def run_row(
+    job: tuple[str, str, str, str | None, str, int, int, int, dict[str, float]],
+) -> tuple[str, int, dict[str, float]]:
+    """One fleet run: (row name, scenario, weather, model path or None, mode, seed, vehicles, ticks, arbiter
+    overrides)."""
+    name, scenario, weather, path, mode, seed, vehicles, ticks, overrides = job
     torch.set_num_threads(1)
     models = {}
-    arbiter = ArbiterConfig()
+    arbiter = ArbiterConfig(**overrides)
     if path is not None:
         art = load_artifact(path)
         models["m"] = art.model
-        arbiter = ArbiterConfig.for_model(art.metadata)
+        arbiter = ArbiterConfig.for_model(art.metadata, **overrides)
         if mode == "alone":
-            arbiter = dataclasses.replace(arbiter, max_uncertainty=1e9, ttc_override_stage=STAGE_MRM + 1)
+            arbiter = dataclasses.replace(
+                arbiter, max_uncertainty=1e9, ttc_override_stage=STAGE_MRM + 1, model_confirm_brake_mps2=math.inf
+            )
     runner = FleetRunner(
         FleetConfig(scenario=scenario, weather=weather, seed=seed),
         list(range(vehicles)),
@@ -85,6 +94,12 @@ def run_row(job: tuple[str, str, str, str | None, str, int, int, int]) -> tuple[
             "activations": d["fallback_activations_per_1000_km"] if path is not None else 0.0,
         },
     )
+
+
+def _number(text: str) -> float:
+    """An override value: int where it is one (stages), else float (``inf`` too)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -122,7 +137,15 @@ def main() -> None:
     p.add_argument("--vehicles", type=int, default=300)
     p.add_argument("--ticks", type=int, default=600)
     p.add_argument("--jobs", type=int, default=2, help="parallel processes (one thread each)")
+    p.add_argument(
+        "--arbiter",
+        nargs="*",
+        default=[],
+        help="KEY=VALUE ArbiterConfig overrides for every row, e.g. the arbiter before ADR 0112: "
+        "clearing_max_stage=0 model_confirm_brake_mps2=inf",
+    )
     args = p.parse_args()
+    overrides = {k: _number(v) for k, v in (a.split("=", 1) for a in args.arbiter)}
     single = dict(s.split("=", 1) for s in args.single)
     rows: list[tuple[str, str, str, str | None, str]] = [
         ("fog, initial (clear) model alone", "mixed", "fog", args.initial, "alone"),
@@ -138,7 +161,7 @@ def main() -> None:
     rows += [(f"held-out mix, {m}-only alone", "mixed", "mixed", path, "alone") for m, path in single.items()]
     # held-out seeds: bootstrap trains on seed 0 (scenes, weather and noise of seed 0); evaluate on 100 + s
     jobs = [
-        (name, sc, w, path, mode, (100 + s) if name.startswith("held-out") else s, args.vehicles, args.ticks)
+        (name, sc, w, path, mode, (100 + s) if name.startswith("held-out") else s, args.vehicles, args.ticks, overrides)
         for (name, sc, w, path, mode) in rows
         for s in args.seeds
     ]
@@ -150,6 +173,7 @@ def main() -> None:
     print(
         f"# learning-problem claims: {args.vehicles} vehicles x {args.ticks} ticks per row per seed, "
         f"seeds {args.seeds}; mean ± 95 % CI over seeds; rates per 1,000 km"
+        + (f"; arbiter overrides {overrides}" if overrides else "")
     )
     print()
     print(

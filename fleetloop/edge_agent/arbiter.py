@@ -14,6 +14,15 @@ Low confidence is debounced, so an activation is an episode, not a flicker: the 
 back to the model only after ``low_conf_min_hold_ticks`` and once the uncertainty is below
 ``low_conf_exit_ratio * max_uncertainty``. ``ArbiterConfig.for_model(metadata)`` sets ``max_uncertainty`` from the
 model's own validation uncertainty (recorded by the bootstrap, in m/s²).
+
+A TTC stage does not override the model for an obstacle the fallback predicts to be leaving the path
+(``FallbackOutput.clearing``, ADR 0112) at stages up to ``clearing_max_stage``: the fallback's TTC assumes the
+obstacle stays in the corridor, and a pedestrian who has crossed the lane is gone before the brake acts. With that
+prediction, a stage the fallback merely holds (its latch) with nothing in the path starts no override.
+
+Braking beyond comfortable (``model_confirm_brake_mps2``) needs two consecutive frames of the model asking for it,
+unless the fallback sees a threat (ADR 0112): the per-frame policy's command flickers, most of all on inputs unlike
+its training data (night, rain, fog for the clear-weather model), and a one-frame dip is not a reason to brake hard.
 """
 
 from __future__ import annotations
@@ -24,7 +33,14 @@ from typing import Any
 
 import torch
 
-from fleetloop.edge_agent.fallback import STAGE_MRM, STAGE_PARTIAL, FallbackOutput
+from fleetloop.edge_agent.fallback import (
+    NO_OBSTACLE_M,
+    STAGE_FULL,
+    STAGE_MRM,
+    STAGE_NONE,
+    STAGE_PARTIAL,
+    FallbackOutput,
+)
 
 __all__ = [
     "DRIVER_FALLBACK",
@@ -83,12 +99,24 @@ class ArbiterConfig:
         switch_hold_ticks: after a model switch the fallback drives this many ticks (the new model's first outputs
             are not trusted until it has seen a few frames; the OTA client activates in a safe state).
         ttc_override_stage: a fallback stage at or above this overrides a model that brakes less.
+        clearing_max_stage: up to this stage, the TTC override is withheld where the fallback predicts its obstacle
+            will have left the corridor before the ego gets there (``FallbackOutput.clearing``, ADR 0112);
+            ``STAGE_NONE`` switches this off.
+        model_confirm_brake_mps2: a model command braking harder than this [m/s²] needs the model's command of
+            the tick before to brake harder than it too; else it is held at this for one tick (2.5 m/s²: the
+            expert's comfortable deceleration, ``fleetloop.sim.expert.EXPERT_IDM``). ``inf`` switches this off.
+        model_brake_free_need_mps2: no such confirmation where the fallback's perceived obstacle needs more than
+            this deceleration [m/s²] (0: any obstacle the ego closes on; the ranging sensors corroborate the
+            model) or the fallback is at a TTC stage, unless that obstacle is clearing the path.
     """
 
     max_uncertainty: float = 0.5
     max_abs_accel_mps2: float = 12.0
     switch_hold_ticks: int = 10
     ttc_override_stage: int = STAGE_PARTIAL
+    clearing_max_stage: int = STAGE_FULL
+    model_confirm_brake_mps2: float = 2.5
+    model_brake_free_need_mps2: float = 0.0
     low_conf_enter_ticks: int = 3
     low_conf_min_hold_ticks: int = 10
     low_conf_exit_ratio: float = 0.8
@@ -100,6 +128,8 @@ class ArbiterConfig:
             raise ValueError("low_conf_enter_ticks must be >= 1 and low_conf_min_hold_ticks >= 0")
         if not 0 < self.low_conf_exit_ratio <= 1:
             raise ValueError(f"low_conf_exit_ratio must be in (0, 1], got {self.low_conf_exit_ratio}")
+        if not self.model_confirm_brake_mps2 > 0:
+            raise ValueError(f"model_confirm_brake_mps2 must be > 0 (inf: off), got {self.model_confirm_brake_mps2}")
 
     @classmethod
     def for_model(cls, metadata: Any, **overrides: Any) -> ArbiterConfig:
@@ -155,6 +185,7 @@ class ArbiterState:
         low_conf: the low-confidence latch is set (the fallback drives for low confidence unless a reason of
             higher priority applies).
         low_conf_hold: ticks the latch still holds at least.
+        last_model_mps2: the model's command last tick [m/s²] (float; 0 where it had none).
     """
 
     on_fallback: torch.Tensor
@@ -169,6 +200,7 @@ class ArbiterState:
     unc_high_ticks: torch.Tensor
     low_conf: torch.Tensor
     low_conf_hold: torch.Tensor
+    last_model_mps2: torch.Tensor
 
     @staticmethod
     def init(batch: int, device: torch.device | str = "cpu", start_on_fallback: bool = False) -> ArbiterState:
@@ -189,6 +221,7 @@ class ArbiterState:
             z.clone(),
             torch.zeros(batch, dtype=torch.bool, device=device),
             z.clone(),
+            torch.zeros(batch, device=device),
         )
 
     def totals(self) -> dict[str, dict[str, int]]:
@@ -263,6 +296,19 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
         inp.switched.bool(), torch.full_like(state.switch_hold, cfg.switch_hold_ticks), state.switch_hold
     )
     safe_m = torch.where(usable, m, fb.accel_mps2)
+    # Braking beyond comfortable on two frames (ADR 0112): a model command beyond -model_confirm_brake_mps2 is passed
+    # on only where the model asked for that last tick too, else it is held there for this tick; not where the
+    # fallback sees a threat (a TTC stage, or an obstacle that needs more than model_brake_free_need_mps2) that is
+    # not leaving the path.
+    threat = (fb.stage > STAGE_NONE) & (fb.stage < STAGE_MRM)
+    if fb.need_mps2 is not None:
+        threat = threat | (fb.need_mps2 > cfg.model_brake_free_need_mps2)
+    if fb.clearing is not None and cfg.clearing_max_stage > STAGE_NONE:
+        threat = threat & ~fb.clearing.bool()
+    prev_m = state.last_model_mps2
+    hold_at = torch.full_like(safe_m, -cfg.model_confirm_brake_mps2)
+    unconfirmed = usable & ~threat & (safe_m < hold_at) & ~(prev_m < hold_at)
+    safe_m = torch.where(unconfirmed, hold_at, safe_m)
     unc = torch.nan_to_num(inp.model_uncertainty.float(), nan=0.0)
     high = torch.where(unc > cfg.max_uncertainty, state.unc_high_ticks + 1, torch.zeros_like(state.unc_high_ticks))
     enter = high >= cfg.low_conf_enter_ticks
@@ -271,13 +317,22 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
     )
     calm = unc < cfg.low_conf_exit_ratio * cfg.max_uncertainty
     low_conf = inp.has_model.bool() & (enter | (state.low_conf & ((hold_left > 0) | ~calm)))
+    ttc_critical = (fb.stage >= cfg.ttc_override_stage) & (fb.stage < STAGE_MRM) & (fb.accel_mps2 < safe_m)
+    if fb.clearing is not None and cfg.clearing_max_stage > STAGE_NONE:
+        # Path prediction (ADR 0112): no override for an obstacle that leaves the path before the ego gets there;
+        # and a stage the fallback only holds (its latch, nothing in the path any more) starts no new override,
+        # it only keeps one going (else the brake lands just after a withheld, clearing obstacle has left).
+        clearing = fb.clearing.bool() & (fb.stage <= cfg.clearing_max_stage)
+        in_path = fb.gap_m < NO_OBSTACLE_M
+        going = state.on_fallback & (state.episode_reason == REASON_CODES["ttc_critical"])
+        ttc_critical = ttc_critical & ~clearing & (in_path | going)
     conditions = {
         "no_model": ~inp.has_model.bool(),
         "model_switch": hold > 0,
         "deadline": inp.deadline_missed.bool(),
         "invalid_output": ~usable,
         "sensor_fault": fb.sensor_fault.bool(),
-        "ttc_critical": (fb.stage >= cfg.ttc_override_stage) & (fb.stage < STAGE_MRM) & (fb.accel_mps2 < safe_m),
+        "ttc_critical": ttc_critical,
         "low_confidence": low_conf,
     }
     reason = torch.zeros_like(state.episode_reason)
@@ -309,6 +364,7 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
         unc_high_ticks=high,
         low_conf=low_conf,
         low_conf_hold=torch.where(low_conf, (hold_left - 1).clamp_min(0), torch.zeros_like(hold_left)),
+        last_model_mps2=torch.where(usable, m, torch.zeros_like(m)).to(state.last_model_mps2.dtype),
     )
     decision = Decision(
         accel_mps2=cmd,

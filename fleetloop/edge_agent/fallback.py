@@ -14,6 +14,12 @@ Perception (``perceive_in_path``) fuses radar and lidar the way production AEB d
 a *moving* radar target in the corridor is trusted; a *stationary* one (overhead signs, bridges, clutter) needs a
 lidar return at about the same range; lidar alone needs two adjacent beams that agree (fog backscatter hits
 single beams at random ranges).
+
+Path prediction (ADR 0112): the fallback also tracks the in-path obstacle's lateral position (radar azimuth, or the
+lidar returns at its range) and its lateral speed, and reports ``clearing`` where the obstacle moves out of the
+corridor and will have left it before the ego gets there (a pedestrian who has crossed the lane, walking on). The
+fallback's own stages and command ignore it (fallback alone is unchanged); the arbiter uses it to keep a TTC stage
+from overriding a model for an obstacle that is leaving the path.
 """
 
 from __future__ import annotations
@@ -56,6 +62,15 @@ FALLBACK_IDM = IdmParams(
     v0_mps=33.3, time_headway_s=1.5, min_gap_m=3.0, accel_mps2=1.0, comfort_decel_mps2=2.0, delta=4.0
 )  # following control: 1.5 s time gap, 3 m standstill gap, 2 m/s² comfortable braking
 TRACK_COAST_TICKS = 10  # a lidar-only obstacle keeps the radar speed of its track this long after radar lost it
+# Path prediction (ADR 0112). Lidar returns within this lateral distance beyond the corridor, at the obstacle's range,
+# belong to it (a pedestrian leaving the corridor is partly outside it).
+LATERAL_WINDOW_M = 1.0  # [m]
+RADAR_HALF_WIDTH_M = 0.9  # [m] half width assumed for an obstacle only radar sees (a car: it leaves the path last)
+LATERAL_GAIN = 0.5  # [-] alpha of the alpha-beta filter on the lateral position
+LATERAL_RATE_GAIN = 0.2  # [-] beta of the alpha-beta filter (lateral speed)
+CLEAR_MIN_TICKS = 3  # lateral track length before a leaving obstacle counts as clearing [ticks]
+CLEAR_MIN_SPEED_MPS = 0.5  # [m/s] outward lateral speed below this is no evidence of leaving (noise, drift)
+CLEAR_HOLD_TICKS = 10  # clearing holds this long through lost frames, unless a new track says otherwise [ticks]
 
 
 @dataclass(frozen=True)
@@ -126,15 +141,29 @@ class Perceived:
     obstacle_speed_mps: torch.Tensor
     ttc_s: torch.Tensor
     radar_seen: torch.Tensor
+    lateral_m: torch.Tensor | None = None
+    """[B] lateral position of the obstacle's edge nearest the ego's centre line (+ left) [m], 0 where it covers
+    the centre line or where ``lateral_source`` is 0: the lidar returns at its range, else the radar target's centre
+    less ``RADAR_HALF_WIDTH_M``."""
+    lateral_source: torch.Tensor | None = None
+    """[B] int64: 0 no lateral measurement, 1 lidar, 2 radar."""
 
 
 @dataclass(frozen=True)
 class Track:
-    """Last tick's in-path obstacle, tensors [B]: gap [m], speed over ground [m/s], ticks since radar saw it."""
+    """Last tick's in-path obstacle, tensors [B]: gap [m], speed over ground [m/s], ticks since radar saw it; and
+    its lateral track (ADR 0112): filtered lateral position of its near edge [m] and speed [m/s] (+ left), for how
+    many consecutive ticks it has been tracked laterally (0: no lateral track), the source of the last lateral
+    measurement, and how many ticks a ``clearing`` verdict still holds."""
 
     gap_m: torch.Tensor
     speed_mps: torch.Tensor
     age_ticks: torch.Tensor
+    lateral_m: torch.Tensor | None = None
+    lateral_rate_mps: torch.Tensor | None = None
+    lateral_ticks: torch.Tensor | None = None
+    lateral_source: torch.Tensor | None = None
+    clear_hold: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +181,10 @@ class FallbackState:
         """A fresh state for ``batch`` vehicles."""
         z = torch.zeros(batch, dtype=torch.int64, device=device)
         far = torch.full((batch,), NO_OBSTACLE_M, device=device)
-        track = Track(far, torch.zeros(batch, device=device), torch.full_like(z, TRACK_COAST_TICKS + 1))
+        zf = torch.zeros(batch, device=device)
+        track = Track(
+            far, zf, torch.full_like(z, TRACK_COAST_TICKS + 1), zf.clone(), zf.clone(), z.clone(), z.clone(), z.clone()
+        )
         return FallbackState(torch.zeros(batch, 3, dtype=torch.int64, device=device), z, z.clone(), track)
 
 
@@ -167,6 +199,10 @@ class FallbackOutput:
         gap_m: perceived in-path gap (``NO_OBSTACLE_M``: none).
         sensor_ok: [B, 3] bool, camera / lidar / radar healthy after debouncing.
         sensor_fault: bool, some sensor failed (the arbiter then hands the vehicle to the fallback).
+        clearing: bool, the perceived obstacle is leaving the corridor and will be out of it before the ego
+            reaches it (path prediction, ADR 0112; None: not computed). Informs the arbiter only.
+        need_mps2: the deceleration the perceived (confirmed) obstacle requires [m/s²] (0: none; None: not
+            computed). Informs the arbiter only.
     """
 
     accel_mps2: torch.Tensor
@@ -175,6 +211,8 @@ class FallbackOutput:
     gap_m: torch.Tensor
     sensor_ok: torch.Tensor
     sensor_fault: torch.Tensor
+    clearing: torch.Tensor | None = None
+    need_mps2: torch.Tensor | None = None
 
 
 def _lidar_in_path(lidar_range_m: torch.Tensor) -> torch.Tensor:
@@ -190,6 +228,28 @@ def _lidar_in_path(lidar_range_m: torch.Tensor) -> torch.Tensor:
     lon_pair = torch.maximum(lon[:, 1:], lon[:, :-1])
     far = torch.full_like(lon_pair, NO_OBSTACLE_M)
     return torch.where(pair, lon_pair, far).min(dim=-1).values
+
+
+def _lidar_edge(lidar_range_m: torch.Tensor, gap_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lateral position [B] (+ left) of the edge nearest the ego's centre line of the lidar returns at the
+    obstacle's range ``gap_m`` within ``LATERAL_WINDOW_M`` of the corridor (0 where they cover the centre line), and
+    whether at least two beams returned there. The nearest edge, not the centre: close up, the lidar's field of view
+    cuts off the outer part of an obstacle beside the path."""
+    beams = lidar_range_m.shape[-1]
+    theta = torch.linspace(LIDAR_FOV_HALF_RAD, -LIDAR_FOV_HALF_RAD, beams, device=lidar_range_m.device)
+    r = lidar_range_m
+    lat = r * torch.sin(theta)
+    lon = r * torch.cos(theta)
+    member = (
+        (r < LIDAR_MAX_RANGE_M - 0.5)
+        & ((lon - gap_m.unsqueeze(-1)).abs() < LIDAR_PAIR_M)
+        & (lat.abs() < CORRIDOR_HALF_WIDTH_M + LATERAL_WINDOW_M)
+    )
+    lo = torch.where(member, lat, torch.full_like(lat, math.inf)).amin(-1)
+    hi = torch.where(member, lat, torch.full_like(lat, -math.inf)).amax(-1)
+    seen = member.sum(-1) >= 2
+    edge = torch.where(lo > 0, lo, torch.where(hi < 0, hi, torch.zeros_like(lo)))
+    return torch.where(seen, edge, torch.zeros_like(edge)), seen
 
 
 def perceive_in_path(
@@ -252,6 +312,14 @@ def perceive_in_path(
     closing = torch.where(present, v - speed, torch.zeros_like(v))
     inf = torch.full_like(v, math.inf)
     ttc = torch.where(present & (closing > 0.1), gap.clamp_min(0.0) / closing.clamp_min(0.1), inf)
+    # Where the obstacle's near edge is laterally: the lidar returns at its range, else the radar target's centre
+    # less the half width of a car (the cautious guess: it puts the edge nearer the path).
+    lid_edge, lid_seen = _lidar_edge(lidar, gap)
+    lid_seen = lid_seen & present
+    radar_c = torch.gather(rng_m * torch.sin(az), -1, best).squeeze(-1)
+    radar_edge = torch.sign(radar_c) * (radar_c.abs() - RADAR_HALF_WIDTH_M).clamp_min(0.0)
+    radar_only = present & ~use_lidar & ~lid_seen
+    source = torch.where(lid_seen, 1, torch.where(radar_only, 2, 0))
     return Perceived(
         present=present,
         gap_m=gap,
@@ -259,7 +327,46 @@ def perceive_in_path(
         obstacle_speed_mps=speed,
         ttc_s=ttc,
         radar_seen=present & ~use_lidar,
+        lateral_m=torch.where(lid_seen, lid_edge, torch.where(radar_only, radar_edge, torch.zeros_like(radar_edge))),
+        lateral_source=source,
     )
+
+
+def _lateral_track(
+    new: Track, prior: Track, p: Perceived, persists: torch.Tensor, dt_s: float
+) -> tuple[Track, torch.Tensor]:
+    """The obstacle's lateral track and whether it clears the path (ADR 0112). The track is an alpha-beta filter on
+    the near edge over the ticks the obstacle persists (``persists``: where the longitudinal track predicts it); a
+    change of sensor restarts the position but keeps the speed. Clearing: tracked for ``CLEAR_MIN_TICKS``, its near
+    edge moving outward at ``CLEAR_MIN_SPEED_MPS`` or more, and out of the corridor (beyond
+    ``CORRIDOR_HALF_WIDTH_M``) before the ego gets there (perceived TTC). The verdict holds ``CLEAR_HOLD_TICKS``
+    through lost frames unless a track of ``CLEAR_MIN_TICKS`` says otherwise.
+    Returns (``new``, this tick's longitudinal track, with the lateral fields; clearing [B])."""
+    zero = torch.zeros_like(p.gap_m)
+    zi = torch.zeros_like(prior.age_ticks)
+    src = p.lateral_source if p.lateral_source is not None else zi
+    meas = p.lateral_m if p.lateral_m is not None else zero
+    prev_lat = prior.lateral_m if prior.lateral_m is not None else zero
+    prev_rate = prior.lateral_rate_mps if prior.lateral_rate_mps is not None else zero
+    prev_ticks = prior.lateral_ticks if prior.lateral_ticks is not None else zi
+    prev_src = prior.lateral_source if prior.lateral_source is not None else zi
+    prev_hold = prior.clear_hold if prior.clear_hold is not None else zi
+    seen = src > 0
+    tracked = persists & seen & (prev_ticks > 0)
+    same = tracked & (src == prev_src)
+    guess = prev_lat + prev_rate * dt_s
+    residual = meas - guess
+    lat = torch.where(same, guess + LATERAL_GAIN * residual, meas)
+    rate = torch.where(same, prev_rate + (LATERAL_RATE_GAIN / dt_s) * residual, torch.where(tracked, prev_rate, zero))
+    ticks = torch.where(tracked, prev_ticks + 1, torch.where(seen, torch.ones_like(prev_ticks), zi))
+    mature = tracked & (ticks >= CLEAR_MIN_TICKS)
+    outward = (lat * rate > 0) & (rate.abs() >= CLEAR_MIN_SPEED_MPS)
+    t_exit = (CORRIDOR_HALF_WIDTH_M - lat.abs()).clamp_min(0.0) / rate.abs().clamp_min(CLEAR_MIN_SPEED_MPS)
+    now = mature & outward & (t_exit < p.ttc_s)
+    clearing = now | ((prev_hold > 0) & ~mature)
+    hold = torch.where(now, torch.full_like(prev_hold, CLEAR_HOLD_TICKS), (prev_hold - 1).clamp_min(0))
+    track = replace(new, lateral_m=lat, lateral_rate_mps=rate, lateral_ticks=ticks, lateral_source=src, clear_hold=hold)
+    return track, clearing
 
 
 def _required_decel(cfg: FallbackConfig, p: Perceived, v: torch.Tensor) -> torch.Tensor:
@@ -314,13 +421,13 @@ def fallback_control(
         dt_s=cfg.dt_s,
     )
     age = torch.where(p.radar_seen, torch.zeros_like(state.track.age_ticks), state.track.age_ticks + 1)
-    track = Track(p.gap_m, p.obstacle_speed_mps, age)
     # Track confirmation (2 of 2): the fallback acts on an obstacle only once it was perceived on the previous tick
     # too, where the track predicts it. Fog backscatter and ghost coincidences come at random ranges and rarely
     # twice in a row; a real obstacle costs one tick (0.1 s) at first sight.
     prior = state.track
     predicted = prior.gap_m - (v - prior.speed_mps) * cfg.dt_s
     persists = p.present & (prior.gap_m < NO_OBSTACLE_M) & ((p.gap_m - predicted).abs() < cfg.confirm_gap_m)
+    track, clearing = _lateral_track(Track(p.gap_m, p.obstacle_speed_mps, age), prior, p, persists, cfg.dt_s)
     if cfg.confirm_ticks > 1:
         far = torch.full_like(p.gap_m, NO_OBSTACLE_M)
         zero = torch.zeros_like(v)
@@ -376,5 +483,7 @@ def fallback_control(
         gap_m=p.gap_m,
         sensor_ok=sensor_ok,
         sensor_fault=~sensor_ok.all(dim=-1),
+        clearing=clearing,
+        need_mps2=need,
     )
     return FallbackState(bad_ticks=bad, latched_stage=latched, latch_left=latch_left, track=track), out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,20 +19,27 @@ from fleetloop.edge_agent.arbiter import (
     ArbiterState,
     arbitrate,
 )
-from fleetloop.edge_agent.fallback import STAGE_FULL, STAGE_NONE, FallbackOutput
+from fleetloop.edge_agent.fallback import STAGE_FULL, STAGE_NONE, STAGE_PARTIAL, STAGE_WARNING, FallbackOutput
 from fleetloop.platform.bus.schemas import FallbackReason
 
 B = 4
 
 
-def _fb(accel: float = -0.5, stage: int = STAGE_NONE, fault: bool = False) -> FallbackOutput:
+def _fb(
+    accel: float = -0.5,
+    stage: int = STAGE_NONE,
+    fault: bool = False,
+    clearing: list[bool] | None = None,
+    gap_m: float | None = None,
+) -> FallbackOutput:
     return FallbackOutput(
         accel_mps2=torch.full((B,), accel),
         stage=torch.full((B,), stage, dtype=torch.int64),
         ttc_s=torch.full((B,), math.inf),
-        gap_m=torch.full((B,), 1e6),
+        gap_m=torch.full((B,), gap_m if gap_m is not None else 12.0 if stage > STAGE_NONE else 1e6),
         sensor_ok=torch.full((B, 3), not fault),
         sensor_fault=torch.full((B,), fault),
+        clearing=None if clearing is None else torch.tensor(clearing),
     )
 
 
@@ -171,3 +179,82 @@ def test_for_model_sets_the_threshold_from_the_models_validation_uncertainty() -
     assert ArbiterConfig.for_model({}).max_uncertainty == ArbiterConfig().max_uncertainty
     assert ArbiterConfig.for_model({UNCERTAINTY_CALIBRATION_KEY: "nan"}).max_uncertainty == 0.5
     assert ArbiterConfig.for_model({UNCERTAINTY_CALIBRATION_KEY: 1.2}, max_uncertainty=2.0).max_uncertainty == 2.0
+
+
+def test_a_ttc_stage_does_not_override_the_model_for_an_obstacle_leaving_the_path() -> None:
+    s = ArbiterState.init(B)
+    clearing = [True, False, True, False]
+    for stage, accel in ((STAGE_PARTIAL, -4.0), (STAGE_FULL, -9.5)):
+        _, d = arbitrate(ArbiterConfig(), s, _inp(-1.0, fb=_fb(accel, stage, clearing=clearing)))
+        assert d.driver.tolist() == [DRIVER_MODEL, DRIVER_FALLBACK, DRIVER_MODEL, DRIVER_FALLBACK], stage
+        assert d.accel_mps2.tolist() == [-1.0, accel, -1.0, accel]
+    # up to clearing_max_stage only: a full stage then overrides whatever the fallback predicts
+    cfg = ArbiterConfig(clearing_max_stage=STAGE_PARTIAL)
+    _, d = arbitrate(cfg, s, _inp(-1.0, fb=_fb(-9.5, STAGE_FULL, clearing=clearing)))
+    assert (d.driver == DRIVER_FALLBACK).all()
+    _, d = arbitrate(cfg, s, _inp(-1.0, fb=_fb(-4.0, STAGE_PARTIAL, clearing=clearing)))
+    assert d.driver.tolist() == [DRIVER_MODEL, DRIVER_FALLBACK, DRIVER_MODEL, DRIVER_FALLBACK]
+    # switched off, or no prediction from the fallback: the override as before
+    for cfg, fb in (
+        (ArbiterConfig(clearing_max_stage=STAGE_NONE), _fb(-4.0, STAGE_PARTIAL, clearing=clearing)),
+        (ArbiterConfig(), _fb(-4.0, STAGE_PARTIAL)),
+    ):
+        _, d = arbitrate(cfg, s, _inp(-1.0, fb=fb))
+        assert (d.driver == DRIVER_FALLBACK).all()
+    # a warning stage never overrides, clearing or not
+    _, d = arbitrate(ArbiterConfig(), s, _inp(-1.0, fb=_fb(-3.0, STAGE_WARNING, clearing=clearing)))
+    assert (d.driver == DRIVER_MODEL).all()
+
+
+def test_with_path_prediction_a_stage_held_with_nothing_in_the_path_starts_no_override_but_keeps_one() -> None:
+    cfg = ArbiterConfig()
+    no = [False] * B
+    s = ArbiterState.init(B)
+    # the fallback only holds its latched stage (nothing in the path any more): the model keeps driving
+    s1, d = arbitrate(cfg, s, _inp(-1.0, fb=_fb(-4.0, STAGE_PARTIAL, clearing=no, gap_m=1e6)))
+    assert (d.driver == DRIVER_MODEL).all()
+    # an obstacle in the path: the override starts, and the latch keeps it going once the obstacle is gone
+    s1, d = arbitrate(cfg, s1, _inp(-1.0, fb=_fb(-4.0, STAGE_PARTIAL, clearing=no)))
+    assert (d.driver == DRIVER_FALLBACK).all()
+    s1, d = arbitrate(cfg, s1, _inp(-1.0, fb=_fb(-4.0, STAGE_PARTIAL, clearing=no, gap_m=1e6)))
+    assert (d.driver == DRIVER_FALLBACK).all() and (d.started == 0).all()
+    # without path prediction (clearing None) or switched off, a held stage overrides as before
+    for c, fb in (
+        (cfg, _fb(-4.0, STAGE_PARTIAL, gap_m=1e6)),
+        (ArbiterConfig(clearing_max_stage=STAGE_NONE), _fb(-4.0, STAGE_PARTIAL, clearing=no, gap_m=1e6)),
+    ):
+        _, d = arbitrate(c, s, _inp(-1.0, fb=fb))
+        assert (d.driver == DRIVER_FALLBACK).all()
+
+
+def test_hard_braking_needs_two_frames_unless_the_fallback_sees_something_to_brake_for() -> None:
+    cfg = ArbiterConfig()
+    hold = -cfg.model_confirm_brake_mps2
+    s = ArbiterState.init(B)
+    # a one-frame dip to -4.5 m/s² with nothing ahead: held at the comfortable deceleration, then passed on once the
+    # model asks for it a second time in a row
+    s, d = arbitrate(cfg, s, _inp(-1.0))
+    s, d = arbitrate(cfg, s, _inp(-4.5))
+    assert d.accel_mps2.tolist() == [hold] * B and (d.driver == DRIVER_MODEL).all()
+    s, d = arbitrate(cfg, s, _inp(-1.0))
+    assert d.accel_mps2.tolist() == [-1.0] * B
+    s, d = arbitrate(cfg, s, _inp(-4.5))
+    s, d = arbitrate(cfg, s, _inp(-4.0))
+    assert d.accel_mps2.tolist() == [-4.0] * B
+    # braking up to the threshold passes at once
+    _, d = arbitrate(cfg, ArbiterState.init(B), _inp(-2.4))
+    assert d.accel_mps2.tolist() == pytest.approx([-2.4] * B)
+    # the fallback closes on an obstacle (it needs braking) or is at a TTC stage: no wait
+    for fb in (
+        FallbackOutput(**{**_fb(0.5).__dict__, "need_mps2": torch.full((B,), 0.5)}),
+        _fb(-2.0, STAGE_WARNING),
+    ):
+        _, d = arbitrate(cfg, ArbiterState.init(B), _inp(-4.5, fb=fb))
+        assert d.accel_mps2.tolist() == [-4.5] * B
+    # ... unless what the fallback sees is leaving the path: that is no reason to brake hard at once
+    leaving = FallbackOutput(**{**_fb(-2.0, STAGE_WARNING, clearing=[True, False, True, False]).__dict__})
+    _, d = arbitrate(cfg, ArbiterState.init(B), _inp(-4.5, fb=leaving))
+    assert d.accel_mps2.tolist() == [hold, -4.5, hold, -4.5]
+    # switched off
+    _, d = arbitrate(ArbiterConfig(model_confirm_brake_mps2=math.inf), ArbiterState.init(B), _inp(-4.5))
+    assert d.accel_mps2.tolist() == [-4.5] * B

@@ -132,3 +132,50 @@ def test_a_one_frame_ghost_does_not_fire_the_emergency_brake_but_a_persisting_ob
     assert int(out.stage[0]) == STAGE_NONE
     fb, out = fallback_control(cfg, fb, _ghost_obs(world, 9.5))  # type: ignore[arg-type]
     assert int(out.stage[0]) == STAGE_FULL
+
+
+def _crossing(world: World, scenes: list[ScenarioSpec], ticks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drive ``scenes`` at constant speed (no braking: the sensors alone decide ``clearing``); per tick, the first
+    actor's lateral offset from the ego's lane centre [B, T] and the fallback's ``clearing`` [B, T]."""
+    state = init_state(world, scenes, list(range(len(scenes))), seed=5)
+    cfg = FallbackConfig.for_world(world)
+    fb = FallbackState.init(state.batch)
+    dys, clear = [], []
+    for _ in range(ticks):
+        obs = observe(world, state)
+        fb, out = fallback_control(cfg, fb, obs, desired_speed_mps=state.ego_v0_mps)
+        assert out.clearing is not None
+        dys.append(state.actor_y_m[:, 0] - float(world.lane_center_m(1.0)))
+        clear.append(out.clearing)
+        state = step(world, state, torch.zeros(state.batch), world.dt_s)
+    return torch.stack(dys, 1), torch.stack(clear, 1)
+
+
+def test_a_pedestrian_leaving_the_path_is_clearing_one_walking_into_it_or_standing_is_not() -> None:
+    world = World(hazard_slots=0)
+    # 8 m/s; the pedestrian walks from the right kerb (7 m right of the ego's centre line) across the ego's lane to
+    # the far side at 1.0-1.8 m/s and is 8-12 m ahead when it walks out of the ego's corridor (1.6 m left).
+    scenes = [
+        ScenarioSpec(
+            f"cross{i}",
+            8.0,
+            8.0,
+            1,
+            (ActorSpec(kind="pedestrian", x_m=x, lane=-1, move_at_s=0.0, to_lane=3, lateral_speed_mps=walk),),
+        )
+        for i, (ahead, walk) in enumerate([(12.0, 1.5), (10.0, 1.8), (9.0, 1.2), (8.0, 1.0)])
+        for x in [0.5 + ahead + 8.0 * 8.5 / walk]
+    ]
+    dy, clear = _crossing(world, scenes, ticks=100)
+    # never clearing while it walks towards the middle of the path
+    assert not (clear & (dy < 0.0)).any()
+    # clearing once it walks towards the far side of the corridor, before it has left it (half width 0.3 m)
+    leaving = clear & (dy > 0.0) & (dy < 1.3 + 0.3)
+    assert leaving.any(dim=1).all(), dy[~leaving.any(dim=1)]
+
+
+def test_stationary_and_lead_targets_in_the_path_are_never_clearing() -> None:
+    world = World(hazard_slots=0)
+    tests = [t for t in euro_ncap_matrix() if t.name.startswith(("ccrs", "ccrm"))]
+    _dy, clear = _crossing(world, tests, ticks=45)
+    assert not clear.any(), [t.name for t, c in zip(tests, clear.any(1), strict=True) if c]
