@@ -5,7 +5,10 @@
   lidar's backscatter calibration (rate ~ ``BACKSCATTER_RATE`` * exp(-visibility / ``BACKSCATTER_SCALE_M``)).
 - Light: camera noise rises in the dark; the spread of the camera's empty cells, smoothed, maps to light 0..1.
 - Friction: when the brakes asked for more than the car delivered, the deceleration reached is the grip (mu * g);
-  the estimate drops to it and relaxes back to the dry prior over ``FRICTION_RELAX_S``.
+  the estimate drops to it and relaxes back to the dry prior over ``FRICTION_RELAX_S``. Only once the brake has
+  built up and the measured deceleration has settled (two readings within ``SETTLED_MPS2`` while the same brake
+  is asked): while the brake builds up (about 3 m/s² a tick) and for the tick the odometry lags the command, the car
+  also delivers less than asked on a dry road.
 
 These are the telemetry columns ``est_visibility_m`` / ``est_friction`` and the fallback's friction input.
 """
@@ -32,6 +35,7 @@ SMOOTH_TICKS = 50.0  # ticks of exponential smoothing
 FRICTION_PRIOR = 0.9  # [-] dry road
 FRICTION_RELAX_S = 60.0  # [s]
 SLIP_MARGIN_MPS2 = 1.0  # [m/s²] the car delivered this much less than asked: grip-limited
+SETTLED_MPS2 = 0.6  # [m/s²] consecutive readings (odometry noise: within ±0.25 each) this close: settled
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,15 @@ class ConditionsState:
     backscatter_rate: torch.Tensor
     camera_sigma: torch.Tensor
     friction: torch.Tensor
+    last_decel_mps2: torch.Tensor
+    """Last tick's measured deceleration [m/s²]."""
+    last_asked_mps2: torch.Tensor
+    """Last tick's deceleration asked of the actuators [m/s²]."""
 
     @staticmethod
     def init(batch: int, device: torch.device | str = "cpu") -> ConditionsState:
         z = torch.zeros(batch, device=device)
-        return ConditionsState(z, torch.full_like(z, NOISE_DAY), torch.full_like(z, FRICTION_PRIOR))
+        return ConditionsState(z, torch.full_like(z, NOISE_DAY), torch.full_like(z, FRICTION_PRIOR), z, z)
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,11 @@ def estimate_conditions(
     light = (1.0 - (sigma - NOISE_DAY) / NOISE_DARK).clamp(0.0, 1.0)
     decel = -obs.ego_accel_mps2.float()
     asked = -demanded_accel_mps2.float()
-    limited = (asked > 3.0) & (decel > 1.0) & (decel < asked - SLIP_MARGIN_MPS2)
+    settled = ((decel - state.last_decel_mps2).abs() < SETTLED_MPS2) & (
+        (asked - state.last_asked_mps2).abs() < SETTLED_MPS2
+    )
+    limited = (asked > 3.0) & (decel > 1.0) & (decel < asked - SLIP_MARGIN_MPS2) & settled
     relax = 1.0 - math.exp(-dt_s / FRICTION_RELAX_S)
     mu = state.friction + relax * (FRICTION_PRIOR - state.friction)
     mu = torch.where(limited, torch.minimum(mu, decel / GRAVITY_MPS2), mu).clamp(0.1, 1.2)
-    return ConditionsState(rate, sigma, mu), ConditionsEstimate(vis, light, mu)
+    return ConditionsState(rate, sigma, mu, decel, asked), ConditionsEstimate(vis, light, mu)

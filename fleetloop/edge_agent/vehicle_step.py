@@ -126,11 +126,14 @@ class VehicleState:
         fb = self.fallback
         m1 = mask
         m2 = mask.unsqueeze(-1)
+        # Every field of the track, the lateral one (ADR 0112) included: a new scene has a new obstacle.
         track = dataclasses.replace(
             fb.track,
-            gap_m=torch.where(m1, fresh.track.gap_m, fb.track.gap_m),
-            speed_mps=torch.where(m1, fresh.track.speed_mps, fb.track.speed_mps),
-            age_ticks=torch.where(m1, fresh.track.age_ticks, fb.track.age_ticks),
+            **{
+                f.name: torch.where(m1, getattr(fresh.track, f.name), getattr(fb.track, f.name))
+                for f in dataclasses.fields(fb.track)
+                if getattr(fb.track, f.name) is not None and getattr(fresh.track, f.name) is not None
+            },
         )
         new_fb = FallbackState(
             bad_ticks=torch.where(m2, fresh.bad_ticks, fb.bad_ticks),

@@ -26,3 +26,29 @@ def test_fog_and_night_are_told_apart_from_clear() -> None:
     _, night_light = _estimate("night")
     assert clear_vis > 1000.0 and fog_vis < 200.0
     assert clear_light > 0.8 and night_light < 0.4
+
+
+def _friction_under_full_brake(weather: str) -> tuple[float, float, float]:
+    """Min and last friction estimate while braking fully from 20 m/s (commands reach the actuators after the
+    dead time, as on the vehicle), and the true friction."""
+    world = World(weather=weather_preset(weather))
+    state = init_state(world, [ScenarioSpec("free", 20.0, 20.0, 1, ())] * 4, list(range(4)), seed=2)
+    cs = ConditionsState.init(4)
+    delay = round(world.dead_time_s / world.dt_s)
+    issued = [torch.zeros(4)] * delay
+    lowest = []
+    for tick in range(20):
+        cmd = torch.full((4,), -9.5) if tick >= 3 else torch.zeros(4)
+        cs, est = estimate_conditions(cs, observe(world, state), issued[-delay])
+        lowest.append(float(est.friction.min()))
+        issued.append(cmd)
+        state = step(world, state, cmd, world.dt_s)
+    true_mu = float(state.friction.mean())
+    return min(lowest), lowest[-1], true_mu
+
+
+def test_friction_estimate_ignores_brake_build_up_and_finds_a_wet_road() -> None:
+    dry_min, _, dry_mu = _friction_under_full_brake("clear")
+    _, wet_last, wet_mu = _friction_under_full_brake("rain")
+    assert dry_mu > 0.85 and dry_min > 0.85  # the brake building up is not read as a slippery road
+    assert wet_mu < 0.7 and abs(wet_last - wet_mu) < 0.1  # a grip-limited stop finds the wet road's grip
