@@ -159,11 +159,11 @@ class Track:
     gap_m: torch.Tensor
     speed_mps: torch.Tensor
     age_ticks: torch.Tensor
-    lateral_m: torch.Tensor | None = None
-    lateral_rate_mps: torch.Tensor | None = None
-    lateral_ticks: torch.Tensor | None = None
-    lateral_source: torch.Tensor | None = None
-    clear_hold: torch.Tensor | None = None
+    lateral_m: torch.Tensor
+    lateral_rate_mps: torch.Tensor
+    lateral_ticks: torch.Tensor
+    lateral_source: torch.Tensor
+    clear_hold: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -215,33 +215,37 @@ class FallbackOutput:
     need_mps2: torch.Tensor | None = None
 
 
-def _lidar_in_path(lidar_range_m: torch.Tensor) -> torch.Tensor:
-    """Nearest lidar obstacle in the corridor [B] confirmed by two adjacent beams (``NO_OBSTACLE_M`` if none)."""
+def _lidar_points(lidar_range_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per beam [B, beams]: lateral (+ left) and longitudinal position of the return [m], and whether it returned."""
     beams = lidar_range_m.shape[-1]
     theta = torch.linspace(LIDAR_FOV_HALF_RAD, -LIDAR_FOV_HALF_RAD, beams, device=lidar_range_m.device)
     r = lidar_range_m
-    returned = r < LIDAR_MAX_RANGE_M - 0.5
-    lateral = (r * torch.sin(theta)).abs()
-    lon = r * torch.cos(theta)
-    ok = returned & (lateral < CORRIDOR_HALF_WIDTH_M)
+    return r * torch.sin(theta), r * torch.cos(theta), r < LIDAR_MAX_RANGE_M - 0.5
+
+
+def _lidar_in_path(
+    lidar_range_m: torch.Tensor, lat: torch.Tensor, lon: torch.Tensor, returned: torch.Tensor
+) -> torch.Tensor:
+    """Nearest lidar obstacle in the corridor [B] confirmed by two adjacent beams (``NO_OBSTACLE_M`` if none);
+    ``lat``, ``lon``, ``returned`` from ``_lidar_points``."""
+    r = lidar_range_m
+    ok = returned & (lat.abs() < CORRIDOR_HALF_WIDTH_M)
     pair = ok[:, 1:] & ok[:, :-1] & ((r[:, 1:] - r[:, :-1]).abs() < LIDAR_PAIR_M)
     lon_pair = torch.maximum(lon[:, 1:], lon[:, :-1])
     far = torch.full_like(lon_pair, NO_OBSTACLE_M)
     return torch.where(pair, lon_pair, far).min(dim=-1).values
 
 
-def _lidar_edge(lidar_range_m: torch.Tensor, gap_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _lidar_edge(
+    lat: torch.Tensor, lon: torch.Tensor, returned: torch.Tensor, gap_m: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lateral position [B] (+ left) of the edge nearest the ego's centre line of the lidar returns at the
     obstacle's range ``gap_m`` within ``LATERAL_WINDOW_M`` of the corridor (0 where they cover the centre line), and
-    whether at least two beams returned there. The nearest edge, not the centre: close up, the lidar's field of view
-    cuts off the outer part of an obstacle beside the path."""
-    beams = lidar_range_m.shape[-1]
-    theta = torch.linspace(LIDAR_FOV_HALF_RAD, -LIDAR_FOV_HALF_RAD, beams, device=lidar_range_m.device)
-    r = lidar_range_m
-    lat = r * torch.sin(theta)
-    lon = r * torch.cos(theta)
+    whether at least two beams returned there (``lat``, ``lon``, ``returned`` from ``_lidar_points``). The nearest
+    edge, not the centre: close up, the lidar's field of view cuts off the outer part of an obstacle beside the
+    path."""
     member = (
-        (r < LIDAR_MAX_RANGE_M - 0.5)
+        returned
         & ((lon - gap_m.unsqueeze(-1)).abs() < LIDAR_PAIR_M)
         & (lat.abs() < CORRIDOR_HALF_WIDTH_M + LATERAL_WINDOW_M)
     )
@@ -276,7 +280,8 @@ def perceive_in_path(
     if lidar_ok is not None:
         lidar = torch.where(lidar_ok.unsqueeze(-1), lidar, torch.full_like(lidar, LIDAR_MAX_RANGE_M))
     lidar = torch.nan_to_num(lidar, nan=LIDAR_MAX_RANGE_M, posinf=LIDAR_MAX_RANGE_M)
-    lidar_gap = _lidar_in_path(lidar)
+    lid_lat, lid_lon, lid_returned = _lidar_points(lidar)
+    lidar_gap = _lidar_in_path(lidar, lid_lat, lid_lon, lid_returned)
     valid = radar_valid.bool() & torch.isfinite(radar_range_m) & torch.isfinite(radar_range_rate_mps)
     if radar_ok is not None:
         valid = valid & radar_ok.unsqueeze(-1)
@@ -314,7 +319,7 @@ def perceive_in_path(
     ttc = torch.where(present & (closing > 0.1), gap.clamp_min(0.0) / closing.clamp_min(0.1), inf)
     # Where the obstacle's near edge is laterally: the lidar returns at its range, else the radar target's centre
     # less the half width of a car (the cautious guess: it puts the edge nearer the path).
-    lid_edge, lid_seen = _lidar_edge(lidar, gap)
+    lid_edge, lid_seen = _lidar_edge(lid_lat, lid_lon, lid_returned, gap)
     lid_seen = lid_seen & present
     radar_c = torch.gather(rng_m * torch.sin(az), -1, best).squeeze(-1)
     radar_edge = torch.sign(radar_c) * (radar_c.abs() - RADAR_HALF_WIDTH_M).clamp_min(0.0)
@@ -333,7 +338,13 @@ def perceive_in_path(
 
 
 def _lateral_track(
-    new: Track, prior: Track, p: Perceived, persists: torch.Tensor, dt_s: float
+    gap_m: torch.Tensor,
+    speed_mps: torch.Tensor,
+    age_ticks: torch.Tensor,
+    prior: Track,
+    p: Perceived,
+    persists: torch.Tensor,
+    dt_s: float,
 ) -> tuple[Track, torch.Tensor]:
     """The obstacle's lateral track and whether it clears the path (ADR 0112). The track is an alpha-beta filter on
     the near edge over the ticks the obstacle persists (``persists``: where the longitudinal track predicts it); a
@@ -341,16 +352,13 @@ def _lateral_track(
     edge moving outward at ``CLEAR_MIN_SPEED_MPS`` or more, and out of the corridor (beyond
     ``CORRIDOR_HALF_WIDTH_M``) before the ego gets there (perceived TTC). The verdict holds ``CLEAR_HOLD_TICKS``
     through lost frames unless a track of ``CLEAR_MIN_TICKS`` says otherwise.
-    Returns (``new``, this tick's longitudinal track, with the lateral fields; clearing [B])."""
+    Returns (this tick's track: the longitudinal fields given, the lateral ones updated; clearing [B])."""
     zero = torch.zeros_like(p.gap_m)
     zi = torch.zeros_like(prior.age_ticks)
     src = p.lateral_source if p.lateral_source is not None else zi
     meas = p.lateral_m if p.lateral_m is not None else zero
-    prev_lat = prior.lateral_m if prior.lateral_m is not None else zero
-    prev_rate = prior.lateral_rate_mps if prior.lateral_rate_mps is not None else zero
-    prev_ticks = prior.lateral_ticks if prior.lateral_ticks is not None else zi
-    prev_src = prior.lateral_source if prior.lateral_source is not None else zi
-    prev_hold = prior.clear_hold if prior.clear_hold is not None else zi
+    prev_lat, prev_rate, prev_ticks = prior.lateral_m, prior.lateral_rate_mps, prior.lateral_ticks
+    prev_src, prev_hold = prior.lateral_source, prior.clear_hold
     seen = src > 0
     tracked = persists & seen & (prev_ticks > 0)
     same = tracked & (src == prev_src)
@@ -365,8 +373,7 @@ def _lateral_track(
     now = mature & outward & (t_exit < p.ttc_s)
     clearing = now | ((prev_hold > 0) & ~mature)
     hold = torch.where(now, torch.full_like(prev_hold, CLEAR_HOLD_TICKS), (prev_hold - 1).clamp_min(0))
-    track = replace(new, lateral_m=lat, lateral_rate_mps=rate, lateral_ticks=ticks, lateral_source=src, clear_hold=hold)
-    return track, clearing
+    return Track(gap_m, speed_mps, age_ticks, lat, rate, ticks, src, hold), clearing
 
 
 def _required_decel(cfg: FallbackConfig, p: Perceived, v: torch.Tensor) -> torch.Tensor:
@@ -427,7 +434,7 @@ def fallback_control(
     prior = state.track
     predicted = prior.gap_m - (v - prior.speed_mps) * cfg.dt_s
     persists = p.present & (prior.gap_m < NO_OBSTACLE_M) & ((p.gap_m - predicted).abs() < cfg.confirm_gap_m)
-    track, clearing = _lateral_track(Track(p.gap_m, p.obstacle_speed_mps, age), prior, p, persists, cfg.dt_s)
+    track, clearing = _lateral_track(p.gap_m, p.obstacle_speed_mps, age, prior, p, persists, cfg.dt_s)
     if cfg.confirm_ticks > 1:
         far = torch.full_like(p.gap_m, NO_OBSTACLE_M)
         zero = torch.zeros_like(v)

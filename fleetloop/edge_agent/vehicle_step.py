@@ -132,7 +132,6 @@ class VehicleState:
             **{
                 f.name: torch.where(m1, getattr(fresh.track, f.name), getattr(fb.track, f.name))
                 for f in dataclasses.fields(fb.track)
-                if getattr(fb.track, f.name) is not None and getattr(fresh.track, f.name) is not None
             },
         )
         new_fb = FallbackState(
