@@ -207,8 +207,9 @@ def vehicle_step(
     ``slots`` [B] int64 are the engine slots of each vehicle's model (``NO_MODEL``: none on board; ``engine`` may be
     None when no vehicle runs a model); ``switched`` [B] bool marks vehicles whose model changed since last tick;
     ``desired_speed_mps`` [B] is the driver's set speed (default: hold the current speed). ``compiled``: run the
-    conditions estimate, the policy features and arbiter + trigger bits as ``torch.compile``d graphs
-    (ADR 0101; floats within rounding of the eager result; the first tick compiles).
+    conditions estimate, the policy features, the fallback and arbiter + trigger bits as ``torch.compile``d graphs
+    (the policy forward: ``EngineConfig.compile``; ADR 0101; floats within rounding of the eager result; the first
+    tick compiles).
     """
     ids = vehicle_ids.to(torch.int64)
     effects = fault_effects(cfg.faults, ids, tick, cfg.seed)
