@@ -3,14 +3,16 @@
 - Visibility: fog scatters lidar pulses back from the air, giving short returns on single beams that no
   neighbouring beam and no radar target confirms. Their rate, smoothed over ticks, maps to visibility through the
   lidar's backscatter calibration (rate ~ ``BACKSCATTER_RATE`` * exp(-visibility / ``BACKSCATTER_SCALE_M``)).
-- Light: camera noise rises in the dark; the spread of the camera's empty cells, smoothed, maps to light 0..1.
+- Light: camera noise rises in the dark; the noise sigma, read from the share of quiet camera cells and smoothed,
+  maps to light 0..1.
 - Friction: when the brakes asked for more than the car delivered, the deceleration reached is the grip (mu * g);
   the estimate drops to it and relaxes back to the dry prior over ``FRICTION_RELAX_S``. Only once the brake has
   built up and the measured deceleration has settled (two readings within ``SETTLED_MPS2`` while the same brake
   is asked): while the brake builds up (about 3 m/s² a tick) and for the tick the odometry lags the command, the car
   also delivers less than asked on a dry road.
 
-These are the telemetry columns ``est_visibility_m`` / ``est_friction`` and the fallback's friction input.
+These are the telemetry columns ``est_visibility_m`` / ``est_light`` / ``est_friction`` and the fallback's friction
+input.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from fleetloop.sim.sensors import LIDAR_MAX_RANGE_M, Observation
@@ -31,6 +32,8 @@ BACKSCATTER_SCALE_M = 80.0  # [m] visibility scale of that probability
 VISIBILITY_CLEAR_M = 2_000.0  # [m] reported when no backscatter is seen (beyond it, it cannot be told apart)
 VISIBILITY_MIN_M = 30.0  # [m]
 NOISE_DAY, NOISE_DARK = 0.03, 0.12  # [-] camera noise sigma in daylight, extra sigma in the dark (calibration)
+QUIET_CELL = 0.06  # [-] a camera cell this close to 0 is quiet: 2 daylight sigmas, 0.4 night sigmas
+QUIET_SHARE_MIN, QUIET_SHARE_MAX = 0.02, 0.995  # [-] the quiet share is clamped: sigma stays finite and positive
 SMOOTH_TICKS = 50.0  # ticks of exponential smoothing
 FRICTION_PRIOR = 0.9  # [-] dry road
 FRICTION_RELAX_S = 60.0  # [s]
@@ -65,15 +68,13 @@ class ConditionsEstimate:
     friction: torch.Tensor
 
 
-def _median_abs(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise lower median of ``|x|`` [B, N] (``torch.median``'s value). On the CPU numpy's introselect
-    (``np.partition``) finds the same element about ten times faster than ``torch.median``."""
-    a = x.abs()
-    if a.device.type != "cpu" or a.shape[-1] == 0 or a.shape[0] == 0:
-        return a.median(-1).values
-    k = (a.shape[-1] - 1) // 2
-    med = torch.from_numpy(np.partition(a.numpy(), k, axis=-1)[:, k].copy())
-    return torch.where(a.isnan().any(-1), float("nan"), med)  # torch.median: a row with NaN has median NaN
+def _noise_sigma(cells: torch.Tensor) -> torch.Tensor:
+    """Row-wise noise sigma of camera cells [B, N] from the share of quiet cells (``|x| < QUIET_CELL``): for
+    zero-mean Gaussian noise that share is erf(QUIET_CELL / (sigma * sqrt 2)). Cells an object lights up count as
+    loud, as they would shift a median; unlike a median (a sort or a numpy introselect, 2.4 ms a tick at 10,000
+    vehicles and a graph break) this is one fused pass in the compiled tick."""
+    quiet = (cells.abs() < QUIET_CELL).float().mean(-1).clamp(QUIET_SHARE_MIN, QUIET_SHARE_MAX)
+    return QUIET_CELL / (math.sqrt(2.0) * torch.erfinv(quiet))
 
 
 def estimate_conditions(
@@ -93,9 +94,7 @@ def estimate_conditions(
     rate = state.backscatter_rate + alpha * (rate_now - state.backscatter_rate)
     vis = -BACKSCATTER_SCALE_M * torch.log((rate / BACKSCATTER_RATE).clamp(1e-12, 1.0))
     vis = vis.clamp(VISIBILITY_MIN_M, VISIBILITY_CLEAR_M)
-    cam = obs.camera.float().flatten(1)
-    # Median absolute value of the cells ~ 0.67 sigma for pure noise (most cells see nothing).
-    sigma_now = _median_abs(cam) / 0.6745
+    sigma_now = _noise_sigma(obs.camera.float().flatten(1))  # most cells see nothing but noise
     sigma = torch.where(
         obs.camera_valid, state.camera_sigma + alpha * (sigma_now - state.camera_sigma), state.camera_sigma
     )

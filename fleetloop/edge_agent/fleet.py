@@ -439,6 +439,7 @@ class FleetRunner:
             extra = {
                 "road_pos_m": self.state.ego_s_m,
                 "est_visibility_m": vt.estimate.visibility_m,
+                "est_light": vt.estimate.light,
                 "est_friction": vt.estimate.friction,
             }
             if self.config.ground_truth_audit:
@@ -521,6 +522,7 @@ class FleetRunner:
             "est_visibility_m": ex["est_visibility_m"],
             "est_friction": ex["est_friction"],
             "trigger_flags": bits.cpu().numpy().astype(np.uint16),
+            "est_light": ex["est_light"],
         }
         gt = None
         if "gt.true_ttc_s" in ex:

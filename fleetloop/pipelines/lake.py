@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetloop.platform.bus.schemas import BatchSchema, TriggerFlag
+from fleetloop.platform.bus.schemas import BatchSchema, Column, TriggerFlag
 from fleetloop.platform.errors import DataError, UserInputError
 
 __all__ = [
@@ -414,9 +414,15 @@ def announce_pending(manifests: Iterable[Manifest]) -> list[Manifest]:
 
 def read_segment(path: Path, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """A segment's Parquet file as numpy columns; blob columns come back with their dtype and per-frame shape,
-    ``vehicle_id`` as an array of ``str``."""
+    ``vehicle_id`` as an array of ``str``. A segment written under an older minor version of its schema gets the
+    columns added since filled with their defaults, so segments of several minors concatenate."""
     import pyarrow.parquet as pq
 
+    file_schema = pq.read_schema(path)
+    added = [c for c in _schema_of(file_schema.metadata) if c.name not in file_schema.names]
+    if columns is not None:
+        added = [c for c in added if c.name in columns]
+        columns = [name for name in columns if name in file_schema.names]
     table = pq.read_table(path, columns=list(columns) if columns is not None else None)
     out: dict[str, np.ndarray] = {}
     for f, col in zip(table.schema, table.columns, strict=True):
@@ -431,7 +437,21 @@ def read_segment(path: Path, columns: Sequence[str] | None = None) -> dict[str, 
             out[f.name] = np.asarray(arr.to_pylist(), dtype=object)
         else:
             out[f.name] = arr.to_numpy(zero_copy_only=False)
+    for c in added:
+        out[c.name] = np.full((table.num_rows, *c.shape), c.default, dtype=c.np_dtype)
     return out
+
+
+def _schema_of(metadata: Mapping[bytes, bytes] | None) -> tuple[Column, ...]:
+    """The columns of the batch schema (this code's newest minor of its major) a segment's metadata names; none
+    for a file this lake did not write or a schema this code does not know."""
+    from fleetloop.platform.bus.serde import DEFAULT_REGISTRY
+
+    meta = metadata or {}
+    name = meta.get(b"fleetloop.schema", b"").decode()
+    major = meta.get(b"fleetloop.schema_version", b"").decode().partition(".")[0]
+    schema = DEFAULT_REGISTRY.batches.get((name, int(major))) if major.isdigit() else None
+    return schema.columns if schema is not None else ()
 
 
 def read_table(state_dir: Path, table: str, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:

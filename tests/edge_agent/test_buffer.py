@@ -52,6 +52,50 @@ def test_round_trip_through_disk(tmp_path: Path) -> None:
     assert more.frames()["tick"].tolist() == [4, 5, 6, 7, 8] * 2
 
 
+def test_a_version_1_buffer_still_opens(tmp_path: Path) -> None:
+    """Format 1 stored the rings vehicle-major; a state directory written then reads the same frames."""
+    import json
+
+    buf = OnboardBuffer(np.array([3, 4, 5]), capacity=3)
+    for t in range(5):
+        buf.append(_frames(3, t))
+    buf.save(tmp_path)
+    header = json.loads((tmp_path / "buffer.json").read_text())
+    for name in FRAME_COLUMNS:
+        path = tmp_path / header["files"][name]
+        np.save(path, np.ascontiguousarray(np.moveaxis(np.load(path), 0, 1)))
+    header["format_version"] = 1
+    (tmp_path / "buffer.json").write_text(json.dumps(header))
+    back = OnboardBuffer.open(tmp_path, writable=True)
+    for name, want in buf.frames().items():
+        np.testing.assert_array_equal(back.frames()[name], want)
+    back.append(_frames(3, 5))
+    assert back.frames()["tick"].tolist() == [3, 4, 5] * 3
+    assert back.columns["tick"].shape == (3, 3)
+
+
+def test_tensor_writes_match_numpy_writes() -> None:
+    """The fleet's per-tick path (``append_tensors``, ``mark_uploaded``, ``gather``) stores what ``append`` does."""
+    import torch
+
+    ids = np.array([21, 22, 23, 24])
+    by_np, by_t = OnboardBuffer(ids, capacity=3), OnboardBuffer(ids, capacity=3)
+    for t in range(5):
+        frames = _frames(4, t)
+        by_np.append(frames)
+        by_t.append_tensors({k: torch.from_numpy(v.astype(v.dtype.newbyteorder("="))) for k, v in frames.items()})
+    rows = torch.tensor([1, 3])
+    by_t.mark_uploaded(rows, back=1)
+    got = by_t.gather(rows, 1, ["tick", "ego_speed_mps", "uploaded"])
+    assert got["tick"].tolist() == [3, 3]
+    np.testing.assert_allclose(got["ego_speed_mps"], [1.03, 3.03], rtol=1e-6)
+    assert got["uploaded"].tolist() == [True, True]
+    assert int(by_t.columns["uploaded"].sum()) == 2
+    for name, want in by_np.frames().items():
+        if name != "uploaded":
+            np.testing.assert_array_equal(by_t.frames()[name], want)
+
+
 def test_bad_input_is_refused(tmp_path: Path) -> None:
     buf = OnboardBuffer(np.array([1]), capacity=2)
     frames = _frames(1, 0)

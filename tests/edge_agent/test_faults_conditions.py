@@ -28,6 +28,23 @@ def test_fog_and_night_are_told_apart_from_clear() -> None:
     assert clear_light > 0.8 and night_light < 0.4
 
 
+def test_camera_noise_sigma_is_read_from_quiet_cells() -> None:
+    """The light estimate's noise sigma, on the camera's own noise (triangular, unit variance), from daylight to
+    night, within 10 %; a few cells lit by objects move it little."""
+    from fleetloop.edge_agent.conditions import _noise_sigma
+    from fleetloop.sim.rng import bits_noise
+
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(-(2**31), 2**31 - 1, (4000, 128), generator=g, dtype=torch.int64).to(torch.int32)
+    noise = bits_noise(bits)
+    for sigma in (0.03, 0.06, 0.09, 0.12, 0.15):
+        got = float(_noise_sigma(sigma * noise).mean())
+        assert abs(got - sigma) < 0.1 * sigma, (sigma, got)
+    lit = 0.03 * noise
+    lit[:, :6] = 0.8  # six object cells of 128
+    assert float(_noise_sigma(lit).mean()) < 0.036
+
+
 def _friction_under_full_brake(weather: str) -> tuple[float, float, float]:
     """Min and last friction estimate while braking fully from 20 m/s (commands reach the actuators after the
     dead time, as on the vehicle), and the true friction."""

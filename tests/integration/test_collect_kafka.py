@@ -131,7 +131,8 @@ def test_malformed_truncated_and_wrong_version_records_are_dead_lettered_and_col
     s = collect_settings(stack_settings, tmp_path)
     t = fresh_topics(s)
     good = encode_batch(frames("veh-000", np.arange(100)))
-    wrong_major = good.replace(b'"version":"1.0"', b'"version":"9.0"')
+    wrong_major = good.replace(f'"version":"{TELEMETRY_FRAMES.version}"'.encode(), b'"version":"9.0"')
+    assert wrong_major != good
     with BusProducer(s) as p:
         p.send_raw(t.telemetry.name, b"\x00garbage", b"veh-x")
         p.send_raw(t.telemetry.name, good[: len(good) // 2], b"veh-000")  # truncated

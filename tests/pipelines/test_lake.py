@@ -54,6 +54,25 @@ def test_a_segment_round_trips_every_column_bit_for_bit(tmp_path: Path) -> None:
     assert m.offsets == {"fleetloop.telemetry:0": [0, 2]}
 
 
+def test_a_segment_of_an_older_minor_reads_with_the_new_columns_defaulted(tmp_path: Path) -> None:
+    """Telemetry 1.0 had no ``est_light``: its segments read back with NaN there and concatenate with 1.1 ones."""
+    import dataclasses
+
+    old = dataclasses.replace(TELEMETRY_FRAMES, minor=0, columns=TELEMETRY_FRAMES.columns_at(0))
+    legacy = chunk("v1", range(0, 4))
+    legacy = dataclasses.replace(legacy, columns={c.name: legacy.columns[c.name] for c in old.columns})
+    write_segments(tmp_path, "telemetry", old, [legacy])
+    new = chunk("v2", range(0, 3), ts_ms=T0_MS + HOUR_MS)
+    new.columns["est_light"][:] = 0.25
+    write_segments(tmp_path, "telemetry", TELEMETRY_FRAMES, [new])
+    both = read_table(tmp_path, "telemetry")
+    assert both["vehicle_id"].tolist() == ["v1"] * 4 + ["v2"] * 3
+    assert np.isnan(both["est_light"][:4]).all() and both["est_light"][4:].tolist() == [0.25] * 3
+    assert both["est_light"].dtype == np.float16
+    picked = read_table(tmp_path, "telemetry", columns=["seq", "est_light"])
+    assert set(picked) == {"seq", "est_light"} and len(picked["est_light"]) == 7
+
+
 def test_chunks_of_two_hours_become_two_partitions(tmp_path: Path) -> None:
     ms = write_segments(
         tmp_path, "telemetry", TELEMETRY_FRAMES, [chunk("v", range(3)), chunk("v", range(3, 5), T0_MS + HOUR_MS)]

@@ -154,25 +154,35 @@ class SealedV11(DatasetSealed):
     n_vehicles: int = field(default=0, metadata={"since_minor": 1})
 
 
-TELEMETRY_V11 = dataclasses.replace(
+_NEXT = TELEMETRY_FRAMES.minor + 1
+TELEMETRY_NEXT = dataclasses.replace(
     TELEMETRY_FRAMES,
-    minor=1,
-    columns=(*TELEMETRY_FRAMES.columns, Column("lane", "<u1", doc="test", since_minor=1, default=7)),
+    minor=_NEXT,
+    columns=(*TELEMETRY_FRAMES.columns, Column("lane", "<u1", doc="test", since_minor=_NEXT, default=7)),
 )
 
 
-def test_reader_of_1_1_fills_defaults_for_a_1_0_batch() -> None:
-    reader = SchemaRegistry.of(batches=[TELEMETRY_V11])
+def test_reader_of_the_next_minor_fills_defaults_for_a_batch_of_this_one() -> None:
+    reader = SchemaRegistry.of(batches=[TELEMETRY_NEXT])
     old = random_batch(TELEMETRY_FRAMES, 10, 3)
     back = decode(encode(old), reader)
     assert isinstance(back, FrameBatch)
-    assert back.minor == 0 and back.schema.minor == 1
+    assert back.minor == TELEMETRY_FRAMES.minor and back.schema.minor == _NEXT
     assert back.columns["lane"].tolist() == [7] * 10
     np.testing.assert_array_equal(back.columns["camera"], old.columns["camera"])
 
 
-def test_reader_of_1_0_reads_a_1_1_batch_and_names_what_it_ignored() -> None:
-    new = random_batch(TELEMETRY_V11, 10, 4)
+def test_a_telemetry_1_0_batch_reads_with_est_light_unknown() -> None:
+    v10 = dataclasses.replace(TELEMETRY_FRAMES, minor=0, columns=TELEMETRY_FRAMES.columns_at(0))
+    old = random_batch(v10, 6, 5)
+    back = decode(encode(old))
+    assert isinstance(back, FrameBatch) and back.minor == 0
+    assert np.isnan(back.columns["est_light"]).all() and back.columns["est_light"].shape == (6,)
+    np.testing.assert_array_equal(back.columns["lidar_range_m"], old.columns["lidar_range_m"])
+
+
+def test_reader_of_this_minor_reads_a_batch_of_the_next_and_names_what_it_ignored() -> None:
+    new = random_batch(TELEMETRY_NEXT, 10, 4)
     back = decode(encode(new))
     assert isinstance(back, FrameBatch)
     assert back.ignored_columns == ("lane",) and "lane" not in back.columns

@@ -180,12 +180,19 @@ _TELEMETRY_COLUMNS = (
     Column("est_visibility_m", "<f2", doc="the vehicle's own estimate of visibility"),
     Column("est_friction", "<f2", doc="the vehicle's own estimate of road friction coefficient"),
     Column("trigger_flags", "<u2", doc="TriggerFlag bits: why this frame was uploaded"),
+    Column(
+        "est_light",
+        "<f2",
+        doc="the vehicle's own estimate of ambient light, 0 dark .. 1 daylight; NaN in 1.0 payloads",
+        since_minor=1,
+        default=float("nan"),
+    ),
 )
 
 TELEMETRY_FRAMES = BatchSchema(
     name="telemetry.frames",
     major=1,
-    minor=0,
+    minor=1,
     columns=_TELEMETRY_COLUMNS,
     doc="What one vehicle sensed, did and estimated, frame by frame; never ground truth.",
 )
