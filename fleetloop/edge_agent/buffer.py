@@ -97,6 +97,10 @@ class OnboardBuffer:
                 name: np.zeros((capacity, len(ids), *shape), dtype=np.dtype(dt))
                 for name, (dt, shape) in FRAME_COLUMNS.items()
             }
+            for a in self._np.values():
+                # Touch every page now (np.zeros maps them lazily): the first pass through the ring would otherwise
+                # pay a page fault per 4 KiB inside the tick.
+                a.fill(0)
         else:
             self._t = {
                 name: torch.zeros(

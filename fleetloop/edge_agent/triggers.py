@@ -279,7 +279,8 @@ def triggers_step(
     ok_t, until, tokens = _admit(want_t, end_t, f, until, tokens)
     reason_t = one_hot(live.to(torch.int64).argmax(-1), N_BITS) * want_t.unsqueeze(-1)
     # The random sample: frame f starts a random clip [f, f + sample_ticks].
-    key = rng.vehicle_key(seed, vehicle_ids.to(torch.int64), f, _STREAM_SAMPLE)
+    # vehicle_keys caches the tick-independent part of the key per vehicle-id tensor (vehicle_key re-hashes it).
+    key = rng.vehicle_keys(seed, vehicle_ids, f, (_STREAM_SAMPLE,))[:, 0]
     sample = rng.uniform(key, (1,)).squeeze(-1) < cfg.sample_rate
     sample = sample & bool((cfg.trigger_mask >> (N_BITS - 1)) & 1)
     last[:, N_BITS - 1] = torch.where(sample, f, last[:, N_BITS - 1])
