@@ -54,11 +54,11 @@ METRICS = ("coll_nm", "collisions", "phantom", "hard", "harsh_jerk", "progress",
 
 
 def run_row(
-    job: tuple[str, str, str, str | None, str, int, int, int, dict[str, float]],
+    job: tuple[str, str, str, str | None, str, int, int, int, dict[str, float], str],
 ) -> tuple[str, int, dict[str, float]]:
     """One fleet run: (row name, scenario, weather, model path or None, mode, seed, vehicles, ticks, arbiter
-    overrides)."""
-    name, scenario, weather, path, mode, seed, vehicles, ticks, overrides = job
+    overrides, device)."""
+    name, scenario, weather, path, mode, seed, vehicles, ticks, overrides, device = job
     torch.set_num_threads(1)
     models = {}
     arbiter = ArbiterConfig(**overrides)
@@ -71,7 +71,7 @@ def run_row(
                 arbiter, max_uncertainty=1e9, ttc_override_stage=STAGE_MRM + 1, model_confirm_brake_mps2=math.inf
             )
     runner = FleetRunner(
-        FleetConfig(scenario=scenario, weather=weather, seed=seed),
+        FleetConfig(scenario=scenario, weather=weather, seed=seed, device=device),
         list(range(vehicles)),
         models,
         None if path is None else "m",
@@ -138,6 +138,11 @@ def main() -> None:
     p.add_argument("--ticks", type=int, default=600)
     p.add_argument("--jobs", type=int, default=2, help="parallel processes (one thread each)")
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the fleets run (cuda: the same fleet on the GPU, many more vehicles per row at the same cost)",
+    )
+    p.add_argument(
         "--arbiter",
         nargs="*",
         default=[],
@@ -161,7 +166,18 @@ def main() -> None:
     rows += [(f"held-out mix, {m}-only alone", "mixed", "mixed", path, "alone") for m, path in single.items()]
     # held-out seeds: bootstrap trains on seed 0 (scenes, weather and noise of seed 0); evaluate on 100 + s
     jobs = [
-        (name, sc, w, path, mode, (100 + s) if name.startswith("held-out") else s, args.vehicles, args.ticks, overrides)
+        (
+            name,
+            sc,
+            w,
+            path,
+            mode,
+            (100 + s) if name.startswith("held-out") else s,
+            args.vehicles,
+            args.ticks,
+            overrides,
+            args.device,
+        )
         for (name, sc, w, path, mode) in rows
         for s in args.seeds
     ]
@@ -172,7 +188,7 @@ def main() -> None:
         by_row.setdefault(name, []).append(r)
     print(
         f"# learning-problem claims: {args.vehicles} vehicles x {args.ticks} ticks per row per seed, "
-        f"seeds {args.seeds}; mean ± 95 % CI over seeds; rates per 1,000 km"
+        f"seeds {args.seeds}, device {args.device}; mean ± 95 % CI over seeds; rates per 1,000 km"
         + (f"; arbiter overrides {overrides}" if overrides else "")
     )
     print()
