@@ -32,12 +32,14 @@ run are never decided (they stay buffered).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
 from fleetloop.sim import rng
+from fleetloop.sim.state import compile_graph
 
 __all__ = [
     "TRIGGER_BITS",
@@ -223,7 +225,7 @@ def trigger_bits(cfg: TriggerConfig, inp: TriggerInputs) -> torch.Tensor:
 
 
 def _admit(
-    want: torch.Tensor, end: torch.Tensor, start: int, until: torch.Tensor, tokens: torch.Tensor
+    want: torch.Tensor, end: torch.Tensor, start: torch.Tensor, until: torch.Tensor, tokens: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Admit the clips [start, end] where ``want``, all or nothing: each pays for the frames it adds to the admitted
     interval ending at ``until``. Returns (admitted, new until, new tokens)."""
@@ -241,50 +243,67 @@ def triggers_step(
     seed: int,
     *,
     now_bits: torch.Tensor | None = None,
+    compiled: bool = False,
 ) -> tuple[TriggerState, UploadDecision]:
     """Record this tick's triggers, admit or refuse the clips they ask for, and decide frame ``tick - pre_ticks``.
 
     ``now_bits``: ``trigger_bits(cfg, inp)`` when the caller has it already (the compiled tick computes it in its
-    graph)."""
+    graph). ``compiled``: the decision runs as a ``torch.compile``d graph (ADR 0101), the tick as a tensor (one
+    graph for every tick but the first decided one); the same integers as eager."""
     if now_bits is None:
         now_bits = trigger_bits(cfg, inp)
     dev = now_bits.device
-    shifts = torch.arange(N_BITS, device=dev)
-    fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
-    last = torch.where(fired, torch.full_like(state.last_fired, tick), state.last_fired)
-    tokens = (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
     f = tick - cfg.pre_ticks
-    b = now_bits.shape[0]
     if f < 0:
         # Clips of the run's first ticks are cut at frame 0; they are decided (and paid for) from tick pre_ticks on.
-        none = torch.zeros(b, dtype=torch.bool, device=dev)
-        new = TriggerState(
-            last,
-            tokens,
-            state.clip_until,
-            state.uploaded,
-            state.refused,
-            state.clips,
-            state.clips_refused,
-            state.decided,
+        shifts = torch.arange(N_BITS, device=dev)
+        fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
+        tokens = (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
+        new = dataclasses.replace(
+            state,
+            last_fired=torch.where(fired, torch.full_like(state.last_fired, tick), state.last_fired),
+            tokens=tokens,
         )
+        none = torch.zeros(now_bits.shape[0], dtype=torch.bool, device=dev)
         return new, UploadDecision(f, none, torch.zeros_like(now_bits), none, now_bits)
+    # The random sample's key: vehicle_keys caches its tick-independent part per vehicle-id tensor.
+    base = rng.base_keys(seed, vehicle_ids, (_STREAM_SAMPLE,))
+    tick_t = torch.tensor(tick, dtype=torch.int64, device=dev)
+    decide = compile_graph(_decide) if compiled else _decide
+    new, upload, bits, refused = decide(cfg, state, now_bits, base, tick_t, f == 0)
+    return new, UploadDecision(f, upload, bits, refused, now_bits)
+
+
+def _decide(
+    cfg: TriggerConfig,
+    state: TriggerState,
+    now_bits: torch.Tensor,
+    base: torch.Tensor,
+    tick: torch.Tensor,
+    first: bool,
+) -> tuple[TriggerState, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``triggers_step`` from the first decided frame on: ``base`` the sample stream's base keys [B, 1], ``tick`` a
+    0-d int64 tensor, ``first``: frame 0 is being decided. Returns (state, upload, bits, refused)."""
+    shifts = torch.arange(N_BITS, device=now_bits.device)
+    fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
+    last = torch.where(fired, tick, state.last_fired)
+    tokens = (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
+    f = tick - cfg.pre_ticks
     until = state.clip_until
     one_hot = torch.nn.functional.one_hot
     # Trigger clips asked for at this tick, or, on the first decided frame, at any earlier tick that covers it.
-    live = (last[:, : N_BITS - 1] >= f - cfg.post_ticks) & bool(f == 0) | fired[:, : N_BITS - 1]
+    live = (last[:, : N_BITS - 1] >= f - cfg.post_ticks) & first | fired[:, : N_BITS - 1]
     live = live & ((cfg.trigger_mask >> shifts[: N_BITS - 1]) & 1).bool()
     want_t = live.any(-1)
     end_t = torch.where(fired[:, : N_BITS - 1].any(-1), tick, last[:, : N_BITS - 1].max(-1).values) + cfg.post_ticks
     ok_t, until, tokens = _admit(want_t, end_t, f, until, tokens)
     reason_t = one_hot(live.to(torch.int64).argmax(-1), N_BITS) * want_t.unsqueeze(-1)
     # The random sample: frame f starts a random clip [f, f + sample_ticks].
-    # vehicle_keys caches the tick-independent part of the key per vehicle-id tensor (vehicle_key re-hashes it).
-    key = rng.vehicle_keys(seed, vehicle_ids, f, (_STREAM_SAMPLE,))[:, 0]
+    key = rng.tick_keys(base, f.to(torch.int32))[:, 0]  # = vehicle_keys(seed, ids, f, stream): f >= 0 fits int32
     sample = rng.uniform(key, (1,)).squeeze(-1) < cfg.sample_rate
     sample = sample & bool((cfg.trigger_mask >> (N_BITS - 1)) & 1)
     last[:, N_BITS - 1] = torch.where(sample, f, last[:, N_BITS - 1])
-    ok_s, until, tokens = _admit(sample, torch.full_like(until, f + cfg.sample_ticks), f, until, tokens)
+    ok_s, until, tokens = _admit(sample, torch.zeros_like(until) + (f + cfg.sample_ticks), f, until, tokens)
     reason_s = one_hot(torch.full_like(until, N_BITS - 1), N_BITS) * sample.unsqueeze(-1)
     # Why frame f was wanted: the trigger clips [t - pre, t + post] and random clips [s, s + sample] that cover it.
     covered = last >= f - cfg.post_ticks
@@ -307,4 +326,4 @@ def triggers_step(
         + reason_s * (sample & ~ok_s).unsqueeze(-1),
         decided=state.decided + 1,
     )
-    return new, UploadDecision(f, upload, bits, refused, now_bits)
+    return new, upload, bits, refused

@@ -262,6 +262,7 @@ def vehicle_step(
         tick,
         cfg.seed,
         now_bits=now_bits,
+        compiled=compiled,
     )
     cmd = decision.accel_mps2
     queue = torch.cat([state.cmd_queue_mps2[:, 1:], cmd.unsqueeze(-1)], dim=-1)
