@@ -23,13 +23,6 @@ prediction, a stage the fallback merely holds (its latch) with nothing in the pa
 Braking beyond comfortable (``model_confirm_brake_mps2``) needs two consecutive frames of the model asking for it,
 unless the fallback sees a threat (ADR 0112): the per-frame policy's command flickers, most of all on inputs unlike
 its training data (night, rain, fog for the clear-weather model), and a one-frame dip is not a reason to brake hard.
-
-Braking beyond comfortable also needs a reason the vehicle's own radar and lidar see (ADR 0113): a TTC stage, a TTC
-inside the conflict band, or a needed deceleration of ``model_plausible_need_mps2`` of the perceived obstacle (its own
-braking counted) or of anything nearer in or entering the path, seen within the last ``model_reason_hold_ticks``;
-without one the model's command is held at comfortable (the clear-weather model over-brakes behind a slow lead at
-night). Anything in or beside the path whose speed radar cannot tell (a pedestrian, a stationary target, a lidar
-return only) counts as a reason.
 """
 
 from __future__ import annotations
@@ -115,16 +108,6 @@ class ArbiterConfig:
         model_brake_free_need_mps2: no such confirmation where the fallback's perceived obstacle needs more than
             this deceleration [m/s²] (0: any obstacle the ego closes on; the ranging sensors corroborate the
             model) or the fallback is at a TTC stage, unless that obstacle is clearing the path.
-        model_plausible_need_mps2: a model command braking harder than ``model_confirm_brake_mps2`` is held at it
-            unless the vehicle's own radar and lidar give a reason (ADR 0113): a TTC stage, a TTC within
-            ``model_plausible_ttc_s``, or a needed deceleration of at least this [m/s²] of the perceived obstacle
-            (``FallbackOutput.need_mps2``, its own braking counted) or of anything nearer in or entering the path
-            (``FallbackOutput.near_need_mps2``; inf where radar cannot tell its speed: pedestrians, stationary
-            objects). 1.9 = the expert's comfortable 2.5 m/s² over its over-braking factor 1.3: the expert never
-            brakes beyond comfortable for less. 0 switches this off.
-        model_plausible_ttc_s: inside this TTC [s] braking has a reason (4 s: the conflict band, ``PHANTOM_TTC_S``).
-        model_reason_hold_ticks: a reason holds this many ticks after it was last seen (5 = 0.5 s: radar misses a
-            target now and then, a pedestrian on about every other tick).
     """
 
     max_uncertainty: float = 0.5
@@ -134,9 +117,6 @@ class ArbiterConfig:
     clearing_max_stage: int = STAGE_FULL
     model_confirm_brake_mps2: float = 2.5
     model_brake_free_need_mps2: float = 0.0
-    model_plausible_need_mps2: float = 1.9
-    model_plausible_ttc_s: float = 4.0
-    model_reason_hold_ticks: int = 5
     low_conf_enter_ticks: int = 3
     low_conf_min_hold_ticks: int = 10
     low_conf_exit_ratio: float = 0.8
@@ -206,7 +186,6 @@ class ArbiterState:
             higher priority applies).
         low_conf_hold: ticks the latch still holds at least.
         last_model_mps2: the model's command last tick [m/s²] (float; 0 where it had none).
-        reason_hold: ticks the last reason to brake hard the vehicle's own sensors saw still holds (ADR 0113).
     """
 
     on_fallback: torch.Tensor
@@ -222,7 +201,6 @@ class ArbiterState:
     low_conf: torch.Tensor
     low_conf_hold: torch.Tensor
     last_model_mps2: torch.Tensor
-    reason_hold: torch.Tensor
 
     @staticmethod
     def init(batch: int, device: torch.device | str = "cpu", start_on_fallback: bool = False) -> ArbiterState:
@@ -244,7 +222,6 @@ class ArbiterState:
             torch.zeros(batch, dtype=torch.bool, device=device),
             z.clone(),
             torch.zeros(batch, device=device),
-            z.clone(),
         )
 
     def totals(self) -> dict[str, dict[str, int]]:
@@ -332,23 +309,6 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
     hold_at = torch.full_like(safe_m, -cfg.model_confirm_brake_mps2)
     unconfirmed = usable & ~threat & (safe_m < hold_at) & ~(prev_m < hold_at)
     safe_m = torch.where(unconfirmed, hold_at, safe_m)
-    # Plausibility (ADR 0113): braking beyond comfortable needs a reason the vehicle's own radar and lidar see: a TTC
-    # stage, a TTC inside the conflict band, or a needed deceleration of at least model_plausible_need_mps2, of the
-    # perceived obstacle (its own braking counted) or of anything nearer in or entering the path (inf where radar
-    # cannot tell its speed). Without one it is held at comfortable.
-    reason_hold = torch.zeros_like(state.reason_hold)
-    if fb.need_mps2 is not None and fb.near_need_mps2 is not None and cfg.model_plausible_need_mps2 > 0:
-        near_ttc = fb.near_ttc_s if fb.near_ttc_s is not None else torch.zeros_like(fb.ttc_s)
-        reason = (
-            (fb.stage != STAGE_NONE)
-            | (torch.minimum(fb.ttc_s, near_ttc) <= cfg.model_plausible_ttc_s)
-            | (torch.maximum(fb.need_mps2, fb.near_need_mps2) >= cfg.model_plausible_need_mps2)
-        )
-        reason_hold = torch.where(
-            reason, torch.full_like(reason_hold, cfg.model_reason_hold_ticks), (state.reason_hold - 1).clamp_min(0)
-        )
-        calm = ~reason & (state.reason_hold <= 0)
-        safe_m = torch.where(usable & calm & (safe_m < hold_at), hold_at, safe_m)
     unc = torch.nan_to_num(inp.model_uncertainty.float(), nan=0.0)
     high = torch.where(unc > cfg.max_uncertainty, state.unc_high_ticks + 1, torch.zeros_like(state.unc_high_ticks))
     enter = high >= cfg.low_conf_enter_ticks
@@ -405,7 +365,6 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
         low_conf=low_conf,
         low_conf_hold=torch.where(low_conf, (hold_left - 1).clamp_min(0), torch.zeros_like(hold_left)),
         last_model_mps2=torch.where(usable, m, torch.zeros_like(m)).to(state.last_model_mps2.dtype),
-        reason_hold=reason_hold,
     )
     decision = Decision(
         accel_mps2=cmd,
