@@ -303,8 +303,10 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
     threat = (fb.stage > STAGE_NONE) & (fb.stage < STAGE_MRM)
     if fb.need_mps2 is not None:
         threat = threat | (fb.need_mps2 > cfg.model_brake_free_need_mps2)
-    if fb.clearing is not None and cfg.clearing_max_stage > STAGE_NONE:
-        threat = threat & ~fb.clearing.bool()
+    # Path prediction (ADR 0112), unless switched off: where the fallback's obstacle is leaving the path.
+    leaving = fb.clearing.bool() if fb.clearing is not None and cfg.clearing_max_stage > STAGE_NONE else None
+    if leaving is not None:
+        threat = threat & ~leaving
     prev_m = state.last_model_mps2
     hold_at = torch.full_like(safe_m, -cfg.model_confirm_brake_mps2)
     unconfirmed = usable & ~threat & (safe_m < hold_at) & ~(prev_m < hold_at)
@@ -318,11 +320,11 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
     calm = unc < cfg.low_conf_exit_ratio * cfg.max_uncertainty
     low_conf = inp.has_model.bool() & (enter | (state.low_conf & ((hold_left > 0) | ~calm)))
     ttc_critical = (fb.stage >= cfg.ttc_override_stage) & (fb.stage < STAGE_MRM) & (fb.accel_mps2 < safe_m)
-    if fb.clearing is not None and cfg.clearing_max_stage > STAGE_NONE:
+    if leaving is not None:
         # Path prediction (ADR 0112): no override for an obstacle that leaves the path before the ego gets there;
         # and a stage the fallback only holds (its latch, nothing in the path any more) starts no new override,
         # it only keeps one going (else the brake lands just after a withheld, clearing obstacle has left).
-        clearing = fb.clearing.bool() & (fb.stage <= cfg.clearing_max_stage)
+        clearing = leaving & (fb.stage <= cfg.clearing_max_stage)
         in_path = fb.gap_m < NO_OBSTACLE_M
         going = state.on_fallback & (state.episode_reason == REASON_CODES["ttc_critical"])
         ttc_critical = ttc_critical & ~clearing & (in_path | going)

@@ -254,24 +254,29 @@ def triggers_step(
         now_bits = trigger_bits(cfg, inp)
     dev = now_bits.device
     f = tick - cfg.pre_ticks
+    tick_t = torch.tensor(tick, dtype=torch.int64, device=dev)
     if f < 0:
         # Clips of the run's first ticks are cut at frame 0; they are decided (and paid for) from tick pre_ticks on.
-        shifts = torch.arange(N_BITS, device=dev)
-        fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
-        tokens = (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
-        new = dataclasses.replace(
-            state,
-            last_fired=torch.where(fired, torch.full_like(state.last_fired, tick), state.last_fired),
-            tokens=tokens,
-        )
+        _, last, tokens = _record(cfg, state, now_bits, tick_t)
         none = torch.zeros(now_bits.shape[0], dtype=torch.bool, device=dev)
+        new = dataclasses.replace(state, last_fired=last, tokens=tokens)
         return new, UploadDecision(f, none, torch.zeros_like(now_bits), none, now_bits)
     # The random sample's key: vehicle_keys caches its tick-independent part per vehicle-id tensor.
     base = rng.base_keys(seed, vehicle_ids, (_STREAM_SAMPLE,))
-    tick_t = torch.tensor(tick, dtype=torch.int64, device=dev)
     decide = compile_graph(_decide) if compiled else _decide
     new, upload, bits, refused = decide(cfg, state, now_bits, base, tick_t, f == 0)
     return new, UploadDecision(f, upload, bits, refused, now_bits)
+
+
+def _record(
+    cfg: TriggerConfig, state: TriggerState, now_bits: torch.Tensor, tick: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every tick's bookkeeping: the bits that fired [B, N_BITS], the last tick each fired (``tick`` a 0-d int64
+    tensor) and the bucket refilled. Returns (fired, last_fired, tokens)."""
+    shifts = torch.arange(N_BITS, device=now_bits.device)
+    fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
+    last = torch.where(fired, tick, state.last_fired)
+    return fired, last, (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
 
 
 def _decide(
@@ -285,9 +290,7 @@ def _decide(
     """``triggers_step`` from the first decided frame on: ``base`` the sample stream's base keys [B, 1], ``tick`` a
     0-d int64 tensor, ``first``: frame 0 is being decided. Returns (state, upload, bits, refused)."""
     shifts = torch.arange(N_BITS, device=now_bits.device)
-    fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
-    last = torch.where(fired, tick, state.last_fired)
-    tokens = (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
+    fired, last, tokens = _record(cfg, state, now_bits, tick)
     f = tick - cfg.pre_ticks
     until = state.clip_until
     one_hot = torch.nn.functional.one_hot

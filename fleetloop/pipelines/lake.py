@@ -418,12 +418,13 @@ def read_segment(path: Path, columns: Sequence[str] | None = None) -> dict[str, 
     columns added since filled with their defaults, so segments of several minors concatenate."""
     import pyarrow.parquet as pq
 
-    file_schema = pq.read_schema(path)
+    parquet = pq.ParquetFile(path)  # one open: the footer gives the schema, then the columns are read
+    file_schema = parquet.schema_arrow
     added = [c for c in _schema_of(file_schema.metadata) if c.name not in file_schema.names]
     if columns is not None:
         added = [c for c in added if c.name in columns]
         columns = [name for name in columns if name in file_schema.names]
-    table = pq.read_table(path, columns=list(columns) if columns is not None else None)
+    table = parquet.read(columns=list(columns) if columns is not None else None)
     out: dict[str, np.ndarray] = {}
     for f, col in zip(table.schema, table.columns, strict=True):
         arr = col.combine_chunks()
