@@ -224,9 +224,12 @@ def main() -> None:
     print("| claim | per-seed values | mean ± 95 % CI | holds |")
     print("|---|---|---:|---|")
 
-    def claim(text: str, values: list[float], sign: int, threshold: float, digits: int = 2) -> None:
+    def claim(
+        text: str, values: list[float], sign: int, threshold: float, digits: int = 2, equal_ok: bool = False
+    ) -> None:
         """``sign`` +1: the claim is mean >= threshold; -1: mean < threshold. "yes" only when the whole 95 %
-        interval is on the claimed side; "mean only" when the mean is but the interval straddles."""
+        interval is on the claimed side; "mean only" when the mean is but the interval straddles; with
+        ``equal_ok`` (a claim of "equal or better"), "equal" when the interval holds the threshold."""
         if not values:
             print(f"| {text} | none | - | undefined |")
             return
@@ -235,6 +238,8 @@ def main() -> None:
         lo, hi = mu - h, mu + h
         if sign > 0:
             verdict = "yes" if lo >= threshold else "mean only" if mu >= threshold else "NO"
+            if equal_ok and lo < threshold <= hi:
+                verdict = "equal"
         else:
             verdict = "yes" if hi < threshold else "mean only" if mu < threshold else "NO"
         print(f"| {text} | {', '.join(f'{v:.{digits}f}' for v in values)} | {fmt(values, digits)} | {verdict} |")
@@ -261,7 +266,8 @@ def main() -> None:
             diff = [x[key] - y[key] for x, y in zip(m, f, strict=True)]
             digits = 3 if key == "progress" else 1
             sign = -1 if better == "lower" else +1  # lower: diff < 0; higher (equal or better): diff >= 0
-            claim(f"(b) {scen}: {model}+fallback minus fallback, {key} ({better} is better)", diff, sign, 0.0, digits)
+            text = f"(b) {scen}: {model}+fallback minus fallback, {key} ({better} is better)"
+            claim(text, diff, sign, 0.0, digits, equal_ok=key == "progress")
     fused = by_row["held-out mix, fused (reference) alone"]
     for m in single:
         s = by_row[f"held-out mix, {m}-only alone"]
