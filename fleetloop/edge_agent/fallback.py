@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from fleetloop.sim.sensors import LIDAR_BEAMS, LIDAR_MAX_RANGE_M, Observation
-from fleetloop.sim.state import GRAVITY_MPS2, World
+from fleetloop.sim.sensors import LIDAR_BEAM_COS, LIDAR_BEAM_SIN, LIDAR_BEAMS, LIDAR_MAX_RANGE_M, Observation
+from fleetloop.sim.state import GRAVITY_MPS2, World, const_table, materialize
 from fleetloop.sim.traffic import IdmParams, idm_acceleration
 
 __all__ = [
@@ -53,7 +53,6 @@ STAGE_NONE, STAGE_WARNING, STAGE_PARTIAL, STAGE_FULL, STAGE_MRM = 0, 1, 2, 3, 4
 STAGE_NAMES = ("none", "warning", "partial", "full", "mrm")
 
 CORRIDOR_HALF_WIDTH_M = 1.3  # [m] ego half width 0.9 m + 0.4 m margin
-LIDAR_FOV_HALF_RAD = math.radians(15.0)  # the sim's lidar spans +-15 deg, left to right
 STATIONARY_MPS = 1.0  # [m/s] a radar target slower than this (over ground) is treated as stationary
 CONFIRM_RANGE_M = 3.0  # [m] radar and lidar agree on a target when their ranges differ by less
 LIDAR_PAIR_M = 1.5  # [m] two adjacent beams see the same object when their ranges differ by less
@@ -217,10 +216,9 @@ class FallbackOutput:
 
 def _lidar_points(lidar_range_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per beam [B, beams]: lateral (+ left) and longitudinal position of the return [m], and whether it returned."""
-    beams = lidar_range_m.shape[-1]
-    theta = torch.linspace(LIDAR_FOV_HALF_RAD, -LIDAR_FOV_HALF_RAD, beams, device=lidar_range_m.device)
     r = lidar_range_m
-    return r * torch.sin(theta), r * torch.cos(theta), r < LIDAR_MAX_RANGE_M - 0.5
+    sin, cos = const_table(LIDAR_BEAM_SIN, r), const_table(LIDAR_BEAM_COS, r)
+    return r * sin, r * cos, r < LIDAR_MAX_RANGE_M - 0.5
 
 
 def _lidar_in_path(
@@ -281,7 +279,7 @@ def perceive_in_path(
         lidar = torch.where(lidar_ok.unsqueeze(-1), lidar, torch.full_like(lidar, LIDAR_MAX_RANGE_M))
     lidar = torch.nan_to_num(lidar, nan=LIDAR_MAX_RANGE_M, posinf=LIDAR_MAX_RANGE_M)
     lid_lat, lid_lon, lid_returned = _lidar_points(lidar)
-    lidar_gap = _lidar_in_path(lidar, lid_lat, lid_lon, lid_returned)
+    lidar_gap = materialize(_lidar_in_path(lidar, lid_lat, lid_lon, lid_returned))
     valid = radar_valid.bool() & torch.isfinite(radar_range_m) & torch.isfinite(radar_range_rate_mps)
     if radar_ok is not None:
         valid = valid & radar_ok.unsqueeze(-1)
@@ -311,7 +309,7 @@ def perceive_in_path(
         predicted = prior.gap_m - (v - prior.speed_mps) * dt_s
         coast = (prior.age_ticks < TRACK_COAST_TICKS) & ((lidar_gap - predicted).abs() < CONFIRM_RANGE_M)
         lidar_speed = torch.where(coast, prior.speed_mps, lidar_speed)
-    gap = torch.where(use_lidar, lidar_gap, r_gap)
+    gap = materialize(torch.where(use_lidar, lidar_gap, r_gap))
     speed = torch.where(use_lidar, lidar_speed, r_speed).clamp_min(0.0)
     present = gap < NO_OBSTACLE_M
     closing = torch.where(present, v - speed, torch.zeros_like(v))

@@ -21,13 +21,16 @@ from dataclasses import dataclass, fields
 import torch
 
 from fleetloop.sim import rng
-from fleetloop.sim.state import World, WorldState, compile_graph, materialize
+from fleetloop.sim.state import World, WorldState, compile_graph, const_table, materialize
 
 __all__ = [
     "CAMERA_COLS",
     "CAMERA_ROWS",
     "CAMERA_ROW_EDGES_M",
     "LIDAR_BEAMS",
+    "LIDAR_BEAM_COS",
+    "LIDAR_BEAM_RAD",
+    "LIDAR_BEAM_SIN",
     "LIDAR_MAX_RANGE_M",
     "RADAR_MAX_RANGE_M",
     "RADAR_TARGETS",
@@ -44,6 +47,12 @@ CAMERA_NOISE_NIGHT = 0.12  # [-] extra noise sigma in the dark
 CAMERA_DROPOUT = 0.002  # [-] probability a frame is lost
 LIDAR_BEAMS = 32
 LIDAR_FOV_RAD = math.radians(15.0)  # half field of view
+# Beam angles, left to right [rad], and their sine and cosine: constants, so a compiled graph loads them instead of
+# recomputing the transcendental functions for every vehicle (float32, as torch computes them).
+_THETA = torch.linspace(LIDAR_FOV_RAD, -LIDAR_FOV_RAD, LIDAR_BEAMS)
+LIDAR_BEAM_RAD = tuple(_THETA.tolist())
+LIDAR_BEAM_SIN = tuple(torch.sin(_THETA).tolist())
+LIDAR_BEAM_COS = tuple(torch.cos(_THETA).tolist())
 LIDAR_MAX_RANGE_M = 120.0  # [m]
 LIDAR_R0_M = 110.0  # [m] range at which a reflectivity-1 target fades to threshold in clear air
 LIDAR_FADING_SIGMA = 0.25  # [-] log-normal fading of the return
@@ -97,18 +106,6 @@ class Observation:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _table(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-    # Cached per (values, device): a per-tick torch.tensor() would be a host-to-device copy on CUDA.
-    if torch.compiler.is_compiling():  # a constant of the graph
-        return torch.tensor(values, dtype=torch.float32, device=like.device)
-    cache: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = _table.__dict__.setdefault("cache", {})
-    key = (tuple(values), like.device)
-    out = cache.get(key)
-    if out is None:
-        out = cache[key] = torch.tensor(values, dtype=torch.float32, device=like.device)
-    return out
-
-
 def _camera(
     world: World, state: WorldState, rel_y: torch.Tensor, noise: torch.Tensor, u_valid: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
@@ -119,9 +116,9 @@ def _camera(
     vis = state.visibility_m.unsqueeze(-1)
     light = state.light.unsqueeze(-1)
     lit = light + (1.0 - light) * torch.exp(-((r / CAMERA_HEADLIGHT_M) ** 2))
-    contrast = _table(CAMERA_CONTRAST, r)[state.actor_kind]
+    contrast = const_table(CAMERA_CONTRAST, r)[state.actor_kind]
     signal = contrast * torch.exp(-3.0 * r / vis) * lit * (1.0 - 0.2 * state.rain.unsqueeze(-1))
-    edges = _table(CAMERA_ROW_EDGES_M, r)
+    edges = const_table(CAMERA_ROW_EDGES_M, r)
     row = torch.bucketize(near, edges, right=True) - 1  # [B, K]
     in_view = (state.actor_kind > 0) & (near > 0) & (row >= 0) & (row < CAMERA_ROWS)
     col_w = 2 * CAMERA_HALF_WIDTH_M / CAMERA_COLS
@@ -146,8 +143,7 @@ def _camera(
 def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Lidar ranges [B, beams]; ``u`` [B, K + 3 * beams] uniforms."""
     b, k = state.actor_kind.shape
-    dev = rel_y.device
-    theta = torch.linspace(LIDAR_FOV_RAD, -LIDAR_FOV_RAD, LIDAR_BEAMS, device=dev)  # left to right
+    theta = const_table(LIDAR_BEAM_RAD, rel_y)  # left to right
     near = state.actor_x_m - state.actor_len_m
     half_w = 0.5 * state.actor_width_m
     safe_near = near.clamp_min(0.1).unsqueeze(-1)
@@ -156,7 +152,7 @@ def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor
     # Whether an object returns is decided once per object and tick at its near-face range (the 1/cos stretch
     # across +-15 deg is under 4 %); fading is per object and tick (its pose and surface).
     fade = torch.exp(LIDAR_FADING_SIGMA * (u[:, :k] * 3.46 - 1.73))
-    refl = _table(LIDAR_REFLECTIVITY, near)[state.actor_kind]
+    refl = const_table(LIDAR_REFLECTIVITY, near)[state.actor_kind]
     r_near = near.clamp_min(0.1)
     power = refl * (LIDAR_R0_M / r_near) ** 2 * torch.exp(-6.0 * r_near / state.visibility_m.unsqueeze(-1)) * fade
     returns = (state.actor_kind > 0) & (near > 0.1) & (power > 1.0) & (r_near < LIDAR_MAX_RANGE_M)
@@ -167,7 +163,7 @@ def _lidar(world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor
     # Nearest face per beam, then the 1/cos stretch: dividing by the same positive number is monotonic, so this
     # equals dividing every object's range first (and costs [B, beams] instead of [B, K, beams]).
     r_min = torch.where(hit, face, LIDAR_MAX_RANGE_M).amin(dim=1)
-    rng_m = (r_min / torch.cos(theta)).clamp_max(LIDAR_MAX_RANGE_M)  # [B, beams]
+    rng_m = (r_min / const_table(LIDAR_BEAM_COS, r_min)).clamp_max(LIDAR_MAX_RANGE_M)  # [B, beams]
     tail = u[:, k:].view(b, 3, LIDAR_BEAMS)
     rng_m = rng_m + LIDAR_NOISE_M * (tail[:, 0] - 0.5) * 3.46 * (rng_m < LIDAR_MAX_RANGE_M)
     p_back = LIDAR_BACKSCATTER * torch.exp(-state.visibility_m / 80.0).unsqueeze(-1)
@@ -197,7 +193,7 @@ def _radar(
     az = torch.atan2(rel_y, near)
     rate = (state.actor_v_mps - state.ego_v_mps.unsqueeze(-1)) * torch.cos(az)
     z = z.view(b, 3, k + 2)
-    p = _table(RADAR_DETECT_P, near)[state.actor_kind] * (1.0 - RADAR_RAIN_LOSS * state.rain.unsqueeze(-1))
+    p = const_table(RADAR_DETECT_P, near)[state.actor_kind] * (1.0 - RADAR_RAIN_LOSS * state.rain.unsqueeze(-1))
     det = (state.actor_kind > 0) & (near > 0.3) & (rng_t < RADAR_MAX_RANGE_M) & (az.abs() < RADAR_FOV_RAD)
     det = det & (u[:, :k] < p)
     extra = u[:, k:]

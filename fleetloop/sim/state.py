@@ -31,6 +31,7 @@ __all__ = [
     "WorldState",
     "compile_cache_dir",
     "compile_graph",
+    "const_table",
     "materialize",
 ]
 
@@ -88,6 +89,20 @@ def _materialize(x: torch.Tensor) -> torch.Tensor:
 @_materialize.register_fake
 def _(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
+
+
+def const_table(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """``values`` as a float32 tensor on ``like``'s device: cached per (values, device) in eager mode (a per-tick
+    ``torch.tensor()`` would be a host-to-device copy on CUDA), a constant of the graph when compiling (loaded from
+    memory, where an expression of an index would be recomputed for every element it broadcasts to)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=torch.float32, device=like.device)
+    cache: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = const_table.__dict__.setdefault("cache", {})
+    key = (tuple(values), like.device)
+    out = cache.get(key)
+    if out is None:
+        out = cache[key] = torch.tensor(values, dtype=torch.float32, device=like.device)
+    return out
 
 
 def materialize(x: torch.Tensor) -> torch.Tensor:
