@@ -140,8 +140,10 @@ def _obstacle_braking(
     p: Perceived, speed: torch.Tensor, vid: torch.Tensor, tick: torch.Tensor, cfg: LabelConfig
 ) -> torch.Tensor:
     """[N] the in-path obstacle's deceleration [m/s²] from hindsight: its radar speed ``lead_brake_window_ticks``
-    before and after each frame, where both are the same vehicle's contiguous frames and radar saw it at both ends
-    with gaps that agree with that speed change (the same obstacle); 0 elsewhere or where it does not brake."""
+    before and after each frame, where both are the same vehicle's contiguous frames and radar saw an in-path
+    obstacle at both ends; 0 elsewhere or where it does not brake. Whether it is the same obstacle at both ends is
+    not checked: a slower one taking a faster one's place reads as braking, and then the stopping distance it adds
+    is short (the slower one's speed, the larger apparent deceleration), so the label errs towards braking."""
     n = int(speed.shape[0])
     k = cfg.lead_brake_window_ticks
     out = torch.zeros(n)
