@@ -67,8 +67,8 @@ class LabelConfig:
             needed [m/s²] (below the phantom-braking event's 3 m/s²).
         hazard_decel_mps2: needed deceleration above this is a hazard [m/s²].
         max_decel_mps2: needed deceleration is capped here (the target must be a feasible command) [m/s²].
-        lead_braking_mps2: an in-path obstacle decelerating beyond this is braking to a stop [m/s²] (the
-            fallback's ``LEAD_BRAKING_MPS2``: 2.5 sigmas of radar speed noise over the window).
+        lead_braking_mps2: an in-path obstacle decelerating beyond this is braking to a stop [m/s²] (about 3
+            sigmas of radar speed noise over the window: 0.15 m/s a tick at both ends of 0.6 s is 0.35 m/s²).
         lead_brake_window_ticks: its deceleration is read from its radar speed this many ticks before and after.
         chunk_frames: frames labelled per batch (bounds memory at chunk x horizon).
     """
