@@ -95,7 +95,10 @@ def trigger_config(arm: str, budget: float, match_share: float | None = None) ->
         return base
     share = budget if match_share is None else match_share
     return dataclasses.replace(
-        base, trigger_mask=TRIGGER_BITS["random_sample"], sample_rate=RANDOM_OVERDRAW * share / (base.sample_ticks + 1)
+        base,
+        trigger_mask=TRIGGER_BITS["random_sample"],
+        sample_rate=RANDOM_OVERDRAW * share / (base.sample_ticks + 1),
+        reserve_clips=0.0,  # no severe trigger asks for the reserve here: the whole bucket is the sample's
     )
 
 
