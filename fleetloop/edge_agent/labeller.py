@@ -8,7 +8,9 @@ fallback stage. For frame i and the next ``horizon_s`` of frames j of the same v
   the ego's own odometry: ``D_j = gap_j + (distance driven from i to j) - margin``;
 - needed deceleration: the smallest constant deceleration from frame i's speed v that keeps the ego behind every
   such ``D_j`` at time t_j (``v^2 / 2D`` if it stops before t_j, else ``2 (v t_j - D_j) / t_j^2``), and, for an
-  obstacle that stands still, behind it for good (``v^2 / 2D_j``);
+  obstacle that stands still, behind it for good (``v^2 / 2D_j``); an obstacle still braking when the horizon ends
+  (its radar speed over the frames around it) brakes on to a stop, so the ego must stop behind that point:
+  ``v^2 / 2 (D_end + u^2 / 2a)``, the expert's reading of a braking lead;
 - hazard: within the horizon the vehicle perceived an obstacle closer than ``hazard_gap_m``, or a perceived TTC
   below ``hazard_ttc_s``, or braked harder than ``hard_brake_mps2``, or its fallback went to full braking, each
   *for an obstacle it perceived closing in its path* (TTC under ``brake_reason_ttc_s``); or the needed
@@ -65,6 +67,9 @@ class LabelConfig:
             needed [m/s²] (below the phantom-braking event's 3 m/s²).
         hazard_decel_mps2: needed deceleration above this is a hazard [m/s²].
         max_decel_mps2: needed deceleration is capped here (the target must be a feasible command) [m/s²].
+        lead_braking_mps2: an in-path obstacle decelerating beyond this is braking to a stop [m/s²] (the
+            fallback's ``LEAD_BRAKING_MPS2``: 2.5 sigmas of radar speed noise over the window).
+        lead_brake_window_ticks: its deceleration is read from its radar speed this many ticks before and after.
         chunk_frames: frames labelled per batch (bounds memory at chunk x horizon).
     """
 
@@ -78,6 +83,8 @@ class LabelConfig:
     overbrake_slack_mps2: float = 1.0
     hazard_decel_mps2: float = 3.0
     max_decel_mps2: float = 9.5
+    lead_braking_mps2: float = 1.0
+    lead_brake_window_ticks: int = 3
     chunk_frames: int = 65_536
 
     @property
@@ -129,6 +136,26 @@ def _obstacle_speed(p: Perceived, v: torch.Tensor, vid: torch.Tensor, tick: torc
     return speed
 
 
+def _obstacle_braking(
+    p: Perceived, speed: torch.Tensor, vid: torch.Tensor, tick: torch.Tensor, cfg: LabelConfig
+) -> torch.Tensor:
+    """[N] the in-path obstacle's deceleration [m/s²] from hindsight: its radar speed ``lead_brake_window_ticks``
+    before and after each frame, where both are the same vehicle's contiguous frames and radar saw it at both ends
+    with gaps that agree with that speed change (the same obstacle); 0 elsewhere or where it does not brake."""
+    n = int(speed.shape[0])
+    k = cfg.lead_brake_window_ticks
+    out = torch.zeros(n)
+    if n <= 2 * k:
+        return out
+    i = torch.arange(k, n - k)
+    a, b = i - k, i + k
+    same = (vid[a] == vid[b]) & (tick[b] - tick[a] == 2 * k)
+    seen = p.present[a] & p.present[b] & p.radar_seen[a] & p.radar_seen[b]
+    decel = (speed[a] - speed[b]) / (2 * k * cfg.dt_s)
+    out[i] = torch.where(same & seen, decel, torch.zeros_like(decel)).clamp_min(0.0)
+    return out
+
+
 def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
     """Label ``frames`` (columns as numpy arrays or tensors, ordered by vehicle then tick; e.g.
     ``OnboardBuffer.frames()``). Optional columns: ``fallback_stage``, ``command_accel_mps2``."""
@@ -154,6 +181,14 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
     stage = col["fallback_stage"].to(torch.int64) if "fallback_stage" in col else torch.zeros(n, dtype=torch.int64)
     # Hindsight speeds and TTC (a lead radar missed for a frame is not standing; see _obstacle_speed).
     obstacle_speed = _obstacle_speed(p, v, vid, tick, cfg.dt_s)
+    # A lead that is braking at the end of the horizon goes on braking to a stop beyond it (the expert's reading,
+    # ``fleetloop.sim.expert._required_decel``): where it stops is what the ego must stay behind.
+    braking = _obstacle_braking(p, obstacle_speed, vid, tick, cfg)
+    lead_stop = torch.where(
+        braking > cfg.lead_braking_mps2,
+        obstacle_speed * obstacle_speed / (2.0 * braking.clamp_min(cfg.lead_braking_mps2)),
+        torch.full_like(v, math.inf),
+    )
     closing = torch.where(p.present, v - obstacle_speed, torch.zeros_like(v))
     ttc = torch.where(p.present & (closing > 0.1), p.gap_m.clamp_min(0.0) / closing.clamp_min(0.1), math.inf)
     braked_for_it = (decel > cfg.hard_brake_mps2) & (ttc < cfg.brake_reason_ttc_s)
@@ -186,6 +221,9 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
         need_j = torch.where(stop_by_t, a_stop, a_reach)
         standing = obstacle_speed[j] < 1.0
         need_j = torch.where(standing, torch.maximum(need_j, a_stop), need_j)
+        # Only where the horizon ends: within it, where the obstacle went is known.
+        beyond = vi * vi / (2.0 * (d[:, -1:] + lead_stop[j[:, -1:]].double()))
+        need_j[:, -1:] = torch.maximum(need_j[:, -1:], beyond)
         need_j = torch.where(ok & p.present[j], need_j, torch.zeros_like(need_j))
         need = need_j.max(-1).values.float().clamp(max=cfg.max_decel_mps2)
         seen = (ok & event[j]).any(-1)

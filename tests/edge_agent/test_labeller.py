@@ -128,3 +128,51 @@ def test_a_lead_car_radar_misses_for_a_tick_is_not_a_wall_to_stop_for(v: float, 
     labels = hindsight_labels(LabelConfig(), frames)
     assert (labels.hazard[:10] == 0).all()
     assert (labels.needed_decel_mps2[:10] < 0.5).all()
+
+
+def _following(n: int, lead_speed: torch.Tensor, v: float = 30.0, gap0: float = 50.0) -> dict[str, torch.Tensor]:
+    """Ego at a constant ``v`` behind a lead driving ``lead_speed`` [n] (m/s per tick), seen by lidar and radar."""
+    dt = 0.1
+    gap = gap0 + torch.cat([torch.zeros(1), torch.cumsum((lead_speed[:-1] - v) * dt, 0)])
+    lidar = torch.full((n, 32), 120.0)
+    lidar[:, 14:18] = gap.unsqueeze(-1)
+    radar_valid = torch.zeros(n, 8, dtype=torch.bool)
+    radar_valid[:, 0] = True
+    return {
+        "vehicle_id": torch.zeros(n, dtype=torch.int64),
+        "tick": torch.arange(n),
+        "ego_speed_mps": torch.full((n,), v),
+        "ego_accel_mps2": torch.zeros(n),
+        "lidar_range_m": lidar,
+        "radar_range_m": torch.zeros(n, 8) + gap.unsqueeze(-1),
+        "radar_range_rate_mps": torch.zeros(n, 8) + (lead_speed - v).unsqueeze(-1),
+        "radar_azimuth_rad": torch.zeros(n, 8),
+        "radar_valid": radar_valid,
+    }
+
+
+def test_a_lead_still_braking_when_the_horizon_ends_is_stopped_behind_where_it_will_stop() -> None:
+    # The lead brakes at 6 m/s² from tick 10 to a stop. From tick 15 on (lead at 27 m/s, 49.25 m ahead) the ego
+    # must stop behind where the lead stops: v² / 2 (gap - margin + u² / 2a) = 900 / 216 = 4.2 m/s², the expert's
+    # reading. Within the 3 s horizon alone the lead is still moving, and far less braking looks needed.
+    n = 80
+    t = torch.arange(n, dtype=torch.float32)
+    lead = (30.0 - 6.0 * 0.1 * (t - 10).clamp_min(0)).clamp_min(0.0)
+    frames = _following(n, lead)
+    labels = hindsight_labels(LabelConfig(), frames)
+    myopic = hindsight_labels(LabelConfig(lead_braking_mps2=math.inf), frames)
+    assert labels.needed_decel_mps2[15].item() == pytest.approx(900 / 216, abs=0.3)
+    assert labels.needed_decel_mps2[15] > myopic.needed_decel_mps2[15] + 1.0
+    assert labels.hazard[15] == 1.0
+
+
+def test_a_lead_that_brakes_and_drives_on_within_the_horizon_adds_nothing() -> None:
+    # The lead brakes at 6 m/s² for 0.5 s and then holds 27 m/s: by the horizon's end it is not braking, and where
+    # it went within the horizon is known, so the labels are those of the myopic labeller.
+    n = 80
+    t = torch.arange(n, dtype=torch.float32)
+    lead = 30.0 - 6.0 * 0.1 * (t - 10).clamp(0, 5)
+    frames = _following(n, lead)
+    labels = hindsight_labels(LabelConfig(), frames)
+    myopic = hindsight_labels(LabelConfig(lead_braking_mps2=math.inf), frames)
+    assert torch.equal(labels.needed_decel_mps2[:40], myopic.needed_decel_mps2[:40])
