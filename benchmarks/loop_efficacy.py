@@ -95,7 +95,10 @@ def trigger_config(arm: str, budget: float, match_share: float | None = None) ->
         return base
     share = budget if match_share is None else match_share
     return dataclasses.replace(
-        base, trigger_mask=TRIGGER_BITS["random_sample"], sample_rate=RANDOM_OVERDRAW * share / (base.sample_ticks + 1)
+        base,
+        trigger_mask=TRIGGER_BITS["random_sample"],
+        sample_rate=RANDOM_OVERDRAW * share / (base.sample_ticks + 1),
+        reserve_clips=0.0,  # no severe trigger asks for the reserve here: the whole bucket is the sample's
     )
 
 
@@ -339,13 +342,13 @@ def render(summary: dict[str, Any], sizes: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=5, help="loop turns (fleet seeds 1..N) and evaluation seeds")
-    p.add_argument("--vehicles", type=int, default=64, help="fleet vehicles driving into fog")
-    p.add_argument("--minutes", type=float, default=3.0, help="simulated minutes of the fleet run")
+    p.add_argument("--vehicles", type=int, default=256, help="fleet vehicles driving into fog")
+    p.add_argument("--minutes", type=float, default=10.0, help="simulated minutes of the fleet run")
     p.add_argument("--fog-onset-s", type=float, default=5.0, help="simulated time the fog bank starts forming [s]")
     p.add_argument("--budget", type=float, default=0.02, help="upload budget: share of frames (both policies)")
     p.add_argument("--no-random", action="store_true", help="skip the random-upload baseline")
     p.add_argument("--train-epochs", type=int, default=4)
-    p.add_argument("--train-max-s", type=float, default=30.0, help="wall-clock training budget per turn [s]")
+    p.add_argument("--train-max-s", type=float, default=60.0, help="wall-clock training budget per turn [s]")
     p.add_argument("--anchor-weight", type=float, default=TrainConfig().anchor_weight, help="train: pull to the parent")
     p.add_argument("--no-balance", action="store_true", help="train: do not balance hazard and normal frames")
     p.add_argument("--validate-vehicles", type=int, default=128)

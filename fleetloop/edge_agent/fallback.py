@@ -70,6 +70,15 @@ LATERAL_RATE_GAIN = 0.2  # [-] beta of the alpha-beta filter (lateral speed)
 CLEAR_MIN_TICKS = 3  # lateral track length before a leaving obstacle counts as clearing [ticks]
 CLEAR_MIN_SPEED_MPS = 0.5  # [m/s] outward lateral speed below this is no evidence of leaving (noise, drift)
 CLEAR_HOLD_TICKS = 10  # clearing holds this long through lost frames, unless a new track says otherwise [ticks]
+# A car beside the path whose near side is in the corridor (ADR 0113): radar reports its centre, up to a car's width
+# outside the corridor; the lidar its near side, inside. Their near edges agree within this [m] (radar azimuth noise
+# 0.5 deg is 0.3 m at 35 m; the lidar's beams are 1 deg apart, 0.35 m at 20 m).
+BESIDE_EDGE_TOL_M = 0.8
+# The tracked obstacle's acceleration (ADR 0113): an alpha-beta filter on its radar speed over ground (radar range-rate
+# noise 0.15 m/s a tick: about 0.4 m/s² of noise left; a lead braking at 5 m/s² reads beyond 2.5 m/s² within 0.3 s).
+SPEED_GAIN = 0.5  # [-] alpha (speed)
+ACCEL_GAIN = 0.2  # [-] beta (acceleration)
+LEAD_BRAKING_MPS2 = 1.0  # [m/s²] a filtered deceleration beyond this is the obstacle braking (2.5 noise sigmas)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,11 @@ class FallbackConfig:
             frame). Measured: removes most fog-backscatter emergency brakes; CCRs 10-50 km/h still all avoided.
         confirm_gap_m: the second sighting must lie within this distance of the predicted gap [m] (the radar /
             lidar agreement window, ``CONFIRM_RANGE_M``).
+        need_min_closing_mps: the needed-deceleration criteria of the partial and full stages apply only where the
+            ego closes on the obstacle faster than this [m/s] (2 m/s = 7 km/h, below Euro NCAP's slowest CCRs test,
+            10 km/h; ADR 0113). Slower, the obstacle is inside the stop margin only because the car creeps up to it
+            (the needed deceleration of a 0.5 m/s creep 0.2 m inside the margin is 3 m/s²); the TTC criteria still
+            apply. 0: always.
         idm: following-control parameters (desired speed comes per vehicle, else the current speed is held).
     """
 
@@ -116,6 +130,7 @@ class FallbackConfig:
     dt_s: float = 0.1
     confirm_ticks: int = 2
     confirm_gap_m: float = 3.0
+    need_min_closing_mps: float = 2.0
     idm: IdmParams = field(default_factory=lambda: FALLBACK_IDM)
 
     @classmethod
@@ -153,7 +168,8 @@ class Track:
     """Last tick's in-path obstacle, tensors [B]: gap [m], speed over ground [m/s], ticks since radar saw it; and
     its lateral track (ADR 0112): filtered lateral position of its near edge [m] and speed [m/s] (+ left), for how
     many consecutive ticks it has been tracked laterally (0: no lateral track), the source of the last lateral
-    measurement, and how many ticks a ``clearing`` verdict still holds."""
+    measurement, and how many ticks a ``clearing`` verdict still holds; and its filtered speed over ground [m/s] and
+    acceleration [m/s²] (ADR 0113; from radar, predicted while radar misses it)."""
 
     gap_m: torch.Tensor
     speed_mps: torch.Tensor
@@ -163,6 +179,8 @@ class Track:
     lateral_ticks: torch.Tensor
     lateral_source: torch.Tensor
     clear_hold: torch.Tensor
+    speed_f_mps: torch.Tensor
+    accel_mps2: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -182,7 +200,16 @@ class FallbackState:
         far = torch.full((batch,), NO_OBSTACLE_M, device=device)
         zf = torch.zeros(batch, device=device)
         track = Track(
-            far, zf, torch.full_like(z, TRACK_COAST_TICKS + 1), zf.clone(), zf.clone(), z.clone(), z.clone(), z.clone()
+            far,
+            zf,
+            torch.full_like(z, TRACK_COAST_TICKS + 1),
+            zf.clone(),
+            zf.clone(),
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            zf.clone(),
+            zf.clone(),
         )
         return FallbackState(torch.zeros(batch, 3, dtype=torch.int64, device=device), z, z.clone(), track)
 
@@ -201,7 +228,8 @@ class FallbackOutput:
         clearing: bool, the perceived obstacle is leaving the corridor and will be out of it before the ego
             reaches it (path prediction, ADR 0112; None: not computed). Informs the arbiter only.
         need_mps2: the deceleration the perceived (confirmed) obstacle requires [m/s²] (0: none; None: not
-            computed). Informs the arbiter only.
+            computed), counting its own braking where the track sees it brake (ADR 0113; the fallback's stages use
+            the constant-speed need). Informs the arbiter only.
     """
 
     accel_mps2: torch.Tensor
@@ -254,6 +282,32 @@ def _lidar_edge(
     return torch.where(seen, edge, torch.zeros_like(edge)), seen
 
 
+def _beside_target(
+    moving: torch.Tensor,
+    lon: torch.Tensor,
+    lat: torch.Tensor,
+    over_ground: torch.Tensor,
+    gap_m: torch.Tensor,
+    edge_m: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The car beside the path whose near side the lidar sees in the corridor (ADR 0113): among the ``moving`` radar
+    targets [B, 8] outside the corridor at the obstacle's range ``gap_m`` [B] (within ``CONFIRM_RANGE_M``), the
+    nearest in range whose near edge (its centre less ``RADAR_HALF_WIDTH_M``) lies on the side and within
+    ``BESIDE_EDGE_TOL_M`` of the lidar's near edge ``edge_m`` [B] (0: the lidar obstacle covers the centre line, no
+    car beside it). Returns whether there is one [B] and its speed over ground [B]."""
+    near_edge = torch.sign(lat) * (lat.abs() - RADAR_HALF_WIDTH_M)
+    d_lon = (lon - gap_m.unsqueeze(-1)).abs()
+    ok = (
+        moving
+        & (lat.abs() >= CORRIDOR_HALF_WIDTH_M)
+        & (d_lon < CONFIRM_RANGE_M)
+        & (lat * edge_m.unsqueeze(-1) > 0)
+        & ((near_edge - edge_m.unsqueeze(-1)).abs() < BESIDE_EDGE_TOL_M)
+    )
+    best = torch.where(ok, d_lon, torch.full_like(lon, math.inf)).argmin(-1, keepdim=True)
+    return ok.any(-1), torch.gather(over_ground, -1, best).squeeze(-1)
+
+
 def perceive_in_path(
     lidar_range_m: torch.Tensor,
     radar_range_m: torch.Tensor,
@@ -300,16 +354,23 @@ def perceive_in_path(
     best = radar_gap.argmin(dim=-1, keepdim=True)
     r_gap = torch.gather(radar_gap, -1, best).squeeze(-1)
     r_speed = torch.gather(over_ground, -1, best).squeeze(-1)
-    # A lidar-only obstacle has no range rate: its track's speed while radar lost it briefly, else assume it
-    # stands still (the cautious reading).
+    # A lidar-only obstacle has no range rate: the speed of the moving car beside the path whose near side it is
+    # (ADR 0113), else its track's speed while radar lost it briefly, else assume it stands still (the cautious
+    # reading).
     use_lidar = lidar_gap < r_gap - CONFIRM_RANGE_M
     v = ego_speed_mps.float()
+    gap = materialize(torch.where(use_lidar, lidar_gap, r_gap))
+    lid_edge, lid_seen = _lidar_edge(lid_lat, lid_lon, lid_returned, gap)
     lidar_speed = torch.zeros_like(r_speed)
     if prior is not None:
         predicted = prior.gap_m - (v - prior.speed_mps) * dt_s
         coast = (prior.age_ticks < TRACK_COAST_TICKS) & ((lidar_gap - predicted).abs() < CONFIRM_RANGE_M)
         lidar_speed = torch.where(coast, prior.speed_mps, lidar_speed)
-    gap = materialize(torch.where(use_lidar, lidar_gap, r_gap))
+    beside, beside_speed = _beside_target(
+        valid & ~stationary & (lon > 0), lon, rng_m * torch.sin(az), over_ground, gap, lid_edge
+    )
+    beside = beside & use_lidar & lid_seen
+    lidar_speed = torch.where(beside, beside_speed, lidar_speed)
     speed = torch.where(use_lidar, lidar_speed, r_speed).clamp_min(0.0)
     present = gap < NO_OBSTACLE_M
     closing = torch.where(present, v - speed, torch.zeros_like(v))
@@ -317,7 +378,6 @@ def perceive_in_path(
     ttc = torch.where(present & (closing > 0.1), gap.clamp_min(0.0) / closing.clamp_min(0.1), inf)
     # Where the obstacle's near edge is laterally: the lidar returns at its range, else the radar target's centre
     # less the half width of a car (the cautious guess: it puts the edge nearer the path).
-    lid_edge, lid_seen = _lidar_edge(lid_lat, lid_lon, lid_returned, gap)
     lid_seen = lid_seen & present
     radar_c = torch.gather(rng_m * torch.sin(az), -1, best).squeeze(-1)
     radar_edge = torch.sign(radar_c) * (radar_c.abs() - RADAR_HALF_WIDTH_M).clamp_min(0.0)
@@ -329,7 +389,7 @@ def perceive_in_path(
         closing_mps=closing,
         obstacle_speed_mps=speed,
         ttc_s=ttc,
-        radar_seen=present & ~use_lidar,
+        radar_seen=present & (~use_lidar | beside),
         lateral_m=torch.where(lid_seen, lid_edge, torch.where(radar_only, radar_edge, torch.zeros_like(radar_edge))),
         lateral_source=source,
     )
@@ -371,7 +431,36 @@ def _lateral_track(
     now = mature & outward & (t_exit < p.ttc_s)
     clearing = now | ((prev_hold > 0) & ~mature)
     hold = torch.where(now, torch.full_like(prev_hold, CLEAR_HOLD_TICKS), (prev_hold - 1).clamp_min(0))
-    return Track(gap_m, speed_mps, age_ticks, lat, rate, ticks, src, hold), clearing
+    return Track(gap_m, speed_mps, age_ticks, lat, rate, ticks, src, hold, zero, zero), clearing
+
+
+def _speed_track(prior: Track, p: Perceived, persists: torch.Tensor, dt_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The obstacle's filtered speed over ground and acceleration [B] (ADR 0113): an alpha-beta filter updated
+    where radar measures the obstacle's speed, predicted where the obstacle persists without one, restarted (speed
+    as perceived, no acceleration) on a new obstacle."""
+    guess = prior.speed_f_mps + prior.accel_mps2 * dt_s
+    residual = p.obstacle_speed_mps - guess
+    measured = persists & p.radar_seen
+    speed = torch.where(measured, guess + SPEED_GAIN * residual, torch.where(persists, guess, p.obstacle_speed_mps))
+    accel = torch.where(
+        measured,
+        prior.accel_mps2 + (ACCEL_GAIN / dt_s) * residual,
+        torch.where(persists, prior.accel_mps2, torch.zeros_like(residual)),
+    )
+    return speed.clamp_min(0.0), accel
+
+
+def _braking_lead_need(cfg: FallbackConfig, p: Perceived, v: torch.Tensor, accel: torch.Tensor) -> torch.Tensor:
+    """Constant deceleration that stops ``stop_margin_m`` behind an obstacle braking to a stop at ``accel`` [B]
+    (where it brakes harder than ``LEAD_BRAKING_MPS2``, else 0), after the lag: v² / 2 (space + its stopping
+    distance), the expert's reading of a braking lead (``fleetloop.sim.expert``)."""
+    braking = p.present & (accel < -LEAD_BRAKING_MPS2)
+    lead_v = p.obstacle_speed_mps
+    lead_stop = lead_v * lead_v / (2.0 * (-accel).clamp_min(LEAD_BRAKING_MPS2))
+    closing = p.closing_mps.clamp_min(0.0)
+    space = (p.gap_m - cfg.stop_margin_m - closing * cfg.lag_s).clamp_min(0.05)
+    need = v * v / (2.0 * (space + lead_stop))
+    return torch.where(braking, need, torch.zeros_like(need)).clamp(0.0, 50.0)
 
 
 def _required_decel(cfg: FallbackConfig, p: Perceived, v: torch.Tensor) -> torch.Tensor:
@@ -433,6 +522,8 @@ def fallback_control(
     predicted = prior.gap_m - (v - prior.speed_mps) * cfg.dt_s
     persists = p.present & (prior.gap_m < NO_OBSTACLE_M) & ((p.gap_m - predicted).abs() < cfg.confirm_gap_m)
     track, clearing = _lateral_track(p.gap_m, p.obstacle_speed_mps, age, prior, p, persists, cfg.dt_s)
+    speed_f, accel = _speed_track(prior, p, persists, cfg.dt_s)
+    track = replace(track, speed_f_mps=speed_f, accel_mps2=accel)
     if cfg.confirm_ticks > 1:
         far = torch.full_like(p.gap_m, NO_OBSTACLE_M)
         zero = torch.zeros_like(v)
@@ -455,9 +546,12 @@ def fallback_control(
     ttc = p.ttc_s
     stage = torch.full_like(state.latched_stage, STAGE_NONE)
     stage = torch.where(ttc < cfg.warning_ttc_s + cfg.lag_s, torch.full_like(stage, STAGE_WARNING), stage)
-    partial = (ttc < cfg.partial_ttc_s + cfg.lag_s) | (need > cfg.partial_need_mps2)
+    # The needed-deceleration criterion only above a creeping closing speed (ADR 0113): creeping up inside the stop
+    # margin of a stopped obstacle is following control's job; the TTC criteria still apply.
+    need_stage = torch.where(p.closing_mps > cfg.need_min_closing_mps, need, torch.zeros_like(need))
+    partial = (ttc < cfg.partial_ttc_s + cfg.lag_s) | (need_stage > cfg.partial_need_mps2)
     stage = torch.where(partial, torch.full_like(stage, STAGE_PARTIAL), stage)
-    full = (ttc < cfg.full_ttc_s + cfg.lag_s) | (need > cfg.full_need_fraction * mu * GRAVITY_MPS2)
+    full = (ttc < cfg.full_ttc_s + cfg.lag_s) | (need_stage > cfg.full_need_fraction * mu * GRAVITY_MPS2)
     stage = torch.where(full, torch.full_like(stage, STAGE_FULL), stage)
     # Hold an emergency stage a little (noisy TTC must not make the brake flicker), until standstill.
     held = (state.latch_left > 0) & (v > 0.3)
@@ -489,6 +583,6 @@ def fallback_control(
         sensor_ok=sensor_ok,
         sensor_fault=~sensor_ok.all(dim=-1),
         clearing=clearing,
-        need_mps2=need,
+        need_mps2=torch.maximum(need, _braking_lead_need(cfg, p, v, torch.where(persists, accel, torch.zeros_like(v)))),
     )
     return FallbackState(bad_ticks=bad, latched_stage=latched, latch_left=latch_left, track=track), out

@@ -32,7 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fleetloop.edge_agent.fallback import CONFIRM_RANGE_M, STAGE_FULL, Perceived, perceive_in_path
+from fleetloop.edge_agent.fallback import (
+    CONFIRM_RANGE_M,
+    LEAD_BRAKING_MPS2,
+    STAGE_FULL,
+    Perceived,
+    perceive_in_path,
+)
 
 __all__ = ["LabelConfig", "Labels", "hindsight_labels"]
 
@@ -67,8 +73,9 @@ class LabelConfig:
             needed [m/s²] (below the phantom-braking event's 3 m/s²).
         hazard_decel_mps2: needed deceleration above this is a hazard [m/s²].
         max_decel_mps2: needed deceleration is capped here (the target must be a feasible command) [m/s²].
-        lead_braking_mps2: an in-path obstacle decelerating beyond this is braking to a stop [m/s²] (about 3
-            sigmas of radar speed noise over the window: 0.15 m/s a tick at both ends of 0.6 s is 0.35 m/s²).
+        lead_braking_mps2: an in-path obstacle decelerating beyond this is braking to a stop [m/s²]: the
+            fallback's ``LEAD_BRAKING_MPS2``, so labels and the fallback call the same lead braking (over this
+            window about 3 sigmas of radar speed noise: 0.15 m/s a tick at both ends of 0.6 s is 0.35 m/s²).
         lead_brake_window_ticks: its deceleration is read from its radar speed this many ticks before and after.
         chunk_frames: frames labelled per batch (bounds memory at chunk x horizon).
     """
@@ -83,7 +90,7 @@ class LabelConfig:
     overbrake_slack_mps2: float = 1.0
     hazard_decel_mps2: float = 3.0
     max_decel_mps2: float = 9.5
-    lead_braking_mps2: float = 1.0
+    lead_braking_mps2: float = LEAD_BRAKING_MPS2
     lead_brake_window_ticks: int = 3
     chunk_frames: int = 65_536
 

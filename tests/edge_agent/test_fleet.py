@@ -81,9 +81,9 @@ def test_uploads_stay_within_budget_and_telemetry_carries_no_ground_truth() -> N
     frames = sink.frames()
     assert frames is not None and frames.ground_truth is not None
     assert frames.n_frames == d["counts"]["uploads"]["frames_uploaded"] > 0
-    # The budget: 2% of frames plus the one clip each vehicle's bucket starts with (see triggers.py).
-    clip = TriggerConfig().clip_frames
-    assert frames.n_frames <= 30 * (0.02 * 150 + clip)
+    # The budget: 2% of frames plus what each vehicle's bucket starts with: one clip and the near-miss reserve
+    # (see triggers.py).
+    assert frames.n_frames <= 30 * (0.02 * 150 + TriggerConfig().initial_frames)
     assert set(frames.telemetry) == {c.name for c in TELEMETRY_FRAMES.columns}
     assert set(frames.ground_truth) == {c.name for c in GROUND_TRUTH_FRAMES.columns}
     assert not {"true_ttc_s", "expert_accel_mps2", "true_visibility_m"} & set(frames.telemetry)

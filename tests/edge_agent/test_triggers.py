@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from fleetloop.edge_agent.labeller import LabelConfig, hindsight_labels
@@ -89,13 +92,66 @@ def test_a_clip_over_budget_is_refused_whole_not_cut() -> None:
     assert len(uploaded) == 2 * cfg.clip_frames
 
 
+def _drive_events(cfg: TriggerConfig, events: dict[int, str], ticks: int) -> tuple[TriggerState, list[int]]:
+    """One vehicle; at tick t it brakes hard (``events[t] == "hard"``) or perceives a TTC of 0.5 s (``"near"``).
+    Returns the state and the uploaded frame ticks."""
+    s = TriggerState.init(1, cfg=cfg)
+    got = []
+    for tick in range(ticks):
+        kind = events.get(tick)
+        inp = _inp(
+            1,
+            ego_accel_mps2=torch.tensor([-6.0 if kind == "hard" else 0.0]),
+            perceived_ttc_s=torch.tensor([0.5 if kind == "near" else float("inf")]),
+        )
+        s, d = triggers_step(cfg, s, inp, torch.arange(1), tick, seed=0)
+        got += [d.frame_tick] * int(d.upload.sum())
+    return s, got
+
+
+def test_the_reserve_keeps_a_clip_for_a_near_miss_after_the_first_event_spent_the_rest() -> None:
+    cfg = TriggerConfig(sample_rate=0.0)
+    # A hard brake, a second one 30 s later, then a near miss: the second hard brake finds only the reserve left.
+    s, got = _drive_events(cfg, {100: "hard", 400: "hard", 700: "near"}, 900)
+    clip = cfg.clip_frames
+    assert got == list(range(100 - cfg.pre_ticks, 100 - cfg.pre_ticks + clip)) + list(
+        range(700 - cfg.pre_ticks, 700 - cfg.pre_ticks + clip)
+    )
+    tot = s.totals()
+    assert tot["clips_uploaded"]["hard_brake"] == 1 and tot["clips_refused_by_budget"]["hard_brake"] == 1
+    assert tot["clips_uploaded"]["near_miss"] == 1
+    # First come, first served without the reserve: the first hard brake took the bucket, the near miss is lost.
+    s, got = _drive_events(dataclasses.replace(cfg, reserve_clips=0.0), {100: "hard", 400: "hard", 700: "near"}, 900)
+    tot = s.totals()
+    assert tot["clips_uploaded"]["hard_brake"] == 1 and tot["clips_refused_by_budget"]["near_miss"] == 1
+    assert len(got) == cfg.clip_frames
+
+
+def test_a_near_miss_may_spend_the_reserve_but_no_more() -> None:
+    cfg = TriggerConfig(sample_rate=0.0)
+    s, got = _drive_events(cfg, {100: "near", 400: "near", 700: "near"}, 900)
+    # The free clip and the reserve: two near misses go up; the third finds the bucket empty.
+    assert len(got) == 2 * cfg.clip_frames
+    assert s.totals()["clips_refused_by_budget"]["near_miss"] == 1
+    assert float(s.tokens[0]) >= 0.0
+
+
+def test_the_reserve_is_checked() -> None:
+    with pytest.raises(ValueError, match="reserve_clips"):
+        TriggerConfig(reserve_clips=-1.0)
+    with pytest.raises(ValueError, match="severe_mask"):
+        TriggerConfig(severe_mask=TRIGGER_BITS["random_sample"])
+    cfg = TriggerConfig()
+    assert cfg.capacity_frames >= cfg.initial_frames == cfg.clip_frames + cfg.reserve_frames
+
+
 def test_overlapping_triggers_extend_the_clip_and_pay_only_for_added_frames() -> None:
     cfg = TriggerConfig(sample_rate=0.0)
     s, uploaded = _drive(cfg, {0: [100, 101, 102]}, 200)
     ticks = [t for _, t, _ in uploaded]
     assert ticks == list(range(100 - cfg.pre_ticks, 102 + cfg.post_ticks + 1))
-    # The starting clip plus 200 ticks of refill, less the clip and the two frames the extensions added.
-    assert abs(float(s.tokens[0]) - (cfg.clip_frames + 200 * cfg.budget_fraction - cfg.clip_frames - 2)) < 1e-6
+    # The starting tokens plus 200 ticks of refill, less the clip and the two frames the extensions added.
+    assert abs(float(s.tokens[0]) - (cfg.initial_frames + 200 * cfg.budget_fraction - cfg.clip_frames - 2)) < 1e-6
 
 
 def test_budget_holds_over_a_long_run_and_drops_are_counted() -> None:
@@ -109,9 +165,9 @@ def test_budget_holds_over_a_long_run_and_drops_are_counted() -> None:
         hard = torch.where((ids + tick) % 50 == 0, -6.0, 0.0)
         s, d = triggers_step(cfg, s, _inp(b, ego_accel_mps2=hard), ids, tick, seed=1)
         uploads += d.upload
-    # At most the budget plus the starting clip; the long-run share tends to the budget.
-    assert float(uploads.max()) <= cfg.budget_fraction * ticks + cfg.clip_frames
-    assert float(uploads.sum()) / (b * ticks) <= cfg.budget_fraction + cfg.clip_frames / ticks
+    # At most the budget plus the starting tokens; the long-run share tends to the budget.
+    assert float(uploads.max()) <= cfg.budget_fraction * ticks + cfg.initial_frames
+    assert float(uploads.sum()) / (b * ticks) <= cfg.budget_fraction + cfg.initial_frames / ticks
     assert float(uploads.sum()) / (b * ticks) > 0.015  # the budget is used, not wasted
     tot = s.totals()
     assert tot["refused_by_budget"]["hard_brake"] > 0 and tot["clips_refused_by_budget"]["hard_brake"] > 0
