@@ -136,6 +136,22 @@ def test_a_near_miss_may_spend_the_reserve_but_no_more() -> None:
     assert float(s.tokens[0]) >= 0.0
 
 
+def test_the_random_sample_never_spends_the_reserve() -> None:
+    # Random draws on every frame for a minute: the sample fills the bucket above the reserve, never the reserve.
+    cfg = TriggerConfig(sample_rate=1.0, trigger_mask=TRIGGER_BITS["random_sample"])
+    s, got = _drive_events(cfg, {}, 600)
+    assert got and float(s.tokens.min()) >= cfg.reserve_frames - 1e-9
+    assert len(got) <= cfg.initial_frames - cfg.reserve_frames + 600 * cfg.budget_fraction
+    # With every trigger allowed, a near miss after a minute of such draws still finds the reserve.
+    s, got = _drive_events(dataclasses.replace(cfg, trigger_mask=TriggerConfig().trigger_mask), {400: "near"}, 600)
+    assert s.totals()["clips_uploaded"]["near_miss"] == 1
+    assert set(range(400 - cfg.pre_ticks, 400 + cfg.post_ticks + 1)) <= set(got)
+    s, _ = _drive_events(
+        dataclasses.replace(cfg, trigger_mask=TriggerConfig().trigger_mask, reserve_clips=0.0), {400: "near"}, 600
+    )
+    assert s.totals()["clips_refused_by_budget"]["near_miss"] == 1  # first come, first served: the draws took it
+
+
 def test_the_reserve_is_checked() -> None:
     with pytest.raises(ValueError, match="reserve_clips"):
         TriggerConfig(reserve_clips=-1.0)
