@@ -402,6 +402,8 @@ def _lateral_track(
     gap_m: torch.Tensor,
     speed_mps: torch.Tensor,
     age_ticks: torch.Tensor,
+    speed_f_mps: torch.Tensor,
+    accel_mps2: torch.Tensor,
     prior: Track,
     p: Perceived,
     persists: torch.Tensor,
@@ -434,7 +436,7 @@ def _lateral_track(
     now = mature & outward & (t_exit < p.ttc_s)
     clearing = now | ((prev_hold > 0) & ~mature)
     hold = torch.where(now, torch.full_like(prev_hold, CLEAR_HOLD_TICKS), (prev_hold - 1).clamp_min(0))
-    return Track(gap_m, speed_mps, age_ticks, lat, rate, ticks, src, hold, zero, zero), clearing
+    return Track(gap_m, speed_mps, age_ticks, lat, rate, ticks, src, hold, speed_f_mps, accel_mps2), clearing
 
 
 def _speed_track(prior: Track, p: Perceived, persists: torch.Tensor, dt_s: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -453,23 +455,35 @@ def _speed_track(prior: Track, p: Perceived, persists: torch.Tensor, dt_s: float
     return speed.clamp_min(0.0), accel
 
 
+def lead_stop_distance_m(speed_mps: torch.Tensor, decel_mps2: torch.Tensor, braking_mps2: float) -> torch.Tensor:
+    """How far an obstacle at ``speed_mps`` braking at ``decel_mps2`` (> 0: slowing) goes on until it stops [m]:
+    u² / 2a where it brakes harder than ``braking_mps2``, else inf (it is not braking to a stop). Shared by the
+    fallback's need and the hindsight labeller, so both read a braking lead the same way."""
+    stop = speed_mps * speed_mps / (2.0 * decel_mps2.clamp_min(braking_mps2))
+    return torch.where(decel_mps2 > braking_mps2, stop, torch.full_like(stop, math.inf))
+
+
+def _space_after_lag(cfg: FallbackConfig, p: Perceived) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closing speed (>= 0) [m/s] and the space left to brake in once the lag has passed [m] (>= 5 cm), keeping
+    ``stop_margin_m``."""
+    closing = p.closing_mps.clamp_min(0.0)
+    return closing, (p.gap_m - cfg.stop_margin_m - closing * cfg.lag_s).clamp_min(0.05)
+
+
 def _braking_lead_need(cfg: FallbackConfig, p: Perceived, v: torch.Tensor, accel: torch.Tensor) -> torch.Tensor:
     """Constant deceleration that stops ``stop_margin_m`` behind an obstacle braking to a stop at ``accel`` [B]
     (where it brakes harder than ``LEAD_BRAKING_MPS2``, else 0), after the lag: v² / 2 (space + its stopping
     distance), the expert's reading of a braking lead (``fleetloop.sim.expert``)."""
     braking = p.present & (accel < -LEAD_BRAKING_MPS2)
-    lead_v = p.obstacle_speed_mps
-    lead_stop = lead_v * lead_v / (2.0 * (-accel).clamp_min(LEAD_BRAKING_MPS2))
-    closing = p.closing_mps.clamp_min(0.0)
-    space = (p.gap_m - cfg.stop_margin_m - closing * cfg.lag_s).clamp_min(0.05)
+    lead_stop = lead_stop_distance_m(p.obstacle_speed_mps, -accel, LEAD_BRAKING_MPS2)
+    _, space = _space_after_lag(cfg, p)
     need = v * v / (2.0 * (space + lead_stop))
     return torch.where(braking, need, torch.zeros_like(need)).clamp(0.0, 50.0)
 
 
 def _required_decel(cfg: FallbackConfig, p: Perceived, v: torch.Tensor) -> torch.Tensor:
     """Constant deceleration that stops (or matches speed) ``stop_margin_m`` behind the obstacle after the lag."""
-    closing = p.closing_mps.clamp_min(0.0)
-    space = (p.gap_m - cfg.stop_margin_m - closing * cfg.lag_s).clamp_min(0.05)
+    closing, space = _space_after_lag(cfg, p)
     stationary = p.obstacle_speed_mps < STATIONARY_MPS
     need = torch.where(stationary, v * v, closing * closing) / (2.0 * space)
     return torch.where(p.present & (closing > 0.1), need, torch.zeros_like(need)).clamp(0.0, 50.0)
@@ -524,9 +538,8 @@ def fallback_control(
     prior = state.track
     predicted = prior.gap_m - (v - prior.speed_mps) * cfg.dt_s
     persists = p.present & (prior.gap_m < NO_OBSTACLE_M) & ((p.gap_m - predicted).abs() < cfg.confirm_gap_m)
-    track, clearing = _lateral_track(p.gap_m, p.obstacle_speed_mps, age, prior, p, persists, cfg.dt_s)
     speed_f, accel = _speed_track(prior, p, persists, cfg.dt_s)
-    track = replace(track, speed_f_mps=speed_f, accel_mps2=accel)
+    track, clearing = _lateral_track(p.gap_m, p.obstacle_speed_mps, age, speed_f, accel, prior, p, persists, cfg.dt_s)
     if cfg.confirm_ticks > 1:
         far = torch.full_like(p.gap_m, NO_OBSTACLE_M)
         zero = torch.zeros_like(v)
@@ -586,6 +599,6 @@ def fallback_control(
         sensor_ok=sensor_ok,
         sensor_fault=~sensor_ok.all(dim=-1),
         clearing=clearing,
-        need_mps2=torch.maximum(need, _braking_lead_need(cfg, p, v, torch.where(persists, accel, torch.zeros_like(v)))),
+        need_mps2=torch.maximum(need, _braking_lead_need(cfg, p, v, accel)),
     )
     return FallbackState(bad_ticks=bad, latched_stage=latched, latch_left=latch_left, track=track), out

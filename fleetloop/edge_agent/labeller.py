@@ -37,6 +37,7 @@ from fleetloop.edge_agent.fallback import (
     LEAD_BRAKING_MPS2,
     STAGE_FULL,
     Perceived,
+    lead_stop_distance_m,
     perceive_in_path,
 )
 
@@ -193,11 +194,7 @@ def hindsight_labels(cfg: LabelConfig, frames: Mapping[str, object]) -> Labels:
     # A lead that is braking at the end of the horizon goes on braking to a stop beyond it (the expert's reading,
     # ``fleetloop.sim.expert._required_decel``): where it stops is what the ego must stay behind.
     braking = _obstacle_braking(p, obstacle_speed, vid, tick, cfg)
-    lead_stop = torch.where(
-        braking > cfg.lead_braking_mps2,
-        obstacle_speed * obstacle_speed / (2.0 * braking.clamp_min(cfg.lead_braking_mps2)),
-        torch.full_like(v, math.inf),
-    )
+    lead_stop = lead_stop_distance_m(obstacle_speed, braking, cfg.lead_braking_mps2)
     closing = torch.where(p.present, v - obstacle_speed, torch.zeros_like(v))
     ttc = torch.where(p.present & (closing > 0.1), p.gap_m.clamp_min(0.0) / closing.clamp_min(0.1), math.inf)
     braked_for_it = (decel > cfg.hard_brake_mps2) & (ttc < cfg.brake_reason_ttc_s)
