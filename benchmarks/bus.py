@@ -91,6 +91,7 @@ def broker(bootstrap: str | None, pid: int | None = None) -> Iterator[tuple[Sett
         yield Settings(kafka_bootstrap=bootstrap), pid
         return
     from fleetloop.platform import launcher
+    from fleetloop.platform.services.kafka import SPEC as KAFKA
 
     base = load_settings()
     with tempfile.TemporaryDirectory(prefix="fleetloop-bench-") as tmp:
@@ -101,11 +102,11 @@ def broker(bootstrap: str | None, pid: int | None = None) -> Iterator[tuple[Sett
             kafka_libs_dir=base.kafka_libs_dir,
             java=base.java,
         )
-        launcher.up(settings, ["kafka"])
+        launcher.up(settings, [KAFKA])
         try:
             yield settings, _broker_pid(settings)
         finally:
-            launcher.down(settings, ["kafka"])
+            launcher.down(settings, [KAFKA])
 
 
 def vehicle_batches(n_vehicles: int, frames_per_vehicle: int, seed: int = 0) -> list[FrameBatch]:

@@ -140,6 +140,7 @@ def main() -> None:
     rows = bench_local(args.vehicles, args.frames)
     if not args.no_kafka:
         from fleetloop.platform import launcher
+        from fleetloop.platform.services.kafka import SPEC as KAFKA
 
         tmp = tempfile.mkdtemp()
         settings = Settings(
@@ -149,13 +150,13 @@ def main() -> None:
             kafka_controller_port=_free_port(),
         )
         if args.bootstrap is None:
-            launcher.up(settings, ["kafka"])
+            launcher.up(settings, [KAFKA])
         try:
             for members in (1, 2):
                 rows.append(bench_kafka(settings, args.vehicles, args.frames, members))
         finally:
             if args.bootstrap is None:
-                launcher.down(settings, ["kafka"], purge=True)
+                launcher.down(settings, [KAFKA], purge=True)
     print(f"{'path':<48} {'frames':>10} {'seconds':>8} {'frames/s':>12}")
     for name, n, s in rows:
         print(f"{name:<48} {n:>10,} {s:>8.2f} {n / s:>12,.0f}")

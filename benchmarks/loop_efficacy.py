@@ -390,11 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
     from fleetloop.edge_agent.model_artifact import load_artifact
     from fleetloop.platform import launcher
+    from fleetloop.platform.services.kafka import SPEC as KAFKA
+    from fleetloop.platform.services.mlflow_server import SPEC as MLFLOW
 
     root = Path(tempfile.mkdtemp(prefix="fleetloop-loop-"))
     stack = stack_settings(root)
     log(f"{sizes}; state in {root}")
-    launcher.up(stack, ["kafka", "mlflow"])
+    launcher.up(stack, [KAFKA, MLFLOW])
     results: dict[str, Any] = {"sizes": sizes, "args": {k: str(v) for k, v in vars(a).items()}, "seeds": []}
     try:
         log("stack up; bootstrapping the initial (clear) model")
@@ -442,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 a.json.write_text(json.dumps(results, indent=1, default=str))
             print(render(results["summary"], f"{sizes}; {seed} seed(s) done"), flush=True)
     finally:
-        launcher.down(stack, ["kafka", "mlflow"])
+        launcher.down(stack, [KAFKA, MLFLOW])
         if not a.keep:
             import shutil
 

@@ -55,21 +55,23 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def kafka_bootstrap(stack_settings: Settings) -> Iterator[str]:
     """A real single-node Kafka broker (KRaft), started by the launcher; yields host:port."""
     from fleetloop.platform import launcher
+    from fleetloop.platform.services.kafka import SPEC as KAFKA
 
-    launcher.up(stack_settings, ["kafka"])
+    launcher.up(stack_settings, [KAFKA])
     try:
         yield stack_settings.bootstrap_servers
     finally:
-        launcher.down(stack_settings, ["kafka"])
+        launcher.down(stack_settings, [KAFKA])
 
 
 @pytest.fixture(scope="session")
 def mlflow_uri(stack_settings: Settings) -> Iterator[str]:
     """A real MLflow tracking server (SQLite, served artifacts), started by the launcher; yields its URL."""
     from fleetloop.platform import launcher
+    from fleetloop.platform.services.mlflow_server import SPEC as MLFLOW
 
-    launcher.up(stack_settings, ["mlflow"])
+    launcher.up(stack_settings, [MLFLOW])
     try:
         yield stack_settings.tracking_uri
     finally:
-        launcher.down(stack_settings, ["mlflow"])
+        launcher.down(stack_settings, [MLFLOW])

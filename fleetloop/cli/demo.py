@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit
+from fleetloop.cli.services import services_to_start
 from fleetloop.platform import launcher
 from fleetloop.platform.errors import NotFoundError
 from fleetloop.platform.runs import run_record
@@ -33,7 +34,7 @@ def step_stack_up(settings: Settings) -> dict[str, Any]:
     """Start (or find) Kafka and MLflow; the catalogue's topics are created by Kafka's post-start step."""
     t0 = time.monotonic()
     with console.status("starting Kafka (KRaft) and MLflow..."):
-        results = launcher.up(settings)
+        results = launcher.up(settings, services_to_start())
     return {
         "services": {r.name: {"state": r.state, "address": r.address} for r in results},
         "seconds": round(time.monotonic() - t0, 1),

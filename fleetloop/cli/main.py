@@ -15,7 +15,6 @@ for _k, _v in PHONE_HOME_OFF.items():
 
 from fleetloop.cli import config_cmd, demo, lake, model, model_bootstrap, pipeline, pipeline_stages, runs, sim, stack  # noqa: E402
 from fleetloop.cli.output import err_console  # noqa: E402
-from fleetloop.pipelines import serve as serve_services  # noqa: E402
 from fleetloop.platform.errors import FleetloopError  # noqa: E402
 
 __all__ = ["app", "main"]
@@ -27,8 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Services beyond the built-in Kafka and MLflow: the pipeline stages that `fleetloop pipeline serve` starts.
-serve_services.register_services()
 stack.register(app)
 app.add_typer(config_cmd.app, name="config", help="Show the effective settings.")
 model.app.command("bootstrap")(model_bootstrap.bootstrap_cmd)

@@ -16,6 +16,8 @@ from rich import box
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
+from fleetloop.pipelines.serve import SERVE_STAGES, service_name, stage_specs
+from fleetloop.platform import launcher
 from fleetloop.platform.errors import UserInputError
 from fleetloop.platform.settings import Settings, load_settings
 
@@ -130,18 +132,15 @@ def serve_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the services' status as JSON."),
 ) -> None:
     """Run the stages unattended as services of the launcher (`fleetloop down` stops them)."""
-    from fleetloop.pipelines.serve import SERVE_STAGES, register_services, service_name
-    from fleetloop.platform.launcher import up
-
     names = stage or list(SERVE_STAGES)
     unknown = [n for n in names if n not in SERVE_STAGES]
     if unknown:
         raise UserInputError(f"unknown stage(s) {unknown}; known: {', '.join(SERVE_STAGES)}")
     if min_new_frames is not None and min_new_frames < 2:
         raise UserInputError("--min-new-frames must be at least 2")
-    register_services(min_new_frames)
     settings = load_settings()
-    statuses = up(settings, [service_name(n) for n in names])
+    specs = launcher.select(stage_specs(min_new_frames), [service_name(n) for n in names])
+    statuses = launcher.up(settings, specs)
     out = [st.to_dict() for st in statuses]
     if as_json:
         emit(out, True, lambda _d: None)

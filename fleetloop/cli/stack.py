@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit
+from fleetloop.cli.services import services_to_start, stack_services
 from fleetloop.platform import launcher
 from fleetloop.platform.settings import load_settings
 
@@ -61,7 +62,7 @@ def up(
             if state != "starting" and not as_json:
                 console.print(f"  {name}: [{_STYLE.get(state, '')}]{state}[/]")
 
-        results = launcher.up(settings, service or None, on_event=on_event)
+        results = launcher.up(settings, services_to_start(service), on_event=on_event)
     data = {
         "state_dir": str(settings.state_dir),
         "services": [r.to_dict() for r in results],
@@ -78,10 +79,11 @@ def down(
 ) -> None:
     """Stop the local stack: every service's whole process group; `--purge` also removes its data."""
     settings = load_settings()
+    specs = launcher.select(stack_services(), service) if service else stack_services()
     if purge and not yes:
-        names = service or [s.name for s in launcher.registered()]
-        typer.confirm(f"Delete all data of {', '.join(names)} under {settings.state_dir / 'services'}?", abort=True)
-    results = launcher.down(settings, service or None, purge=purge)
+        names = ", ".join(s.name for s in specs)
+        typer.confirm(f"Delete all data of {names} under {settings.state_dir / 'services'}?", abort=True)
+    results = launcher.down(settings, specs, purge=purge)
     data = {"state_dir": str(settings.state_dir), "services": [r.__dict__ for r in results]}
 
     def render(d: dict[str, Any]) -> None:
@@ -97,7 +99,7 @@ def status(
 ) -> None:
     """Show each service's state, address and health (a real protocol call), and metrics exporters."""
     settings = load_settings()
-    results = launcher.status(settings)
+    results = launcher.status(settings, stack_services())
     data = {
         "state_dir": str(settings.state_dir),
         "services": [r.to_dict() for r in results],

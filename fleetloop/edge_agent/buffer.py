@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fleetloop.platform.atomic import write_text_atomic
+
 __all__ = ["FRAME_COLUMNS", "BufferError", "OnboardBuffer", "pack_camera", "unpack_camera"]
 
 # name -> (dtype, per-frame shape). Sensor inputs as compact as telemetry, plus what the labeller needs.
@@ -252,9 +254,7 @@ class OnboardBuffer:
                 os.fsync(fh.fileno())
             files[name] = fname
         header = {"format_version": FORMAT_VERSION, "generation": gen, "capacity": self.capacity, "files": files}
-        tmp = d / f"{HEADER}.tmp"
-        tmp.write_text(json.dumps(header, indent=1))
-        os.replace(tmp, d / HEADER)
+        write_text_atomic(d / HEADER, json.dumps(header, indent=1))
         if old:
             for fname in old["files"].values():
                 (d / fname).unlink(missing_ok=True)

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,6 +35,7 @@ import torch
 
 from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
 from fleetloop.edge_agent.policy import ARCHITECTURE, FusionPolicy, build_policy, nonfinite_parameters
+from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.errors import DataError
 
 __all__ = [
@@ -203,17 +202,7 @@ def save_artifact(path: Path | str, model: FusionPolicy, metadata: ArtifactMetad
     blob = _encode(state, {METADATA_KEY: meta.to_json()})
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return write_bytes_atomic(dst, blob)
 
 
 def _encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.errors import DataError
 
 __all__ = [
@@ -79,15 +78,6 @@ class LabelledDataset:
             raise DataError(f"labelled dataset sidecar {path} is unreadable ({e}); delete it to relabel") from e
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_labelled(
     state_dir: Path,
     dataset_id: str,
@@ -131,7 +121,7 @@ def write_labelled(
     folder = labelled_dir(state_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{dataset_id}.parquet"
-    _write_durably(path, data)
+    write_bytes_atomic(path, data)
     valid = np.asarray(columns["label_valid"]).astype(bool)
     side = LabelledDataset(
         dataset_id=dataset_id,
@@ -143,7 +133,7 @@ def write_labelled(
         conditions=dict(conditions or {}),
         quality=dict(quality or {}),
     )
-    _write_durably(folder / f"{dataset_id}.json", side.to_json())
+    write_bytes_atomic(folder / f"{dataset_id}.json", side.to_json())
     return side
 
 

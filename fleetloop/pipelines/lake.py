@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from fleetloop.platform.atomic import fsync_dir, write_bytes_atomic
 from fleetloop.platform.bus.schemas import BatchSchema, Column, TriggerFlag
 from fleetloop.platform.errors import DataError, UserInputError
 
@@ -96,29 +96,6 @@ def table_dir(state_dir: Path, table: str) -> Path:
 # -- durable file writes --------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` so that after a crash the path holds either nothing or all of it."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _mkdirs_durably(path: Path) -> None:
     """Create ``path`` and fsync each new folder's parent, so the folder entry survives a crash too."""
     missing = []
@@ -128,7 +105,7 @@ def _mkdirs_durably(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         d.mkdir(exist_ok=True)
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
 
 
 # -- what is written --------------------------------------------------------------------------------------
@@ -321,7 +298,7 @@ def _write_one(
     _mkdirs_durably(folder)
     segment_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
     name = f"part-{segment_id}.parquet"
-    _write_durably(folder / name, data)
+    write_bytes_atomic(folder / name, data)
     seqs: dict[str, list[np.ndarray]] = {}
     offsets: dict[str, list[int]] = {}
     for ch in chunks:
@@ -346,7 +323,7 @@ def _write_one(
         summary=_summary(schema, cols, ts),
     )
     mpath = folder / f"part-{segment_id}{_MANIFEST_SUFFIX}"
-    _write_durably(mpath, manifest.to_json())  # the commit point of the segment
+    write_bytes_atomic(mpath, manifest.to_json())  # the commit point of the segment
     return Manifest(**{**manifest.__dict__, "path": mpath})
 
 
@@ -530,7 +507,7 @@ def prune_lake(state_dir: Path, table: str, retention: LakeRetention, now_s: flo
         for m in by_part[p]:
             if m.path is not None:
                 m.path.unlink(missing_ok=True)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         shutil.rmtree(folder)
         if not any(folder.parent.iterdir()):
             folder.parent.rmdir()

@@ -12,8 +12,8 @@ Health is a heartbeat: the process rewrites ``<state>/services/pipeline-<stage>/
 heartbeat is younger than ``STALE_S``. A stage busy training or validating keeps beating; a hung interpreter or
 a dead process does not.
 
-:func:`register_services` adds the specs to the launcher (the CLI calls it; ``platform`` cannot import
-``pipelines``).
+:func:`stage_specs` builds the stages' service specs; the CLI puts them in the stack's list and hands that to the
+launcher (``platform`` cannot import ``pipelines``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleetloop.platform.atomic import write_text_atomic
+from fleetloop.platform.launcher import service_dir
+from fleetloop.platform.services.spec import Health, ServiceSpec
+
 if TYPE_CHECKING:
-    from fleetloop.platform.launcher import Health, ServiceSpec
     from fleetloop.platform.settings import Settings
 
 __all__ = [
@@ -36,9 +39,9 @@ __all__ = [
     "STALE_S",
     "heartbeat_health",
     "heartbeat_path",
-    "register_services",
     "serve_stage",
     "service_name",
+    "stage_specs",
 ]
 
 SERVE_STAGES = ("collect", "groundtruth", "label", "train", "validate")
@@ -52,24 +55,18 @@ def service_name(stage: str) -> str:
 
 
 def heartbeat_path(settings: Settings, stage: str) -> Path:
-    from fleetloop.platform.launcher import service_dir
-
     return service_dir(settings, service_name(stage)) / "heartbeat"
 
 
 def _beat(path: Path, stop: threading.Event) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     while not stop.is_set():
-        tmp.write_text(f"{os.getpid()} {time.time():.3f}\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, f"{os.getpid()} {time.time():.3f}\n")
         stop.wait(HEARTBEAT_S)
 
 
 def heartbeat_health(settings: Settings, stage: str) -> Health:
     """Healthy when the stage's heartbeat is younger than ``STALE_S``."""
-    from fleetloop.platform.launcher import Health
-
     path = heartbeat_path(settings, stage)
     try:
         age_s = time.time() - path.stat().st_mtime
@@ -121,9 +118,7 @@ def _stack_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _spec(stage: str, order: int, min_new_frames: int | None) -> ServiceSpec:
-    from fleetloop.platform.launcher import ServiceSpec
-
+def _spec(stage: str, min_new_frames: int | None) -> ServiceSpec:
     def command(settings: Settings, folder: Path) -> list[str]:
         cmd = [sys.executable, "-m", _MARKER, stage]
         return cmd + (["--min-new-frames", str(min_new_frames)] if min_new_frames is not None else [])
@@ -138,16 +133,14 @@ def _spec(stage: str, order: int, min_new_frames: int | None) -> ServiceSpec:
         health=lambda s: heartbeat_health(s, stage),
         cmdline_marker=f"{_MARKER} {stage}",
         extra_env=_stack_env,
-        order=order,
         autostart=False,  # started by `fleetloop pipeline serve`, not by `fleetloop up`
     )
 
 
-def register_services(min_new_frames: int | None = None) -> list[str]:
-    """Register a launcher service per stage (after Kafka and MLflow); returns their names in start order."""
-    from fleetloop.platform.launcher import register
-
-    return [register(_spec(st, 200 + 10 * i, min_new_frames)).name for i, st in enumerate(SERVE_STAGES)]
+def stage_specs(min_new_frames: int | None = None) -> list[ServiceSpec]:
+    """A launcher service per stage, in loop order (start them after Kafka and MLflow); started on demand by
+    ``fleetloop pipeline serve``, not by a plain ``fleetloop up``."""
+    return [_spec(st, min_new_frames) for st in SERVE_STAGES]
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.errors import DataError, UserInputError
 
 __all__ = [
@@ -211,12 +211,7 @@ def save_suite(path: Path, suite: HeldOutSuite) -> str:
     """Write ``suite`` as canonical JSON at ``path`` and its hash at ``path.sha256`` (atomically); returns the hash."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for target, data in ((path, suite.canonical_json()), (path.with_suffix(".sha256"), suite.content_hash.encode())):
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        write_bytes_atomic(target, data)
     return suite.content_hash
 
 

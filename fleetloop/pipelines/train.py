@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fleetloop.pipelines.datasets import LabelledDataset, list_labelled, policy_inputs_from_telemetry, read_labelled
+from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.bus.events import ModelTrained
 from fleetloop.platform.errors import DataError, NotFoundError
 
@@ -274,9 +275,7 @@ def _mark_consumed(state_dir: Path, ids: Sequence[str]) -> None:
     p = consumed_path(state_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
     all_ids = sorted(consumed_datasets(state_dir) | set(ids))
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps({"datasets": all_ids}))
-    os.replace(tmp, p)
+    write_text_atomic(p, json.dumps({"datasets": all_ids}))
 
 
 def _resolve_device(cfg: TrainConfig) -> tuple[str, str]:

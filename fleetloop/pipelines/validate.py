@@ -35,6 +35,7 @@ from fleetloop.pipelines.gates import (
     decide,
 )
 from fleetloop.pipelines.suite import NCAP_CCR, HeldOutSuite, SuiteSlice, frozen_suite
+from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.bus.events import ModelValidated
 from fleetloop.platform.errors import DataError, UserInputError
 
@@ -379,15 +380,9 @@ def _registry_metadata(
 
 
 def _write_report(state_dir: Path, run_id: str, report: dict[str, Any]) -> Path:
-    import os
-
     folder = Path(state_dir) / "pipelines" / "validation"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{run_id}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str, allow_nan=True))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(folder / f"{run_id}.json", json.dumps(report, indent=1, default=str, allow_nan=True))
 
 
 def _log_report(settings: Settings, run_id: str, path: Path, decision: GateDecision) -> None:

@@ -4,4 +4,4 @@ Import the submodules you need (``fleetloop.platform.settings``, ``fleetloop.pla
 this ``__init__`` imports nothing so that light processes stay light.
 """
 
-__all__ = ["errors", "launcher", "metrics", "runs", "settings"]
+__all__ = ["atomic", "errors", "launcher", "metrics", "runs", "settings"]

@@ -1,8 +1,9 @@
 """A generic service launcher: start, health-check, stop and purge local services under the state directory.
 
-Services register a :class:`ServiceSpec` (name, command, address, real-protocol health check, metrics port);
-``fleetloop up | down | status`` drive every registered service the same way, so later parts (the release
-server, Prometheus, pipeline stages, the canary controller) join by registering a spec.
+A service is a :class:`~fleetloop.platform.services.spec.ServiceSpec` value (name, command, address,
+real-protocol health check, metrics port). The verbs take the specs to act on, in start order: the CLI builds
+the stack's list (``fleetloop.cli.services``) and hands it over, so later parts (the release server, Prometheus,
+the canary controller) join by one entry in that list, and nothing is registered as an import side effect.
 
 State layout, per service::
 
@@ -19,57 +20,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.errors import NotFoundError, ServiceUnavailable, SetupError
+from fleetloop.platform.services.spec import Health, ServiceSpec
 from fleetloop.platform.settings import Settings, child_env
 
 __all__ = [
-    "Health",
-    "ServiceSpec",
     "ServiceStatus",
+    "StopResult",
     "down",
-    "register",
-    "registered",
+    "select",
     "service_dir",
     "status",
     "up",
 ]
-
-
-@dataclass(frozen=True)
-class Health:
-    """Result of one real protocol call against a service."""
-
-    ok: bool
-    detail: str
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """How to run one service. Callables take the validated settings and the service's folder."""
-
-    name: str
-    description: str
-    address: Callable[[Settings], str]
-    is_external: Callable[[Settings], bool]
-    ports: Callable[[Settings], list[int]]
-    command: Callable[[Settings, Path], list[str]]
-    health: Callable[[Settings], Health]
-    cmdline_marker: str  # a token of the command line, so a recycled pid is not taken for ours
-    prepare: Callable[[Settings, Path], None] | None = None  # one-time set-up; raises SetupError
-    post_start: Callable[[Settings], str | None] | None = None  # e.g. create topics; returns a note
-    metrics_port: Callable[[Settings], int | None] = lambda s: None
-    extra_env: Callable[[Settings], dict[str, str]] = lambda s: {}
-    order: int = 100  # start order; stopped in reverse
-    autostart: bool = True  # started by a plain `fleetloop up`; on-demand services are started by name
 
 
 @dataclass
@@ -91,31 +65,21 @@ class ServiceStatus:
         return asdict(self)
 
 
-_REGISTRY: dict[str, ServiceSpec] = {}
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # started by this process, reaped on stop
 
 
-def register(spec: ServiceSpec) -> ServiceSpec:
-    """Add a service to the launcher (idempotent per name)."""
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def registered(names: Iterable[str] | None = None) -> list[ServiceSpec]:
-    """Registered services in start order; ``names`` selects some and rejects unknown ones."""
-    from fleetloop.platform import services  # noqa: F401  (registers the built-in services)
-
-    specs = sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name))
-    if names is None:
-        return specs
-    wanted = list(names)
-    unknown = [n for n in wanted if n not in _REGISTRY]
+def select(specs: Sequence[ServiceSpec], names: Iterable[str]) -> list[ServiceSpec]:
+    """The specs named in ``names``, in the order of ``specs`` (the start order); unknown names are an error."""
+    known = [s.name for s in specs]
+    wanted = set(names)
+    unknown = sorted(wanted - set(known))
     if unknown:
-        raise NotFoundError(f"unknown service(s) {unknown}; known: {[s.name for s in specs]}")
+        raise NotFoundError(f"unknown service(s) {unknown}; known: {', '.join(known)}")
     return [s for s in specs if s.name in wanted]
 
 
 def service_dir(settings: Settings, name: str) -> Path:
+    """A service's folder: ``<state_dir>/services/<name>``."""
     return settings.state_dir / "services" / name
 
 
@@ -138,10 +102,7 @@ def _read_record(settings: Settings, name: str) -> dict[str, object] | None:
 
 
 def _write_record(settings: Settings, name: str, record: dict[str, object]) -> None:
-    path = _record_path(settings, name)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(_record_path(settings, name), json.dumps(record, indent=2))
 
 
 def _reap(pid: int) -> None:
@@ -233,10 +194,10 @@ def _status_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
     )
 
 
-def status(settings: Settings, names: Iterable[str] | None = None) -> list[ServiceStatus]:
-    """Ask every (selected) service how it is, with a real protocol call."""
+def status(settings: Settings, specs: Sequence[ServiceSpec]) -> list[ServiceStatus]:
+    """Ask each service how it is, with a real protocol call."""
     out = []
-    for spec in registered(names):
+    for spec in specs:
         st = _status_one(settings, spec)
         st.required = spec.autostart
         out.append(st)
@@ -339,14 +300,11 @@ def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
 
 def up(
     settings: Settings,
-    names: Iterable[str] | None = None,
+    specs: Sequence[ServiceSpec],
     on_event: Callable[[str, str], None] | None = None,
 ) -> list[ServiceStatus]:
-    """Start every (selected) service that is not already healthy; wait until each answers."""
+    """Start each service, in the order given, unless it is already healthy; wait until each answers."""
     out = []
-    specs = registered(names)
-    if names is None:
-        specs = [s for s in specs if s.autostart]
     for spec in specs:
         if on_event:
             on_event(spec.name, "starting")
@@ -379,17 +337,17 @@ def _stop_group(pgid: int, timeout_s: float) -> bool:
 
 @dataclass
 class StopResult:
+    """What ``down`` did to one service."""
+
     name: str
     action: str  # stopped | killed | not-running | external
     purged: list[str] = field(default_factory=list)
 
 
-def down(settings: Settings, names: Iterable[str] | None = None, purge: bool = False) -> list[StopResult]:
-    """Stop every (selected) service's whole process group; with ``purge`` also delete its folder."""
-    import shutil
-
+def down(settings: Settings, specs: Sequence[ServiceSpec], purge: bool = False) -> list[StopResult]:
+    """Stop each service's whole process group, in reverse order; with ``purge`` also delete its folder."""
     results = []
-    for spec in reversed(registered(names)):
+    for spec in reversed(specs):
         if spec.is_external(settings):
             results.append(StopResult(spec.name, "external"))
             continue

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fleetloop
+from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.errors import NotFoundError, SetupError
 from fleetloop.platform.settings import Settings
 
@@ -278,18 +279,10 @@ class RunRecord:
         path = directory / f"{self.id}.json"
         data = self.as_dict()
         data["status"] = self.status  # store what happened, not what a reader infers
-        tmp = directory / f".{self.id}.{os.getpid()}.tmp"
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
         except OSError as e:
-            with suppress(OSError):  # the temp file may not exist, or its directory may not
-                tmp.unlink()
             raise SetupError(
                 f"cannot write the run record {path}: {e.strerror or e}; "
                 f"make the state directory writable or point FLEETLOOP_STATE_DIR elsewhere"

@@ -216,6 +216,7 @@ def test_sigterm_seals_and_commits_before_exiting(
 
 def test_broker_restart_during_collection_loses_nothing(stack_settings: Settings, tmp_path: Path) -> None:
     from fleetloop.platform import launcher
+    from fleetloop.platform.services.kafka import SPEC as KAFKA
     from tests.conftest import free_port
 
     private = stack_settings.model_copy(
@@ -226,7 +227,7 @@ def test_broker_restart_during_collection_loses_nothing(stack_settings: Settings
             "kafka_bootstrap": None,
         }
     )
-    launcher.up(private, ["kafka"])
+    launcher.up(private, [KAFKA])
     try:
         t = fresh_topics(private)
         stop = StopFlag()
@@ -252,8 +253,8 @@ def test_broker_restart_during_collection_loses_nothing(stack_settings: Settings
         produce(private, t.telemetry, 4, 2000)
         wait_rows(8000)  # the stage is collecting
         produce(private, t.telemetry, 4, 3000, first_seq=2000)
-        launcher.down(private, ["kafka"])  # mid-collection: pending rows stay uncommitted, polls fail
-        launcher.up(private, ["kafka"])
+        launcher.down(private, [KAFKA])  # mid-collection: pending rows stay uncommitted, polls fail
+        launcher.up(private, [KAFKA])
         produce(private, t.telemetry, 4, 4000)  # seqs 0..3999: 0..2999 again, then 1000 new per vehicle
         wait_rows(16_000)
         stop.set()
@@ -264,4 +265,4 @@ def test_broker_restart_during_collection_loses_nothing(stack_settings: Settings
         assert report.rows_collected == 16_000 and sum(report.duplicates_removed.values()) == 12_000
         assert report.segments_sealed >= 2  # before and after the restart
     finally:
-        launcher.down(private, ["kafka"])
+        launcher.down(private, [KAFKA])

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from fleetloop.cli.services import stack_services
 from fleetloop.platform import launcher
 from fleetloop.platform.errors import ServiceUnavailable, SetupError
+from fleetloop.platform.services.kafka import SPEC as KAFKA
+from fleetloop.platform.services.mlflow_server import SPEC as MLFLOW
 from fleetloop.platform.settings import Settings
 from tests.conftest import free_port
 
@@ -70,7 +73,7 @@ def test_up_status_up_again_down_leaves_nothing(tmp_path: Path, stack_settings: 
     try:
         _up_status_down(s)
     finally:
-        launcher.down(s)  # a failed assertion must not leave the services running
+        launcher.down(s, stack_services())  # a failed assertion must not leave the services running
 
 
 def _up_status_down(s: Settings) -> None:
@@ -80,6 +83,7 @@ def _up_status_down(s: Settings) -> None:
     assert st.returncode == 0, st.stderr
     data = json.loads(st.stdout)
     by_name = {x["name"]: x for x in data["services"]}
+    assert list(by_name) == [spec.name for spec in stack_services()]  # the pipeline stages too, stopped
     assert by_name["kafka"]["healthy"] and by_name["mlflow"]["healthy"]
     assert data["kafka_bootstrap"] == f"127.0.0.1:{s.kafka_port}"
     pids = {x["name"]: x["pid"] for x in data["services"] if x["required"]}
@@ -102,18 +106,18 @@ def test_kafka_data_survives_a_restart_and_purge_removes_it(tmp_path: Path, stac
     from kafka.admin import NewTopic
 
     s = _fresh_settings(tmp_path, stack_settings)
-    launcher.up(s, ["kafka"])
+    launcher.up(s, [KAFKA])
     try:
         admin = KafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
         admin.create_topics([NewTopic("persisted", 1, 1)])
         admin.close()
-        launcher.down(s, ["kafka"])
-        launcher.up(s, ["kafka"])
+        launcher.down(s, [KAFKA])
+        launcher.up(s, [KAFKA])
         admin = KafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
         assert "persisted" in admin.list_topics()
         admin.close()
     finally:
-        launcher.down(s, ["kafka"], purge=True)
+        launcher.down(s, [KAFKA], purge=True)
     assert not launcher.service_dir(s, "kafka").exists()
 
 
@@ -123,24 +127,24 @@ def test_port_in_use_is_a_clear_setup_error(tmp_path: Path, stack_settings: Sett
         blocker.listen()
         s = _fresh_settings(tmp_path, stack_settings, mlflow_port=blocker.getsockname()[1])
         with pytest.raises(SetupError, match="in use"):
-            launcher.up(s, ["mlflow"])
+            launcher.up(s, [MLFLOW])
 
 
 def test_missing_jars_say_how_to_fetch_them(tmp_path: Path, stack_settings: Settings) -> None:
     s = _fresh_settings(tmp_path, stack_settings, kafka_libs_dir=tmp_path / "empty")
     with pytest.raises(SetupError, match="make kafka-jars"):
-        launcher.up(s, ["kafka"])
+        launcher.up(s, [KAFKA])
 
 
 def test_missing_java_is_named(tmp_path: Path, stack_settings: Settings) -> None:
     s = _fresh_settings(tmp_path, stack_settings, java="/nonexistent/java")
     with pytest.raises(SetupError, match="Java"):
-        launcher.up(s, ["kafka"])
+        launcher.up(s, [KAFKA])
 
 
 def test_external_service_starts_nothing(tmp_path: Path, stack_settings: Settings, mlflow_uri: str) -> None:
     s = _fresh_settings(tmp_path, stack_settings, mlflow_tracking_uri=mlflow_uri)
-    (res,) = launcher.up(s, ["mlflow"])
+    (res,) = launcher.up(s, [MLFLOW])
     assert res.state == "external" and res.healthy
     assert not (launcher.service_dir(s, "mlflow") / "process.json").exists()
 
@@ -148,23 +152,23 @@ def test_external_service_starts_nothing(tmp_path: Path, stack_settings: Setting
 def test_external_service_that_is_down_is_reported(tmp_path: Path, stack_settings: Settings) -> None:
     s = _fresh_settings(tmp_path, stack_settings, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ServiceUnavailable, match="does not answer"):
-        launcher.up(s, ["mlflow"])
+        launcher.up(s, [MLFLOW])
 
 
 def test_a_crashed_service_is_reported_as_crashed(tmp_path: Path, stack_settings: Settings) -> None:
     import signal
 
     s = _fresh_settings(tmp_path, stack_settings)
-    (res,) = launcher.up(s, ["mlflow"])
+    (res,) = launcher.up(s, [MLFLOW])
     assert res.pid is not None
     os.killpg(res.pid, signal.SIGKILL)
     launcher._CHILDREN.pop(res.pid).wait()
     for _ in range(50):
-        (st,) = launcher.status(s, ["mlflow"])
+        (st,) = launcher.status(s, [MLFLOW])
         if st.state == "crashed":
             break
         import time
 
         time.sleep(0.1)
     assert st.state == "crashed" and "fleetloop up" in st.detail
-    launcher.down(s, ["mlflow"])
+    launcher.down(s, [MLFLOW])

@@ -9,19 +9,19 @@ if TYPE_CHECKING:
 
 
 def test_stage_services_start_answer_and_stop(stack_settings: Settings, kafka_bootstrap: str, mlflow_uri: str) -> None:
-    from fleetloop.pipelines.serve import register_services, service_name
+    from fleetloop.pipelines.serve import service_name, stage_specs
     from fleetloop.platform import launcher
 
-    register_services(min_new_frames=64)
-    names = [service_name(s) for s in ("collect", "label")]
+    specs = launcher.select(stage_specs(min_new_frames=64), [service_name(s) for s in ("label", "collect")])
+    assert [s.name for s in specs] == ["pipeline-collect", "pipeline-label"]  # loop order, whatever was asked
     try:
-        up = launcher.up(stack_settings, names)
+        up = launcher.up(stack_settings, specs)
         assert [s.state for s in up] == ["running", "running"], [s.detail for s in up]
-        st = launcher.status(stack_settings, names)
+        st = launcher.status(stack_settings, specs)
         assert all(s.healthy and s.pid for s in st)
     finally:
-        launcher.down(stack_settings, names)
-    assert [s.state for s in launcher.status(stack_settings, names)] == ["stopped", "stopped"]
+        launcher.down(stack_settings, specs)
+    assert [s.state for s in launcher.status(stack_settings, specs)] == ["stopped", "stopped"]
 
 
 def test_a_stale_heartbeat_is_unhealthy(tmp_path: object) -> None:

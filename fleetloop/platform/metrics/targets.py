@@ -17,10 +17,10 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.errors import SetupError
 
 __all__ = [
@@ -109,18 +109,11 @@ def register_target(
     directory = targets_dir(state_dir)
     path = directory / f"{stem}.json"
     payload = json.dumps([{"targets": [address], "labels": all_labels}], indent=2, sort_keys=True) + "\n"
-    # The temp name ends in .tmp, never *.json, so Prometheus' glob never picks it up.
-    tmp = directory / f".{stem}.{os.getpid()}.tmp"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # The temp name ends in .<pid>.tmp, never *.json, so Prometheus' glob never picks it up.
+        write_text_atomic(path, payload)
     except OSError as e:
-        with suppress(OSError):  # the temp file may not exist, or its directory may not
-            tmp.unlink()
         raise SetupError(
             f"cannot write the metrics target file {path}: {e.strerror or e}; "
             f"make the state directory writable or point FLEETLOOP_STATE_DIR elsewhere"

@@ -1,5 +1,8 @@
-"""Built-in services of the local stack; importing this package registers them with the launcher."""
+"""The built-in services of the local stack, one module each, every one exporting its ``SPEC``.
 
-from fleetloop.platform.services import kafka, mlflow_server
+``spec`` holds what a service is (:class:`~fleetloop.platform.services.spec.ServiceSpec`); ``kafka`` and
+``mlflow_server`` are the built-in ones. This ``__init__`` imports nothing: a spec is a value that the CLI puts
+in the stack's list (``fleetloop.cli.services``), not something an import registers.
+"""
 
-__all__ = ["kafka", "mlflow_server"]
+__all__ = ["kafka", "mlflow_server", "spec"]

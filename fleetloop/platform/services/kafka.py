@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleetloop.platform.errors import SetupError
-from fleetloop.platform.launcher import Health, ServiceSpec, register
+from fleetloop.platform.services.spec import Health, ServiceSpec
 from fleetloop.platform.settings import Settings
 
 __all__ = ["SPEC", "check_java", "kafka_health", "server_properties"]
@@ -205,18 +205,15 @@ def _post_start(settings: Settings) -> str | None:
     return f"{len(created)} topic(s) created" if created else "topics present"
 
 
-SPEC = register(
-    ServiceSpec(
-        name="kafka",
-        description="Apache Kafka 4.x broker + controller (KRaft, single node)",
-        address=lambda s: s.bootstrap_servers,
-        is_external=lambda s: s.kafka_external,
-        ports=lambda s: [s.kafka_port, s.kafka_controller_port],
-        command=_command,
-        health=kafka_health,
-        cmdline_marker="kafka.Kafka",
-        prepare=_prepare,
-        post_start=_post_start,
-        order=10,
-    )
+SPEC = ServiceSpec(
+    name="kafka",
+    description="Apache Kafka 4.x broker + controller (KRaft, single node)",
+    address=lambda s: s.bootstrap_servers,
+    is_external=lambda s: s.kafka_external,
+    ports=lambda s: [s.kafka_port, s.kafka_controller_port],
+    command=_command,
+    health=kafka_health,
+    cmdline_marker="kafka.Kafka",
+    prepare=_prepare,
+    post_start=_post_start,
 )

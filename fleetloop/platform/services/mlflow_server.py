@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from fleetloop.platform.launcher import Health, ServiceSpec, register
+from fleetloop.platform.services.spec import Health, ServiceSpec
 from fleetloop.platform.settings import Settings
 
 __all__ = ["SPEC", "mlflow_health"]
@@ -55,18 +55,15 @@ def mlflow_health(settings: Settings) -> Health:
         return Health(False, f"no answer from {base}: {type(e).__name__}")
 
 
-SPEC = register(
-    ServiceSpec(
-        name="mlflow",
-        description="MLflow tracking server (SQLite backend, served artifacts)",
-        address=lambda s: s.tracking_uri,
-        is_external=lambda s: s.mlflow_external,
-        ports=lambda s: [s.mlflow_port],
-        command=_command,
-        health=mlflow_health,
-        cmdline_marker="mlflow",
-        # MLflow's background job runner (GenAI jobs, 7 huey workers) is unused here and costs a 2-core box.
-        extra_env=lambda s: {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        order=20,
-    )
+SPEC = ServiceSpec(
+    name="mlflow",
+    description="MLflow tracking server (SQLite backend, served artifacts)",
+    address=lambda s: s.tracking_uri,
+    is_external=lambda s: s.mlflow_external,
+    ports=lambda s: [s.mlflow_port],
+    command=_command,
+    health=mlflow_health,
+    cmdline_marker="mlflow",
+    # MLflow's background job runner (GenAI jobs, 7 huey workers) is unused here and costs a 2-core box.
+    extra_env=lambda s: {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
 )

@@ -1,0 +1,53 @@
+"""What a service of the local stack is, as a plain value: :class:`ServiceSpec` and its :class:`Health`.
+
+A spec is a frozen value, registered nowhere: whoever drives the launcher (the CLI) builds the list of services
+and hands it to ``launcher.up | down | status``, so no import order decides what runs. Its callables take the
+validated settings (and the service's folder), so one spec serves any settings, e.g. a test's private stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleetloop.platform.settings import Settings
+
+__all__ = ["Health", "ServiceSpec"]
+
+
+@dataclass(frozen=True)
+class Health:
+    """Result of one real protocol call against a service."""
+
+    ok: bool
+    detail: str
+
+
+def _no_metrics_port(settings: Settings) -> int | None:
+    return None
+
+
+def _no_extra_env(settings: Settings) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to run one service. Callables take the validated settings and the service's folder."""
+
+    name: str
+    description: str
+    address: Callable[[Settings], str]
+    is_external: Callable[[Settings], bool]
+    ports: Callable[[Settings], list[int]]
+    command: Callable[[Settings, Path], list[str]]
+    health: Callable[[Settings], Health]
+    cmdline_marker: str  # a token of the command line, so a recycled pid is not taken for ours
+    prepare: Callable[[Settings, Path], None] | None = None  # one-time set-up; raises SetupError
+    post_start: Callable[[Settings], str | None] | None = None  # e.g. create topics; returns a note
+    metrics_port: Callable[[Settings], int | None] = _no_metrics_port
+    extra_env: Callable[[Settings], dict[str, str]] = _no_extra_env
+    autostart: bool = True  # started by a plain `fleetloop up`; on-demand services are started by name
