@@ -10,6 +10,7 @@ import http.client
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from fleetloop.platform.releases.errors import BadHash, RepositoryUnavailable
 
@@ -42,20 +43,24 @@ def download_once(url: str, part: Path, length_bytes: int, timeout_s: float) -> 
             with part.open("r+b" if have else "wb") as out:
                 out.seek(have)
                 out.truncate()
-                _copy(response, out, length_bytes - have)
+                missing_bytes = _copy(response, out, length_bytes - have)
     except urllib.error.HTTPError as exc:
         if exc.code == 416:
             part.unlink(missing_ok=True)
             raise DownloadInterrupted(f"{url}: server has less than our {have} bytes; starting over") from exc
         raise RepositoryUnavailable(f"{url}: HTTP {exc.code}; the release server does not have this file") from exc
-    except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, short read
+    except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out
         raise DownloadInterrupted(f"{url}: {exc!r} after {part.stat().st_size if part.exists() else 0} B") from exc
+    if missing_bytes:
+        # http.client ends a short body quietly (an empty read), so the count is the only sign of a lost link
+        raise DownloadInterrupted(f"{url}: the connection closed {missing_bytes} B before the end")
 
 
-def _copy(response: http.client.HTTPResponse, out: object, left_bytes: int) -> None:
-    write = out.write  # type: ignore[attr-defined]
+def _copy(response: http.client.HTTPResponse, out: BinaryIO, left_bytes: int) -> int:
+    """Copy the body to ``out``; return how many of ``left_bytes`` did not arrive."""
     while chunk := response.read(_CHUNK_BYTES):
         if len(chunk) > left_bytes:
             raise BadHash(f"{response.geturl()} sends more than the signed length; refusing the rest")
-        write(chunk)
+        out.write(chunk)
         left_bytes -= len(chunk)
+    return left_bytes
