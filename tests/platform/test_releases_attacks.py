@@ -96,29 +96,35 @@ def test_expired_timestamp_is_refused_until_the_repository_refreshes_it(
     assert fetch_verified_release(cfg, "policy", "3", "v-0001").fields.release == fields.release
 
 
-def test_replayed_old_timestamp_is_refused(repo: ReleaseRepository, publish: Publish, vehicle: Vehicle) -> None:
+def vehicle_past_two_releases(
+    repo: ReleaseRepository, publish: Publish, vehicle: Vehicle, keep: str
+) -> tuple[OtaClientConfig, bytes]:
+    """A vehicle that installed release 1 and then release 2; and the metadata file ``keep`` as release 1 had it."""
     publish("3")
     cfg = vehicle()
     fetch_verified_release(cfg, "policy", "3", "v-0001")
-    old_timestamp = (repo.metadata_dir / "timestamp.json").read_bytes()
+    old = (repo.metadata_dir / keep).read_bytes()
     publish("4")
-    fetch_verified_release(cfg, "policy", "4", "v-0001")  # the vehicle now trusts the newer timestamp
+    fetch_verified_release(cfg, "policy", "4", "v-0001")  # the vehicle now trusts the newer metadata
+    return cfg, old
+
+
+def test_replayed_old_timestamp_is_refused(repo: ReleaseRepository, publish: Publish, vehicle: Vehicle) -> None:
+    cfg, old_timestamp = vehicle_past_two_releases(repo, publish, vehicle, "timestamp.json")
     (repo.metadata_dir / "timestamp.json").write_bytes(old_timestamp)
     with pytest.raises(ReplayedMetadata, match="timestamp"):
         fetch_verified_release(cfg, "policy", "3", "v-0001")
 
 
 def test_replayed_old_snapshot_is_refused(repo: ReleaseRepository, publish: Publish, vehicle: Vehicle) -> None:
-    publish("3")
-    cfg = vehicle()
-    fetch_verified_release(cfg, "policy", "3", "v-0001")
-    old_snapshot = (repo.metadata_dir / "snapshot.json").read_bytes()
-    publish("4")
-    # the attacker serves the old snapshot under the name the new timestamp points to
+    cfg, _ = vehicle_past_two_releases(repo, publish, vehicle, "snapshot.json")
+    old_snapshot = (repo.metadata_dir / "snapshot.json").read_bytes()  # the one the vehicle trusts now
+    publish("5")
+    # the attacker serves that old snapshot under the name the new timestamp points to, hiding release 3
     current = repo.load("snapshot").signed.version
     (repo.metadata_dir / f"{current}.snapshot.json").write_bytes(old_snapshot)
     with pytest.raises(ReplayedMetadata):
-        fetch_verified_release(cfg, "policy", "4", "v-0001")
+        fetch_verified_release(cfg, "policy", "5", "v-0001")
 
 
 def test_metadata_signed_by_revoked_targets_key_is_refused_after_rotation(
