@@ -32,14 +32,17 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{os.getpid()}.tmp")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes | bytearray | memoryview) -> Path:
+def write_bytes_atomic(path: str | Path, data: bytes | bytearray | memoryview, mode: int = 0o644) -> Path:
     """Replace ``path`` with ``data`` durably and atomically; the folder must exist. Returns the path.
+
+    The temp file is created with ``mode`` (``O_EXCL``): a private key is never readable by others, not even for
+    an instant.
 
     On any failure the temp file is removed and ``path`` keeps its previous content (or stays absent).
     """
     target = Path(path)
     tmp = temp_path_for(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
             view = memoryview(data).cast("B")

@@ -1,29 +1,10 @@
-"""Atomic file writes for keys, metadata and cached artifacts: a reader sees the old file or the new, never half."""
+"""Private folders for keys (atomic writes are ``fleetloop.platform.atomic``)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
-__all__ = ["atomic_write", "private_dir"]
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to a temp file beside ``path`` created with ``mode``, fsync it, then ``os.replace`` it in."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # O_EXCL with the final mode: a private key is never readable by others, not even for an instant.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+__all__ = ["private_dir"]
 
 
 def private_dir(path: Path) -> Path:

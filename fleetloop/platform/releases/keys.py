@@ -19,8 +19,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
+from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.releases.errors import BadReleaseInput, KeysMissing
-from fleetloop.platform.releases.files import atomic_write, private_dir
+from fleetloop.platform.releases.files import private_dir
 
 __all__ = [
     "ONLINE_ROLES",
@@ -82,7 +83,7 @@ def store_role_keys(state_dir: Path, role: str, signers: tuple[CryptoSigner, ...
     """Write the role's keys, 0600 each, replacing the old files atomically."""
     d = private_dir(keys_dir(state_dir))
     for name, signer in zip(_files(role), signers, strict=True):
-        atomic_write(d / name, signer.private_bytes, mode=0o600)
+        write_bytes_atomic(d / name, signer.private_bytes, mode=0o600)
 
 
 def init_keys(state_dir: Path) -> KeyRing:

@@ -39,10 +39,11 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
+from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.releases.cohorts import CohortRule, rule_from_custom, rule_to_custom
 from fleetloop.platform.releases.errors import BadReleaseInput, KeysMissing, ReleaseNotFound
 from fleetloop.platform.releases.fields import PUBLISH_KEYS, ReleaseFields, check_signable
-from fleetloop.platform.releases.files import atomic_write, private_dir
+from fleetloop.platform.releases.files import private_dir
 from fleetloop.platform.releases.keys import (
     ROOT_THRESHOLD,
     KeyRing,
@@ -404,13 +405,13 @@ def _hashed_name(target_path: str, sha256: str) -> str:
 def _write_metadata(meta_dir: Path, role: str, md: Metadata[Any]) -> None:
     data = md.to_bytes()
     if role != "timestamp":
-        atomic_write(meta_dir / f"{md.signed.version}.{role}.json", data)
-    atomic_write(meta_dir / f"{role}.json", data)
+        write_bytes_atomic(meta_dir / f"{md.signed.version}.{role}.json", data)
+    write_bytes_atomic(meta_dir / f"{role}.json", data)
 
 
 def _store_pending(pending: Path, role: str, keys: tuple[Any, ...]) -> None:
     for i, signer in enumerate(keys, start=1):
-        atomic_write(pending / f"{role}-{i}.pem", signer.private_bytes, mode=0o600)
+        write_bytes_atomic(pending / f"{role}-{i}.pem", signer.private_bytes, mode=0o600)
 
 
 def _publisher_fields(custom: Mapping[str, Any]) -> dict[str, Any]:
