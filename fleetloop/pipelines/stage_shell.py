@@ -113,6 +113,7 @@ class ShellConfig:
         poll_timeout_s: how long one poll waits for records [s].
         broker_outage_s: how long the broker may stay away (polls, sends, commits failing) before the stage
             gives up and raises ``ServiceUnavailable`` [s].
+        commit_timeout_s: how long a commit may wait for the broker before it counts as failed [s].
         session_timeout_s: how long the group waits for a silent member (killed -9) before moving its
             partitions to the others; also how long a restarted member may wait for its partitions [s].
     """
@@ -124,6 +125,7 @@ class ShellConfig:
     start_timeout_s: float = 30.0
     poll_timeout_s: float = 0.5
     broker_outage_s: float = 300.0
+    commit_timeout_s: float = 30.0
     session_timeout_s: float = 10.0
 
 
@@ -215,7 +217,7 @@ def run_shell(
             offsets = Polled.merged(pending)
             pending = []
             try:
-                consumer.commit(offsets)  # flushes the dead letters first
+                consumer.commit(offsets, cfg.commit_timeout_s)  # flushes the dead letters first
                 report.commits += 1
             except ServiceUnavailable:
                 # Safe to go on: the work is durable and idempotent; a redelivery is dropped by the sink.

@@ -219,12 +219,13 @@ class BusConsumer:
 
     # -- committing ----------------------------------------------------------------------------------
 
-    def commit(self, polled: Polled) -> None:
+    def commit(self, polled: Polled, timeout_s: float | None = None) -> None:
         """Commit the offsets of ``polled``: call it only once the work on its deliveries is durable.
 
         Dead letters are flushed first, so a record is never committed before it is either processed by the
         caller or kept on the dead-letter topic. Offsets never move backwards. Raises ``ServiceUnavailable`` if
-        the broker is down or the group moved a partition away meanwhile (its records are then redelivered)."""
+        the broker did not take the commit within ``timeout_s`` (None: the client's request timeout, 30 s) or
+        the group moved a partition away meanwhile (its records are then redelivered)."""
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -236,7 +237,7 @@ class BusConsumer:
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets)
+            self._consumer.commit(offsets, timeout_ms=None if timeout_s is None else int(timeout_s * 1000))
         except KafkaError as e:  # broker down, or a rebalance moved a partition away (CommitFailedError)
             raise ServiceUnavailable(
                 f"committing offsets of group {self.group_id} to Kafka at {self.bootstrap} failed "
