@@ -14,7 +14,7 @@ else propagates and nothing is committed, so the events are redelivered on the n
 
 Batched handlers must be idempotent on their inputs (label skips datasets already labelled, train trains only
 on what no run has used): a batch that raised, or a redelivery after a crash between emit and commit, is
-handled again and repeats at most an announcement, which consumers drop by its key.
+handled again and repeats at most an announcement, which consumers drop by its key (docs/adr/0072).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from fleetloop.platform.bus.admin import ensure_topics
 from fleetloop.platform.bus.serde import encode_event
 from fleetloop.platform.errors import DataError
 from fleetloop.platform.settings import Settings
+from tests.integration.private_kafka import private_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -148,18 +149,8 @@ def test_an_event_stage_waits_out_a_broker_restart_and_handles_every_event(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
     from fleetloop.platform import launcher
-    from tests.conftest import free_port
 
-    private = stack_settings.model_copy(
-        update={
-            "state_dir": tmp_path / "stack",
-            "kafka_port": free_port(),
-            "kafka_controller_port": free_port(),
-            "kafka_bootstrap": None,
-        }
-    )
-    launcher.up(private, ["kafka"])
-    try:
+    with private_kafka(stack_settings, tmp_path / "stack") as private:
         t = fresh_topics(private)
         gate = threading.Event()
         stage = LabelLike(gate)
@@ -194,5 +185,3 @@ def test_an_event_stage_waits_out_a_broker_restart_and_handles_every_event(
         assert not worker.is_alive() and report.stopped_by == "signal" and report.dead_lettered == {}
         want = {f"before-{i}" for i in range(5)} | {f"after-{i}" for i in range(5)}
         assert {e.dataset_id for e in read_events(private, t.out, 10)} == want
-    finally:
-        launcher.down(private, ["kafka"])
