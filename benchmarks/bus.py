@@ -187,7 +187,7 @@ def run_batched(settings: Settings, n_vehicles: int, frames_per_vehicle: int, br
     proc, go, out = _start(_produce_batched, settings.bootstrap_servers, topic, n_vehicles, frames_per_vehicle)
     try:
         with BusConsumer(settings, [topic], group_id=f"bench-{uuid.uuid4().hex[:8]}") as consumer:
-            _wait_assigned(lambda: bool(consumer._consumer.assignment()), lambda: consumer.poll(0.2).n_records)
+            _wait_assigned(lambda: bool(consumer.assignment()), lambda: consumer.poll(0.2).n_records)
             go.set()
             t0, c0, b0 = time.perf_counter(), time.process_time(), broker_cpu_s(broker_pid)
             got = 0

@@ -1,14 +1,15 @@
 """The collect stage: telemetry frame batches in, deduplicated lake chunks out, rejects as their own stream.
 
-The pure part is :func:`collect`, ``(state, deliveries) -> (state, chunks, rejects)``; it imports only numpy
-and the bus schemas. A frame is identified by ``(vehicle_id, seq)`` (the schema says a vehicle never reuses
+The pure part is :func:`collect`, ``(state, deliveries) -> (state, chunks, rejects)``: no I/O, numpy
+arrays in and out. A frame is identified by ``(vehicle_id, seq)`` (the schema says a vehicle never reuses
 a seq); the state remembers, per vehicle, the sequence numbers already collected as sorted intervals, so a
 frame redelivered after a crash, or uploaded twice by the vehicle, is written once. The state is rebuilt
 from the lake's manifests (:meth:`CollectState.absorb`), which carry the same intervals and are written
 atomically with the rows, so the dedup survives ``kill -9`` (docs/adr/0071-collect-exactly-once-effect.md).
 
-:func:`run_collect` wires it to Kafka and the lake through :mod:`fleetloop.pipelines.stage_shell`;
-``python -m fleetloop.pipelines.collect`` runs it as a process (the kill -9 test does).
+:func:`run_collect` puts it behind the one stage shell (:mod:`fleetloop.pipelines.stage_shell`) with a lake
+sink (:mod:`fleetloop.pipelines.lake_sink`); ``python -m fleetloop.pipelines.collect`` runs it as a process (the
+kill -9 test does).
 """
 
 from __future__ import annotations
@@ -20,18 +21,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fleetloop.pipelines.lake import Chunk
+from fleetloop.pipelines.lake_sink import LakeSink, StageReport
+from fleetloop.pipelines.stage_shell import Reject, ShellConfig, StopFlag, run_shell
 from fleetloop.platform.bus.schemas import TELEMETRY_FRAMES, BatchSchema
+from fleetloop.platform.bus.serde import FrameBatch
+from fleetloop.platform.bus.topics import DEAD_LETTER, PIPELINE_EVENTS, TELEMETRY, Topic
+from fleetloop.platform.metrics import counter
 
 if TYPE_CHECKING:
-    from fleetloop.pipelines.lake import Chunk, Manifest
-    from fleetloop.pipelines.stage_shell import StageReport
+    from collections.abc import Callable
+
+    from fleetloop.pipelines.lake import Manifest
     from fleetloop.platform.bus.consumer import Delivery
-    from fleetloop.platform.bus.topics import Topic
     from fleetloop.platform.settings import Settings
 
-__all__ = ["MAX_VEHICLE_ID_CHARS", "CollectState", "Reject", "SeqSet", "collect", "run_collect"]
+__all__ = ["MAX_VEHICLE_ID_CHARS", "CollectState", "SeqSet", "collect", "run_collect"]
 
 MAX_VEHICLE_ID_CHARS = 128  # vehicle ids name lake rows and Kafka keys; longer ones are a producer bug
+
+DUPLICATES = counter(
+    "fleetloop_pipeline_duplicates_removed_total", "Frames dropped as already collected.", ["table", "reason"]
+)
 
 
 class SeqSet:
@@ -114,18 +125,7 @@ class CollectState:
             self.lake_offsets[tp] = max(self.lake_offsets.get(tp, 0), hi)
 
 
-@dataclass(frozen=True)
-class Reject:
-    """A delivery the stage refuses: it goes to the dead-letter topic with ``reason``."""
-
-    delivery: Delivery
-    reason: str
-    message: str
-
-
 def _reject_reason(delivery: Delivery, schema: BatchSchema) -> tuple[str, str] | None:
-    from fleetloop.platform.bus.serde import FrameBatch
-
     value = delivery.value
     if not isinstance(value, FrameBatch) or value.schema.name != schema.name:
         name = value.schema.name if isinstance(value, FrameBatch) else getattr(value, "SCHEMA", type(value).__name__)
@@ -145,8 +145,6 @@ def collect(
     record's offset is below what the lake holds for its partition) or ``duplicate_seq`` (the vehicle sent a
     seq twice); deliveries that are not frame batches of ``schema`` or have a bad vehicle id are returned as
     rejects. The order of frames is kept. ``state`` is updated in place and returned."""
-    from fleetloop.pipelines.lake import Chunk
-
     chunks: list[Chunk] = []
     rejects: list[Reject] = []
     for d in deliveries:
@@ -189,37 +187,50 @@ def run_collect(
     group_id: str = "fleetloop-collect",
     table: str = "telemetry",
     schema: BatchSchema = TELEMETRY_FRAMES,
+    announce: bool = True,
     idle_timeout_s: float | None = 2.0,
     segment_rows: int = 250_000,
     segment_age_s: float = 5.0,
     events_topic: Topic | None = None,
     dead_letter_topic: Topic | None = None,
-    on_progress: Any = None,
-    stop: Any = None,
+    on_progress: Callable[[StageReport], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> StageReport:
     """Run collect as a consumer-group member until idle for ``idle_timeout_s`` (``None``: until SIGTERM/Ctrl-C).
 
-    Segments are sealed every ``segment_rows`` rows or ``segment_age_s`` seconds, and on stop (``stop``: a
-    :class:`~fleetloop.pipelines.stage_shell.StopFlag` to set from another thread)."""
-    from fleetloop.pipelines.stage_shell import LakeSink, ShellConfig, run_stage
-    from fleetloop.platform.bus.topics import DEAD_LETTER, PIPELINE_EVENTS, TELEMETRY
+    Segments are sealed every ``segment_rows`` rows or ``segment_age_s`` seconds, when a poll comes back empty,
+    and on stop (``stop``: a :class:`~fleetloop.pipelines.stage_shell.StopFlag` to set from another thread);
+    each is announced as ``dataset.sealed`` on ``events_topic`` unless ``announce`` is False."""
 
-    sink = LakeSink(settings.state_dir, table, schema, collect, source=f"collect/{table}")
-    return run_stage(
-        settings,
-        sink,
-        ShellConfig(
-            topic=topic or TELEMETRY,
-            group_id=group_id,
-            events_topic=events_topic or PIPELINE_EVENTS,
-            dead_letter_topic=dead_letter_topic or DEAD_LETTER,
-            idle_timeout_s=idle_timeout_s,
-            segment_rows=segment_rows,
-            segment_age_s=segment_age_s,
-        ),
-        on_progress=on_progress,
-        stop=stop,
+    def step(state: CollectState, deliveries: Sequence[Delivery]) -> tuple[CollectState, list[Chunk], list[Reject]]:
+        return collect(state, deliveries, schema)
+
+    report = StageReport(stage="collect", table=table)
+    state = CollectState()
+    sink = LakeSink(
+        settings.state_dir,
+        table,
+        schema,
+        step,
+        state,
+        report,
+        events_topic=(events_topic or PIPELINE_EVENTS) if announce else None,
+        segment_rows=segment_rows,
+        segment_age_s=segment_age_s,
     )
+    cfg = ShellConfig(
+        topic=topic or TELEMETRY,
+        group_id=group_id,
+        dead_letter_topic=dead_letter_topic or DEAD_LETTER,
+        idle_timeout_s=idle_timeout_s,
+    )
+    run_shell(settings, sink, cfg, report, on_progress=on_progress, stop=stop)
+    report.frames_in = sink.state.frames_in
+    report.duplicates_removed = dict(sink.state.duplicates)
+    report.empty_records = sink.state.empty_records
+    for reason, n in sink.state.duplicates.items():
+        DUPLICATES.labels(table, reason).inc(n)
+    return report
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -228,7 +239,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     import dataclasses
     import json
 
-    from fleetloop.platform.bus.topics import DEAD_LETTER, PIPELINE_EVENTS, TELEMETRY, topic_named
+    from fleetloop.platform.bus.topics import topic_named
     from fleetloop.platform.errors import NotFoundError
     from fleetloop.platform.settings import load_settings
 

@@ -16,7 +16,7 @@ import numpy as np
 from fleetloop.platform.bus.schemas import GROUND_TRUTH_FRAMES
 
 if TYPE_CHECKING:
-    from fleetloop.pipelines.stage_shell import StageReport
+    from fleetloop.pipelines.lake_sink import StageReport
     from fleetloop.platform.bus.topics import Topic
     from fleetloop.platform.settings import Settings
 
@@ -37,25 +37,21 @@ def run_ground_truth(
     on_progress: Any = None,
 ) -> StageReport:
     """Collect the ground-truth audit topic into the ``groundtruth`` lake table (no announcements)."""
-    from fleetloop.pipelines.collect import collect
-    from fleetloop.pipelines.stage_shell import LakeSink, ShellConfig, run_stage
-    from fleetloop.platform.bus.topics import DEAD_LETTER, GROUND_TRUTH_AUDIT, PIPELINE_EVENTS
+    from fleetloop.pipelines.collect import run_collect
+    from fleetloop.platform.bus.topics import GROUND_TRUTH_AUDIT
 
-    def step(state: Any, deliveries: Any) -> Any:
-        return collect(state, deliveries, GROUND_TRUTH_FRAMES)
-
-    sink = LakeSink(settings.state_dir, GROUND_TRUTH_TABLE, GROUND_TRUTH_FRAMES, step, source="collect/groundtruth")
-    cfg = ShellConfig(
+    return run_collect(
+        settings,
         topic=topic or GROUND_TRUTH_AUDIT,
         group_id=group_id,
-        events_topic=PIPELINE_EVENTS,
-        dead_letter_topic=DEAD_LETTER,
+        table=GROUND_TRUTH_TABLE,
+        schema=GROUND_TRUTH_FRAMES,
+        announce=False,
         idle_timeout_s=idle_timeout_s,
         segment_rows=segment_rows,
         segment_age_s=segment_age_s,
-        announce=False,
+        on_progress=on_progress,
     )
-    return run_stage(settings, sink, cfg, on_progress=on_progress)
 
 
 def read_ground_truth(state_dir: Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:

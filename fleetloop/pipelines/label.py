@@ -300,6 +300,7 @@ def run_label(
         handle,
         wants=("dataset.sealed",),
         group_id=group_id,
+        batched=True,  # segments labelled together see each other's later frames; label_pending is idempotent
         idle_timeout_s=idle_timeout_s,
         stop=stop,
     )

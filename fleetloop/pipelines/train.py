@@ -468,5 +468,12 @@ def run_train_stage(
         return [outcome.event] if outcome.event is not None else []
 
     return run_event_stage(
-        settings, "train", handle, wants=("labels.ready",), group_id=group_id, idle_timeout_s=idle_timeout_s, stop=stop
+        settings,
+        "train",
+        handle,
+        wants=("labels.ready",),
+        group_id=group_id,
+        batched=True,  # one run over all new labelled data per poll; run_train skips what a run already used
+        idle_timeout_s=idle_timeout_s,
+        stop=stop,
     )

@@ -36,6 +36,7 @@ from fleetloop.platform.bus import (
 from fleetloop.platform.bus.admin import ensure_topics
 from fleetloop.platform.bus.serde import encode_batch, encode_event
 from fleetloop.platform.settings import Settings
+from tests.integration.private_kafka import private_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -217,18 +218,8 @@ def test_sigterm_seals_and_commits_before_exiting(
 def test_broker_restart_during_collection_loses_nothing(stack_settings: Settings, tmp_path: Path) -> None:
     from fleetloop.platform import launcher
     from fleetloop.platform.services.kafka import SPEC as KAFKA
-    from tests.conftest import free_port
 
-    private = stack_settings.model_copy(
-        update={
-            "state_dir": tmp_path / "stack",
-            "kafka_port": free_port(),
-            "kafka_controller_port": free_port(),
-            "kafka_bootstrap": None,
-        }
-    )
-    launcher.up(private, [KAFKA])
-    try:
+    with private_kafka(stack_settings, tmp_path / "stack") as private:
         t = fresh_topics(private)
         stop = StopFlag()
         result: dict[str, object] = {}
@@ -264,5 +255,3 @@ def test_broker_restart_during_collection_loses_nothing(stack_settings: Settings
         report: Any = result["report"]
         assert report.rows_collected == 16_000 and sum(report.duplicates_removed.values()) == 12_000
         assert report.segments_sealed >= 2  # before and after the restart
-    finally:
-        launcher.down(private, [KAFKA])

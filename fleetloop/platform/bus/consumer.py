@@ -6,8 +6,9 @@
             consumer.commit(polled)               # ... then move the group's offsets past it
 
 A record that fails to decode (or carries a schema that does not belong on its topic) is sent, byte for
-byte, to the dead-letter topic with the reason and its origin in headers, and counted by reason. Its offset
-is committed with the batch it came in, after the dead letter itself is acknowledged, so nothing is lost.
+byte, to the dead-letter topic with the reason and its origin in headers, and counted by reason. A stage
+that refuses a decoded delivery hands it to :meth:`BusConsumer.dead_letter`, the same path. Offsets are
+committed only after every dead letter sent before is acknowledged, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from fleetloop.platform.bus.counters import BusCounters
 from fleetloop.platform.bus.deadletter import DeadLetter
 from fleetloop.platform.bus.events import Event
 from fleetloop.platform.bus.producer import BusProducer
-from fleetloop.platform.bus.serde import DEFAULT_REGISTRY, FrameBatch, PayloadRejected, SchemaRegistry, decode
+from fleetloop.platform.bus.serde import (
+    DEFAULT_REGISTRY,
+    FrameBatch,
+    PayloadRejected,
+    SchemaRegistry,
+    decode,
+    encode,
+)
 from fleetloop.platform.bus.topics import DEAD_LETTER, Topic
-from fleetloop.platform.errors import DataError
+from fleetloop.platform.errors import DataError, ServiceUnavailable
 
 __all__ = ["CONSUMER_DEFAULTS", "BusConsumer", "Delivery", "Polled"]
 
@@ -42,7 +50,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Delivery:
-    """One decoded record and where it came from."""
+    """One decoded record and where it came from; ``raw`` is the record's value as it arrived (what a dead
+    letter keeps; decoded frame columns are views of it, so holding it costs no copy)."""
 
     topic: str
     partition: int
@@ -50,6 +59,7 @@ class Delivery:
     key: bytes | None
     timestamp_ms: int
     value: FrameBatch | Event
+    raw: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -68,6 +78,15 @@ class Polled:
     @property
     def n_frames(self) -> int:
         return sum(d.value.n_frames for d in self.deliveries if isinstance(d.value, FrameBatch))
+
+    @classmethod
+    def merged(cls, polls: Sequence[Polled]) -> Polled:
+        """The offsets of several polls as one commit (the furthest per partition); deliveries are not kept."""
+        out = cls()
+        for p in polls:
+            for tp, nxt in p.offsets.items():
+                out.offsets[tp] = max(nxt, out.offsets.get(tp, 0))
+        return out
 
 
 class BusConsumer:
@@ -100,6 +119,8 @@ class BusConsumer:
         self._topics = {t.name: t for t in topics}
         self._dead_letter_topic = dead_letter_topic
         self._dlq: BusProducer | None = None
+        self._unacked: list[DeadLetter] = []  # dead letters sent since the last acknowledged flush
+        self._resend = False  # a flush failed: send the unacknowledged letters again before the next one
         self._client_id = client_id
         self._committed: dict[tuple[str, int], int] = {}
         config = {**CONSUMER_DEFAULTS, **overrides}
@@ -139,7 +160,9 @@ class BusConsumer:
                 else:
                     if isinstance(item, FrameBatch):
                         self.counters.add(frames_received=item.n_frames)
-                    out.deliveries.append(Delivery(tp.topic, tp.partition, rec.offset, rec.key, rec.timestamp, item))
+                    out.deliveries.append(
+                        Delivery(tp.topic, tp.partition, rec.offset, rec.key, rec.timestamp, item, value)
+                    )
                 out.offsets[(tp.topic, tp.partition)] = rec.offset + 1
         return out
 
@@ -154,32 +177,72 @@ class BusConsumer:
             elif idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
                 return
 
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        """The ``(topic, partition)`` pairs this member holds now; empty until the group has assigned it some."""
+        return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    # -- dead letters --------------------------------------------------------------------------------
+
+    def dead_letter(self, delivery: Delivery, reason: str, error: str) -> None:
+        """Send a decoded delivery the caller refuses to the dead-letter topic (its original bytes, ``reason``
+        and ``error`` in headers), counted by reason; :meth:`commit` acknowledges it before moving past it."""
+        value = delivery.raw if delivery.raw is not None else encode(delivery.value)
+        d = delivery
+        self._send_dead_letter(DeadLetter(reason, error, d.topic, d.partition, d.offset, self.group_id, d.key, value))
+
     def _dead_letter(self, rec: Any, reason: str, error: str) -> None:
+        self._send_dead_letter(
+            DeadLetter(reason, error, rec.topic, rec.partition, rec.offset, self.group_id, rec.key, rec.value)
+        )
+
+    def _send_dead_letter(self, letter: DeadLetter) -> None:
         if self._dlq is None:
             self._dlq = BusProducer(self.bootstrap, client_id=f"{self._client_id}-deadletter")
-        letter = DeadLetter(reason, error, rec.topic, rec.partition, rec.offset, self.group_id, rec.key, rec.value)
-        self._dlq.send_raw(self._dead_letter_topic.name, rec.value, rec.key, letter.headers())
-        self.counters.add_reason("dead_lettered", reason)
+        self._dlq.send_raw(self._dead_letter_topic.name, letter.value, letter.key, letter.headers())
+        self._unacked.append(letter)
+        self.counters.add_reason("dead_lettered", letter.reason)
+
+    def _flush_dead_letters(self) -> None:
+        """Block until every dead letter sent is acknowledged; after a failed flush (broker down) they are sent
+        again, so a record is never committed without its letter (a letter may then be kept twice)."""
+        if self._dlq is None or not self._unacked:
+            return
+        if self._resend:
+            for letter in self._unacked:
+                self._dlq.send_raw(self._dead_letter_topic.name, letter.value, letter.key, letter.headers())
+        try:
+            self._dlq.flush()
+        except ServiceUnavailable:
+            self._resend = True
+            raise
+        self._unacked, self._resend = [], False
 
     # -- committing ----------------------------------------------------------------------------------
 
-    def commit(self, polled: Polled) -> None:
+    def commit(self, polled: Polled, timeout_s: float | None = None) -> None:
         """Commit the offsets of ``polled``: call it only once the work on its deliveries is durable.
 
-        Dead letters of the batch are flushed first, so a record is never committed before it is either
-        processed by the caller or kept on the dead-letter topic. Offsets never move backwards."""
+        Dead letters are flushed first, so a record is never committed before it is either processed by the
+        caller or kept on the dead-letter topic. Offsets never move backwards. Raises ``ServiceUnavailable`` if
+        the broker did not take the commit within ``timeout_s`` (None: the client's request timeout, 30 s) or
+        the group moved a partition away meanwhile (its records are then redelivered)."""
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        if self._dlq is not None:
-            self._dlq.flush()
+        self._flush_dead_letters()
         offsets = {}
         for (topic, partition), nxt in polled.offsets.items():
             if nxt > self._committed.get((topic, partition), -1):
                 offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(nxt, "", -1)
         if not offsets:
             return
-        with kafka_errors_as_ours("committing offsets", self.bootstrap):
-            self._consumer.commit(offsets)
+        try:
+            self._consumer.commit(offsets, timeout_ms=None if timeout_s is None else int(timeout_s * 1000))
+        except KafkaError as e:  # broker down, or a rebalance moved a partition away (CommitFailedError)
+            raise ServiceUnavailable(
+                f"committing offsets of group {self.group_id} to Kafka at {self.bootstrap} failed "
+                f"({type(e).__name__}: {e}); the records are redelivered, so make the work on them idempotent"
+            ) from e
         for tp, om in offsets.items():
             self._committed[(tp.topic, tp.partition)] = om.offset
         self.counters.add(commits=1)
