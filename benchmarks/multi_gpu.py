@@ -20,9 +20,9 @@ Each row also gives every shard's own seconds per tick (timed inside the shard, 
 fastest and slowest shard, and the driver's overhead = wall per tick - slowest shard's. Shards run in lockstep,
 so a K-shard row runs at its slowest shard. A shard's tick is bound by its one CPU thread (kernel launches and
 host work), and on the multi-GPU machines lent here that thread's speed differs from process to process by up to
-~1.6x, for a whole run (measured, issue 6 in BENCHMARKS.md): one sample of a K-shard row against one sample of the
-1-shard row is then mostly luck. ``--repeats R`` runs every row R times, each in fresh shard processes, and
-reports the repeat with the median rate (all R rates are in the JSON); efficiencies use those medians.
+~1.6x, for a whole run (measured, issue 6 in docs/benchmarks-history.md): one sample of a K-shard row against
+one sample of the 1-shard row is then mostly luck. ``--repeats R`` runs every row R times, each in fresh shard
+processes, and reports the repeat with the median rate (all R rates are in the JSON); efficiencies use those medians.
 
 Efficiency = rate_K / (G x rate_1), rate_1 the 1-GPU (1-shard) row of the same kind in the same call. When fewer
 GPUs exist than K, the K shards share the available GPU(s): the row is labelled so and its efficiency is left

@@ -75,3 +75,43 @@ def mlflow_uri(stack_settings: Settings) -> Iterator[str]:
         yield stack_settings.tracking_uri
     finally:
         launcher.down(stack_settings, [MLFLOW])
+
+
+# -- the integration marker is not optional -------------------------------------------------------------
+# A test that starts Kafka or MLflow must carry @pytest.mark.integration, so that `-m "not integration"` really
+# runs without services. Checked for fixtures requested by name (the test's fixture closure) and for those
+# fetched with request.getfixturevalue when they are first set up.
+
+SERVICE_FIXTURES = frozenset({"kafka_bootstrap", "mlflow_uri"})
+
+
+def _unmarked_service_use(item: pytest.Item, names: frozenset[str] | set[str]) -> str | None:
+    used = sorted(SERVICE_FIXTURES & set(names))
+    if not used or item.get_closest_marker("integration") is not None:
+        return None
+    return (
+        f"{item.nodeid} uses {', '.join(used)} (a real service) but is not marked @pytest.mark.integration; "
+        "add the marker (or pytestmark = pytest.mark.integration in its module)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    why = _unmarked_service_use(item, set(getattr(item, "fixturenames", ())))
+    if why:
+        pytest.fail(why, pytrace=False)
+
+
+class _ServiceFixtureGuard:
+    """A global plugin: conftest hooks do not see session-scoped fixtures set up (their node is the session)."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest) -> None:
+        item = getattr(request, "_pyfuncitem", None)  # the test that asked, also through getfixturevalue
+        why = None if item is None else _unmarked_service_use(item, {fixturedef.argname})
+        if why:
+            pytest.fail(why, pytrace=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_ServiceFixtureGuard(), "fleetloop-service-fixture-guard")

@@ -23,7 +23,9 @@ The decision (:func:`decide`) is a pure function of the candidate's and the base
 4. **latency**: the candidate's simulated inference latency p99 within ``latency_budget_s`` (the per-tick budget).
 
 Every check reports its numbers and intervals; a failed check adds a reason that says what was worse and by
-how much.
+how much. Check names (``GateCheck.name``, ``GateDecision.failed_checks``) are stable, the reasons' wording is
+not: ``suite_size``, ``slice <slice>``, ``improvement``, ``counter <phantom_brakes|harsh_jerks|
+fallback_activations|progress_vs_expert>``, ``latency``.
 """
 
 from __future__ import annotations
@@ -348,6 +350,11 @@ class GateDecision:
     @property
     def reasons(self) -> tuple[str, ...]:
         return tuple(c.reason for c in self.checks if not c.passed)
+
+    @property
+    def failed_checks(self) -> tuple[str, ...]:
+        """The names of the failed checks, one per reason and in the same order; stable, unlike the wording."""
+        return tuple(c.name for c in self.checks if not c.passed)
 
     def as_dict(self) -> dict[str, Any]:
         return {

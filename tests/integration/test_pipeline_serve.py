@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
+
 if TYPE_CHECKING:
     from fleetloop.platform.settings import Settings
 
 
+@pytest.mark.integration
 def test_stage_services_start_answer_and_stop(stack_settings: Settings, kafka_bootstrap: str, mlflow_uri: str) -> None:
     from fleetloop.pipelines.serve import service_name, stage_specs
     from fleetloop.platform import launcher

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
+import pytest
 
 from fleetloop.cli.sim import simulate
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
@@ -31,6 +32,7 @@ def _read(settings: Settings, topic: object, tag: str, want: int) -> dict[str, l
     return got
 
 
+@pytest.mark.integration
 def test_sim_run_sends_telemetry_and_ground_truth_on_separate_topics(
     stack_settings: Settings, kafka_bootstrap: str
 ) -> None:

@@ -1,0 +1,201 @@
+"""Every script in benchmarks/ runs at a tiny size and prints its table, so the figures in BENCHMARKS.md and the
+README (each quoted with its command) cannot rot: a script that no longer runs fails here, not on the day
+someone reruns it.
+
+Each test runs the real script as a subprocess with this checkout first on the path. The numbers at these
+sizes mean nothing; the tests check that the script exits 0 and prints the rows its table is made of. Parts
+that need a CUDA device or the optional SUMO baseline (the ``bench`` extras) are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+BENCHMARKS = REPO / "benchmarks"
+
+pytestmark = pytest.mark.slow
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA device (this part of the benchmark runs on the GPU)",
+)
+needs_sumo = pytest.mark.skipif(
+    importlib.util.find_spec("sumo") is None or importlib.util.find_spec("libsumo") is None,
+    reason="the SUMO baseline needs eclipse-sumo and libsumo (the `bench` extras: make bench-deps), not installed",
+)
+
+
+def run_benchmark(script: str, *args: str, timeout_s: float = 240.0) -> str:
+    """Run ``benchmarks/<script>`` with ``args``; its stdout, after checking that it exited 0."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert proc.returncode == 0, (
+        f"benchmarks/{script} {' '.join(args)} exited {proc.returncode}\n"
+        f"--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def table_rows(out: str, first_cell: str) -> list[str]:
+    """The markdown table rows of ``out`` whose first cell starts with ``first_cell``."""
+    return [line for line in out.splitlines() if re.match(rf"\|\s*{re.escape(first_cell)}", line)]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Untrained policy artifacts: the fused model and a camera-only one (the scripts only need them to load)."""
+    from fleetloop.edge_agent.model_artifact import save_artifact
+    from fleetloop.edge_agent.policy import FusionPolicy, PolicyConfig
+
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "fused": save_artifact(d / "fused.safetensors", FusionPolicy(PolicyConfig())),
+        "camera": save_artifact(d / "camera.safetensors", FusionPolicy(PolicyConfig(modalities=("camera",)))),
+    }
+
+
+# -- CPU only, no services ----------------------------------------------------------------------------------
+
+
+def test_sensor_table_prints_every_hazard_and_weather() -> None:
+    out = run_benchmark("sensor_table.py", "--draws", "2", "--no-write")
+    for hazard in ("stopped_vehicle", "pedestrian", "debris"):
+        assert len(table_rows(out, f"{hazard} |")) == 4, out  # clear, fog, rain, night
+
+
+def test_inference_prints_the_batched_engine_against_the_loop_and_the_batching_table() -> None:
+    out = run_benchmark("inference.py", "--vehicles", "64", "--loop-sample", "4", "--device", "cpu", "--threads", "1")
+    assert table_rows(out, "per-vehicle loop") and table_rows(out, "batched engine"), out
+    assert len(table_rows(out, "64 |")) == 3, out  # max_batch 64 at three waits
+
+
+def test_sim_prints_the_traffic_and_full_world_figures() -> None:
+    out = run_benchmark("sim.py", "--no-sumo", "--quick", "--sizes", "20", "--world-sizes", "16")
+    assert re.search(r"^\s+20\s+[\d,]+\s", out, re.M), out
+    assert re.search(r"Full world .* 16 mixed scenes: [\d,]+ vehicle-steps/s on cpu", out), out
+
+
+@needs_sumo
+def test_sim_against_sumo_agrees_and_prints_the_speed_up() -> None:
+    out = run_benchmark("sim.py", "--quick", "--sizes", "20", "--world-sizes", "16")
+    assert re.search(r"^\s+20\s+[\d,]+\s+[\d,]+\s+[\d.]+x", out, re.M), out
+
+
+def test_fleet_prints_the_loop_against_the_world_and_the_profile() -> None:
+    args = ("--vehicles", "16", "--ticks", "2", "--warmup", "1", "--profile-ticks", "1", "--threads", "1")
+    out = run_benchmark("fleet.py", *args)
+    assert table_rows(out, "world only") and table_rows(out, "full loop (FleetRunner.step"), out
+    assert table_rows(out, "vehicle_step"), out  # the profile
+
+
+def test_fleet_claims_print_every_row_and_the_ccrs_line(tiny_models: dict[str, Path]) -> None:
+    fused = str(tiny_models["fused"])
+    args = ("--claims", "--initial", fused, "--reference", fused, "--vehicles", "4", "--ticks", "5", "--threads", "1")
+    out = run_benchmark("fleet.py", *args)
+    assert len(table_rows(out, "fog, ")) == 2 and len(table_rows(out, "pedestrian, ")) == 2, out
+    assert "fallback alone, CCRs: ccrs_10" in out, out
+
+
+def test_claims_print_the_rows_and_a_verdict_per_claim(tiny_models: dict[str, Path]) -> None:
+    fused, camera = str(tiny_models["fused"]), str(tiny_models["camera"])
+    args = ("--initial", fused, "--reference", fused, "--single", f"camera={camera}", "--seeds", "0")
+    out = run_benchmark("claims.py", *args, "--vehicles", "4", "--ticks", "5", "--jobs", "1")
+    assert table_rows(out, "held-out mix, camera-only alone"), out
+    for claim in ("(a) fog", "(b) pedestrian", "(b) mixed/clear", "(c) held-out mix"):
+        assert table_rows(out, claim), f"no {claim} row\n{out}"
+    assert "(d) fallback alone, CCRs:" in out, out
+
+
+def test_multi_gpu_on_cpu_processes_prints_strong_scaling() -> None:
+    args = ("--device", "cpu", "--counts", "1", "2", "--modes", "strong", "--total", "16", "--ticks", "2")
+    out = run_benchmark("multi_gpu.py", *args, "--warmup", "1")
+    rows = table_rows(out, "strong |")
+    assert len(rows) == 2 and all(r.split("|")[-3].strip() == "yes" for r in rows), out  # events = 1 shard
+
+
+def test_collect_without_kafka_prints_the_lake_rows_and_the_baseline() -> None:
+    out = run_benchmark("collect.py", "--no-kafka", "--vehicles", "2", "--frames", "256")
+    assert re.search(r"collect \+ lake \(no Kafka\), blobs, zstd\s+512\s", out), out
+    assert "(baseline)" in out, out
+
+
+# -- a CUDA device ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_fleet_on_cuda() -> None:
+    out = run_benchmark("fleet.py", "--vehicles", "64", "--ticks", "2", "--warmup", "1", "--device", "cuda")
+    assert table_rows(out, "full loop (FleetRunner.step"), out
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_multi_gpu_on_cuda() -> None:
+    args = ("--device", "cuda", "--counts", "1", "--modes", "strong", "weak", "--total", "64", "--per-gpu", "64")
+    out = run_benchmark("multi_gpu.py", *args, "--ticks", "2", "--warmup", "1")
+    assert len(table_rows(out, "strong |")) == 1 and len(table_rows(out, "weak |")) == 1, out
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_sim_world_on_cuda() -> None:
+    out = run_benchmark("sim.py", "--no-sumo", "--quick", "--sizes", "20", "--world-sizes", "16", "--device", "cuda")
+    assert re.search(r"vehicle-steps/s on cuda", out), out
+
+
+# -- real services: each script starts its own broker (and MLflow) through the launcher, as documented -------
+# (Against the shared test broker of the kafka_bootstrap fixture, at these sizes, bus.py's commit met a consumer
+# group rebalance and collect.py's two members wrote some frames twice; the documented commands start their own.)
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(
+    strict=False,
+    reason="known defect: BusConsumer.commit does not retry a commit the group coordinator refuses during a "
+    "rebalance (RebalanceInProgressError); a run this short can end inside the group's first rebalance",
+)
+def test_bus_prints_both_paths_and_the_speed_up() -> None:
+    out = run_benchmark(
+        "bus.py", "--vehicles", "2", "--frames-per-vehicle", "200", "--baseline-frames-per-vehicle", "50"
+    )
+    assert "one frame per message (kafka-python)" in out and "batched (fleetloop bus)" in out, out
+    assert re.search(r"speed-up: [\d.]+x; every frame arrived once", out), out
+
+
+@pytest.mark.integration
+def test_collect_through_kafka_prints_one_and_two_members() -> None:
+    out = run_benchmark("collect.py", "--vehicles", "2", "--frames", "256")
+    assert "end to end via Kafka, 1 member(s)" in out and "end to end via Kafka, 2 member(s)" in out, out
+
+
+@pytest.mark.integration
+def test_loop_efficacy_turns_the_loop_once_and_prints_both_tables() -> None:
+    # Starts its own Kafka and MLflow through the launcher (that is part of what it measures); 16 vehicles for
+    # 18 s upload enough valid frames for train to fine-tune, so every stage runs.
+    sizes = ("--seeds", "1", "--vehicles", "16", "--minutes", "0.3", "--fog-onset-s", "2")
+    validate = ("--validate-vehicles", "4", "--validate-ticks", "20", "--eval-vehicles", "4", "--eval-ticks", "20")
+    train = ("--train-epochs", "1", "--train-max-s", "3")
+    boot = ("--bootstrap-vehicles", "16", "--bootstrap-ticks", "30", "--bootstrap-train-s", "3")
+    out = run_benchmark("loop_efficacy.py", *sizes, *validate, *train, *boot, "--bootstrap-epochs", "1")
+    for model in ("initial", "reference", "candidate:triggers"):  # the random arm's few frames may train nothing
+        assert len(table_rows(out, f"{model} |")) == 2, f"no fog and clear rows for {model}\n{out}"
+    assert table_rows(out, "triggers | 1 |") and table_rows(out, "random | 1 |"), out
