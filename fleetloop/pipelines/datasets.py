@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from fleetloop.platform.errors import DataError
 __all__ = [
     "LABEL_COLUMNS",
     "LabelledDataset",
+    "labelled_by_id",
     "labelled_dir",
     "list_labelled",
     "policy_inputs_from_telemetry",
@@ -153,6 +154,21 @@ def list_labelled(state_dir: Path) -> list[LabelledDataset]:
     if not folder.is_dir():
         return []
     return [LabelledDataset.from_file(p) for p in sorted(folder.glob("*.json"))]
+
+
+def labelled_by_id(state_dir: Path, dataset_ids: Sequence[str]) -> list[LabelledDataset]:
+    """The labelled datasets with these ids (``DataError`` names the missing ones)."""
+    folder = labelled_dir(state_dir)
+    out, missing = [], []
+    for d in dataset_ids:
+        p = folder / f"{d}.json"
+        if p.exists():
+            out.append(LabelledDataset.from_file(p))
+        else:
+            missing.append(d)
+    if missing:
+        raise DataError(f"no labelled dataset for {missing}; run the label stage first")
+    return out
 
 
 def read_labelled(ds: LabelledDataset, verify: bool = True) -> dict[str, np.ndarray]:
