@@ -130,7 +130,7 @@ def test_download_model_says_when_a_version_holds_no_model_file(
 def test_production_is_the_promoted_version_and_a_clear_error_before_that(
     reg: Registry, name: str, artifact: Path
 ) -> None:
-    with pytest.raises(NotFoundError, match="no production version.*fleetloop model bootstrap"):
+    with pytest.raises(NotFoundError, match=r"no production version.*`fleetloop model bootstrap`"):
         reg.production(name)  # not even registered
     v1 = register(reg, name, artifact)
     with pytest.raises(NotFoundError, match="no production version"):

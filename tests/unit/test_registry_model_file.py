@@ -25,14 +25,14 @@ def test_a_folder_yields_the_one_model_file_at_any_depth(tmp_path: Path) -> None
 
 def test_a_folder_without_a_model_file_is_malformed_and_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(DataError, match="fleet-policy version 2 holds no .safetensors model file"):
+    with pytest.raises(DataError, match=r"fleet-policy version 2 holds no \.safetensors model file"):
         find_model_file(tmp_path, what="fleet-policy version 2")
 
 
 def test_a_folder_with_two_model_files_is_refused_rather_than_guessed(tmp_path: Path) -> None:
     for n in ("a.safetensors", "b.safetensors"):
         (tmp_path / n).write_bytes(b"w")
-    with pytest.raises(DataError, match=r"holds 2 model files \(a.safetensors, b.safetensors\)"):
+    with pytest.raises(DataError, match=r"holds 2 model files \(a\.safetensors, b\.safetensors\)"):
         find_model_file(tmp_path)
 
 
