@@ -210,8 +210,7 @@ def run_arm(
 def download_version(s: Settings, version: str | None, dst: Path) -> Path:
     from fleetloop.platform.registry import open_registry
 
-    where = Path(open_registry(s).download(s.model_name, str(version), dst))
-    return sorted(where.rglob("*.safetensors"))[0] if where.is_dir() else where
+    return open_registry(s).download_model(s.model_name, str(version), dst)
 
 
 def evaluate(models: dict[str, Any], seed: int, a: argparse.Namespace, log: Any) -> dict[str, dict[str, Any]]:

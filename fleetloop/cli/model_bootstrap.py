@@ -50,7 +50,7 @@ def bootstrap(
     reg = open_registry(settings)
     name = settings.model_name
     try:
-        prod = reg.by_alias(name, "production")
+        prod = reg.production(name)
     except NotFoundError:
         prod = None
     if prod is not None and not force:

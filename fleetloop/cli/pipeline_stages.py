@@ -50,42 +50,19 @@ def _run_train(settings: Settings, progress: Progress) -> dict[str, Any]:
     return out.as_dict()
 
 
-def _unvalidated_runs(settings: Settings) -> list[Any]:
-    from mlflow import MlflowClient
-
-    from fleetloop.pipelines.train import TRAIN_EXPERIMENT
-
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
-    exp = client.get_experiment_by_name(TRAIN_EXPERIMENT)
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time"])
-    return [r for r in runs if "fleetloop.validation" not in r.data.tags]
-
-
 def _run_validate(settings: Settings, progress: Progress) -> dict[str, Any]:
-    import json
-
-    from fleetloop.pipelines.train import ARTIFACT_DIR, ARTIFACT_FILE
+    from fleetloop.pipelines.models import unvalidated_candidates
     from fleetloop.pipelines.validate import validate_candidate
-    from fleetloop.platform.bus.events import ModelTrained
+    from fleetloop.platform.tracking import open_tracking
 
+    tracking = open_tracking(settings)
     results = []
-    for run in _unvalidated_runs(settings):
-        rid = run.info.run_id
-        ids = tuple(json.loads(run.data.tags.get("fleetloop.dataset_ids", "[]")))
-        ev = ModelTrained(
-            model_name=run.data.tags.get("fleetloop.model", settings.model_name),
-            run_id=rid,
-            artifact_uri=f"runs:/{rid}/{ARTIFACT_DIR}/{ARTIFACT_FILE}",
-            dataset_ids=ids,
-            source="pipeline-run",
-        )
+    for ev in unvalidated_candidates(tracking, settings.model_name, source="pipeline-run"):
 
-        def on_run(slice_name: str, seed: int, r: str = rid) -> None:
+        def on_run(slice_name: str, seed: int, r: str = ev.run_id) -> None:
             progress(f"validate {r[:8]}: {slice_name} seed {seed}")
 
-        out = validate_candidate(settings, ev, on_run=on_run)
+        out = validate_candidate(settings, ev, tracking=tracking, on_run=on_run)
         results.append(out.as_dict())
     return {"validated": results, "candidates": len(results)}
 

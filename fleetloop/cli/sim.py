@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
 from fleetloop.platform.errors import NotFoundError, ServiceUnavailable, UserInputError
+from fleetloop.platform.registry import find_model_file, open_registry
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.settings import Settings, load_settings
 
@@ -70,11 +71,10 @@ def resolve_model(settings: Settings, model: str | None, fallback_only: bool, wo
         return None
     if model and (Path(model).exists() or not model.isdigit()):
         path = Path(model)
-        if not path.is_file():
+        if not path.exists():
             raise NotFoundError(f"model file {path} does not exist; give an artifact path or a registry version")
-        return f"local:{path.stem}", path
-    from fleetloop.platform.registry import open_registry
-
+        found = find_model_file(path)
+        return f"local:{found.stem}", found
     try:
         reg = open_registry(settings)
     except ServiceUnavailable as e:
@@ -84,22 +84,12 @@ def resolve_model(settings: Settings, model: str | None, fallback_only: bool, wo
     name = settings.model_name
     if model is None:
         try:
-            prod = reg.by_alias(name, "production")
-        except NotFoundError:
-            prod = None
-        if prod is None:
-            raise NotFoundError(
-                f"{name} has no production version yet; run `fleetloop model bootstrap` to train and release the "
-                "initial model, or drive with --fallback-only"
-            )
-        version = prod.version
+            version = reg.production(name).version
+        except NotFoundError as e:
+            raise NotFoundError(f"{e}; or drive with --fallback-only") from e
     else:
         version = str(int(model))
-    where = reg.download(name, version, workdir / f"v{version}")
-    files = sorted(where.rglob("*.safetensors")) if where.is_dir() else [where]
-    if not files:
-        raise NotFoundError(f"{name} v{version} holds no .safetensors artifact in {where}")
-    return version, files[0]
+    return version, reg.download_model(name, version, workdir / f"v{version}")
 
 
 # -- the run ----------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ the Parquet file is durable: the sidecar is the commit point, a Parquet file wit
 
 :func:`policy_inputs_from_telemetry` turns telemetry columns into ``PolicyInputs`` with the vehicle's own
 feature function (``features_from_observation``), so a model trains on exactly what it will see on board.
+:func:`read_ground_truth` reads the ground-truth audit table, for the label stage's quality audit only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,14 @@ from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.errors import DataError
 
 __all__ = [
+    "GROUND_TRUTH_TABLE",
     "LABEL_COLUMNS",
     "LabelledDataset",
+    "labelled_by_id",
     "labelled_dir",
     "list_labelled",
     "policy_inputs_from_telemetry",
+    "read_ground_truth",
     "read_labelled",
     "write_labelled",
 ]
@@ -42,6 +46,8 @@ LABEL_COLUMNS = (
     "label_valid",
 )
 _SIDECAR_VERSION = 1
+GROUND_TRUTH_TABLE = "groundtruth"
+"""The lake table of the ground-truth audit topic (collected by the groundtruth stage, read by label only)."""
 
 
 def labelled_dir(state_dir: Path) -> Path:
@@ -145,6 +151,21 @@ def list_labelled(state_dir: Path) -> list[LabelledDataset]:
     return [LabelledDataset.from_file(p) for p in sorted(folder.glob("*.json"))]
 
 
+def labelled_by_id(state_dir: Path, dataset_ids: Sequence[str]) -> list[LabelledDataset]:
+    """The labelled datasets with these ids (``DataError`` names the missing ones)."""
+    folder = labelled_dir(state_dir)
+    out, missing = [], []
+    for d in dataset_ids:
+        p = folder / f"{d}.json"
+        if p.exists():
+            out.append(LabelledDataset.from_file(p))
+        else:
+            missing.append(d)
+    if missing:
+        raise DataError(f"no labelled dataset for {missing}; run the label stage first")
+    return out
+
+
 def read_labelled(ds: LabelledDataset, verify: bool = True) -> dict[str, np.ndarray]:
     """The dataset's columns; ``verify`` checks the file against its content hash first."""
     from fleetloop.pipelines.lake import read_segment
@@ -158,6 +179,14 @@ def read_labelled(ds: LabelledDataset, verify: bool = True) -> dict[str, np.ndar
         if digest != ds.content_sha256:
             raise DataError(f"labelled dataset {ds.dataset_id} does not match its hash {ds.content_sha256}; relabel it")
     return read_segment(path)
+
+
+def read_ground_truth(state_dir: Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The whole ground-truth table as numpy columns (with ``vehicle_id``), for the label-quality audit; join
+    it to telemetry on ``(vehicle_id, seq)``."""
+    from fleetloop.pipelines.lake import read_table
+
+    return read_table(state_dir, GROUND_TRUTH_TABLE, columns)
 
 
 def policy_inputs_from_telemetry(cols: Mapping[str, np.ndarray]) -> Any:

@@ -8,11 +8,9 @@ a ground-truth segment is never a training dataset, and announcing it would invi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from fleetloop.pipelines.datasets import GROUND_TRUTH_TABLE, read_ground_truth
 from fleetloop.platform.bus.schemas import GROUND_TRUTH_FRAMES
 
 if TYPE_CHECKING:
@@ -22,7 +20,6 @@ if TYPE_CHECKING:
 
 __all__ = ["GROUND_TRUTH_GROUP", "GROUND_TRUTH_TABLE", "read_ground_truth", "run_ground_truth"]
 
-GROUND_TRUTH_TABLE = "groundtruth"
 GROUND_TRUTH_GROUP = "fleetloop-collect-groundtruth"
 
 
@@ -52,11 +49,3 @@ def run_ground_truth(
         segment_age_s=segment_age_s,
         on_progress=on_progress,
     )
-
-
-def read_ground_truth(state_dir: Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:
-    """The whole ground-truth table as numpy columns (with ``vehicle_id``), for the label-quality audit; join
-    it to telemetry on ``(vehicle_id, seq)``."""
-    from fleetloop.pipelines.lake import read_table
-
-    return read_table(state_dir, GROUND_TRUTH_TABLE, columns)

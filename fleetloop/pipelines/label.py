@@ -32,7 +32,7 @@ import numpy as np
 
 from fleetloop.edge_agent.labeller import REQUIRED as LABELLER_REQUIRED
 from fleetloop.edge_agent.labeller import LabelConfig, hindsight_labels
-from fleetloop.pipelines.datasets import LABEL_COLUMNS, LabelledDataset, labelled_dir, write_labelled
+from fleetloop.pipelines.datasets import LABEL_COLUMNS, labelled_dir, read_ground_truth, write_labelled
 from fleetloop.platform.bus.events import LabelsReady
 from fleetloop.platform.errors import DataError
 
@@ -50,7 +50,6 @@ __all__ = [
     "data_conditions",
     "label_columns",
     "label_pending",
-    "labelled_by_id",
     "run_label",
 ]
 
@@ -205,7 +204,6 @@ def label_pending(
     Segments are labelled together, per vehicle in tick order; each gets its own labelled dataset with a
     content hash and its label quality (when the ground-truth table has its frames). Returns the report and the
     ``labels.ready`` events to emit (one per new dataset)."""
-    from fleetloop.pipelines.ground_truth import read_ground_truth
     from fleetloop.pipelines.lake import load_manifests, read_segment
 
     report = LabelReport()
@@ -258,21 +256,6 @@ def label_pending(
             )
         )
     return report, events
-
-
-def labelled_by_id(state_dir: Path, dataset_ids: Sequence[str]) -> list[LabelledDataset]:
-    """The labelled datasets with these ids (``DataError`` names the missing ones)."""
-    folder = labelled_dir(state_dir)
-    out, missing = [], []
-    for d in dataset_ids:
-        p = folder / f"{d}.json"
-        if p.exists():
-            out.append(LabelledDataset.from_file(p))
-        else:
-            missing.append(d)
-    if missing:
-        raise DataError(f"no labelled dataset for {missing}; run the label stage first")
-    return out
 
 
 def run_label(

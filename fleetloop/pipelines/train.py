@@ -11,16 +11,14 @@ so, logs nothing and registers nothing, and the datasets wait for more. Datasets
 recorded in ``<state_dir>/pipelines/train-consumed.json`` once its run is logged, so the next candidate trains
 on new data only (its parent already learnt the old).
 
-Device: ``TrainConfig.device`` "auto" would pick CUDA, but ``edge_agent.imitation.train_imitation`` keeps its
-bootstrap weights and sampling on the CPU, so training runs on the CPU until it takes a device (the outcome
-says which device ran, and why).
+Training runs on the CPU: ``edge_agent.imitation.train_imitation`` keeps its bootstrap weights and sampling
+there, and a few thousand frames of a loop turn train in seconds.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -30,10 +28,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fleetloop.pipelines.datasets import LabelledDataset, list_labelled, policy_inputs_from_telemetry, read_labelled
+from fleetloop.pipelines.datasets import (
+    LabelledDataset,
+    labelled_by_id,
+    list_labelled,
+    policy_inputs_from_telemetry,
+    read_labelled,
+)
+from fleetloop.pipelines.models import (
+    ARTIFACT_DIR,
+    ARTIFACT_FILE,
+    DATASET_IDS_TAG,
+    MODEL_TAG,
+    TRAIN_EXPERIMENT,
+    candidate_uri,
+    load_production,
+)
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.bus.events import ModelTrained
-from fleetloop.platform.errors import DataError, NotFoundError
+from fleetloop.platform.errors import DataError
+from fleetloop.platform.registry import open_registry
+from fleetloop.platform.tracking import open_tracking
 
 if TYPE_CHECKING:
     import torch
@@ -43,9 +58,9 @@ if TYPE_CHECKING:
     from fleetloop.pipelines.event_stage import EventStageReport
     from fleetloop.platform.registry import Registry
     from fleetloop.platform.settings import Settings
+    from fleetloop.platform.tracking import Tracking
 
 __all__ = [
-    "TRAIN_EXPERIMENT",
     "TrainConfig",
     "TrainOutcome",
     "TrainingSet",
@@ -53,15 +68,12 @@ __all__ = [
     "consumed_datasets",
     "consumed_path",
     "fine_tune",
-    "production_model",
     "run_train",
     "run_train_stage",
     "target_conditions",
 ]
 
-TRAIN_EXPERIMENT = "fleetloop-train"
-ARTIFACT_DIR = "model"
-ARTIFACT_FILE = "policy.safetensors"
+DATASET_HASHES_TAG = "fleetloop.dataset_hashes"
 TARGET_SHARE = 0.2  # a non-clear condition with at least this share of the frames is a target of the candidate
 CALIBRATION_RATIO_RANGE = (0.5, 2.0)  # candidate / parent uncertainty ratio carried into the calibration
 
@@ -94,8 +106,6 @@ class TrainConfig:
     against the expert 0.96-0.97 instead of 0.95 after one loop turn, fog phantom braking still halved (ADR 0093)."""
     balance_hazard: bool = True
     """Reweight frames so hazard and non-hazard labels carry equal weight (trigger clips are mostly hazards)."""
-    device: str = "auto"
-    """"auto", "cpu" or "cuda" (see the module docstring: training runs on the CPU for now)."""
     torch_threads: int = 0
     """Intra-op threads for torch (0: leave the default)."""
     experiment: str = TRAIN_EXPERIMENT
@@ -108,8 +118,6 @@ class TrainConfig:
             raise ValueError("val_fraction must be in [0, 1), lr and max_seconds > 0")
         if not self.anchor_weight >= 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device {self.device!r} invalid; use auto, cpu or cuda")
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,7 @@ class TrainOutcome:
     run_id: str | None = None
     artifact_uri: str | None = None
     device: str = "cpu"
-    device_note: str = ""
+    """Where it trained (the CPU; see the module docstring)."""
     metrics: dict[str, float] = field(default_factory=dict)
     loss_curve: list[float] = field(default_factory=list)
     event: ModelTrained | None = None
@@ -278,39 +286,13 @@ def _mark_consumed(state_dir: Path, ids: Sequence[str]) -> None:
     write_text_atomic(p, json.dumps({"datasets": all_ids}))
 
 
-def _resolve_device(cfg: TrainConfig) -> tuple[str, str]:
-    import torch
-
-    if cfg.device == "cpu":
-        return "cpu", ""
-    if torch.cuda.is_available():
-        return "cpu", "CUDA is available but edge_agent.imitation.train_imitation trains on the CPU only"
-    return "cpu", "" if cfg.device == "auto" else "no CUDA device; trained on the CPU"
-
-
-def production_model(registry: Registry, name: str, workdir: Path) -> tuple[LoadedPolicy | None, str | None]:
-    """(loaded production model, its version), or (None, None) when no version is in production."""
-    from fleetloop.edge_agent.model_artifact import load_artifact
-
-    try:
-        info = registry.by_alias(name, "production")
-    except NotFoundError:
-        return None, None
-    if info is None:
-        return None, None
-    folder = registry.download(name, info.version, workdir / f"production-v{info.version}")
-    files = sorted(Path(folder).rglob("*.safetensors"))
-    if not files:
-        raise DataError(f"{name} version {info.version} holds no .safetensors artifact; re-register it")
-    return load_artifact(files[0]), info.version
-
-
 def run_train(
     settings: Settings,
     cfg: TrainConfig | None = None,
     *,
     dataset_ids: Sequence[str] | None = None,
     registry: Registry | None = None,
+    tracking: Tracking | None = None,
     model_name: str | None = None,
 ) -> TrainOutcome:
     """Fine-tune production on the labelled datasets not yet trained on (or ``dataset_ids``); see the module doc."""
@@ -319,7 +301,6 @@ def run_train(
     from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
     from fleetloop.edge_agent.model_artifact import ArtifactMetadata, hash_tensors, save_artifact
     from fleetloop.edge_agent.policy import ARCHITECTURE
-    from fleetloop.pipelines.label import labelled_by_id
 
     cfg = cfg or TrainConfig()
     name = model_name or settings.model_name
@@ -347,20 +328,17 @@ def run_train(
     if ts.frames < cfg.min_frames:
         base.reason = f"too little labelled data: {ts.frames} valid frames, need {cfg.min_frames}"
         return base
-    if registry is None:
-        from fleetloop.platform.registry import open_registry
-
-        registry = open_registry(settings)
-    device, note = _resolve_device(cfg)
+    registry = registry or open_registry(settings)
     with tempfile.TemporaryDirectory(prefix="fleetloop-train-") as tmp:
-        parent, parent_version = production_model(registry, name, Path(tmp))
+        parent, parent_version = load_production(registry, name, Path(tmp))
         t0 = time.perf_counter()
         model, metrics = fine_tune(None if parent is None else parent.model, ts, cfg)
         train_s = time.perf_counter() - t0
         calibration = uncertainty_calibration(model, parent, ts.data, cfg)
         targets = target_conditions(ts.conditions)
-        client, run_id = _start_run(settings, cfg, name)
-        try:
+        tracking = tracking or open_tracking(settings)  # fails fast (ServiceUnavailable) if MLflow is down
+        run_tags = {"fleetloop.stage": "train", MODEL_TAG: name}
+        with tracking.run(cfg.experiment, run_name=f"train-{name}", tags=run_tags) as run_id:
             meta = ArtifactMetadata(
                 architecture=ARCHITECTURE,
                 hyperparameters=model.config.to_dict(),
@@ -385,18 +363,14 @@ def run_train(
                 "data.tensor_hash": hash_tensors(ts.data),
                 "data.target_conditions": ",".join(targets),
                 "parent_version": parent_version or "none (from scratch)",
-                "device": device,
+                "device": "cpu",
             }
             for k, v in ts.conditions.items():
                 params[f"data.condition.{k}"] = v
-            _log(client, run_id, params, metrics, train_s, ts)
-            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
-            client.set_terminated(run_id, "FINISHED")
-        except BaseException:
-            client.set_terminated(run_id, "FAILED")
-            raise
+            _log(tracking, run_id, params, metrics, train_s, ts)
+            tracking.log_artifact(run_id, path, ARTIFACT_DIR)
     _mark_consumed(settings.state_dir, ts.dataset_ids)
-    uri = f"runs:/{run_id}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
+    uri = candidate_uri(run_id)
     event = ModelTrained(
         model_name=name, run_id=run_id, artifact_uri=uri, origin="central", dataset_ids=ts.dataset_ids, source="train"
     )
@@ -409,44 +383,25 @@ def run_train(
         parent_version=parent_version,
         run_id=run_id,
         artifact_uri=uri,
-        device=device,
-        device_note=note,
         metrics={**metrics.as_dict(), "train_wall_s": train_s},
         loss_curve=list(metrics.loss_curve),
         event=event,
     )
 
 
-def _start_run(settings: Settings, cfg: TrainConfig, name: str) -> tuple[Any, str]:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
-
-    from fleetloop.platform.registry.mlflow_backend import MlflowBackend
-
-    MlflowBackend(settings.tracking_uri).check()  # fail fast (ServiceUnavailable) if MLflow is down
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
-    exp = client.get_experiment_by_name(cfg.experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment)
-    run = client.create_run(
-        exp_id, tags={"fleetloop.stage": "train", "fleetloop.model": name}, run_name=f"train-{name}"
-    )
-    return client, run.info.run_id
-
-
-def _log(client: Any, run_id: str, params: Mapping[str, Any], metrics: Any, train_s: float, ts: TrainingSet) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-
-    now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, 0) for k, v in metrics.as_dict().items() if math.isfinite(float(v))]
-    ms.append(Metric("train_wall_s", train_s, now, 0))
-    ms += [Metric("epoch_loss", float(v), now, i) for i, v in enumerate(metrics.loss_curve)]
-    ps = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    tags = [RunTag("fleetloop.dataset_hashes", json.dumps(list(ts.dataset_hashes))[:5000])]
-    tags.append(RunTag("fleetloop.dataset_ids", json.dumps(list(ts.dataset_ids))[:5000]))
-    client.log_batch(run_id, metrics=ms, params=ps, tags=tags)
-    client.log_dict(
-        run_id, {"dataset_ids": list(ts.dataset_ids), "dataset_hashes": list(ts.dataset_hashes)}, "data/lineage.json"
-    )
+def _log(
+    tracking: Tracking, run_id: str, params: Mapping[str, Any], metrics: Any, train_s: float, ts: TrainingSet
+) -> None:
+    # Only finite metrics go to MLflow; the artifact's metadata keeps them all.
+    scalars = {k: float(v) for k, v in metrics.as_dict().items() if math.isfinite(float(v))}
+    scalars["train_wall_s"] = train_s
+    tags = {
+        DATASET_HASHES_TAG: json.dumps(list(ts.dataset_hashes)),
+        DATASET_IDS_TAG: json.dumps(list(ts.dataset_ids)),
+    }
+    tracking.log(run_id, params=params, metrics=scalars, series={"epoch_loss": metrics.loss_curve}, tags=tags)
+    lineage = {"dataset_ids": list(ts.dataset_ids), "dataset_hashes": list(ts.dataset_hashes)}
+    tracking.log_dict(run_id, lineage, "data/lineage.json")
 
 
 def run_train_stage(

@@ -34,25 +34,27 @@ from fleetloop.pipelines.gates import (
     SuiteMetrics,
     decide,
 )
+from fleetloop.pipelines.models import VALIDATION_TAG, fetch_candidate, load_production
 from fleetloop.pipelines.suite import NCAP_CCR, HeldOutSuite, SuiteSlice, frozen_suite
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.bus.events import ModelValidated
-from fleetloop.platform.errors import DataError, UserInputError
+from fleetloop.platform.errors import UserInputError
+from fleetloop.platform.registry import Stage, open_registry
+from fleetloop.platform.tracking import open_tracking
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from fleetloop.edge_agent.model_artifact import LoadedPolicy
     from fleetloop.pipelines.event_stage import EventStageReport
     from fleetloop.platform.bus.events import ModelTrained
     from fleetloop.platform.registry import Registry
     from fleetloop.platform.settings import Settings
+    from fleetloop.platform.tracking import Tracking
 
 __all__ = [
     "FALLBACK_ONLY",
     "ValidateConfig",
     "ValidationOutcome",
-    "cand_file",
     "evaluate_on_suite",
     "run_slice",
     "run_validate_stage",
@@ -184,58 +186,31 @@ class ValidationOutcome:
         return d
 
 
-def _download_candidate(settings: Settings, uri: str, dst: Path) -> Path:
-    if uri.startswith("runs:/") or uri.startswith("mlflow-artifacts:"):
-        import mlflow.artifacts
-
-        try:
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri, dst_path=str(dst), tracking_uri=settings.tracking_uri
-                )
-            )
-        except Exception as e:  # MLflow raises its own exception types for a missing artifact
-            raise DataError(f"cannot download the candidate {uri} ({e}); was the training run deleted?") from e
-    if uri.startswith("file://"):
-        from fleetloop.pipelines.lake import path_of_uri
-
-        return path_of_uri(uri)
-    return Path(uri)
-
-
-def _load(path: Path) -> LoadedPolicy:
-    from fleetloop.edge_agent.model_artifact import load_artifact
-
-    if path.is_dir():
-        files = sorted(path.rglob("*.safetensors"))
-        if not files:
-            raise DataError(f"no .safetensors artifact under {path}")
-        path = files[0]
-    return load_artifact(path)
-
-
 def validate_candidate(
     settings: Settings,
     event: ModelTrained,
     cfg: ValidateConfig | None = None,
     *,
     registry: Registry | None = None,
+    tracking: Tracking | None = None,
     on_run: Callable[[str, int], None] | None = None,
 ) -> ValidationOutcome:
     """Evaluate, gate, register and stage the candidate of ``event``; see the module docstring."""
     import torch
 
-    from fleetloop.pipelines.train import production_model
-    from fleetloop.platform.registry import Stage
+    from fleetloop.edge_agent.model_artifact import load_artifact
 
     cfg = cfg or ValidateConfig()
+    # Opening does not contact MLflow: a local candidate of a federated round needs no server until registration.
+    tracking = tracking or open_tracking(settings, check=False)
     t0 = time.perf_counter()
     suite = frozen_suite(settings.state_dir, cfg.suite)
     out = ValidationOutcome(
         status="skipped", model_name=event.model_name, suite_name=suite.name, suite_hash=suite.content_hash
     )
     with tempfile.TemporaryDirectory(prefix="fleetloop-validate-") as tmp:
-        cand = _load(_download_candidate(settings, event.artifact_uri, Path(tmp) / "candidate"))
+        cand_path = fetch_candidate(tracking, event.artifact_uri, Path(tmp) / "candidate")
+        cand = load_artifact(cand_path)
         meta = cand.metadata
         frames = meta.metrics.get("frames")
         if event.origin == "central" and (frames is None or frames < cfg.min_train_frames):
@@ -248,11 +223,8 @@ def validate_candidate(
             raise UserInputError(
                 "the candidate lists the held-out suite among its training data; it cannot be validated"
             )
-        if registry is None:
-            from fleetloop.platform.registry import open_registry
-
-            registry = open_registry(settings)
-        prod, prod_version = production_model(registry, event.model_name, Path(tmp))
+        registry = registry or open_registry(settings)
+        prod, prod_version = load_production(registry, event.model_name, Path(tmp))
         old_threads = torch.get_num_threads()
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
@@ -286,10 +258,10 @@ def validate_candidate(
             "table": table,
         }
         report_path = _write_report(settings.state_dir, event.run_id or "federated", report)
-        _log_report(settings, event.run_id, report_path, decision)
+        _log_report(tracking, event.run_id, report_path, decision)
         info = registry.register(
             event.model_name,
-            cand_file(Path(tmp) / "candidate"),
+            cand_path,
             _registry_metadata(meta, event, suite, decision, b_label, c_metrics, b_metrics),
             reason=f"candidate of run {event.run_id} ({event.origin})",
             actor="validate",
@@ -330,16 +302,6 @@ def validate_candidate(
         source="validate",
     )
     return out
-
-
-def cand_file(folder: Path) -> Path:
-    """The candidate's artifact file inside its download folder (or the file itself)."""
-    if folder.is_file():
-        return folder
-    files = sorted(folder.rglob("*.safetensors"))
-    if not files:
-        raise DataError(f"no .safetensors artifact under {folder}")
-    return files[0]
 
 
 def _registry_metadata(
@@ -385,15 +347,12 @@ def _write_report(state_dir: Path, run_id: str, report: dict[str, Any]) -> Path:
     return write_text_atomic(folder / f"{run_id}.json", json.dumps(report, indent=1, default=str, allow_nan=True))
 
 
-def _log_report(settings: Settings, run_id: str, path: Path, decision: GateDecision) -> None:
-    """Attach the report to the training run (best effort only for federated candidates without a run)."""
+def _log_report(tracking: Tracking, run_id: str, path: Path, decision: GateDecision) -> None:
+    """Attach the report to the training run (federated candidates have none) and mark the run judged."""
     if not run_id:
         return
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
-    client.log_artifact(run_id, str(path), "validation")
-    client.set_tag(run_id, "fleetloop.validation", "passed" if decision.passed else "rejected")
+    tracking.log_artifact(run_id, path, "validation")
+    tracking.set_tag(run_id, VALIDATION_TAG, "passed" if decision.passed else "rejected")
 
 
 def run_validate_stage(

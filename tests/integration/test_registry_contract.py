@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetloop.platform.errors import NotFoundError, TransitionNotAllowed, UserInputError
+from fleetloop.platform.errors import DataError, NotFoundError, TransitionNotAllowed, UserInputError
 from fleetloop.platform.registry import Registry, Stage
 from fleetloop.platform.registry.backend import RegistryBackend
 from fleetloop.platform.registry.memory import InMemoryBackend
@@ -104,6 +104,39 @@ def test_a_single_file_artifact_is_kept_under_its_name(reg: Registry, name: str,
     f.write_bytes(b"\x00weights\xff")
     v = register(reg, name, f)
     assert (reg.download(name, v, tmp_path / "dl") / "policy.safetensors").read_bytes() == b"\x00weights\xff"
+
+
+def test_download_model_returns_the_model_file_of_a_file_or_folder_artifact(
+    reg: Registry, name: str, artifact: Path, tmp_path: Path
+) -> None:
+    f = tmp_path / "policy.safetensors"
+    f.write_bytes(b"\x00weights\xff")
+    v_file = register(reg, name, f)
+    assert reg.download_model(name, v_file, tmp_path / "dl-file").read_bytes() == b"\x00weights\xff"
+    (artifact / "weights" / "policy.safetensors").write_bytes(b"nested")
+    v_dir = register(reg, name, artifact)
+    got = reg.download_model(name, v_dir, tmp_path / "dl-dir")
+    assert (got.name, got.read_bytes()) == ("policy.safetensors", b"nested")
+
+
+def test_download_model_says_when_a_version_holds_no_model_file(
+    reg: Registry, name: str, artifact: Path, tmp_path: Path
+) -> None:
+    v = register(reg, name, artifact)  # weights/policy.bin and config.json: no .safetensors file
+    with pytest.raises(DataError, match=rf"{name} version {v} holds no \.safetensors model file"):
+        reg.download_model(name, v, tmp_path / "dl")
+
+
+def test_production_is_the_promoted_version_and_a_clear_error_before_that(
+    reg: Registry, name: str, artifact: Path
+) -> None:
+    with pytest.raises(NotFoundError, match=r"no production version.*`fleetloop model bootstrap`"):
+        reg.production(name)  # not even registered
+    v1 = register(reg, name, artifact)
+    with pytest.raises(NotFoundError, match="no production version"):
+        reg.production(name)  # registered, nothing released
+    reg.promote(name, v1, Stage.PRODUCTION, reason="genesis")
+    assert reg.production(name).version == v1
 
 
 def test_register_refuses_a_missing_or_empty_artifact(reg: Registry, name: str, tmp_path: Path) -> None:

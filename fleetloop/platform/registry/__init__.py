@@ -5,6 +5,8 @@
     v = reg.register(settings.model_name, "policy.safetensors", {"format": "safetensors", ...})
     reg.promote(settings.model_name, v.version, "production", reason="genesis release")
     reg.history(settings.model_name)
+    reg.production(settings.model_name)                # the production version, or NotFoundError
+    reg.download_model(settings.model_name, v.version, tmp)   # the path of its model file
 
 The stage policy is pure (:mod:`.stages`); :class:`Registry` carries it out on a backend (MLflow, or
 :class:`~.memory.InMemoryBackend` in unit tests). This ``__init__`` imports no MLflow: that happens in
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fleetloop.platform.registry.model_file import MODEL_SUFFIX, find_model_file
 from fleetloop.platform.registry.records import ModelVersionInfo, TransitionRecord
 from fleetloop.platform.registry.service import Registry, default_actor
 from fleetloop.platform.registry.stages import ALLOWED, Stage, parse_stage
@@ -24,11 +27,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED",
+    "MODEL_SUFFIX",
     "ModelVersionInfo",
     "Registry",
     "Stage",
     "TransitionRecord",
     "default_actor",
+    "find_model_file",
     "open_registry",
     "parse_stage",
 ]

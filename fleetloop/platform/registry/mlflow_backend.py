@@ -8,23 +8,15 @@ UserInputError, anything else (server down, 5xx) a ServiceUnavailable that says 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-from fleetloop.platform.errors import FleetloopError, NotFoundError, ServiceUnavailable, UserInputError
-from fleetloop.platform.registry.backend import RawVersion
-
-# The libraries' phone-home stays off in every process that talks to MLflow.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from fleetloop.platform.errors import NotFoundError, ServiceUnavailable, UserInputError
+from fleetloop.platform.registry.backend import RawVersion
+from fleetloop.platform.tracking import Tracking
 
 __all__ = ["REGISTRY_EXPERIMENT", "MlflowBackend"]
 
@@ -38,44 +30,15 @@ class MlflowBackend:
     """Registry storage on the MLflow server at ``tracking_uri`` (also its model registry)."""
 
     def __init__(self, tracking_uri: str, *, health_timeout_s: float = 5.0) -> None:
-        self.location = tracking_uri.rstrip("/")
+        self._tracking = Tracking(tracking_uri)
+        self.location = self._tracking.location
         self._health_timeout_s = health_timeout_s
-        self._client = MlflowClient(tracking_uri=self.location, registry_uri=self.location)
-        self._experiment_id: str | None = None
+        self._client = self._tracking.client
+        self._errors = self._tracking.errors
 
     def check(self) -> None:
-        """Fail fast with ServiceUnavailable when the server does not answer its health endpoint.
-
-        MLflow's client retries a dead server for minutes; one short probe first keeps a command responsive.
-        """
-        if not self.location.startswith(("http://", "https://")):
-            return
-        try:
-            with urllib.request.urlopen(f"{self.location}/health", timeout=self._health_timeout_s) as resp:
-                if resp.status == 200:
-                    return
-                problem = f"answered {resp.status}"
-        except (urllib.error.URLError, OSError) as e:
-            problem = f"did not answer ({getattr(e, 'reason', e)})"
-        raise ServiceUnavailable(
-            f"the MLflow server at {self.location} {problem}; start it with `fleetloop up` "
-            "or point MLFLOW_TRACKING_URI / FLEETLOOP_MLFLOW_TRACKING_URI at a running server"
-        )
-
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except FleetloopError:
-            raise
-        except MlflowException as e:
-            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise NotFoundError(f"{what}: not found in MLflow at {self.location} ({e.message})") from e
-            if e.error_code == "INVALID_PARAMETER_VALUE":
-                raise UserInputError(f"{what}: MLflow refused the request ({e.message})") from e
-            raise ServiceUnavailable(f"{what}: MLflow at {self.location} failed ({e.message})") from e
-        except OSError as e:  # requests' connection errors derive from OSError
-            raise ServiceUnavailable(f"{what}: MLflow at {self.location} did not answer ({e})") from e
+        """Fail fast with ServiceUnavailable when the server does not answer its health endpoint."""
+        self._tracking.check(self._health_timeout_s)
 
     # -- models and versions ---------------------------------------------------------------------
 
@@ -127,42 +90,11 @@ class MlflowBackend:
         # search_model_versions may leave aliases out (MLflow documents this); the registered model has them all.
         return {alias: str(v) for alias, v in self._registered(name).items()}
 
-    def _experiment(self) -> str:
-        if self._experiment_id is not None:
-            return self._experiment_id
-        with self._errors(f"opening experiment {REGISTRY_EXPERIMENT}"):
-            exp = self._client.get_experiment_by_name(REGISTRY_EXPERIMENT)
-            if exp is not None:
-                experiment_id = str(exp.experiment_id)
-            else:
-                try:
-                    experiment_id = str(self._client.create_experiment(REGISTRY_EXPERIMENT))
-                except MlflowException as e:
-                    if e.error_code != "RESOURCE_ALREADY_EXISTS":  # another process created it first: fine
-                        raise
-                    raced = self._client.get_experiment_by_name(REGISTRY_EXPERIMENT)
-                    if raced is None:
-                        raise
-                    experiment_id = str(raced.experiment_id)
-        self._experiment_id = experiment_id
-        return experiment_id
-
     def create_version(
         self, name: str, artifact: Path, *, tags: Mapping[str, str], run_tags: Mapping[str, str]
     ) -> RawVersion:
-        experiment = self._experiment()
-        with self._errors(f"uploading {artifact} for {name}"):
-            run = self._client.create_run(experiment, run_name=f"register-{name}", tags=dict(run_tags))
-            run_id = run.info.run_id
-            try:
-                if artifact.is_dir():
-                    self._client.log_artifacts(run_id, str(artifact), artifact_path=ARTIFACT_PATH)
-                else:
-                    self._client.log_artifact(run_id, str(artifact), artifact_path=ARTIFACT_PATH)
-            except BaseException:
-                self._terminate(run_id, "FAILED")
-                raise
-            self._terminate(run_id, "FINISHED")
+        with self._tracking.run(REGISTRY_EXPERIMENT, run_name=f"register-{name}", tags=run_tags) as run_id:
+            self._tracking.log_artifact(run_id, artifact, ARTIFACT_PATH)
         with self._errors(f"creating a version of {name}"):
             mv = self._client.create_model_version(
                 name,
@@ -189,11 +121,6 @@ class MlflowBackend:
             run_id=mv.run_id or None,
         )
 
-    def _terminate(self, run_id: str, status: str) -> None:
-        # set_terminated prints "View run ..." links to stdout, which would corrupt `--json` output.
-        with contextlib.redirect_stdout(io.StringIO()):
-            self._client.set_terminated(run_id, status=status)
-
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         with self._errors(f"tagging {name} version {version}"):
             self._client.set_model_version_tag(name, version, key, value)
@@ -213,7 +140,4 @@ class MlflowBackend:
                 f"{name} version {version.version} was not registered by fleetloop (source {version.source}); "
                 "download it with MLflow's own tools"
             )
-        run_id, _, path = version.source[len(prefix) :].partition("/")
-        dst.mkdir(parents=True, exist_ok=True)
-        with self._errors(f"downloading {name} version {version.version}"):
-            return Path(self._client.download_artifacts(run_id, path or ARTIFACT_PATH, str(dst)))
+        return self._tracking.download(version.source, dst)

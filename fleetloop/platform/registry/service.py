@@ -19,6 +19,7 @@ from typing import Any
 
 from fleetloop.platform.errors import NotFoundError, UserInputError
 from fleetloop.platform.registry.backend import RawVersion, RegistryBackend
+from fleetloop.platform.registry.model_file import find_model_file
 from fleetloop.platform.registry.records import (
     METADATA_TAG,
     STAGE_TAG,
@@ -105,6 +106,21 @@ class Registry:
         target = self.backend.aliases(name).get(alias)
         return None if target is None else self.get(name, target)
 
+    def production(self, name: str) -> ModelVersionInfo:
+        """The version of ``name`` in production (alias ``production``); NotFoundError, saying how to release one,
+        when the model is not registered or no version is in production."""
+        try:
+            info = self.by_alias(name, Stage.PRODUCTION.value)
+        except NotFoundError:  # the model is not registered at all
+            info = None
+        if info is None:
+            raise NotFoundError(
+                f"{name} has no production version in {self.backend.location}; release one with "
+                f"`fleetloop model bootstrap` (the initial model) or `fleetloop model promote {name} VERSION --to "
+                "production`"
+            )
+        return info
+
     def history(self, name: str, version: str | int | None = None) -> list[TransitionRecord]:
         """The transition log of model ``name`` (or of one version), oldest first."""
         _check_name(name)
@@ -124,6 +140,12 @@ class Registry:
             if r.version == v:
                 return self.backend.download(name, r, Path(dst))
         raise self._no_version(name, v, self.list_versions(name))
+
+    def download_model(self, name: str, version: str | int, dst: Path) -> Path:
+        """Copy the artifact of a version under ``dst``; returns the path of its model file (see
+        :func:`~.model_file.find_model_file`)."""
+        folder = self.download(name, version, dst)
+        return find_model_file(folder, what=f"{name} version {_check_version(version)}")
 
     # -- writing ---------------------------------------------------------------------------------
 
