@@ -92,6 +92,12 @@ def _cohort_text(cohort: dict[str, Any]) -> str:
     return f"{share:.2%} of the fleet (buckets {cohort['lo_bucket']}-{cohort['hi_bucket'] - 1} of {cohort['buckets']})"
 
 
+def _cohort_short(cohort: dict[str, Any]) -> str:
+    if cohort["kind"] == "vehicle_ids":
+        return f"{len(cohort['vehicle_ids'])} ids"
+    return f"{(cohort['hi_bucket'] - cohort['lo_bucket']) / cohort['buckets']:.1%}"
+
+
 def _summary_dict(s: ReleaseSummary) -> dict[str, Any]:
     waves = [{"wave": w.wave, "role": w.role, "cohort": rule_to_custom(w.rule)} for w in s.waves]
     return {**s.fields.to_custom(), "target_path": s.target_path, "waves": waves}
@@ -262,7 +268,7 @@ def releases_cmd(as_json: bool = _JSON) -> None:
         for col in ("release", "model", "version", "sha256", "schema", "parent", "waves"):
             table.add_column(col, justify="right" if col in ("release", "version", "schema") else "left")
         for r in d["releases"]:
-            waves = "; ".join(f"{w['wave']}: {_cohort_text(w['cohort'])}" for w in r["waves"]) or "[dim]none[/]"
+            waves = ", ".join(f"{w['wave']}: {_cohort_short(w['cohort'])}" for w in r["waves"]) or "[dim]none[/]"
             table.add_row(
                 str(r["release"]),
                 r["model_name"],
