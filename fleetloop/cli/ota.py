@@ -15,6 +15,7 @@ service. Errors come from the platform's tree and map to exit codes (2 bad input
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,11 @@ def _fields_line(f: dict[str, Any]) -> str:
     )
 
 
+def _emit_text(data: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
+    """Print ``data`` as JSON (``--json``) or as the summary ``text(data)`` for people."""
+    emit(data, as_json, lambda d: console.print(text(d), highlight=False))
+
+
 # ---- keys ------------------------------------------------------------------------------------------------------
 
 
@@ -130,15 +136,15 @@ def keys_init_cmd(as_json: bool = _JSON) -> None:
         "root_version": 1,
     }
 
-    def render(d: dict[str, Any]) -> None:
-        console.print(
+    _emit_text(
+        data,
+        as_json,
+        lambda d: (
             f"initialised the release repository in {d['repository']}\n"
             f"keys in {d['keys_dir']} (0600): {d['root_keys']} root keys (any {d['root_threshold']} sign root; "
-            f"keep them offline in production), one each for {', '.join(d['online_roles'])}",
-            highlight=False,
-        )
-
-    emit(data, as_json, render)
+            f"keep them offline in production), one each for {', '.join(d['online_roles'])}"
+        ),
+    )
 
 
 @keys_app.command("rotate")
@@ -151,15 +157,12 @@ def keys_rotate_cmd(
     root_version = api.rotate_key(settings.state_dir, role)
     data = {"role": role, "root_version": root_version, "keys_dir": str(keys_dir(settings.state_dir))}
 
-    def render(d: dict[str, Any]) -> None:
-        how = (
-            "every rollout wave re-signed with the new key"
-            if role == "rollout"
-            else f"root is now version {d['root_version']}, signed by the old and the new keys"
-        )
-        console.print(f"rotated the {role} keys in {d['keys_dir']}; {how}", highlight=False)
-
-    emit(data, as_json, render)
+    how = (
+        "every rollout wave re-signed with the new key"
+        if role == "rollout"
+        else f"root is now version {root_version}, signed by the old and the new keys"
+    )
+    _emit_text(data, as_json, lambda d: f"rotated the {role} keys in {d['keys_dir']}; {how}")
 
 
 # ---- releases --------------------------------------------------------------------------------------------------
@@ -239,13 +242,11 @@ def assign_cmd(
     assigned = api.assign_wave(settings.state_dir, release, wave, rule)
     data = {"release": release, "wave": assigned.wave, "role": assigned.role, "cohort": rule_to_custom(rule)}
 
-    def render(d: dict[str, Any]) -> None:
-        console.print(
-            f"release {d['release']} wave {d['wave']}: {_cohort_text(d['cohort'])} (signed as {d['role']})",
-            highlight=False,
-        )
-
-    emit(data, as_json, render)
+    _emit_text(
+        data,
+        as_json,
+        lambda d: f"release {d['release']} wave {d['wave']}: {_cohort_text(d['cohort'])} (signed as {d['role']})",
+    )
 
 
 @app.command("releases")
@@ -291,16 +292,15 @@ def verify_cmd(
     """Check a file offline as a vehicle would: root chain, signatures, expiry, length and sha256 (exit 5 if not)."""
     settings = load_settings()
     fields = api.verify_file(settings.state_dir, path)
-    data = {"path": str(path), "verified": True, "release": fields.to_custom()}
-
-    def render(d: dict[str, Any]) -> None:
-        f = d["release"]
-        console.print(
-            f"{d['path']} verifies: release {f['release']}, {f['model_name']} v{f['version']}\n  {_fields_line(f)}",
-            highlight=False,
-        )
-
-    emit(data, as_json, render)
+    f = fields.to_custom()
+    data = {"path": str(path), "verified": True, "release": f}
+    _emit_text(
+        data,
+        as_json,
+        lambda d: (
+            f"{d['path']} verifies: release {f['release']}, {f['model_name']} v{f['version']}\n  {_fields_line(f)}"
+        ),
+    )
 
 
 @app.command("refresh")
@@ -310,9 +310,6 @@ def refresh_cmd(as_json: bool = _JSON) -> None:
     roles = api.refresh_timestamp(settings.state_dir)
     data = {"resigned": roles}
 
-    def render(d: dict[str, Any]) -> None:
-        console.print(
-            f"re-signed {', '.join(d['resigned'])}" if d["resigned"] else "nothing near expiry", highlight=False
-        )
-
-    emit(data, as_json, render)
+    _emit_text(
+        data, as_json, lambda d: f"re-signed {', '.join(d['resigned'])}" if d["resigned"] else "nothing near expiry"
+    )

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +15,17 @@ from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
 from fleetloop.edge_agent.model_artifact import ArtifactMetadata, save_artifact
 from fleetloop.edge_agent.policy import ARCHITECTURE, FusionPolicy
 from fleetloop.platform.registry import Registry, open_registry
-from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
+from fleetloop.platform.settings import Settings
+from tests.integration.test_registry_cli import as_json, env, fleetloop
+
+__all__ = ["env"]  # the registry CLI tests' fixture: a private state directory and model name on the test MLflow
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def env(mlflow_uri: str, tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_")}
-    e.update(PHONE_HOME_OFF)
-    e.update(
-        MLFLOW_TRACKING_URI=mlflow_uri,
-        FLEETLOOP_STATE_DIR=str(tmp_path / "state"),
-        FLEETLOOP_MODEL_NAME=f"fleet-policy-{uuid.uuid4().hex[:8]}",
-    )
-    return e
-
-
-@pytest.fixture
 def registry(mlflow_uri: str) -> Registry:
     return open_registry(Settings(mlflow_tracking_uri=mlflow_uri))
-
-
-def fleetloop(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real console entry point in a fresh process (as a user would)."""
-    code = "from fleetloop.cli.main import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=180, check=False
-    )
-
-
-def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)  # the whole of stdout is one JSON document
 
 
 def register(registry: Registry, env: dict[str, str], tmp_path: Path, seed: int, stage: str, **meta: Any) -> str:
