@@ -13,7 +13,19 @@ from fleetloop.platform.settings import PHONE_HOME_OFF
 for _k, _v in PHONE_HOME_OFF.items():
     os.environ[_k] = _v
 
-from fleetloop.cli import config_cmd, demo, lake, model, model_bootstrap, pipeline, pipeline_stages, runs, sim, stack  # noqa: E402
+from fleetloop.cli import (  # noqa: E402
+    config_cmd,
+    demo,
+    lake,
+    model,
+    model_bootstrap,
+    ota,
+    pipeline,
+    pipeline_stages,
+    runs,
+    sim,
+    stack,
+)
 from fleetloop.cli.output import err_console  # noqa: E402
 from fleetloop.platform.errors import FleetloopError  # noqa: E402
 
@@ -35,6 +47,7 @@ pipeline_stages.register(pipeline.STAGES)
 app.add_typer(pipeline.app, name="pipeline", help="The data loop: collect -> label -> train -> validate.")
 app.add_typer(lake.app, name="lake", help="Inspect and prune the telemetry lake.")
 app.add_typer(runs.app, name="runs", help="Look back at the records every command leaves.")
+app.add_typer(ota.app, name="ota", help="Signed releases: keys, publish, rollout waves, offline verify.")
 app.add_typer(demo.app, name="demo", help="See the whole loop once on the embedded defaults.")
 
 

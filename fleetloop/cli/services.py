@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from fleetloop.pipelines import serve
 from fleetloop.platform import launcher
-from fleetloop.platform.services import kafka, mlflow_server
+from fleetloop.platform.services import kafka, mlflow_server, ota_repo
 from fleetloop.platform.services.spec import ServiceSpec
 
 __all__ = ["services_to_start", "stack_services"]
@@ -21,6 +21,7 @@ def stack_services() -> list[ServiceSpec]:
     return [
         kafka.SPEC,
         mlflow_server.SPEC,
+        ota_repo.SPEC,  # initialises the local release repository on first start
         *serve.stage_specs(),  # on demand: `fleetloop pipeline serve` starts them
     ]
 

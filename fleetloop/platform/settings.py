@@ -71,6 +71,10 @@ class Settings(BaseModel):
     )
     mlflow_port: int = Field(15000, description="Port of the local MLflow tracking server.")
     model_name: str = Field("fleet-policy", description="Registered model name of the fleet policy.")
+    # Signed releases
+    ota_repo_port: int = Field(
+        18765, description="Port of the local signed-release (TUF) server that vehicles fetch models from."
+    )
     # Lake
     lake_max_age_h: float | None = Field(
         None, description="Retention: delete lake partitions older than this many hours (unset: keep all)."
@@ -82,7 +86,7 @@ class Settings(BaseModel):
     startup_timeout_s: float = Field(90.0, description="How long `up` waits for a service to become healthy.")
     stop_timeout_s: float = Field(20.0, description="How long `down` waits after SIGTERM before SIGKILL.")
 
-    @field_validator("kafka_port", "kafka_controller_port", "mlflow_port")
+    @field_validator("kafka_port", "kafka_controller_port", "mlflow_port", "ota_repo_port")
     @classmethod
     def _port_in_range(cls, v: int) -> int:
         if not 1024 <= v <= 65535:

@@ -28,6 +28,7 @@ def _fresh_settings(tmp_path: Path, stack_settings: Settings, **kw: object) -> S
         "kafka_port": free_port(),
         "kafka_controller_port": free_port(),
         "mlflow_port": free_port(),
+        "ota_repo_port": free_port(),
         "kafka_libs_dir": stack_settings.kafka_libs_dir,
     }
     base.update(kw)
@@ -58,6 +59,7 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
             "FLEETLOOP_KAFKA_PORT": str(settings.kafka_port),
             "FLEETLOOP_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
             "FLEETLOOP_MLFLOW_PORT": str(settings.mlflow_port),
+            "FLEETLOOP_OTA_REPO_PORT": str(settings.ota_repo_port),
             "FLEETLOOP_KAFKA_LIBS_DIR": str(settings.kafka_libs_dir),
         }
     )
@@ -84,7 +86,7 @@ def _up_status_down(s: Settings) -> None:
     data = json.loads(st.stdout)
     by_name = {x["name"]: x for x in data["services"]}
     assert list(by_name) == [spec.name for spec in stack_services()]  # the pipeline stages too, stopped
-    assert by_name["kafka"]["healthy"] and by_name["mlflow"]["healthy"]
+    assert by_name["kafka"]["healthy"] and by_name["mlflow"]["healthy"] and by_name["ota-repo"]["healthy"]
     assert data["kafka_bootstrap"] == f"127.0.0.1:{s.kafka_port}"
     pids = {x["name"]: x["pid"] for x in data["services"] if x["required"]}
     # up twice is a no-op: same processes

@@ -15,12 +15,15 @@ def test_defaults_run_on_loopback(tmp_path: Path) -> None:
     assert s.host == "127.0.0.1"
     assert s.bootstrap_servers == "127.0.0.1:19092"
     assert s.tracking_uri == "http://127.0.0.1:15000"
+    assert s.ota_repo_port == 18765
     assert not s.kafka_external and not s.mlflow_external
 
 
 def test_env_overrides_and_types(tmp_path: Path) -> None:
-    s = load_settings({"FLEETLOOP_STATE_DIR": str(tmp_path), "FLEETLOOP_KAFKA_PORT": "29092"})
-    assert s.kafka_port == 29092
+    s = load_settings(
+        {"FLEETLOOP_STATE_DIR": str(tmp_path), "FLEETLOOP_KAFKA_PORT": "29092", "FLEETLOOP_OTA_REPO_PORT": "28765"}
+    )
+    assert s.kafka_port == 29092 and s.ota_repo_port == 28765
     assert s.state_dir == tmp_path
 
 

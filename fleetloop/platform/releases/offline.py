@@ -17,7 +17,13 @@ from tuf.api import exceptions as tuf_exc
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
-from fleetloop.platform.releases.errors import ReleaseNotFound, from_tuf_error
+from fleetloop.platform.releases.errors import (
+    BadHash,
+    BadReleaseInput,
+    ReleaseNotFound,
+    ReleaseRejected,
+    from_tuf_error,
+)
 from fleetloop.platform.releases.fields import ReleaseFields
 from fleetloop.platform.releases.repository import ReleaseRepository
 
@@ -56,13 +62,18 @@ def verify_file(repo: ReleaseRepository, artifact_path: Path, trusted_root: byte
 
     ``trusted_root`` defaults to the repository's root version 1 (what vehicles are built with).
     """
+    artifact_path = Path(artifact_path)
+    if not artifact_path.is_file():
+        raise BadReleaseInput(
+            f"{artifact_path} does not exist or is not a file; give the path of a downloaded artifact"
+        )
     sha = file_sha256(artifact_path)
     # the unverified local copy only picks the candidate path; the Updater below verifies it
-    candidates = [p for p, tf in repo.load("targets").signed.targets.items() if tf.hashes.get("sha256") == sha]
+    signed = repo.load("targets").signed.targets
+    candidates = [p for p, tf in signed.items() if tf.hashes.get("sha256") == sha]
     if not candidates:
-        raise ReleaseNotFound(
-            f"{artifact_path} (sha256 {sha[:12]}…) matches no signed release; it was altered or never published"
-        )
+        size = artifact_path.stat().st_size
+        raise _unsigned(artifact_path, sha, [p for p, tf in signed.items() if tf.length == size])
     with tempfile.TemporaryDirectory(prefix="ota-verify-") as tmp:
         try:
             updater = Updater(
@@ -79,3 +90,16 @@ def verify_file(repo: ReleaseRepository, artifact_path: Path, trusted_root: byte
         except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as exc:
             raise from_tuf_error(exc, str(artifact_path)) from exc
     return ReleaseFields.from_custom(info.custom, info.path)
+
+
+def _unsigned(artifact_path: Path, sha: str, same_length: list[str]) -> ReleaseRejected:
+    """The refusal of a file whose sha256 no release carries: BadHash when a release has its length (altered bytes)."""
+    if same_length:
+        return BadHash(
+            f"{artifact_path} has the length of {', '.join(same_length)} but not its signed sha256 (got {sha[:12]}…): "
+            "its bytes were altered after signing; do not install it, download it again"
+        )
+    return ReleaseRejected(
+        f"{artifact_path} (sha256 {sha[:12]}…) matches no signed release: altered after signing or never published; "
+        "do not install it (`fleetloop ota releases` lists what is signed)"
+    )

@@ -1,0 +1,315 @@
+"""`fleetloop ota ...`: the operator's side of signed releases (keys, publish, waves, listing, offline verify).
+
+    fleetloop ota keys init                          every role's keys and version 1 of the repository
+    fleetloop ota keys rotate ROLE                   new keys for root, targets, snapshot, timestamp or rollout
+    fleetloop ota publish NAME VERSION [--rollback]  sign a validated registry version as a release
+    fleetloop ota assign RELEASE --wave N (--vehicles 0-99 | --share 0.1)   which vehicles may install it
+    fleetloop ota releases                           what is signed, with its waves
+    fleetloop ota verify PATH                        the vehicle's full check of a file, offline
+    fleetloop ota refresh                            re-sign what is near expiry (the ota-repo service does it too)
+
+The repository lives under ``<state_dir>/ota`` (docs/ota.md); `fleetloop up` serves it as the ``ota-repo``
+service. Errors come from the platform's tree and map to exit codes (2 bad input, 3 no repository, 5 refused).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from fleetloop.cli.output import console, emit
+from fleetloop.cli.release_source import release_source
+from fleetloop.platform.registry import open_registry
+from fleetloop.platform.releases import api
+from fleetloop.platform.releases.cohorts import DEFAULT_BUCKETS, CohortRule, HashRange, VehicleList, rule_to_custom
+from fleetloop.platform.releases.errors import BadReleaseInput
+from fleetloop.platform.releases.fields import ReleaseFields
+from fleetloop.platform.releases.keys import ONLINE_ROLES, ROOT_KEY_COUNT, ROOT_THRESHOLD, keys_dir
+from fleetloop.platform.releases.repository import ReleaseSummary, repo_dir
+from fleetloop.platform.settings import load_settings
+
+__all__ = ["app", "cohort_rule", "parse_vehicle_ids"]
+
+app = typer.Typer(no_args_is_help=True)
+keys_app = typer.Typer(no_args_is_help=True)
+app.add_typer(keys_app, name="keys", help="Create or rotate the signing keys.")
+
+MAX_LISTED_VEHICLES = 100_000  # a wave's list is signed metadata every vehicle downloads; larger cohorts: --share
+_JSON = typer.Option(False, "--json", help="Print one JSON object.")
+
+
+# ---- pure helpers ----------------------------------------------------------------------------------------------
+
+
+def parse_vehicle_ids(spec: str) -> tuple[str, ...]:
+    """Vehicle ids from ``0-99,150,v-7``: inclusive numeric ranges and single ids, in order, without repeats."""
+    ids: dict[str, None] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        if sep and lo.isdigit() and hi.isdigit():
+            if int(hi) < int(lo):
+                raise BadReleaseInput(f"--vehicles range {part!r} ends before it starts; write it low-high")
+            if int(hi) - int(lo) + 1 + len(ids) > MAX_LISTED_VEHICLES:
+                raise BadReleaseInput(
+                    f"--vehicles lists more than {MAX_LISTED_VEHICLES} vehicles; sign a share of the fleet instead "
+                    "(--share 0.1)"
+                )
+            ids.update(dict.fromkeys(str(i) for i in range(int(lo), int(hi) + 1)))
+        else:
+            ids[part] = None
+    if not ids:
+        raise BadReleaseInput(f"--vehicles {spec!r} names no vehicle; e.g. --vehicles 0-99 or --vehicles 3,17")
+    return tuple(ids)
+
+
+def cohort_rule(vehicles: str | None, share: float | None) -> CohortRule:
+    """The signed cohort of a wave: listed vehicles, or the first ``share`` of the fleet's hash buckets."""
+    if (vehicles is None) == (share is None):
+        raise BadReleaseInput("give exactly one of --vehicles (e.g. 0-99) or --share (e.g. 0.1 for 10 % of the fleet)")
+    if vehicles is not None:
+        return VehicleList(parse_vehicle_ids(vehicles))
+    assert share is not None
+    hi = round(share * DEFAULT_BUCKETS)
+    if not 0 < share <= 1 or hi < 1:
+        raise BadReleaseInput(
+            f"--share {share} must lie in (0, 1] and cover at least one bucket (1/{DEFAULT_BUCKETS} of the fleet)"
+        )
+    return HashRange(0, hi, DEFAULT_BUCKETS)
+
+
+def _cohort_text(cohort: dict[str, Any]) -> str:
+    if cohort["kind"] == "vehicle_ids":
+        ids = cohort["vehicle_ids"]
+        shown = ", ".join(ids[:3]) + (f", … {ids[-1]}" if len(ids) > 3 else "")
+        return f"{len(ids)} vehicle(s): {shown}"
+    share = (cohort["hi_bucket"] - cohort["lo_bucket"]) / cohort["buckets"]
+    return f"{share:.2%} of the fleet (buckets {cohort['lo_bucket']}-{cohort['hi_bucket'] - 1} of {cohort['buckets']})"
+
+
+def _cohort_short(cohort: dict[str, Any]) -> str:
+    if cohort["kind"] == "vehicle_ids":
+        return f"{len(cohort['vehicle_ids'])} ids"
+    return f"{(cohort['hi_bucket'] - cohort['lo_bucket']) / cohort['buckets']:.1%}"
+
+
+def _summary_dict(s: ReleaseSummary) -> dict[str, Any]:
+    waves = [{"wave": w.wave, "role": w.role, "cohort": rule_to_custom(w.rule)} for w in s.waves]
+    return {**s.fields.to_custom(), "target_path": s.target_path, "waves": waves}
+
+
+def _fields_line(f: dict[str, Any]) -> str:
+    parent = f"parent v{f['parent_version']}" if f["parent_version"] else "no parent"
+    report = f"report {f['validation_report_sha256'][:12]}…" if f["validation_report_sha256"] else "no report"
+    run = f"run {f['run_id'][:8]}" if f["run_id"] else "no run"
+    return (
+        f"sha256 {f['sha256'][:12]}…, {f['length_bytes']:,} bytes, input schema {f['input_schema_version']}, "
+        f"{run}, {parent}, {report}"
+    )
+
+
+def _emit_text(data: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
+    """Print ``data`` as JSON (``--json``) or as the summary ``text(data)`` for people."""
+    emit(data, as_json, lambda d: console.print(text(d), highlight=False))
+
+
+# ---- keys ------------------------------------------------------------------------------------------------------
+
+
+@keys_app.command("init")
+def keys_init_cmd(as_json: bool = _JSON) -> None:
+    """Generate every role's keys (0600) and sign version 1 of the release repository."""
+    settings = load_settings()
+    api.init_repository(settings.state_dir)
+    data = {
+        "repository": str(repo_dir(settings.state_dir)),
+        "keys_dir": str(keys_dir(settings.state_dir)),
+        "root_keys": ROOT_KEY_COUNT,
+        "root_threshold": ROOT_THRESHOLD,
+        "online_roles": list(ONLINE_ROLES),
+        "root_version": 1,
+    }
+
+    _emit_text(
+        data,
+        as_json,
+        lambda d: (
+            f"initialised the release repository in {d['repository']}\n"
+            f"keys in {d['keys_dir']} (0600): {d['root_keys']} root keys (any {d['root_threshold']} sign root; "
+            f"keep them offline in production), one each for {', '.join(d['online_roles'])}"
+        ),
+    )
+
+
+@keys_app.command("rotate")
+def keys_rotate_cmd(
+    role: str = typer.Argument(..., help="root, targets, snapshot, timestamp or rollout."),
+    as_json: bool = _JSON,
+) -> None:
+    """Replace a role's keys; vehicles follow the signed root chain to the new ones."""
+    settings = load_settings()
+    root_version = api.rotate_key(settings.state_dir, role)
+    data = {"role": role, "root_version": root_version, "keys_dir": str(keys_dir(settings.state_dir))}
+
+    how = (
+        "every rollout wave re-signed with the new key"
+        if role == "rollout"
+        else f"root is now version {root_version}, signed by the old and the new keys"
+    )
+    _emit_text(data, as_json, lambda d: f"rotated the {role} keys in {d['keys_dir']}; {how}")
+
+
+# ---- releases --------------------------------------------------------------------------------------------------
+
+
+def _latest(releases: list[ReleaseSummary], name: str, version: str) -> ReleaseFields | None:
+    """The newest release of (name, version), if it was ever signed."""
+    found = [s.fields for s in releases if (s.fields.model_name, s.fields.version) == (name, version)]
+    return found[-1] if found else None
+
+
+@app.command("publish")
+def publish_cmd(
+    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
+    version: str = typer.Argument(..., help="Registry version (staging, canary or production)."),
+    rollback: bool = typer.Option(
+        False, "--rollback", help="Authorised rollback: sign this (archived or earlier) version as a new release."
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """Sign a validated registry version as a release (model file, run, schema, lineage, validation report)."""
+    settings = load_settings()
+    signed = api.list_releases(settings.state_dir)  # no repository: say so before downloading anything
+    registry = open_registry(settings)
+    with tempfile.TemporaryDirectory(prefix="fleetloop-publish-") as tmp:
+        source = release_source(settings, registry, name, version, rollback=rollback, workdir=Path(tmp))
+        before = _latest(signed, name, source.version)
+        if before is not None and not rollback:
+            fields, changed = before, False  # a registry version is immutable: publishing it again changes nothing
+        elif before is not None:
+            fields, changed = api.republish(settings.state_dir, name, source.version), True
+        else:
+            fields = api.publish(settings.state_dir, name, source.version, source.artifact, source.custom)
+            changed = True
+    data = {
+        "release": fields.to_custom(),
+        "stage": source.stage,
+        "rollback": rollback,
+        "changed": changed,
+        "notes": source.notes,
+    }
+
+    def render(d: dict[str, Any]) -> None:
+        f = d["release"]
+        if not d["changed"]:
+            console.print(
+                f"{name} v{f['version']} is already signed as release {f['release']}; nothing changed "
+                "(re-publish it under a new number only as a rollback: --rollback)",
+                highlight=False,
+            )
+            return
+        kind = "rollback release" if d["rollback"] else "release"
+        console.print(
+            f"signed {kind} {f['release']}: {name} v{f['version']} ({d['stage']})\n  {_fields_line(f)}", highlight=False
+        )
+        for note in d["notes"]:
+            console.print(f"  [dim]note: {note} (signed as empty)[/]", highlight=False)
+        console.print(
+            f"  no vehicle installs it yet: `fleetloop ota assign {f['release']} --wave 1 --share 0.01`",
+            highlight=False,
+        )
+
+    emit(data, as_json, render)
+
+
+@app.command("assign")
+def assign_cmd(
+    release: int = typer.Argument(..., help="Release number (`fleetloop ota releases`)."),
+    wave: int = typer.Option(..., "--wave", help="Wave number: 1, 2, ... without gaps."),
+    vehicles: str | None = typer.Option(None, "--vehicles", help="Vehicle ids: ranges and ids, e.g. 0-99,150."),
+    share: float | None = typer.Option(None, "--share", help="Share of the fleet by stable hash, e.g. 0.1."),
+    as_json: bool = _JSON,
+) -> None:
+    """Sign which vehicles may install a release in a wave (a wave of a larger share includes the earlier ones)."""
+    rule = cohort_rule(vehicles, share)
+    settings = load_settings()
+    assigned = api.assign_wave(settings.state_dir, release, wave, rule)
+    data = {"release": release, "wave": assigned.wave, "role": assigned.role, "cohort": rule_to_custom(rule)}
+
+    _emit_text(
+        data,
+        as_json,
+        lambda d: f"release {d['release']} wave {d['wave']}: {_cohort_text(d['cohort'])} (signed as {d['role']})",
+    )
+
+
+@app.command("releases")
+def releases_cmd(as_json: bool = _JSON) -> None:
+    """List every signed release with its signed fields and rollout waves, oldest first."""
+    settings = load_settings()
+    data = {
+        "repository": str(repo_dir(settings.state_dir)),
+        "releases": [_summary_dict(s) for s in api.list_releases(settings.state_dir)],
+    }
+
+    def render(d: dict[str, Any]) -> None:
+        if not d["releases"]:
+            console.print(
+                f"no releases signed in {d['repository']}; `fleetloop ota publish NAME VERSION` signs one",
+                highlight=False,
+            )
+            return
+        table = Table(title=f"signed releases ({d['repository']})")
+        for col in ("release", "model", "version", "sha256", "schema", "parent", "waves"):
+            table.add_column(col, justify="right" if col in ("release", "version", "schema") else "left")
+        for r in d["releases"]:
+            waves = ", ".join(f"{w['wave']}: {_cohort_short(w['cohort'])}" for w in r["waves"]) or "[dim]none[/]"
+            table.add_row(
+                str(r["release"]),
+                r["model_name"],
+                r["version"],
+                r["sha256"][:12] + "…",
+                str(r["input_schema_version"]),
+                r["parent_version"] or "-",
+                waves,
+            )
+        console.print(table)
+
+    emit(data, as_json, render)
+
+
+@app.command("verify")
+def verify_cmd(
+    path: Path = typer.Argument(..., help="A downloaded artifact file."),
+    as_json: bool = _JSON,
+) -> None:
+    """Check a file offline as a vehicle would: root chain, signatures, expiry, length and sha256 (exit 5 if not)."""
+    settings = load_settings()
+    fields = api.verify_file(settings.state_dir, path)
+    f = fields.to_custom()
+    data = {"path": str(path), "verified": True, "release": f}
+    _emit_text(
+        data,
+        as_json,
+        lambda d: (
+            f"{d['path']} verifies: release {f['release']}, {f['model_name']} v{f['version']}\n  {_fields_line(f)}"
+        ),
+    )
+
+
+@app.command("refresh")
+def refresh_cmd(as_json: bool = _JSON) -> None:
+    """Re-sign the metadata that is near expiry (the ota-repo service does this on its own)."""
+    settings = load_settings()
+    roles = api.refresh_timestamp(settings.state_dir)
+    data = {"resigned": roles}
+
+    _emit_text(
+        data, as_json, lambda d: f"re-signed {', '.join(d['resigned'])}" if d["resigned"] else "nothing near expiry"
+    )
