@@ -4,8 +4,8 @@
     api.publish(settings.state_dir, source.model_name, source.version, source.artifact, source.custom)
 
 Pure checks first (:func:`check_publishable`, :func:`input_schema_number`, :func:`signed_fields`), then the I/O
-that gathers them: the registry version, its artifact (:func:`download_version_file`, the one call to switch when
-the registry's model download lands) and the validation report the validate stage wrote for its training run.
+that gathers them: the registry version, its model file (``Registry.download_model``) and the validation report the
+validate stage logged to its training run.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetloop.platform.errors import DataError
+from fleetloop.platform.errors import DataError, NotFoundError
 from fleetloop.platform.registry import ModelVersionInfo, Registry, Stage
 from fleetloop.platform.releases.errors import BadReleaseInput
 from fleetloop.platform.settings import Settings
+from fleetloop.platform.tracking import open_tracking
 
 __all__ = [
     "PUBLISHABLE",
     "ReleaseSource",
     "check_publishable",
-    "download_version_file",
     "input_schema_number",
     "release_source",
     "signed_fields",
@@ -112,28 +112,23 @@ def signed_fields(info: ModelVersionInfo, artifact_schema: str, report_sha256: s
     return custom, notes
 
 
-def download_version_file(registry: Registry, name: str, version: str, dst: Path) -> Path:
-    """The model file of a registry version, copied under ``dst`` (the artifact holds exactly one)."""
-    folder = registry.download(name, version, dst)
-    if folder.is_file():
-        return folder
-    files = sorted(folder.rglob("*.safetensors"))
-    if len(files) != 1:
-        raise DataError(
-            f"{name} v{version}'s artifact holds {len(files)} .safetensors files, not one; register it again"
-        )
-    return files[0]
+def validation_report_path(settings: Settings, training_run_id: str, workdir: Path) -> Path | None:
+    """The report the validate stage logged to a training run (``validation/<run>.json``), or None without one.
 
-
-def validation_report_path(settings: Settings, training_run_id: str) -> Path | None:
-    """The report the validate stage wrote for a training run (``<state_dir>/pipelines/validation/<run>.json``).
-
-    The same bytes are logged to the training run in MLflow as ``validation/<run>.json``; the local copy is read
-    because the CLI reaches MLflow only through the platform's registry.
+    The validate stage also keeps the same bytes in ``<state_dir>/pipelines/validation/<run>.json``: read when
+    present (no download); otherwise fetched from the run through the platform's tracking door.
     """
     if not training_run_id:
         return None
-    path = Path(settings.state_dir) / "pipelines" / "validation" / f"{training_run_id}.json"
+    local = Path(settings.state_dir) / "pipelines" / "validation" / f"{training_run_id}.json"
+    if local.is_file():
+        return local
+    try:
+        path = open_tracking(settings, check=False).download(
+            f"runs:/{training_run_id}/validation/{training_run_id}.json", workdir / "validation"
+        )
+    except (NotFoundError, DataError):  # the run holds no report (never validated)
+        return None
     return path if path.is_file() else None
 
 
@@ -150,8 +145,8 @@ def release_source(
     """Check that the version may be released and gather its file and signed fields (see the module docstring)."""
     info = registry.get(name, version)
     check_publishable(name, info.version, info.stage, rollback)
-    artifact = download_version_file(registry, name, info.version, workdir)
-    report = validation_report_path(settings, str(info.metadata.get("training_run_id") or ""))
+    artifact = registry.download_model(name, info.version, workdir / "model")
+    report = validation_report_path(settings, str(info.metadata.get("training_run_id") or ""), workdir)
     report_sha = hashlib.sha256(report.read_bytes()).hexdigest() if report is not None else ""
     custom, notes = signed_fields(info, _artifact_schema(artifact), report_sha)
     stage = info.stage.value if info.stage is not None else ""
