@@ -280,12 +280,10 @@ class FleetRunner:
         for label, model in (models or {}).items():
             self.load_model(label, model)
         starts = self._start_versions(ids, initial_version, initial_versions or {})
-        self.slots = torch.tensor(
-            [NO_MODEL if v is None else self._engine().slot(v) for v in starts], dtype=torch.int64
-        ).to(self.device)
-        self.version_index = torch.tensor(
-            [0 if v is None else self.labels.index(v) for v in starts], dtype=torch.int64
-        ).to(self.device)
+        slot_of = {v: NO_MODEL if v is None else self._engine().slot(v) for v in set(starts)}
+        self.slots = torch.tensor([slot_of[v] for v in starts], dtype=torch.int64).to(self.device)
+        index_of = {v: 0 if v is None else self.labels.index(v) for v in set(starts)}
+        self.version_index = torch.tensor([index_of[v] for v in starts], dtype=torch.int64).to(self.device)
         self._pending: list[tuple[torch.Tensor, str | None]] = []
         self._any_model = any(v is not None for v in starts)  # some vehicle runs a model (no device sync per tick)
         n = len(ids)
@@ -320,7 +318,7 @@ class FleetRunner:
         if unknown_ids:
             raise FleetConfigError(f"initial_versions names vehicle ids not in this fleet: {unknown_ids[:10]}")
         starts = [per_vehicle.get(i, default) for i in ids]
-        for v in {default, *per_vehicle.values()} - {None}:
+        for v in sorted(v for v in {default, *per_vehicle.values()} if v is not None):
             if v not in self.labels:
                 raise FleetConfigError(f"initial version {v!r} is not among the models given: {self.labels[1:]}")
         return starts
