@@ -71,13 +71,8 @@ def run_row(
             arbiter = dataclasses.replace(
                 arbiter, max_uncertainty=1e9, ttc_override_stage=STAGE_MRM + 1, model_confirm_brake_mps2=math.inf
             )
-    runner = FleetRunner(
-        FleetConfig(scenario=scenario, weather=weather, seed=seed, device=device),
-        list(range(vehicles)),
-        models,
-        None if path is None else "m",
-    )
-    runner.vcfg = dataclasses.replace(runner.vcfg, arbiter=arbiter)
+    config = FleetConfig(scenario=scenario, weather=weather, seed=seed, device=device, arbiter=arbiter)
+    runner = FleetRunner(config, list(range(vehicles)), models, None if path is None else "m")
     d = runner.run(ticks).to_dict()
     per = d["per_1000_km"]
     return (

@@ -95,6 +95,11 @@ def resolve_model(settings: Settings, model: str | None, fallback_only: bool, wo
 # -- the run ----------------------------------------------------------------------------------------
 
 
+def run_ticks(minutes: float, tick_s: float) -> int:
+    """Ticks of ``tick_s`` (the world's tick, ``World.dt_s``) in ``minutes`` of simulated time (at least one)."""
+    return max(1, round(minutes * 60.0 / tick_s))
+
+
 def simulate(
     settings: Settings,
     *,
@@ -114,20 +119,23 @@ def simulate(
     telemetry: bool = True,
     fleet_tag: str = "",
     on_progress: Callable[[dict[str, int]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     fog_onset_s: float | None = None,
     triggers: Any | None = None,
     compile: bool = False,
 ) -> dict[str, Any]:
     """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran).
 
+    ``on_start`` is called with the number of ticks to run (``minutes`` over the world's tick) before the first;
+    ``on_progress`` with the summed tick reports of each chunk.
+
     ``fog_onset_s``: a fog bank rolls in over the whole road at this simulated time (``FleetConfig.fog_onset_s``).
     ``triggers``: an ``edge_agent.triggers.TriggerConfig`` replacing the vehicles' default (budget, ``trigger_mask``
-    for random-only uploads); one shard only, since ``FleetConfig`` does not carry it to other shards.
+    for random-only uploads; ``FleetConfig.triggers``, honoured by every shard backend).
     ``compile``: the compiled tick (``FleetConfig.compile``, ADR 0101).
     """
-    from fleetloop.edge_agent.faults import FaultError
     from fleetloop.edge_agent.fleet import FleetConfig
-    from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec
+    from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec, build_runner
 
     if vehicles < 1:
         raise UserInputError(f"--vehicles must be a positive count, got {vehicles}")
@@ -139,33 +147,27 @@ def simulate(
         raise UserInputError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    if triggers is not None and (shards != 1 or backend != "processes"):
-        raise UserInputError("a trigger configuration override runs on one local shard only (--shards 1)")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise UserInputError("--device cuda: torch sees no CUDA device here; use --device cpu")
     scen = load_scenario(scenario)
-    try:
-        config = FleetConfig(
-            scenario=scen,
-            weather=weather,
-            seed=seed,
-            device=device,
-            faults=tuple(inject or ()),
-            fog_onset_s=fog_onset_s,
-            compile=compile,
-        )
-    except FaultError as e:
-        raise UserInputError(str(e)) from e
-    except ValueError as e:
-        raise UserInputError(str(e)) from e
+    config = FleetConfig(  # raises FleetConfigError / FaultError (bad input, exit 2) saying what is valid
+        scenario=scen,
+        weather=weather,
+        seed=seed,
+        device=device,
+        faults=tuple(inject or ()),
+        fog_onset_s=fog_onset_s,
+        triggers=triggers,
+        compile=compile,
+    )
     workdir = Path(settings.state_dir) / "sim" / "models"
     resolved = resolve_model(settings, model, fallback_only, workdir)
     paths = {} if resolved is None else {resolved[0]: str(resolved[1])}
     label = None if resolved is None else resolved[0]
-    ticks = max(1, round(minutes * 60.0 / 0.1))
+    ticks = run_ticks(minutes, config.world().dt_s)
     spec = ShardSpec(
         config=config,
         vehicle_ids=tuple(range(vehicles)),
@@ -174,13 +176,11 @@ def simulate(
         telemetry=settings.model_dump() if telemetry else None,
         fleet_tag=fleet_tag,
     )
+    if on_start:
+        on_start(ticks)
     t0 = time.monotonic()
     if shards == 1 and backend == "processes":
-        from fleetloop.edge_agent.shards import build_runner
-
         runner = build_runner(spec)
-        if triggers is not None:
-            _override_triggers(runner, triggers)
         done = 0
         while done < ticks:
             n = min(CHUNK_TICKS, ticks - done)
@@ -222,23 +222,6 @@ def simulate(
         "vehicle_steps_per_s": out["vehicle_steps"] / wall if wall > 0 else None,
     }
     return out
-
-
-def _override_triggers(runner: Any, triggers: Any) -> None:
-    """Give a fresh runner (no tick run yet) another ``TriggerConfig``, with the trigger state it starts from."""
-    import dataclasses
-
-    from fleetloop.edge_agent.triggers import TriggerState
-
-    if runner.ticks:
-        raise RuntimeError("triggers can only be replaced before the first tick")
-    if triggers.pre_ticks != runner.vcfg.triggers.pre_ticks:
-        raise UserInputError("the trigger override must keep pre_s (the on-board buffer is sized for it)")
-    runner.vcfg = dataclasses.replace(runner.vcfg, triggers=triggers)
-    batch = int(runner.vstate.triggers.tokens.shape[0])
-    runner.vstate = dataclasses.replace(
-        runner.vstate, triggers=TriggerState.init(batch, runner.vstate.triggers.tokens.device, triggers)
-    )
 
 
 def _sum_reports(reports: list[Any]) -> dict[str, int]:
@@ -411,14 +394,13 @@ def run_cmd(
     """Launch a fleet simulation and print what it amounts to."""
     settings = load_settings()
     params = {k: v for k, v in locals().items() if k != "settings"}
-    ticks = max(1, round(minutes * 600))
     with run_record(settings, command="sim run", params=params, seed=seed) as rec:
         update = _metrics(settings)
         columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
         with Progress(
             *columns, TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=as_json
         ) as progress:
-            task = progress.add_task(f"{vehicles:,} vehicles", total=ticks, info="")
+            task = progress.add_task(f"{vehicles:,} vehicles", total=None, info="")
             seen = {"collisions": 0, "near_misses": 0}
 
             def on_progress(part: dict[str, int]) -> None:
@@ -446,6 +428,7 @@ def run_cmd(
                 telemetry=not no_telemetry,
                 fleet_tag=rec.id,
                 on_progress=on_progress,
+                on_start=lambda ticks: progress.update(task, total=ticks),
                 compile=compile,
             )
         if plot is not None:
@@ -476,7 +459,7 @@ def euroncap(settings: Settings, *, model: str | None = None, fallback_only: boo
     collided = torch.zeros(n, dtype=torch.bool)
     impact = torch.zeros(n)
     warn_ttc = torch.full((n,), math.nan)
-    ticks = round(max(t.duration_s for t in tests) / 0.1)
+    ticks = round(max(t.duration_s for t in tests) / runner.world.dt_s)
     for _ in range(ticks):
         runner.step()
         vt, ev, ttc = runner.last_tick, runner.last_events, runner.last_true_ttc_s

@@ -41,6 +41,7 @@ from fleetloop.edge_agent.fallback import (
     STAGE_PARTIAL,
     FallbackOutput,
 )
+from fleetloop.platform.errors import FleetConfigError
 
 __all__ = [
     "DRIVER_FALLBACK",
@@ -123,13 +124,17 @@ class ArbiterConfig:
 
     def __post_init__(self) -> None:
         if not (self.max_uncertainty > 0 and self.max_uncertainty < float("inf")):
-            raise ValueError(f"max_uncertainty must be a positive finite number [m/s²], got {self.max_uncertainty}")
+            raise FleetConfigError(
+                f"max_uncertainty must be a positive finite number [m/s²], got {self.max_uncertainty}"
+            )
         if self.low_conf_enter_ticks < 1 or self.low_conf_min_hold_ticks < 0:
-            raise ValueError("low_conf_enter_ticks must be >= 1 and low_conf_min_hold_ticks >= 0")
+            raise FleetConfigError("low_conf_enter_ticks must be >= 1 and low_conf_min_hold_ticks >= 0")
         if not 0 < self.low_conf_exit_ratio <= 1:
-            raise ValueError(f"low_conf_exit_ratio must be in (0, 1], got {self.low_conf_exit_ratio}")
+            raise FleetConfigError(f"low_conf_exit_ratio must be in (0, 1], got {self.low_conf_exit_ratio}")
         if not self.model_confirm_brake_mps2 > 0:
-            raise ValueError(f"model_confirm_brake_mps2 must be > 0 (inf: off), got {self.model_confirm_brake_mps2}")
+            raise FleetConfigError(
+                f"model_confirm_brake_mps2 must be > 0 (inf: off), got {self.model_confirm_brake_mps2}"
+            )
 
     @classmethod
     def for_model(cls, metadata: Any, **overrides: Any) -> ArbiterConfig:

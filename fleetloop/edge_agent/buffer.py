@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from fleetloop.platform.atomic import write_text_atomic
+from fleetloop.platform.errors import OnboardBufferError
 
-__all__ = ["FRAME_COLUMNS", "BufferError", "OnboardBuffer", "pack_camera", "unpack_camera"]
+__all__ = ["FRAME_COLUMNS", "OnboardBuffer", "OnboardBufferError", "pack_camera", "unpack_camera"]
 
 # name -> (dtype, per-frame shape). Sensor inputs as compact as telemetry, plus what the labeller needs.
 FRAME_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -58,10 +59,6 @@ CAMERA_SCALE = 255.0  # camera contrast 0..1 -> 0..255 (as in telemetry)
 _TORCH_VIEW = {"<u4": np.int32, "<u2": np.int16}
 
 
-class BufferError(ValueError):
-    """Frames that do not fit the buffer, or a buffer directory that is missing or malformed."""
-
-
 def pack_camera(camera: np.ndarray) -> np.ndarray:
     """Camera contrast (float, about 0..1) -> uint8 0..255."""
     return np.clip(np.rint(np.asarray(camera, dtype=np.float32) * CAMERA_SCALE), 0, 255).astype(np.uint8)
@@ -86,9 +83,9 @@ class OnboardBuffer:
     def __init__(self, vehicle_ids: np.ndarray, capacity: int, device: torch.device | str = "cpu") -> None:
         ids = np.asarray(vehicle_ids, dtype=np.int64).reshape(-1)
         if capacity < 1:
-            raise BufferError(f"capacity must be >= 1 frame, got {capacity}")
+            raise OnboardBufferError(f"capacity must be >= 1 frame, got {capacity}")
         if len(np.unique(ids)) != len(ids):
-            raise BufferError("vehicle ids must be unique")
+            raise OnboardBufferError("vehicle ids must be unique")
         self.vehicle_ids = ids
         self.capacity = int(capacity)
         self.device = torch.device(device)
@@ -134,7 +131,7 @@ class OnboardBuffer:
         """The rings as stored, torch tensors [capacity, V, ...] on ``device`` (sharing memory with ``columns`` on the
         CPU; unsigned 16 / 32-bit columns as the signed type of the same width)."""
         if self.read_only:
-            raise BufferError("this buffer was opened read-only; open(..., writable=True) to append")
+            raise OnboardBufferError("this buffer was opened read-only; open(..., writable=True) to append")
         if self._t is None:
             assert self._np is not None
             self._t = {
@@ -152,13 +149,15 @@ class OnboardBuffer:
         if set(frames) != set(FRAME_COLUMNS):
             missing = sorted(set(FRAME_COLUMNS) - set(frames))
             extra = sorted(set(frames) - set(FRAME_COLUMNS))
-            raise BufferError(f"frame columns missing {missing} / unknown {extra}; expected {sorted(FRAME_COLUMNS)}")
+            raise OnboardBufferError(
+                f"frame columns missing {missing} / unknown {extra}; expected {sorted(FRAME_COLUMNS)}"
+            )
         if self._uniform:
             slot = int(self.written[0] % self.capacity) if v else 0
             for name, (_, shape) in FRAME_COLUMNS.items():
                 value = frames[name]
                 if tuple(value.shape) != (v, *shape):
-                    raise BufferError(f"column {name}: expected shape {(v, *shape)}, got {tuple(value.shape)}")
+                    raise OnboardBufferError(f"column {name}: expected shape {(v, *shape)}, got {tuple(value.shape)}")
                 t[name][slot].copy_(value)
             self.overwritten += self.written >= self.capacity
             self.written += 1
@@ -189,14 +188,16 @@ class OnboardBuffer:
         """Append one frame for each vehicle row in ``rows`` (default: all, in order); ``frames[c]`` has
         ``len(rows)`` entries for every column ``c`` of ``FRAME_COLUMNS``."""
         if self.read_only:
-            raise BufferError("this buffer was opened read-only; open(..., writable=True) to append")
+            raise OnboardBufferError("this buffer was opened read-only; open(..., writable=True) to append")
         r = np.arange(len(self.vehicle_ids)) if rows is None else np.asarray(rows, dtype=np.int64)
         missing = sorted(set(FRAME_COLUMNS) - set(frames))
         extra = sorted(set(frames) - set(FRAME_COLUMNS))
         if missing or extra:
-            raise BufferError(f"frame columns missing {missing} / unknown {extra}; expected {sorted(FRAME_COLUMNS)}")
+            raise OnboardBufferError(
+                f"frame columns missing {missing} / unknown {extra}; expected {sorted(FRAME_COLUMNS)}"
+            )
         if len(np.unique(r)) != len(r):
-            raise BufferError("one frame per vehicle per append: rows must be unique")
+            raise OnboardBufferError("one frame per vehicle per append: rows must be unique")
         slot = self.written[r] % self.capacity
         if self._np is None:  # on a device: write through the tensors
             t = self.tensors()
@@ -205,7 +206,7 @@ class OnboardBuffer:
         for name, (dt, shape) in FRAME_COLUMNS.items():
             value = np.asarray(frames[name])
             if value.shape != (len(r), *shape):
-                raise BufferError(f"column {name}: expected shape {(len(r), *shape)}, got {value.shape}")
+                raise OnboardBufferError(f"column {name}: expected shape {(len(r), *shape)}, got {value.shape}")
             if self._np is not None:
                 self._np[name][slot, r] = value
             else:
@@ -265,21 +266,25 @@ class OnboardBuffer:
         """Reopen a saved buffer: memory-mapped read-only, or (``writable``) loaded into memory to continue."""
         d = Path(directory)
         if not (d / HEADER).exists():
-            raise BufferError(f"no on-board buffer in {d} (missing {HEADER}); run the fleet with a state directory")
+            raise OnboardBufferError(
+                f"no on-board buffer in {d} (missing {HEADER}); run the fleet with a state directory"
+            )
         header = _read_header(d)
         try:
             arrays = {
                 name: np.load(d / fname, mmap_mode=None if writable else "r") for name, fname in header["files"].items()
             }
         except (OSError, ValueError) as exc:
-            raise BufferError(f"on-board buffer in {d} is damaged: {exc}") from exc
+            raise OnboardBufferError(f"on-board buffer in {d} is damaged: {exc}") from exc
         buf = cls.__new__(cls)
         buf.vehicle_ids = np.asarray(arrays.pop("vehicle_ids"))
         buf.written = np.array(arrays.pop("written"))
         buf.overwritten = np.array(arrays.pop("overwritten"))
         buf.capacity = int(header["capacity"])
         if set(arrays) != set(FRAME_COLUMNS):
-            raise BufferError(f"on-board buffer in {d} has columns {sorted(arrays)}, expected {sorted(FRAME_COLUMNS)}")
+            raise OnboardBufferError(
+                f"on-board buffer in {d} has columns {sorted(arrays)}, expected {sorted(FRAME_COLUMNS)}"
+            )
         if header["format_version"] == 1:  # vehicle-major rings: viewed slot-major (copied on the next save)
             arrays = {name: np.moveaxis(a, 1, 0) for name, a in arrays.items()}
         buf._np = arrays
@@ -294,9 +299,9 @@ def _read_header(d: Path) -> dict:
     try:
         header = json.loads((d / HEADER).read_text())
     except (OSError, ValueError) as exc:
-        raise BufferError(f"cannot read {d / HEADER}: {exc}") from exc
+        raise OnboardBufferError(f"cannot read {d / HEADER}: {exc}") from exc
     if header.get("format_version") not in (1, FORMAT_VERSION):
-        raise BufferError(
+        raise OnboardBufferError(
             f"{d / HEADER}: format version {header.get('format_version')}, this code reads 1 to {FORMAT_VERSION}"
         )
     return header

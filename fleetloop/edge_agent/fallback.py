@@ -29,8 +29,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from fleetloop.sim.compile import const_table, materialize
 from fleetloop.sim.sensors import LIDAR_BEAM_COS, LIDAR_BEAM_SIN, LIDAR_BEAMS, LIDAR_MAX_RANGE_M, Observation
-from fleetloop.sim.state import GRAVITY_MPS2, World, const_table, materialize
+from fleetloop.sim.state import GRAVITY_MPS2, World
 from fleetloop.sim.traffic import IdmParams, idm_acceleration
 
 __all__ = [

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fleetloop.platform.errors import FaultError
 from fleetloop.sim import rng
 from fleetloop.sim.sensors import LIDAR_MAX_RANGE_M, Observation
 
@@ -47,10 +48,6 @@ _PARAMS = {
 _COMMON = ("fraction", "ids", "start", "end")
 _STREAM_WHO = 0x4641  # counter-based streams of this module ("FA", "FB"), apart from the sim's
 _STREAM_WHEN = 0x4642
-
-
-class FaultError(ValueError):
-    """A fault description is invalid; the message lists what is valid."""
 
 
 @dataclass(frozen=True)

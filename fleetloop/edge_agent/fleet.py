@@ -14,8 +14,12 @@ depend on its shard or batch.
 ``set_model(vehicle_ids, version)`` switches the model of chosen vehicles from the next tick on (the arbiter lets
 the fallback drive for a few ticks after a switch): the seam the OTA client drives. ``load_model`` adds versions.
 
-Imports torch, numpy, ``fleetloop.sim`` and the edge_agent numeric core only; telemetry goes through a
-``TelemetrySink`` the caller passes (``fleetloop.edge_agent.telemetry``).
+Everything a run needs is in ``FleetConfig`` (weather, scene draw, arbiter, triggers, ...) and the constructor's
+arguments (models, which version each vehicle starts on, the sink): no caller patches a runner after construction.
+
+Imports torch, numpy, ``fleetloop.sim``, the edge_agent numeric core and ``fleetloop.platform.errors`` (which
+imports nothing) only; telemetry goes through a ``TelemetrySink`` the caller passes
+(``fleetloop.edge_agent.telemetry``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fleetloop.edge_agent.arbiter import REASON_NAMES
+from fleetloop.edge_agent.arbiter import REASON_NAMES, ArbiterConfig
 from fleetloop.edge_agent.buffer import OnboardBuffer, pack_camera_tensor
 from fleetloop.edge_agent.faults import parse_faults
 from fleetloop.edge_agent.inference import NO_MODEL, STATUS_NAMES, EngineConfig, InferenceEngine
@@ -42,11 +46,14 @@ from fleetloop.edge_agent.summary import (
     condition_codes,
 )
 from fleetloop.edge_agent.telemetry import TelemetrySink, UploadedFrames
+from fleetloop.edge_agent.triggers import TriggerConfig
 from fleetloop.edge_agent.vehicle_step import VehicleConfig, VehicleState, VehicleTick, vehicle_step
+from fleetloop.platform.errors import FleetConfigError, UserInputError
 from fleetloop.sim import (
     FAMILIES,
     PRESETS,
     ScenarioSpec,
+    Weather,
     World,
     WorldState,
     detect_events,
@@ -59,7 +66,8 @@ from fleetloop.sim import (
     step,
     weather_preset,
 )
-from fleetloop.sim.state import KIND_CODES, compile_graph
+from fleetloop.sim.compile import compile_graph
+from fleetloop.sim.state import KIND_CODES
 
 __all__ = ["FleetConfig", "FleetRunner", "TickReport", "version_number"]
 
@@ -119,12 +127,14 @@ def summary_rows(
 
 @dataclass(frozen=True)
 class FleetConfig:
-    """What the fleet drives and how.
+    """What the fleet drives and how: every backend (in-process runner, process shards, Ray actors) builds its runner
+    from this alone (plus the models), so nothing is patched into a runner after construction.
 
     Attributes:
-        scenario: a family of ``fleetloop.sim.FAMILIES`` or fixed scenes (vehicle id i drives
-            ``scenario[i % len(scenario)]``, again after each respawn).
-        weather: a ``fleetloop.sim.PRESETS`` name.
+        scenario: the scene draw: a family of ``fleetloop.sim.FAMILIES`` (drawn per vehicle id from the seed) or
+            fixed scenes (vehicle id i drives ``scenario[i % len(scenario)]``, again after each respawn).
+        weather: the world's weather: a ``fleetloop.sim.PRESETS`` name, or a ``fleetloop.sim.Weather`` field
+            (validate's steady intermediate conditions).
         seed: keys every random draw (scenes, sensors, faults, latency jitter, upload sample).
         device: torch device of the world and the vehicles ("cpu", "cuda", "cuda:1").
         faults: ``--inject`` strings (``fleetloop.edge_agent.faults``).
@@ -132,9 +142,15 @@ class FleetConfig:
         progress_reference: also drive the same scenes with the expert, to report progress against it.
         buffer_frames: on-board ring size per vehicle [frames] (at least the triggers' pre-trigger ticks + 1).
         ground_truth_audit: pass the ground truth of uploaded frames to the sink (the audit topic).
-        fog_onset_s: with it, a fog bank rolls in at this simulated time (``weather_preset(fog_onset_s=...)``).
+        fog_onset_s: with a preset name, a fog bank rolls in at this simulated time
+            (``weather_preset(fog_onset_s=...)``).
         max_uncertainty_mps2: the arbiter's low-confidence threshold, calibrated to the model
-            (``ArbiterConfig.for_model``); None keeps the arbiter's default.
+            (``ArbiterConfig.for_model``); None keeps the arbiter's default (or, in a shard, calibrates it to the
+            model the vehicles start on). Give this or ``arbiter``, not both.
+        arbiter: every arbiter threshold (None: ``ArbiterConfig()`` with ``max_uncertainty_mps2``).
+        triggers: the trigger thresholds and upload budget (None: ``TriggerConfig`` at the world's tick); its
+            ``dt_s`` must be the world's tick.
+        engine: the inference engine's settings (its device and tick come from the run).
         compile: run the tick's pure tensor stages (sensors, world physics, conditions estimate, policy features, policy
             forward, arbiter + trigger bits, summary rows) as ``torch.compile``d graphs (ADR 0101): same random bits,
             floats within rounding of the eager tick; the first tick compiles (a minute or more on a small CPU, ~15 s
@@ -142,7 +158,7 @@ class FleetConfig:
     """
 
     scenario: str | tuple[ScenarioSpec, ...] = "mixed"
-    weather: str = "clear"
+    weather: str | Weather = "clear"
     seed: int = 0
     device: str = "cpu"
     faults: tuple[str, ...] = ()
@@ -152,20 +168,54 @@ class FleetConfig:
     ground_truth_audit: bool = True
     fog_onset_s: float | None = None
     max_uncertainty_mps2: float | None = None
+    arbiter: ArbiterConfig | None = None
+    triggers: TriggerConfig | None = None
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(device="cpu"))
     compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.scenario, str):
             if self.scenario not in FAMILIES:
-                raise ValueError(f"unknown scenario {self.scenario!r}; valid scenarios: {', '.join(FAMILIES)}")
+                raise FleetConfigError(f"unknown scenario {self.scenario!r}; valid scenarios: {', '.join(FAMILIES)}")
         elif not self.scenario:
-            raise ValueError("scenario: give a family name or at least one ScenarioSpec")
-        if self.weather not in PRESETS:
-            raise ValueError(f"unknown weather {self.weather!r}; valid weather: {', '.join(PRESETS)}")
+            raise FleetConfigError("scenario: give a family name or at least one ScenarioSpec")
+        if isinstance(self.weather, Weather):
+            if self.fog_onset_s is not None:
+                raise FleetConfigError("fog_onset_s goes with a weather preset name; add the fog patch to the Weather")
+        elif self.weather not in PRESETS:
+            raise FleetConfigError(f"unknown weather {self.weather!r}; valid weather: {', '.join(PRESETS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device {self.device!r} invalid; use cpu, cuda or cuda:N")
+            raise FleetConfigError(f"device {self.device!r} invalid; use cpu, cuda or cuda:N")
+        if self.arbiter is not None and self.max_uncertainty_mps2 is not None:
+            raise FleetConfigError("give max_uncertainty_mps2 or a whole arbiter configuration, not both")
+        tick_s = self.world().dt_s
+        if self.triggers is not None and abs(self.triggers.dt_s - tick_s) > 1e-9:
+            raise FleetConfigError(f"triggers.dt_s ({self.triggers.dt_s} s) must be the world's tick ({tick_s} s)")
         parse_faults(self.faults)  # raises FaultError listing the valid faults
+
+    def world(self) -> World:
+        """The world this fleet drives in (its weather; the tick ``World.dt_s``)."""
+        if isinstance(self.weather, Weather):
+            return World(weather=self.weather)
+        return World(weather=weather_preset(self.weather, seed=self.seed, fog_onset_s=self.fog_onset_s))
+
+    def vehicle_config(self, world: World) -> VehicleConfig:
+        """The on-board stack's configuration in ``world`` (arbiter, triggers, faults from this config)."""
+        arbiter = self.arbiter
+        if arbiter is None and self.max_uncertainty_mps2 is not None:
+            arbiter = ArbiterConfig(max_uncertainty=self.max_uncertainty_mps2)
+        triggers = self.triggers or TriggerConfig(dt_s=world.dt_s)
+        faults = parse_faults(self.faults)
+        return VehicleConfig.for_world(
+            world, seed=self.seed, faults=faults, arbiter=arbiter or ArbiterConfig(), triggers=triggers
+        )
+
+    def scenes(self, vehicle_ids: Sequence[int], seed: int) -> list[ScenarioSpec]:
+        """The scenes ``vehicle_ids`` start (or, with a respawn seed, restart) with: drawn per id from ``seed`` for a
+        family, else the fixed scenes cycled by id."""
+        if isinstance(self.scenario, str):
+            return draw_scenarios(self.scenario, vehicle_ids, seed)
+        return [self.scenario[i % len(self.scenario)] for i in vehicle_ids]
 
 
 @dataclass(frozen=True)
@@ -187,8 +237,11 @@ class FleetRunner:
         config: the run's configuration.
         vehicle_ids: the ids of this shard's vehicles (unique, >= 0).
         models: version label -> policy module, loaded into the inference engine.
-        initial_version: the version every vehicle starts on (None: fallback only).
+        initial_version: the version every vehicle starts on (None: fallback only), unless ``initial_versions``
+            names another for it.
         sink: where uploaded frames go (None: nowhere; they stay in the on-board buffer).
+        initial_versions: vehicle id -> the version that vehicle starts on (None: fallback only), overriding
+            ``initial_version`` (canary cohorts, federated clients); every id must be one of ``vehicle_ids``.
     """
 
     def __init__(
@@ -198,28 +251,25 @@ class FleetRunner:
         models: Mapping[str, nn.Module] | None = None,
         initial_version: str | None = None,
         sink: TelemetrySink | None = None,
+        initial_versions: Mapping[int, str | None] | None = None,
     ) -> None:
         ids = [int(i) for i in vehicle_ids]
         if not ids:
-            raise ValueError("a fleet shard needs at least one vehicle id")
+            raise FleetConfigError("a fleet shard needs at least one vehicle id")
         if min(ids) < 0 or len(set(ids)) != len(ids):
-            raise ValueError("vehicle ids must be unique and >= 0")
+            raise FleetConfigError("vehicle ids must be unique and >= 0")
         self.config = config
         self.device = torch.device(config.device)
-        weather = weather_preset(config.weather, seed=config.seed, fog_onset_s=config.fog_onset_s)
-        self.world = World(weather=weather)
+        self.world = config.world()
         self.ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
         self._ids_np = np.asarray(ids, dtype=np.int64)
-        extra: dict[str, object] = {}
-        if config.max_uncertainty_mps2 is not None:
-            from fleetloop.edge_agent.arbiter import ArbiterConfig
-
-            extra["arbiter"] = ArbiterConfig(max_uncertainty=config.max_uncertainty_mps2)
-        self.vcfg = VehicleConfig.for_world(self.world, seed=config.seed, faults=parse_faults(config.faults), **extra)
+        self.vcfg = config.vehicle_config(self.world)
         pre = self.vcfg.triggers.pre_ticks
         if config.buffer_frames < pre + 1:
-            raise ValueError(f"buffer_frames must be >= {pre + 1} (the triggers decide a frame {pre} ticks later)")
-        specs = self._draw(ids, config.seed)
+            raise FleetConfigError(
+                f"buffer_frames must be >= {pre + 1} (the triggers decide a frame {pre} ticks later)"
+            )
+        specs = config.scenes(ids, config.seed)
         self._durations = torch.tensor([s.duration_s for s in specs], dtype=torch.float32, device=self.device)
         self.state = init_state(self.world, specs, ids, config.seed, device=self.device)
         self.expert_state: WorldState | None = None
@@ -229,16 +279,14 @@ class FleetRunner:
         self.labels: list[str] = [NO_MODEL_LABEL]
         for label, model in (models or {}).items():
             self.load_model(label, model)
-        if initial_version is not None and initial_version not in self.labels:
-            raise ValueError(f"initial version {initial_version!r} is not among the models given: {self.labels[1:]}")
-        n = len(ids)
-        start = NO_MODEL if initial_version is None else self._engine().slot(initial_version)
-        self.slots = torch.full((n,), start, dtype=torch.int64, device=self.device)
-        self.version_index = torch.full(
-            (n,), 0 if initial_version is None else self.labels.index(initial_version), dtype=torch.int64
-        ).to(self.device)
+        starts = self._start_versions(ids, initial_version, initial_versions or {})
+        slot_of = {v: NO_MODEL if v is None else self._engine().slot(v) for v in set(starts)}
+        self.slots = torch.tensor([slot_of[v] for v in starts], dtype=torch.int64).to(self.device)
+        index_of = {v: 0 if v is None else self.labels.index(v) for v in set(starts)}
+        self.version_index = torch.tensor([index_of[v] for v in starts], dtype=torch.int64).to(self.device)
         self._pending: list[tuple[torch.Tensor, str | None]] = []
-        self._any_model = initial_version is not None  # some vehicle runs a model (no device sync per tick)
+        self._any_model = any(v is not None for v in starts)  # some vehicle runs a model (no device sync per tick)
+        n = len(ids)
         self._no_switch = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.vstate = VehicleState.init(self.vcfg, n, self.device)
         arb = self.vstate.arbiter
@@ -262,6 +310,19 @@ class FleetRunner:
         self.last_events: Any = None  # the last tick's ``Events``
         self.last_true_ttc_s: torch.Tensor | None = None  # ground-truth TTC [B] at the start of the last tick
 
+    def _start_versions(
+        self, ids: list[int], default: str | None, per_vehicle: Mapping[int, str | None]
+    ) -> list[str | None]:
+        """The version each row starts on; every version named must be loaded, every id one of this runner's."""
+        unknown_ids = sorted(set(per_vehicle) - set(ids))
+        if unknown_ids:
+            raise FleetConfigError(f"initial_versions names vehicle ids not in this fleet: {unknown_ids[:10]}")
+        starts = [per_vehicle.get(i, default) for i in ids]
+        for v in sorted(v for v in {default, *per_vehicle.values()} if v is not None):
+            if v not in self.labels:
+                raise FleetConfigError(f"initial version {v!r} is not among the models given: {self.labels[1:]}")
+        return starts
+
     # -- models (the OTA seam) -------------------------------------------------------------------
 
     def _engine(self) -> InferenceEngine:
@@ -281,9 +342,9 @@ class FleetRunner:
     def load_model(self, label: str, model: nn.Module) -> None:
         """Make version ``label`` available to ``set_model`` (refuses NaN / Inf weights)."""
         if label == NO_MODEL_LABEL:
-            raise ValueError(f"{NO_MODEL_LABEL!r} is reserved for vehicles without a model")
+            raise FleetConfigError(f"{NO_MODEL_LABEL!r} is reserved for vehicles without a model")
         if label not in self.labels and len(self.labels) >= MAX_VERSIONS:
-            raise ValueError(f"at most {MAX_VERSIONS - 1} model versions per run")
+            raise FleetConfigError(f"at most {MAX_VERSIONS - 1} model versions per run")
         self._engine().add_model(label, model)
         if label not in self.labels:
             self.labels.append(label)
@@ -320,16 +381,10 @@ class FleetRunner:
 
     # -- scenes ------------------------------------------------------------------------------------
 
-    def _draw(self, ids: Sequence[int], seed: int) -> list[ScenarioSpec]:
-        sc = self.config.scenario
-        if isinstance(sc, str):
-            return draw_scenarios(sc, ids, seed)
-        return [sc[i % len(sc)] for i in ids]
-
     def _respawn(self, done: torch.Tensor) -> None:
         idx = torch.nonzero(done).squeeze(-1)
         ids = self.ids[idx].tolist()
-        specs = self._draw(ids, self.config.seed * RESPAWN_SEED_MULT + self.state.tick + 1)
+        specs = self.config.scenes(ids, self.config.seed * RESPAWN_SEED_MULT + self.state.tick + 1)
         self.state = respawn(self.world, self.state, done, specs)
         if self.expert_state is not None:
             self.expert_state = respawn(self.world, self.expert_state, done, specs)
@@ -536,7 +591,7 @@ class FleetRunner:
     def run(self, ticks: int, on_tick: Callable[[TickReport], None] | None = None) -> FleetSummary:
         """Advance ``ticks`` ticks (calling ``on_tick`` after each) and return the summary so far."""
         if ticks < 1:
-            raise ValueError(f"ticks must be >= 1, got {ticks}")
+            raise UserInputError(f"ticks must be >= 1, got {ticks}")
         for _ in range(ticks):
             report = self.step()
             if on_tick is not None:

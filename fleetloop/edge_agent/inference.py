@@ -39,7 +39,7 @@ from torch import nn
 from fleetloop.edge_agent.features import RADAR_SLOTS, PolicyInputs
 from fleetloop.edge_agent.policy import nonfinite_parameters
 from fleetloop.sim import rng
-from fleetloop.sim.state import compile_graph
+from fleetloop.sim.compile import compile_graph
 
 __all__ = [
     "NO_MODEL",

@@ -14,8 +14,9 @@ forwarded to every shard (each applies it to the ids it holds). ``close`` return
 the merged ``FleetSummary``. Randomness is per vehicle id, so the merged totals equal the single-process run's
 (event counts exactly on fixed scenarios; tested).
 
-A shard is described by a picklable ``ShardSpec`` (configuration, its ids, model artifact paths, telemetry
-settings); each shard loads the artifacts itself (``load_artifact``: schema check, NaN refusal).
+A shard is described by a picklable ``ShardSpec`` (configuration, its ids, model artifact paths, the version each
+vehicle starts on, telemetry settings); each shard loads the artifacts itself (``load_artifact``: schema check, NaN
+refusal) and builds its runner from the spec alone (``build_runner``), so every backend runs the same configuration.
 """
 
 from __future__ import annotations
@@ -28,16 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fleetloop.edge_agent.arbiter import ArbiterConfig
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner, TickReport
 from fleetloop.edge_agent.summary import FleetSummary, merge_counts
+from fleetloop.platform.errors import FleetConfigError, ShardError
 
-__all__ = ["BACKENDS", "ShardError", "ShardSpec", "ShardedFleet", "split_ids"]
+__all__ = ["BACKENDS", "ShardError", "ShardSpec", "ShardedFleet", "build_runner", "split_ids"]
 
 BACKENDS = ("processes", "ray")
-
-
-class ShardError(RuntimeError):
-    """A shard failed; the message carries the shard's traceback."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,11 @@ class ShardSpec:
         config: the fleet configuration (``device`` is set per shard).
         vehicle_ids: this shard's ids.
         model_paths: version label -> artifact path, loaded with ``load_artifact`` in the shard.
-        initial_version: the version every vehicle starts on (None: fallback only).
+        initial_version: the version every vehicle starts on (None: fallback only), unless ``initial_versions``
+            names another for it; the arbiter's low-confidence threshold is calibrated to this model unless the
+            configuration sets ``max_uncertainty_mps2`` or ``arbiter``.
+        initial_versions: vehicle id -> the version it starts on (None: fallback only); ``ShardedFleet`` hands each
+            shard the entries of its own ids.
         telemetry: settings as a dict (``Settings.model_dump()``) for a ``BusTelemetrySink``; None: no telemetry.
         fleet_tag: prefix of the telemetry vehicle ids.
         torch_threads: intra-op threads of the shard's torch (0: leave torch's default).
@@ -58,6 +61,7 @@ class ShardSpec:
     vehicle_ids: tuple[int, ...]
     model_paths: dict[str, str] = field(default_factory=dict)
     initial_version: str | None = None
+    initial_versions: dict[int, str | None] = field(default_factory=dict)
     telemetry: dict[str, Any] | None = None
     fleet_tag: str = ""
     torch_threads: int = 0
@@ -66,7 +70,7 @@ class ShardSpec:
 def split_ids(vehicle_ids: Sequence[int], shards: int) -> list[tuple[int, ...]]:
     """Contiguous, near-equal slices of ``vehicle_ids`` (no empty slice: at most one shard per vehicle)."""
     if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
+        raise FleetConfigError(f"shards must be >= 1, got {shards}")
     ids = list(vehicle_ids)
     k = min(shards, len(ids))
     bounds = [round(i * len(ids) / k) for i in range(k + 1)]
@@ -86,21 +90,17 @@ def build_runner(spec: ShardSpec) -> FleetRunner:
     loaded = {label: load_artifact(path) for label, path in spec.model_paths.items()}
     models = {label: lp.model for label, lp in loaded.items()}
     config = spec.config
-    if config.max_uncertainty_mps2 is None and spec.initial_version in loaded:
-        import dataclasses
-
-        from fleetloop.edge_agent.arbiter import ArbiterConfig
-
+    if config.max_uncertainty_mps2 is None and config.arbiter is None and spec.initial_version in loaded:
         # The low-confidence threshold is in the model's own units: calibrate it to the model that drives.
         calibrated = ArbiterConfig.for_model(loaded[spec.initial_version].metadata).max_uncertainty
-        config = dataclasses.replace(config, max_uncertainty_mps2=calibrated)
+        config = replace(config, max_uncertainty_mps2=calibrated)
     sink = None
     if spec.telemetry is not None:
         from fleetloop.edge_agent.telemetry import BusTelemetrySink
         from fleetloop.platform.settings import Settings
 
         sink = BusTelemetrySink(Settings(**spec.telemetry), fleet_tag=spec.fleet_tag)
-    return FleetRunner(config, spec.vehicle_ids, models, spec.initial_version, sink)
+    return FleetRunner(config, spec.vehicle_ids, models, spec.initial_version, sink, spec.initial_versions)
 
 
 class _Worker:
@@ -262,9 +262,9 @@ class ShardedFleet:
         devices: int | None = None,
     ):
         if backend not in BACKENDS:
-            raise ValueError(f"unknown shard backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+            raise FleetConfigError(f"unknown shard backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
         if ray_address and backend != "ray":
-            raise ValueError("--ray-address needs --backend ray")
+            raise FleetConfigError("--ray-address needs --backend ray")
         specs = self.plan(spec, shards, backend, devices)
         self.specs = specs
         self.backend = backend
@@ -285,19 +285,23 @@ class ShardedFleet:
         device = spec.config.device
         gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
         if device.startswith("cuda") and gpus == 0:
-            raise ValueError("device cuda asked for, but torch sees no CUDA device; use --device cpu")
+            raise FleetConfigError("device cuda asked for, but torch sees no CUDA device; use --device cpu")
         if devices is not None:
             if not device.startswith("cuda"):
-                raise ValueError("devices (a GPU count) needs device cuda")
+                raise FleetConfigError("devices (a GPU count) needs device cuda")
             if not 1 <= devices <= gpus:
-                raise ValueError(f"devices must be between 1 and the {gpus} visible GPU(s), got {devices}")
+                raise FleetConfigError(f"devices must be between 1 and the {gpus} visible GPU(s), got {devices}")
             gpus = devices
         elif gpus and backend == "processes":
             k = min(k, gpus)
+        unknown = sorted(set(spec.initial_versions) - set(spec.vehicle_ids))
+        if unknown:
+            raise FleetConfigError(f"initial_versions names vehicle ids not in this fleet: {unknown[:10]}")
         out = []
         for i, ids in enumerate(split_ids(spec.vehicle_ids, k)):
             dev = f"cuda:{i % gpus}" if gpus else "cpu"
-            out.append(replace(spec, vehicle_ids=ids, config=replace(spec.config, device=dev)))
+            own = {v: spec.initial_versions[v] for v in ids if v in spec.initial_versions}
+            out.append(replace(spec, vehicle_ids=ids, config=replace(spec.config, device=dev), initial_versions=own))
         return out
 
     def advance(self, ticks: int) -> dict[str, int]:

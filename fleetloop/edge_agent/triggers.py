@@ -42,8 +42,9 @@ from dataclasses import dataclass
 
 import torch
 
+from fleetloop.platform.errors import FleetConfigError
 from fleetloop.sim import rng
-from fleetloop.sim.state import compile_graph
+from fleetloop.sim.compile import compile_graph
 
 __all__ = [
     "TRIGGER_BITS",
@@ -108,13 +109,15 @@ class TriggerConfig:
     def __post_init__(self) -> None:
         for name in ("pre_s", "post_s", "sample_rate", "sample_clip_s", "budget_fraction", "reserve_clips"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"TriggerConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
+                raise FleetConfigError(f"TriggerConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not self.dt_s > 0 or not self.bucket_frames >= 1:
-            raise ValueError("TriggerConfig needs dt_s > 0 and bucket_frames >= 1")
+            raise FleetConfigError("TriggerConfig needs dt_s > 0 and bucket_frames >= 1")
         if not 0 <= self.trigger_mask < (1 << N_BITS):
-            raise ValueError(f"TriggerConfig.trigger_mask must be a set of the {N_BITS} trigger bits")
+            raise FleetConfigError(f"TriggerConfig.trigger_mask must be a set of the {N_BITS} trigger bits")
         if not 0 <= self.severe_mask < (1 << (N_BITS - 1)):
-            raise ValueError(f"TriggerConfig.severe_mask must be a set of the {N_BITS - 1} trigger bits (not random)")
+            raise FleetConfigError(
+                f"TriggerConfig.severe_mask must be a set of the {N_BITS - 1} trigger bits (not random)"
+            )
 
     @property
     def pre_ticks(self) -> int:

@@ -55,8 +55,9 @@ from fleetloop.edge_agent.triggers import (
     trigger_bits,
     triggers_step,
 )
+from fleetloop.sim.compile import compile_graph
 from fleetloop.sim.sensors import Observation
-from fleetloop.sim.state import World, compile_graph
+from fleetloop.sim.state import World
 
 __all__ = ["VehicleConfig", "VehicleState", "VehicleTick", "vehicle_step"]
 

@@ -91,28 +91,20 @@ def run_slice(
     """Drive one slice with one seed through the fleet runner (model + fallback + arbiter; the fallback alone
     when ``model`` is None) and sum what happened."""
     from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
-    from fleetloop.sim import draw_scenarios, euro_ncap_matrix, init_state
+    from fleetloop.sim import euro_ncap_matrix
 
-    ids = list(range(s.vehicles))
     scenario: Any = tuple(euro_ncap_matrix()) if s.scenario == NCAP_CCR else s.scenario
     cfg = FleetConfig(
         scenario=scenario,
-        weather="clear",
+        weather=s.condition.weather(),  # the suite's steady intermediate intensities, not a training preset
         seed=seed,
         device=device,
         progress_reference=True,
         ground_truth_audit=False,
         max_uncertainty_mps2=max_uncertainty_mps2,
     )
-    runner = FleetRunner(cfg, ids, None if model is None else {_LABEL: model}, None if model is None else _LABEL)
-    # FleetConfig takes weather preset names only; the suite's steady intermediate intensities are set here,
-    # before the first tick, by rebuilding the world and both scene states with the same scenes and seed.
-    runner.world = dataclasses.replace(runner.world, weather=s.condition.weather())
-    specs = (
-        draw_scenarios(scenario, ids, seed) if isinstance(scenario, str) else [scenario[i % len(scenario)] for i in ids]
-    )
-    runner.state = init_state(runner.world, specs, ids, seed, device=device)
-    runner.expert_state = init_state(runner.world, specs, ids, seed, device=device)
+    models = None if model is None else {_LABEL: model}
+    runner = FleetRunner(cfg, range(s.vehicles), models, None if model is None else _LABEL)
     summary = runner.run(s.ticks)
     total = summary.totals()
     d = summary.to_dict()

@@ -3,12 +3,19 @@
     FleetloopError                      exit 1
     ├── UserInputError                  exit 2   the caller asked for something invalid
     │   ├── ConfigError                          a setting or config file is wrong
+    │   │   └── FleetConfigError                 a fleet run's configuration is invalid (edge_agent)
+    │   │       └── FaultError                   an injected-fault description is invalid (edge_agent)
     │   ├── NotFoundError                        a named thing (model, version, run) does not exist
     │   └── TransitionNotAllowed                 a registry stage change the policy forbids
     ├── SetupError                      exit 3   this machine lacks something (Java, jars, a free port)
     ├── ServiceUnavailable              exit 4   a service (Kafka, MLflow) did not answer in time
-    └── DataError                       exit 5   a record or artifact is malformed
-        └── SchemaError                          unknown schema, unknown major version, bad payload
+    ├── DataError                       exit 5   a record or artifact is malformed
+    │   ├── SchemaError                          unknown schema, unknown major version, bad payload
+    │   └── OnboardBufferError                   frames that do not fit an on-board buffer; a damaged one (edge_agent)
+    └── ShardError                      exit 1   a fleet shard (process or Ray actor) failed; carries its traceback
+
+The classes marked (edge_agent) are raised by ``fleetloop.edge_agent``, whose numeric core may import this module
+because it imports nothing (the standard library's exceptions only).
 
 Every message says what was wrong and what to do about it.
 """
@@ -18,11 +25,15 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "FaultError",
+    "FleetConfigError",
     "FleetloopError",
     "NotFoundError",
+    "OnboardBufferError",
     "SchemaError",
     "ServiceUnavailable",
     "SetupError",
+    "ShardError",
     "TransitionNotAllowed",
     "UserInputError",
 ]
@@ -72,3 +83,20 @@ class DataError(FleetloopError):
 
 class SchemaError(DataError):
     """A payload names an unknown schema or major version, or does not match its schema."""
+
+
+class FleetConfigError(ConfigError):
+    """A fleet run's configuration is invalid: ``FleetConfig`` and what it carries (arbiter, triggers), the vehicle
+    ids, the models and their assignment to vehicles, the shard layout."""
+
+
+class FaultError(FleetConfigError):
+    """An injected-fault description (``--inject``) is invalid; the message lists what is valid."""
+
+
+class OnboardBufferError(DataError):
+    """Frames that do not fit an on-board buffer, or a buffer directory that is missing or malformed."""
+
+
+class ShardError(FleetloopError):
+    """A fleet shard failed; the message carries the shard's traceback."""

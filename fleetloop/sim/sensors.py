@@ -21,7 +21,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from fleetloop.sim import rng
-from fleetloop.sim.state import World, WorldState, compile_graph, const_table, materialize
+from fleetloop.sim.compile import compile_graph, const_table, materialize
+from fleetloop.sim.state import World, WorldState
 
 __all__ = [
     "CAMERA_COLS",
@@ -285,7 +286,7 @@ def observe(world: World, state: WorldState, *, compiled: bool = False) -> Obser
     """Sensor readings of every vehicle at the state's tick (noise keyed by seed, vehicle id, tick and sensor).
 
     ``compiled``: run it as one ``torch.compile``d graph (ADR 0101): the same random bits, floats within
-    rounding of the eager result. The first call compiles (see ``fleetloop.sim.state.compile_graph``).
+    rounding of the eager result. The first call compiles (see ``fleetloop.sim.compile.compile_graph``).
     """
     k = state.actor_kind.shape[1]
     salt = _furniture_salt(state.seed)

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -29,10 +25,6 @@ __all__ = [
     "StaticHazard",
     "World",
     "WorldState",
-    "compile_cache_dir",
-    "compile_graph",
-    "const_table",
-    "materialize",
 ]
 
 GRAVITY_MPS2 = 9.81  # [m/s²]
@@ -41,78 +33,6 @@ EGO_WIDTH_M = 1.8  # [m]
 # Actor kind codes in ``WorldState.actor_kind`` (0: empty slot).
 KIND_CODES = {"vehicle": 1, "pedestrian": 2, "stopped_vehicle": 3, "debris": 4, "work_zone": 5}
 HazardKind = str
-
-
-COMPILE_CACHE_ENV = "FLEETLOOP_COMPILE_CACHE_DIR"
-_COMPILED: dict[tuple[Callable[..., Any], bool, bool], Callable[..., Any]] = {}
-# Whether the user chose inductor's cache directory (importing torch._dynamo sets a default into the environment).
-_USER_INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR" in os.environ
-
-
-def compile_cache_dir() -> Path:
-    """Where inductor keeps compiled graphs for the compiled tick (ADR 0101): ``$FLEETLOOP_COMPILE_CACHE_DIR``, else
-    ``~/.cache/fleetloop/inductor``."""
-    env = os.environ.get(COMPILE_CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "fleetloop" / "inductor"
-
-
-def compile_graph(fn: Callable[..., Any], *, fullgraph: bool = True, dynamic: bool = False) -> Callable[..., Any]:
-    """``torch.compile(fn)`` for the compiled tick (ADR 0101): inductor, one wrapper per function.
-
-    Static shapes unless ``dynamic`` (one graph for every size: the policy, whose batch and radar width vary with the
-    vehicles on a model version). The first call per shape compiles (tens of seconds on a small CPU); inductor's on-disk
-    caches make the next process fast. They go to ``compile_cache_dir()`` unless the environment set
-    ``TORCHINDUCTOR_CACHE_DIR`` before fleetloop was imported.
-    """
-    key = (fn, fullgraph, dynamic)
-    hit = _COMPILED.get(key)
-    if hit is None:
-        if not _USER_INDUCTOR_CACHE:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())
-        import torch._dynamo
-
-        # Each weather preset (its patch table is a constant of the graphs) and batch size is a graph of its own:
-        # leave room for a process that runs several (tests, benchmarks) before dynamo gives up.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        # dynamic_threads: kernels use torch's thread count at run time, not the one at compile time (a cached
-        # graph compiled in a 2-thread process would otherwise run 2 threads in a 1-thread one).
-        options: dict[str, str | int | bool | Callable[..., Any]] = {"cpp.dynamic_threads": True}
-        hit = _COMPILED[key] = torch.compile(fn, dynamic=dynamic, fullgraph=fullgraph, options=options)
-    return hit
-
-
-@torch.library.custom_op("fleetloop::materialize", mutates_args=())
-def _materialize(x: torch.Tensor) -> torch.Tensor:
-    return x.clone()
-
-
-@_materialize.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
-def const_table(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-    """``values`` as a float32 tensor on ``like``'s device: cached per (values, device) in eager mode (a per-tick
-    ``torch.tensor()`` would be a host-to-device copy on CUDA), a constant of the graph when compiling (loaded from
-    memory, where an expression of an index would be recomputed for every element it broadcasts to)."""
-    if torch.compiler.is_compiling():
-        return torch.tensor(values, dtype=torch.float32, device=like.device)
-    cache: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = const_table.__dict__.setdefault("cache", {})
-    key = (tuple(values), like.device)
-    out = cache.get(key)
-    if out is None:
-        out = cache[key] = torch.tensor(values, dtype=torch.float32, device=like.device)
-    return out
-
-
-def materialize(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself in eager mode; in a compiled graph, ``x`` computed once into memory (an opaque copy).
-
-    Inductor inlines a cheap elementwise producer into each consumer; where the consumer broadcasts it (a [B, K]
-    angle compared with every one of 32 lidar beams) the producer, transcendental functions and all, would run
-    32 times per element. The copy of a [B, K] tensor costs far less.
-    """
-    return _materialize(x) if torch.compiler.is_compiling() else x
 
 
 @dataclass(frozen=True)

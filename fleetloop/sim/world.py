@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fleetloop.sim.compile import compile_graph
 from fleetloop.sim.errors import ScenarioError, StateError
 from fleetloop.sim.events import NEAR_MISS_TTC_S
 from fleetloop.sim.expert import expert_control, in_path
 from fleetloop.sim.physics import actuate_ego, contacts, hazard_slots, move_actors
 from fleetloop.sim.scenarios import ScenarioSpec
-from fleetloop.sim.state import KIND_CODES, World, WorldState, compile_graph
+from fleetloop.sim.state import KIND_CODES, World, WorldState
 from fleetloop.sim.traffic import ballistic_update
 from fleetloop.sim.weather import conditions_at
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetloop.edge_agent.buffer import FRAME_COLUMNS, BufferError, OnboardBuffer
+from fleetloop.edge_agent.buffer import FRAME_COLUMNS, OnboardBuffer, OnboardBufferError
 
 
 def _frames(n: int, tick: int) -> dict[str, np.ndarray]:
@@ -45,7 +45,7 @@ def test_round_trip_through_disk(tmp_path: Path) -> None:
     for name in want:
         np.testing.assert_array_equal(want[name], got[name])
     assert back.overwritten.tolist() == [3, 3]
-    with pytest.raises(BufferError, match="read-only"):
+    with pytest.raises(OnboardBufferError, match="read-only"):
         back.append(_frames(2, 8))
     more = OnboardBuffer.open(tmp_path, writable=True)
     more.append(_frames(2, 8))
@@ -100,11 +100,11 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
     buf = OnboardBuffer(np.array([1]), capacity=2)
     frames = _frames(1, 0)
     del frames["camera"]
-    with pytest.raises(BufferError, match="missing \\['camera'\\]"):
+    with pytest.raises(OnboardBufferError, match="missing \\['camera'\\]"):
         buf.append(frames)
-    with pytest.raises(BufferError, match="expected shape"):
+    with pytest.raises(OnboardBufferError, match="expected shape"):
         buf.append(_frames(2, 0))
-    with pytest.raises(BufferError, match="no on-board buffer"):
+    with pytest.raises(OnboardBufferError, match="no on-board buffer"):
         OnboardBuffer.open(tmp_path / "nope")
 
 
@@ -114,7 +114,7 @@ def test_compiled_camera_packing_rounds_like_eager_and_numpy() -> None:
     import torch
 
     from fleetloop.edge_agent.buffer import pack_camera, pack_camera_tensor
-    from fleetloop.sim.state import compile_graph
+    from fleetloop.sim.compile import compile_graph
 
     halves = (torch.arange(-2, 254, dtype=torch.float32) + 0.5) / 255.0  # 256 values
     x = torch.cat([halves, torch.rand(4096) * 1.4 - 0.2]).view(-1, 4, 4)

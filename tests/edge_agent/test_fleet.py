@@ -12,6 +12,7 @@ from fleetloop.edge_agent.policy import FusionPolicy, PolicyConfig
 from fleetloop.edge_agent.telemetry import CollectingSink
 from fleetloop.edge_agent.triggers import TriggerConfig
 from fleetloop.platform.bus import GROUND_TRUTH_FRAMES, TELEMETRY_FRAMES, FrameBatch
+from fleetloop.platform.errors import FleetConfigError
 from fleetloop.sim import euro_ncap_matrix
 
 
@@ -125,14 +126,14 @@ def test_progress_reference_and_respawn() -> None:
     ],
 )
 def test_bad_configuration_says_what_is_valid(kw: dict[str, object], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(FleetConfigError, match=match):
         FleetConfig(**kw)  # type: ignore[arg-type]
 
 
 def test_bad_vehicle_ids_and_buffer_are_refused() -> None:
-    with pytest.raises(ValueError, match="at least one vehicle"):
+    with pytest.raises(FleetConfigError, match="at least one vehicle"):
         FleetRunner(FleetConfig(), [])
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(FleetConfigError, match="unique"):
         FleetRunner(FleetConfig(), [1, 1])
-    with pytest.raises(ValueError, match="buffer_frames must be >= 21"):
+    with pytest.raises(FleetConfigError, match="buffer_frames must be >= 21"):
         FleetRunner(FleetConfig(buffer_frames=5), [0])

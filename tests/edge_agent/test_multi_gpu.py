@@ -9,6 +9,7 @@ import torch
 
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
 from fleetloop.edge_agent.shards import ShardedFleet, ShardSpec
+from fleetloop.platform.errors import FleetConfigError
 
 CPU = FleetConfig(scenario="mixed", weather="mixed", seed=5, progress_reference=False)
 CUDA = FleetConfig(scenario="mixed", weather="mixed", seed=5, progress_reference=False, device="cuda")
@@ -49,11 +50,11 @@ def test_devices_lets_shards_share_gpus() -> None:
 
 @pytest.mark.usefixtures("four_gpus")
 def test_bad_device_counts_are_refused() -> None:
-    with pytest.raises(ValueError, match="between 1 and the 4 visible GPU"):
+    with pytest.raises(FleetConfigError, match="between 1 and the 4 visible GPU"):
         ShardedFleet.plan(ShardSpec(CUDA, IDS), 8, "processes", devices=5)
-    with pytest.raises(ValueError, match="between 1 and the 4 visible GPU"):
+    with pytest.raises(FleetConfigError, match="between 1 and the 4 visible GPU"):
         ShardedFleet.plan(ShardSpec(CUDA, IDS), 2, "processes", devices=0)
-    with pytest.raises(ValueError, match="needs device cuda"):
+    with pytest.raises(FleetConfigError, match="needs device cuda"):
         ShardedFleet.plan(ShardSpec(CPU, IDS), 2, "processes", devices=1)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
 from fleetloop.edge_agent.shards import ShardedFleet, ShardSpec, split_ids
+from fleetloop.platform.errors import FleetConfigError
 
 CONFIG = FleetConfig(scenario="mixed", weather="mixed", seed=3, progress_reference=False)
 IDS = tuple(range(24))
@@ -38,10 +39,10 @@ def test_split_ids_is_contiguous_and_complete() -> None:
     parts = split_ids(range(10), 3)
     assert parts == [(0, 1, 2), (3, 4, 5, 6), (7, 8, 9)]
     assert split_ids(range(2), 5) == [(0,), (1,)]
-    with pytest.raises(ValueError, match="shards must be >= 1"):
+    with pytest.raises(FleetConfigError, match="shards must be >= 1"):
         split_ids(range(3), 0)
 
 
 def test_unknown_backend_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="valid backends: processes, ray"):
+    with pytest.raises(FleetConfigError, match="valid backends: processes, ray"):
         ShardedFleet(ShardSpec(CONFIG, IDS), 2, "threads")

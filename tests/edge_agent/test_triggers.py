@@ -18,6 +18,7 @@ from fleetloop.edge_agent.triggers import (
     triggers_step,
 )
 from fleetloop.platform.bus.schemas import TriggerFlag
+from fleetloop.platform.errors import FleetConfigError
 from fleetloop.sim.sensors import LIDAR_BEAMS
 
 
@@ -153,9 +154,9 @@ def test_the_random_sample_never_spends_the_reserve() -> None:
 
 
 def test_the_reserve_is_checked() -> None:
-    with pytest.raises(ValueError, match="reserve_clips"):
+    with pytest.raises(FleetConfigError, match="reserve_clips"):
         TriggerConfig(reserve_clips=-1.0)
-    with pytest.raises(ValueError, match="severe_mask"):
+    with pytest.raises(FleetConfigError, match="severe_mask"):
         TriggerConfig(severe_mask=TRIGGER_BITS["random_sample"])
     cfg = TriggerConfig()
     assert cfg.capacity_frames >= cfg.initial_frames == cfg.clip_frames + cfg.reserve_frames

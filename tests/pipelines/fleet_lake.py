@@ -5,7 +5,6 @@ drives the fleet once."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import shutil
 from pathlib import Path
@@ -25,15 +24,15 @@ def _drive(vehicles: int, ticks: int, weather: str, seed: int) -> tuple[np.ndarr
     import torch
 
     from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
+    from fleetloop.edge_agent.triggers import TriggerConfig
 
     torch.set_num_threads(1)
     sink = CollectingSink()
-    cfg = FleetConfig(scenario="mixed", weather=weather, seed=seed, progress_reference=False)
-    runner = FleetRunner(cfg, list(range(vehicles)), None, None, sink)
     # Upload every frame (random sample 100 %, budget 100 %): the label tests need whole horizons, which the
     # default 2 % budget fragments into single frames.
-    trig = dataclasses.replace(runner.vcfg.triggers, sample_rate=1.0, budget_fraction=1.0)
-    runner.vcfg = dataclasses.replace(runner.vcfg, triggers=trig)
+    trig = TriggerConfig(sample_rate=1.0, budget_fraction=1.0)
+    cfg = FleetConfig(scenario="mixed", weather=weather, seed=seed, progress_reference=False, triggers=trig)
+    runner = FleetRunner(cfg, list(range(vehicles)), None, None, sink)
     runner.run(ticks)
     up = sink.frames()
     assert up is not None and up.ground_truth is not None
