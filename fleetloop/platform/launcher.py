@@ -128,9 +128,11 @@ def _marker(settings: Settings, spec: ServiceSpec) -> str:
     return process_tree.marker_value(spec.name, settings.state_dir)
 
 
-def _legacy_pgids(rec: dict[str, object] | None) -> list[int]:
-    """A record written before services carried the marker: its process group is the one handle on the tree."""
-    if rec is None or "marker" in rec:
+def _recorded_groups(rec: dict[str, object] | None) -> list[int]:
+    """Process groups that are ours by the record alone: that of a service started before the marker existed,
+    and that of a main process this process started and has not reaped (its pid cannot be reused meanwhile;
+    right after exec its marker may not be readable yet)."""
+    if rec is None or ("marker" in rec and int(str(rec["pid"])) not in _CHILDREN):
         return []
     return [int(str(rec.get("pgid", rec["pid"])))]
 
@@ -142,7 +144,7 @@ def _tree(
     if procs is None:
         _reap_finished()
         procs = process_tree.snapshot()
-    return process_tree.owned(procs, _marker(settings, spec), _legacy_pgids(rec))
+    return process_tree.owned(procs, _marker(settings, spec), _recorded_groups(rec))
 
 
 def _main_alive(rec: dict[str, object], spec: ServiceSpec) -> bool:
@@ -199,7 +201,7 @@ def _describe(pids: Sequence[int], shown: int = 3) -> str:
 
 def _half_dead_detail(settings: Settings, spec: ServiceSpec, main_pid: int | None, tree: Sequence[Proc]) -> str:
     pids = [p.pid for p in tree]
-    held = [port for port in spec.ports(settings) if process_tree.listening_pids(port, among=pids)]
+    held = [port for port in spec.ports(settings) if process_tree.listening_pids(port, settings.host, among=pids)]
     main = f"its main process (pid {main_pid}) is gone" if main_pid is not None else "no main process is recorded"
     ports = f" and hold port {', '.join(map(str, held))}" if held else ""
     return (
@@ -235,7 +237,7 @@ def _holder(pid: int) -> str:
 
 
 def _port_in_use(settings: Settings, spec: ServiceSpec, port: int) -> SetupError:
-    holders = process_tree.listening_pids(port)
+    holders = process_tree.listening_pids(port, settings.host)
     who = "; ".join(_holder(p) for p in holders) if holders else "a process this user cannot see"
     return SetupError(
         f"port {port} on {settings.host}, which {spec.name} needs, is in use by another process: {who}. "

@@ -11,8 +11,10 @@ Why a marker and not only the process group, a subreaper or a cgroup: docs/adr/0
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -137,7 +139,27 @@ def command_of(pid: int, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _listening_inodes(port: int) -> set[str]:
+def _address(hex_addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp{,6} prints it: 32-bit words in host byte order."""
+    raw = bytes.fromhex(hex_addr)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(raw)
+
+
+def _covers(listening: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str | None) -> bool:
+    """Whether a socket listening on ``listening`` takes the port on ``host`` too (None: any host)."""
+    if host is None or listening.is_unspecified:
+        return True
+    try:
+        wanted = ipaddress.ip_address(host)
+    except ValueError:  # a host name: cannot tell, so every address counts
+        return True
+    mapped = listening.ipv4_mapped if isinstance(listening, ipaddress.IPv6Address) else None
+    return wanted in (listening, mapped)
+
+
+def _listening_inodes(port: int, host: str | None) -> set[str]:
     inodes = set()
     for table in ("tcp", "tcp6"):
         try:
@@ -146,7 +168,10 @@ def _listening_inodes(port: int) -> set[str]:
             continue
         for line in lines:
             cols = line.split()
-            if len(cols) > 9 and cols[3] == _TCP_LISTEN and int(cols[1].rsplit(":", 1)[1], 16) == port:
+            if len(cols) <= 9 or cols[3] != _TCP_LISTEN:
+                continue
+            addr, _, hex_port = cols[1].rpartition(":")
+            if int(hex_port, 16) == port and _covers(_address(addr), host):
                 inodes.add(cols[9])
     return inodes
 
@@ -164,9 +189,10 @@ def _socket_inodes(pid: int) -> Iterator[str]:
                 yield link[len("socket:[") : -1]
 
 
-def listening_pids(port: int, among: Iterable[int] | None = None) -> list[int]:
-    """The processes (``among`` these, else all visible to this user) with a TCP socket listening on ``port``."""
-    inodes = _listening_inodes(port)
+def listening_pids(port: int, host: str | None = None, among: Iterable[int] | None = None) -> list[int]:
+    """The processes (``among`` these, else all visible to this user) with a TCP socket listening on ``port``
+    on ``host`` (or on every address; None: on any address)."""
+    inodes = _listening_inodes(port, host)
     if not inodes:
         return []
     pids = among if among is not None else (int(e.name) for e in _PROC.iterdir() if e.name.isdigit())

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,29 @@ def _fresh_settings(tmp_path: Path, stack_settings: Settings, **kw: object) -> S
     return Settings(**base)  # type: ignore[arg-type]
 
 
-def _pids_in_state(state_dir: Path) -> list[int]:
-    """Every live process whose command line mentions this state directory."""
-    pids = []
+def _live_procs() -> Iterator[tuple[Path, list[str]]]:
+    """``/proc/<pid>`` and its stat fields after the command name, for every process that is not a zombie."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
             stat = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
         except OSError:
             continue
-        if str(state_dir) in cmd and stat[0] != "Z":
-            pids.append(int(proc.name))
-    return pids
+        if stat[0] != "Z":
+            yield proc, stat
+
+
+def _read(proc: Path, name: str) -> bytes:
+    try:
+        return (proc / name).read_bytes()
+    except OSError:
+        return b""
+
+
+def _pids_in_state(state_dir: Path) -> list[int]:
+    """Every live process whose command line mentions this state directory."""
+    return [int(p.name) for p, _ in _live_procs() if str(state_dir).encode() in _read(p, "cmdline")]
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -183,32 +192,11 @@ MARKER_VARIABLE = "LAUNCHED_BY_FLEETLOOP"  # set by the launcher in every servic
 def _marked_pids(settings: Settings, name: str) -> list[int]:
     """Every live process whose environment carries the launcher's marker for ``name`` in this state directory."""
     marker = f"{MARKER_VARIABLE}={name}@{settings.state_dir.resolve()}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            env = (proc / "environ").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if marker in env and state != "Z":
-            pids.append(int(proc.name))
-    return pids
+    return [int(p.name) for p, _ in _live_procs() if marker in _read(p, "environ").split(b"\0")]
 
 
 def _children_of(pid: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == pid and stat[0] != "Z":
-            out.append(int(proc.name))
-    return out
+    return [int(p.name) for p, stat in _live_procs() if int(stat[1]) == pid]
 
 
 def _gone(pid: int) -> bool:

@@ -7,7 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from fleetloop.platform import process_tree
 from fleetloop.platform.process_tree import MARKER_VARIABLE, Proc
@@ -54,6 +57,8 @@ def test_a_marker_is_found_in_a_childs_environment_and_the_state_dir_is_absolute
     env = dict(os.environ, **{MARKER_VARIABLE: value})
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env, start_new_session=True)
     try:
+        # exec publishes the new command line and environment a moment after Popen returns
+        _wait_until(lambda: bool(Path(f"/proc/{child.pid}/cmdline").read_bytes()))
         assert process_tree.marker_of(child.pid) == value
         assert [p.pid for p in process_tree.owned(process_tree.snapshot(), value)] == [child.pid]
         assert process_tree.stop(lambda: process_tree.owned(process_tree.snapshot(), value), 5.0) is False
@@ -63,14 +68,34 @@ def test_a_marker_is_found_in_a_childs_environment_and_the_state_dir_is_absolute
         child.wait()
 
 
+def _wait_until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 def test_the_process_listening_on_a_port_is_named() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        assert process_tree.listening_pids(port) == []  # bound, not listening yet
+        assert process_tree.listening_pids(port, "127.0.0.1") == []  # bound, not listening yet
         listener.listen()
-        assert process_tree.listening_pids(port) == [os.getpid()]
-        assert process_tree.listening_pids(port, among=[os.getpid() + 1]) == []
+        assert process_tree.listening_pids(port, "127.0.0.1") == [os.getpid()]
+        assert process_tree.listening_pids(port, "127.0.0.2") == []  # another address, free to bind
+        assert process_tree.listening_pids(port, "127.0.0.1", among=[os.getpid() + 1]) == []
+
+
+def test_a_socket_on_every_address_holds_the_port_on_loopback_too() -> None:
+    try:
+        listener = socket.socket(socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 on this machine")
+    with listener:
+        listener.bind(("::", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert process_tree.listening_pids(port, "127.0.0.1") == [os.getpid()]
 
 
 # The main thread ends while another thread still runs, as a JVM's does before its shutdown hooks finish.
@@ -88,10 +113,7 @@ def test_a_process_whose_main_thread_ended_first_is_still_part_of_the_tree(tmp_p
     child = subprocess.Popen([sys.executable, "-c", _MAIN_THREAD_ENDS_FIRST], env=env, start_new_session=True)
     try:
         stat = Path(f"/proc/{child.pid}/stat")
-        deadline = time.monotonic() + 10
-        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # the main thread is gone, the process is not
-            assert time.monotonic() < deadline, "the main thread did not end"
-            time.sleep(0.05)
+        _wait_until(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")  # main thread gone, process not
         assert process_tree.marker_of(child.pid) == value
         assert [p.pid for p in process_tree.owned(process_tree.snapshot(), value)] == [child.pid]
         assert process_tree.start_ticks(child.pid) is not None
