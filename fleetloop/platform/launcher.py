@@ -393,6 +393,7 @@ def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
         return _wait_answering(settings, spec, current)
     folder = service_dir(settings, spec.name)
     log = folder / "service.log"
+    (folder / "data").mkdir(parents=True, exist_ok=True)
     cleaned: list[int] = []
     if current.state in ("half-dead", "crashed"):
         # What is left of an earlier run is ours (it carries our marker): stop it, so it frees its ports.
@@ -403,7 +404,6 @@ def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
     for port in spec.ports(settings):
         if not _port_free(settings.host, port):
             raise _port_in_use(settings, spec, port)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
     if spec.prepare is not None:
         spec.prepare(settings, folder)
     proc = _launch(settings, spec, folder, log)
