@@ -14,7 +14,14 @@ from fleetloop.platform.settings import load_settings
 
 __all__ = ["register"]
 
-_STYLE = {"running": "green", "external": "cyan", "stopped": "dim", "unhealthy": "yellow", "crashed": "red"}
+_STYLE = {
+    "running": "green",
+    "external": "cyan",
+    "stopped": "dim",
+    "unhealthy": "yellow",
+    "half-dead": "red",
+    "crashed": "red",
+}
 
 
 def _targets(state_dir: Any) -> list[dict[str, Any]]:
@@ -77,7 +84,7 @@ def down(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before purging."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Stop the local stack: every service's whole process group; `--purge` also removes its data."""
+    """Stop the local stack: every service's whole process tree; `--purge` also removes its data."""
     settings = load_settings()
     specs = launcher.select(stack_services(), service) if service else stack_services()
     if purge and not yes:
@@ -88,7 +95,8 @@ def down(
 
     def render(d: dict[str, Any]) -> None:
         for r in d["services"]:
-            extra = f" (purged {', '.join(r['purged'])})" if r["purged"] else ""
+            extra = f", {len(r['pids'])} process(es)" if r["pids"] else ""
+            extra += f", purged {', '.join(r['purged'])}" if r["purged"] else ""
             console.print(f"  {r['name']}: {r['action']}{extra}")
 
     emit(data, as_json, render)

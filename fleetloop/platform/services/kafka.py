@@ -94,7 +94,10 @@ def check_java(java: str) -> None:
     out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30)
     m = re.search(r'version "(\d+)', out.stderr + out.stdout)
     if m is None or int(m.group(1)) < 17:
-        raise SetupError(f"{exe} is not Java 17+ ({(out.stderr or out.stdout).strip()[:80]}); set FLEETLOOP_JAVA")
+        raise SetupError(
+            f"{exe} is not Java 17+ ({(out.stderr or out.stdout).strip()[:80]}); install OpenJDK 17 or set "
+            "FLEETLOOP_JAVA to a Java 17+ binary, then run `fleetloop up kafka`"
+        )
 
 
 def _check_jars(libs: Path) -> None:
@@ -143,7 +146,11 @@ def _prepare(settings: Settings, folder: Path) -> None:
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
-        raise SetupError(f"formatting Kafka's storage failed ({res.returncode}): {(res.stderr or res.stdout)[-800:]}")
+        raise SetupError(
+            f"formatting Kafka's storage in {data} failed ({res.returncode}): {(res.stderr or res.stdout)[-800:]}\n"
+            "Fix what it names and run `fleetloop up kafka` again (`fleetloop down kafka --purge` starts from empty "
+            "storage, deleting its topics)"
+        )
 
 
 def _command(settings: Settings, folder: Path) -> list[str]:

@@ -45,7 +45,9 @@ class ServiceSpec:
     ports: Callable[[Settings], list[int]]
     command: Callable[[Settings, Path], list[str]]
     health: Callable[[Settings], Health]
-    cmdline_marker: str  # a token of the command line, so a recycled pid is not taken for ours
+    # A token of the command line: identifies the main process of a record written before the launcher kept
+    # start times and environment markers (docs/adr/0005), so a recycled pid is not taken for ours.
+    cmdline_marker: str
     prepare: Callable[[Settings, Path], None] | None = None  # one-time set-up; raises SetupError
     post_start: Callable[[Settings], str | None] | None = None  # e.g. create topics; returns a note
     metrics_port: Callable[[Settings], int | None] = _no_metrics_port
