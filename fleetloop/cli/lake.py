@@ -130,6 +130,14 @@ def _stores(settings: Settings) -> list[QuarantineStore]:
     return [*lake_quarantine_stores(settings.state_dir), labelled_quarantine(settings.state_dir)]
 
 
+def _find(id_or_prefix: str) -> tuple[QuarantineStore, str]:
+    """The store holding the one record ``id_or_prefix`` names, and its whole id (exit 2 when none does)."""
+    from fleetloop.pipelines.lake.quarantine import find_record
+
+    store, record = find_record(_stores(load_settings()), id_or_prefix)
+    return store, record.segment_id
+
+
 def _utc_s(t: float | None) -> str:
     if t is None:
         return ""
@@ -179,14 +187,12 @@ def quarantine_list_cmd(as_json: bool = typer.Option(False, "--json", help="Prin
 
 @quarantine_app.command("release")
 def quarantine_release_cmd(
-    segment_id: str = typer.Argument(..., help="Id (or a unique prefix) from `fleetloop lake quarantine list`."),
+    segment_id: str = typer.Argument(..., help=f"Id (or a unique prefix) from `{LIST_COMMAND}`."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Put a quarantined item back into the stream: the next run of its stage processes it again."""
-    from fleetloop.pipelines.lake.quarantine import find_record
-
-    store, record = find_record(_stores(load_settings()), segment_id)
-    released = store.release(record.segment_id)
+    store, segment_id = _find(segment_id)
+    released = store.release(segment_id)
 
     def render(r: dict[str, Any]) -> None:
         console.print(
@@ -201,16 +207,14 @@ def quarantine_release_cmd(
 
 @quarantine_app.command("drop")
 def quarantine_drop_cmd(
-    segment_id: str = typer.Argument(..., help="Id (or a unique prefix) from `fleetloop lake quarantine list`."),
+    segment_id: str = typer.Argument(..., help=f"Id (or a unique prefix) from `{LIST_COMMAND}`."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Delete a quarantined item's files and its record, for good."""
     from dataclasses import asdict
 
-    from fleetloop.pipelines.lake.quarantine import find_record
-
-    store, record = find_record(_stores(load_settings()), segment_id)
-    result = store.drop(record.segment_id)
+    store, segment_id = _find(segment_id)
+    result = store.drop(segment_id)
 
     def render(r: dict[str, Any]) -> None:
         console.print(

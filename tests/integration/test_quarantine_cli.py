@@ -1,7 +1,7 @@
 """A segment no label run can use is set aside, and the operator's commands for it, as a user runs them.
 
 Every command runs as a subprocess of ``python -m fleetloop.cli.main``: exit codes and stdout as a user sees
-them. The label stage announces its datasets, so the broker is real.
+them. The label stage announces its datasets, so the broker is real; the long-running label member too.
 """
 
 from __future__ import annotations
@@ -10,15 +10,19 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleetloop.pipelines.datasets import list_labelled
-from fleetloop.pipelines.lake import load_manifests
+from fleetloop.pipelines.label import run_label
+from fleetloop.pipelines.lake import lake_quarantine, load_manifests
 from fleetloop.platform.bus.admin import ensure_topics
-from fleetloop.platform.bus.topics import PIPELINE_EVENTS
+from fleetloop.platform.bus.events import DatasetSealed
+from fleetloop.platform.bus.producer import BusProducer
+from fleetloop.platform.bus.topics import DEAD_LETTER, PIPELINE_EVENTS
 from fleetloop.platform.settings import Settings
 from tests.pipelines.bad_lake import write_bad_lake
 
@@ -102,3 +106,22 @@ def test_a_segment_that_repeats_a_tick_is_set_aside_and_the_rest_is_labelled(
         json.loads(fleetloop(tmp_path, kafka_bootstrap, "lake", "quarantine", "list", "--json").stdout)["records"] == []
     )
     assert label_json(tmp_path, kafka_bootstrap)["quarantined"] == []
+
+
+def test_the_label_member_sets_the_bad_segment_aside_and_handles_every_announcement(
+    stack_settings: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ensure_topics(stack_settings, [PIPELINE_EVENTS, DEAD_LETTER])
+    settings = stack_settings.model_copy(update={"state_dir": tmp_path})
+    lake = write_bad_lake(tmp_path)
+    run_id = uuid.uuid4().hex[:8]
+    with BusProducer(settings) as p:
+        for sid in (*lake.good, lake.bad):  # one key: one partition, so one poll takes them together
+            p.send(PIPELINE_EVENTS, DatasetSealed(dataset_id=sid, uri=f"file:///{sid}", n_frames=1), key=run_id)
+        p.flush()
+    report = run_label(settings, group_id=f"label-{run_id}", idle_timeout_s=3.0)
+    # The group reads the shared topic from its start: other tests' announcements name segments not in this lake.
+    assert report.dead_lettered.get("DataError", 0) == 0
+    assert report.events_handled >= 3 and report.events_emitted >= 2
+    assert sorted(d.dataset_id for d in list_labelled(tmp_path)) == sorted(lake.good)
+    assert lake_quarantine(tmp_path).held_ids() == {lake.bad}
