@@ -318,7 +318,8 @@ def lake_quarantine_stores(state_dir: Path) -> list[QuarantineStore]:
     root = lake_root(state_dir)
     if not root.is_dir():
         return []
-    return [lake_quarantine(state_dir, d.name) for d in sorted(root.iterdir()) if d.is_dir()]
+    tables = [d.name for d in sorted(root.iterdir()) if d.is_dir() and re.fullmatch(r"[a-z][a-z0-9_]*", d.name)]
+    return [lake_quarantine(state_dir, t) for t in tables]
 
 
 def quarantine_segment(state_dir: Path, manifest: Manifest, stage: str, error: BaseException) -> QuarantineRecord:
