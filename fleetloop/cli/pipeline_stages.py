@@ -69,7 +69,8 @@ def _run_validate(settings: Settings, progress: Progress) -> dict[str, Any]:
 
 def _render_label(d: dict[str, Any]) -> None:
     t = Table(title="label", box=box.SIMPLE_HEAD, show_header=False)
-    t.add_row("segments labelled", f"{d['segments']:,} ({d['skipped_already_labelled']:,} already labelled)")
+    held = f", {d['skipped_quarantined']:,} already quarantined" if d.get("skipped_quarantined") else ""
+    t.add_row("segments labelled", f"{d['segments']:,} ({d['skipped_already_labelled']:,} already labelled{held})")
     t.add_row("frames / valid labels", f"{d['frames']:,} / {d['labelled_valid']:,}")
     q = d.get("quality", {})
     if q.get("matched"):
@@ -80,6 +81,7 @@ def _render_label(d: dict[str, Any]) -> None:
         )
     t.add_row("conditions (own estimates)", ", ".join(f"{k} {v:,}" for k, v in d.get("conditions", {}).items()))
     console.print(t)
+    _render_quarantined(d, "segment", held)
 
 
 def _render_train(d: dict[str, Any]) -> None:
@@ -92,6 +94,17 @@ def _render_train(d: dict[str, Any]) -> None:
         t.add_row("loss first -> last", f"{m.get('loss_first') or 0:.3f} -> {m.get('loss_last') or 0:.3f}")
         t.add_row("MLflow run", str(d["run_id"]))
     console.print(t)
+    _render_quarantined(d, "labelled dataset", "")
+
+
+def _render_quarantined(d: dict[str, Any], what: str, held_before: str) -> None:
+    """What a stage set aside this run, why, and where to look."""
+    for q in d.get("quarantined", []):
+        console.print(
+            f"[yellow]quarantined[/] {what} {q['segment_id']}: {q['reason']} ({q['message']})", highlight=False
+        )
+    if d.get("quarantined") or held_before:
+        console.print("  the rest went on; see what is set aside: `fleetloop lake quarantine list`", highlight=False)
 
 
 def _fmt(r: dict[str, Any]) -> str:

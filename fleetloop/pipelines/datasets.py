@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fleetloop.pipelines.lake.quarantine import QUARANTINE_DIRNAME, QuarantineRecord, QuarantineStore
 from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.errors import DataError
 
@@ -31,8 +32,10 @@ __all__ = [
     "LabelledDataset",
     "labelled_by_id",
     "labelled_dir",
+    "labelled_quarantine",
     "list_labelled",
     "policy_inputs_from_telemetry",
+    "quarantine_labelled",
     "read_ground_truth",
     "read_labelled",
     "write_labelled",
@@ -48,11 +51,25 @@ LABEL_COLUMNS = (
 _SIDECAR_VERSION = 1
 GROUND_TRUTH_TABLE = "groundtruth"
 """The lake table of the ground-truth audit topic (collected by the groundtruth stage, read by label only)."""
+LABELLED_TABLE = "labelled"  # the ``table`` of a labelled dataset's quarantine record
 
 
 def labelled_dir(state_dir: Path) -> Path:
     """``<state_dir>/datasets/labelled``."""
     return Path(state_dir) / "datasets" / "labelled"
+
+
+def labelled_quarantine(state_dir: Path) -> QuarantineStore:
+    """Labelled datasets a stage set aside: ``<state_dir>/datasets/labelled/_quarantine``."""
+    return QuarantineStore(labelled_dir(state_dir) / QUARANTINE_DIRNAME, LABELLED_TABLE)
+
+
+def quarantine_labelled(state_dir: Path, ds: LabelledDataset, stage: str, error: BaseException) -> QuarantineRecord:
+    """Set a labelled dataset aside; its sidecar (the commit point) and Parquet file stay until dropped."""
+    sidecar = labelled_dir(state_dir) / f"{ds.dataset_id}.json"
+    return labelled_quarantine(state_dir).quarantine(
+        ds.dataset_id, stage=stage, error=error, frames=ds.rows, files=(sidecar, ds.path)
+    )
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,13 @@ import numpy as np
 
 from fleetloop.edge_agent.labeller import REQUIRED as LABELLER_REQUIRED
 from fleetloop.edge_agent.labeller import LabelConfig, hindsight_labels
-from fleetloop.pipelines.datasets import LABEL_COLUMNS, labelled_dir, read_ground_truth, write_labelled
+from fleetloop.pipelines.datasets import (
+    LABEL_COLUMNS,
+    labelled_dir,
+    read_ground_truth,
+    write_labelled,
+)
+from fleetloop.pipelines.lake.quarantine import isolate_failures, lake_quarantine, quarantine_segment
 from fleetloop.platform.bus.events import LabelsReady
 from fleetloop.platform.errors import DataError
 
@@ -187,6 +193,10 @@ class LabelReport:
     quality: dict[str, Any] = field(default_factory=dict)
     conditions: dict[str, int] = field(default_factory=dict)
     skipped_already_labelled: int = 0
+    skipped_quarantined: int = 0
+    """Segments set aside by an earlier run (``fleetloop lake quarantine list``)."""
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    """Segments this run could not label and set aside: id, reason, message."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,27 +213,37 @@ def label_pending(
 
     Segments are labelled together, per vehicle in tick order; each gets its own labelled dataset with a
     content hash and its label quality (when the ground-truth table has its frames). Returns the report and the
-    ``labels.ready`` events to emit (one per new dataset)."""
+    ``labels.ready`` events to emit (one per new dataset).
+
+    A segment the labeller refuses (``DataError``) is quarantined with its reason and the others are labelled
+    without it; quarantined segments are skipped, released ones are taken again even outside ``only``."""
     from fleetloop.pipelines.lake import load_manifests, read_segment
 
     report = LabelReport()
     done = {p.stem for p in labelled_dir(state_dir).glob("*.json")} if labelled_dir(state_dir).is_dir() else set()
+    quarantine = lake_quarantine(state_dir, table)
+    held, released = quarantine.held_ids(), quarantine.released_ids()
     manifests: list[Manifest] = []
     for m in load_manifests(state_dir, table):
-        if only is not None and m.segment_id not in only:
+        if only is not None and m.segment_id not in only and m.segment_id not in released:
             continue
         if m.segment_id in done:
             report.skipped_already_labelled += 1
             continue
+        if m.segment_id in held:
+            report.skipped_quarantined += 1
+            continue
         manifests.append(m)
     if not manifests:
         return report, []
-    parts = [read_segment(m.parquet_path) for m in manifests]
-    seg_of = np.concatenate([np.full(len(p["vehicle_id"]), i, dtype=np.int32) for i, p in enumerate(parts)])
-    drop = ("_kafka_partition", "_kafka_offset")
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in drop}
-    cols["_segment"] = seg_of
-    labelled = label_columns(cols, cfg)
+    parts = {m.segment_id: read_segment(m.parquet_path) for m in manifests}
+    manifests, labelled, refused = isolate_failures(
+        manifests, lambda ms: _label_together([parts[m.segment_id] for m in ms], cfg)
+    )
+    for m, err in refused:
+        report.quarantined.append(quarantine_segment(state_dir, m, "label", err).brief())
+    if labelled is None:
+        return report, []
     truth = read_ground_truth(state_dir)
     quality = audit_labels(labelled, truth) if truth else None
     report.segments = len(manifests)
@@ -255,7 +275,18 @@ def label_pending(
                 source="label",
             )
         )
+    quarantine.clear_released(m.segment_id for m in manifests)
     return report, events
+
+
+def _label_together(parts: Sequence[Mapping[str, np.ndarray]], cfg: LabelConfig | None) -> dict[str, np.ndarray]:
+    """Segments' columns labelled together (a vehicle's frames in one lend the others their horizon), with
+    ``_segment`` = the index of the part each row came from."""
+    seg_of = np.concatenate([np.full(len(p["vehicle_id"]), i, dtype=np.int32) for i, p in enumerate(parts)])
+    drop = ("_kafka_partition", "_kafka_offset")
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in drop}
+    cols["_segment"] = seg_of
+    return label_columns(cols, cfg)
 
 
 def run_label(

@@ -21,7 +21,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,8 +31,10 @@ import numpy as np
 from fleetloop.pipelines.datasets import (
     LabelledDataset,
     labelled_by_id,
+    labelled_quarantine,
     list_labelled,
     policy_inputs_from_telemetry,
+    quarantine_labelled,
     read_labelled,
 )
 from fleetloop.pipelines.models import (
@@ -134,11 +136,27 @@ class TrainingSet:
         return int(self.data["accel_mps2"].shape[0]) if self.data else 0
 
 
-def build_training_set(datasets: Sequence[LabelledDataset], confidence_weighting: bool = True) -> TrainingSet:
-    """Valid labelled frames of ``datasets`` as policy features + targets (files checked against their hashes)."""
+def build_training_set(
+    datasets: Sequence[LabelledDataset],
+    confidence_weighting: bool = True,
+    on_refused: Callable[[LabelledDataset, DataError], None] | None = None,
+) -> TrainingSet:
+    """Valid labelled frames of ``datasets`` as policy features + targets (files checked against their hashes).
+
+    With ``on_refused``, a dataset that cannot be read (``DataError``) is handed to it and left out; without,
+    the error propagates."""
     import torch
 
-    parts = [read_labelled(ds) for ds in datasets]
+    parts, kept = [], []
+    for ds in datasets:
+        try:
+            parts.append(read_labelled(ds))
+            kept.append(ds)
+        except DataError as e:
+            if on_refused is None:
+                raise
+            on_refused(ds, e)
+    datasets = kept
     parts = [{k: v[np.asarray(p["label_valid"], dtype=bool)] for k, v in p.items()} for p in parts]
     parts = [p for p in parts if len(p["vehicle_id"])]
     conditions: dict[str, int] = {}
@@ -254,6 +272,8 @@ class TrainOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     loss_curve: list[float] = field(default_factory=list)
     event: ModelTrained | None = None
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    """Labelled datasets this run could not read and set aside: id, reason, message."""
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -304,10 +324,11 @@ def run_train(
 
     cfg = cfg or TrainConfig()
     name = model_name or settings.model_name
+    quarantine = labelled_quarantine(settings.state_dir)
     if dataset_ids is not None:
         datasets = labelled_by_id(settings.state_dir, dataset_ids)
     else:
-        used = consumed_datasets(settings.state_dir)
+        used = consumed_datasets(settings.state_dir) | quarantine.held_ids()
         datasets = [d for d in list_labelled(settings.state_dir) if d.dataset_id not in used]
     valid = sum(d.valid_rows for d in datasets)
     base = TrainOutcome(
@@ -324,7 +345,11 @@ def run_train(
         return base
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    ts = build_training_set(datasets, cfg.confidence_weighting)
+
+    def set_aside(ds: LabelledDataset, err: DataError) -> None:
+        base.quarantined.append(quarantine_labelled(settings.state_dir, ds, "train", err).brief())
+
+    ts = build_training_set(datasets, cfg.confidence_weighting, on_refused=set_aside)
     if ts.frames < cfg.min_frames:
         base.reason = f"too little labelled data: {ts.frames} valid frames, need {cfg.min_frames}"
         return base
@@ -370,6 +395,7 @@ def run_train(
             _log(tracking, run_id, params, metrics, train_s, ts)
             tracking.log_artifact(run_id, path, ARTIFACT_DIR)
     _mark_consumed(settings.state_dir, ts.dataset_ids)
+    quarantine.clear_released(ts.dataset_ids)
     uri = candidate_uri(run_id)
     event = ModelTrained(
         model_name=name, run_id=run_id, artifact_uri=uri, origin="central", dataset_ids=ts.dataset_ids, source="train"
@@ -386,6 +412,7 @@ def run_train(
         metrics={**metrics.as_dict(), "train_wall_s": train_s},
         loss_curve=list(metrics.loss_curve),
         event=event,
+        quarantined=base.quarantined,
     )
 
 

@@ -51,6 +51,9 @@ EDGE_SHELL = frozenset(
     {"bootstrap", "buffer", "fleet", "model_artifact", "ota_download", "ota_verify", "shards", "telemetry"}
 )
 NUMERIC_LIBRARIES = frozenset({"torch", "numpy"})
+# Platform leaves that import only the standard library: the one error tree and the atomic write, which the
+# numeric core may use (its errors must map to exit codes like everyone else's).
+STDLIB_PLATFORM_LEAVES = frozenset({"fleetloop.platform.errors", "fleetloop.platform.atomic"})
 
 # Only the platform talks to these services' client libraries (its registry and bus wrap them).
 SERVICE_CLIENTS = frozenset({"mlflow", "kafka", "confluent_kafka", "aiokafka"})
@@ -214,12 +217,22 @@ def test_the_edge_agent_numeric_core_imports_only_torch_numpy_the_standard_libra
         return part_of(module) == "edge_agent" and submodule_of(module) in EDGE_NUMERIC_CORE
 
     def bad(mod: str, imp: Import) -> bool:
-        if not core(mod) or part_of(imp.module) == "sim" or core(imp.module):
+        if not core(mod) or part_of(imp.module) == "sim" or core(imp.module) or imp.module in STDLIB_PLATFORM_LEAVES:
             return False
         return not (imp.top in NUMERIC_LIBRARIES or is_stdlib(imp.module))
 
-    rule = "edge_agent's numeric core imports only torch, numpy, the standard library, sim and the core itself"
+    rule = (
+        "edge_agent's numeric core imports only torch, numpy, the standard library, sim, the core itself and the "
+        "platform's standard-library leaves (errors, atomic)"
+    )
     _check(_violations(rule, bad))
+
+
+def test_the_platform_leaves_the_numeric_core_may_use_import_only_the_standard_library() -> None:
+    def bad(mod: str, imp: Import) -> bool:
+        return mod in STDLIB_PLATFORM_LEAVES and not is_stdlib(imp.module)
+
+    _check(_violations("fleetloop.platform.errors and .atomic import only the standard library", bad))
 
 
 def test_no_module_outside_the_platform_imports_mlflow_or_kafka() -> None:

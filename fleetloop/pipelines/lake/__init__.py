@@ -8,13 +8,21 @@ Layout (docs/adr/0070-lake-layout-and-segments.md says why hours, not vehicle bu
 
 By concern: :mod:`.segments` (what a segment is; write, list, recover, read), :mod:`.parquet` (the columns'
 encoding), :mod:`.durable` (crash-safe file writes), :mod:`.retention` (``fleetloop lake prune``),
-:mod:`.inspection` (``fleetloop lake inspect``). The names below are the lake's public API.
+:mod:`.inspection` (``fleetloop lake inspect``), :mod:`.quarantine` (segments a stage set aside, and
+``fleetloop lake quarantine``). The names below are the lake's public API.
 """
 
 from __future__ import annotations
 
 from fleetloop.pipelines.lake.inspection import LakeSummary, inspect_lake
 from fleetloop.pipelines.lake.parquet import frame_bytes_of, read_segment
+from fleetloop.pipelines.lake.quarantine import (
+    QuarantineRecord,
+    QuarantineStore,
+    isolate_failures,
+    lake_quarantine,
+    quarantine_segment,
+)
 from fleetloop.pipelines.lake.retention import LakeRetention, PruneResult, prune_lake
 from fleetloop.pipelines.lake.segments import (
     LAKE_DIRNAME,
@@ -41,15 +49,20 @@ __all__ = [
     "LakeSummary",
     "Manifest",
     "PruneResult",
+    "QuarantineRecord",
+    "QuarantineStore",
     "SeqIntervals",
     "announce_pending",
     "frame_bytes_of",
     "inspect_lake",
+    "isolate_failures",
+    "lake_quarantine",
     "lake_root",
     "load_manifests",
     "mark_announced",
     "path_of_uri",
     "prune_lake",
+    "quarantine_segment",
     "read_segment",
     "read_table",
     "remove_orphans",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetloop.pipelines.lake.quarantine import lake_quarantine
 from fleetloop.pipelines.lake.segments import UNKNOWN_VISIBILITY, VISIBILITY_BUCKETS, load_manifests, table_dir
 
 __all__ = ["LakeSummary", "inspect_lake"]
@@ -29,6 +30,9 @@ class LakeSummary:
     unannounced_segments: int
     first_ingest_utc: str | None
     last_ingest_utc: str | None
+    quarantined_segments: int = 0
+    """Segments a stage set aside (``fleetloop lake quarantine list``); not in the counts above."""
+    quarantined_rows: int = 0
 
 
 def _utc(ms: int) -> str:
@@ -37,8 +41,12 @@ def _utc(ms: int) -> str:
 
 def inspect_lake(state_dir: Path, table: str = "telemetry") -> LakeSummary:
     """Summarise ``table`` from its manifests alone (no Parquet is read): partitions, rows, vehicles,
-    conditions (buckets of the vehicles' visibility estimate), trigger counts by flag, bytes."""
-    manifests = load_manifests(state_dir, table)
+    conditions (buckets of the vehicles' visibility estimate), trigger counts by flag, bytes; quarantined
+    segments are counted apart."""
+    held = lake_quarantine(state_dir, table).held_ids()
+    everything = load_manifests(state_dir, table)
+    manifests = [m for m in everything if m.segment_id not in held]
+    quarantined = [m for m in everything if m.segment_id in held]
     parts: dict[str, dict[str, Any]] = {}
     vehicles: set[str] = set()
     vis: Counter[str] = Counter()
@@ -67,4 +75,6 @@ def inspect_lake(state_dir: Path, table: str = "telemetry") -> LakeSummary:
         unannounced_segments=sum(1 for m in manifests if not m.announced),
         first_ingest_utc=_utc(min(lo)) if lo else None,
         last_ingest_utc=_utc(max(hi)) if hi else None,
+        quarantined_segments=len(quarantined),
+        quarantined_rows=sum(m.rows for m in quarantined),
     )
