@@ -11,10 +11,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from fleetloop.cli.model_bootstrap import bootstrap
 from fleetloop.cli.output import console, emit
+from fleetloop.cli.pipeline import STAGES
 from fleetloop.cli.services import services_to_start
+from fleetloop.cli.sim import simulate
 from fleetloop.platform import launcher
 from fleetloop.platform.errors import NotFoundError
+from fleetloop.platform.registry import open_registry
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.settings import Settings, load_settings
 
@@ -43,8 +47,6 @@ def step_stack_up(settings: Settings) -> dict[str, Any]:
 
 def step_genesis_model(settings: Settings) -> dict[str, Any]:
     """The fleet's initial model: bootstrapped by imitation on clear weather and released as genesis, once."""
-    from fleetloop.cli.model_bootstrap import bootstrap
-
     out = bootstrap(settings, vehicles=512, ticks=300, max_train_s=30.0, actor="demo")
     metrics = out.get("metrics") or {}
     return {
@@ -57,8 +59,6 @@ def step_genesis_model(settings: Settings) -> dict[str, Any]:
 
 def step_fleet(settings: Settings, vehicles: int, minutes: float, weather: str, seed: int) -> dict[str, Any]:
     """A fleet on the production model, streaming its triggered uploads through Kafka."""
-    from fleetloop.cli.sim import simulate
-
     out = simulate(
         settings, vehicles=vehicles, minutes=minutes, scenario="mixed", weather=weather, seed=seed, fleet_tag="demo"
     )
@@ -75,8 +75,6 @@ def step_fleet(settings: Settings, vehicles: int, minutes: float, weather: str, 
 
 def step_pipeline(settings: Settings) -> dict[str, Any]:
     """Every pipeline stage once over what arrived: collect, ground truth, label, train, validate."""
-    from fleetloop.cli.pipeline import STAGES
-
     out: dict[str, Any] = {}
     for name, stage in STAGES.items():
         summary = stage.run(settings, lambda msg: None)
@@ -87,8 +85,6 @@ def step_pipeline(settings: Settings) -> dict[str, Any]:
 
 def step_models(settings: Settings) -> dict[str, Any]:
     """The fleet policy's versions and stages in the registry."""
-    from fleetloop.platform.registry import open_registry
-
     reg = open_registry(settings)
     try:
         versions = reg.list_versions(settings.model_name)

@@ -40,6 +40,7 @@ def bootstrap(
 
     ``epochs`` overrides the bootstrap's epoch count; training stops at ``epochs`` or ``max_train_s``, whichever
     comes first (a run that must not depend on the machine's load gives a generous ``max_train_s``)."""
+    # Imported when bootstrapping: edge_agent.bootstrap loads torch (~6 s measured) for every `fleetloop` start.
     from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
     from fleetloop.edge_agent.model_artifact import read_metadata
     from fleetloop.platform.registry import Stage, open_registry

@@ -42,6 +42,7 @@ def _collect_progress(progress: Progress) -> Callable[[Any], None]:
     return lambda r: progress(f"{r.table}: {r.rows_collected:,} rows in {r.segments_sealed} segments")
 
 
+# The stages are imported when run: importing label (torch, ~6 s measured) would slow every `fleetloop` start.
 def _run_collect(settings: Settings, progress: Progress) -> dict[str, Any]:
     from fleetloop.pipelines.collect import run_collect
 

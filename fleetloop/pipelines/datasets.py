@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fleetloop.pipelines.lake import read_segment, read_table
 from fleetloop.pipelines.lake.quarantine import QUARANTINE_DIRNAME, QuarantineRecord, QuarantineStore
 from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.errors import DataError
@@ -185,8 +186,6 @@ def labelled_by_id(state_dir: Path, dataset_ids: Sequence[str]) -> list[Labelled
 
 def read_labelled(ds: LabelledDataset, verify: bool = True) -> dict[str, np.ndarray]:
     """The dataset's columns; ``verify`` checks the file against its content hash first."""
-    from fleetloop.pipelines.lake import read_segment
-
     path = Path(ds.path)
     if verify:
         try:
@@ -201,8 +200,6 @@ def read_labelled(ds: LabelledDataset, verify: bool = True) -> dict[str, np.ndar
 def read_ground_truth(state_dir: Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:
     """The whole ground-truth table as numpy columns (with ``vehicle_id``), for the label-quality audit; join
     it to telemetry on ``(vehicle_id, seq)``."""
-    from fleetloop.pipelines.lake import read_table
-
     return read_table(state_dir, GROUND_TRUTH_TABLE, columns)
 
 
@@ -211,6 +208,8 @@ def policy_inputs_from_telemetry(cols: Mapping[str, np.ndarray]) -> Any:
 
     Telemetry carries no camera-health flag: a lost camera frame arrives as all zeros, so a frame with any
     non-zero cell counts as valid (a night frame is dark but never exactly zero)."""
+    # torch and the vehicle's features only where frames become policy inputs (~6 s measured): the lake commands
+    # read datasets without them.
     import torch
 
     from fleetloop.edge_agent.buffer import unpack_camera

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fleetloop.pipelines.collect import run_collect
 from fleetloop.pipelines.datasets import GROUND_TRUTH_TABLE, read_ground_truth
 from fleetloop.platform.bus.schemas import GROUND_TRUTH_FRAMES
+from fleetloop.platform.bus.topics import GROUND_TRUTH_AUDIT
 
 if TYPE_CHECKING:
     from fleetloop.pipelines.lake_sink import StageReport
@@ -34,9 +36,6 @@ def run_ground_truth(
     on_progress: Any = None,
 ) -> StageReport:
     """Collect the ground-truth audit topic into the ``groundtruth`` lake table (no announcements)."""
-    from fleetloop.pipelines.collect import run_collect
-    from fleetloop.platform.bus.topics import GROUND_TRUTH_AUDIT
-
     return run_collect(
         settings,
         topic=topic or GROUND_TRUTH_AUDIT,

@@ -38,8 +38,11 @@ from fleetloop.pipelines.datasets import (
     read_ground_truth,
     write_labelled,
 )
+from fleetloop.pipelines.event_stage import run_event_stage
+from fleetloop.pipelines.lake import load_manifests, read_segment
 from fleetloop.pipelines.lake.quarantine import isolate_failures, lake_quarantine, quarantine_segment
-from fleetloop.platform.bus.events import LabelsReady
+from fleetloop.platform.bus.events import DatasetSealed, LabelsReady
+from fleetloop.platform.bus.schemas import radar_valid
 from fleetloop.platform.errors import DataError
 
 if TYPE_CHECKING:
@@ -72,7 +75,6 @@ def label_columns(cols: Mapping[str, np.ndarray], cfg: LabelConfig | None = None
     """Telemetry frames (any order) -> the same frames sorted by (vehicle, tick) with ``LABEL_COLUMNS`` added.
 
     Raises ``DataError`` naming missing columns or a vehicle that repeats a tick."""
-    from fleetloop.platform.bus.schemas import radar_valid
 
     cfg = cfg or LabelConfig()
     need = ["vehicle_id", "seq", *_LABELLER_INPUTS, "radar_valid_bits"]
@@ -217,7 +219,6 @@ def label_pending(
 
     A segment the labeller refuses (``DataError``) is quarantined with its reason and the others are labelled
     without it; quarantined segments are skipped, released ones are taken again even outside ``only``."""
-    from fleetloop.pipelines.lake import load_manifests, read_segment
 
     report = LabelReport()
     done = {p.stem for p in labelled_dir(state_dir).glob("*.json")} if labelled_dir(state_dir).is_dir() else set()
@@ -298,8 +299,6 @@ def run_label(
     stop: Any = None,
 ) -> EventStageReport:
     """Label the segments announced by ``dataset.sealed`` as a consumer-group member; emit ``labels.ready``."""
-    from fleetloop.pipelines.event_stage import run_event_stage
-    from fleetloop.platform.bus.events import DatasetSealed
 
     def handle(events: Sequence[Any]) -> list[Any]:
         ids = [e.dataset_id for e in events if isinstance(e, DatasetSealed)]

@@ -85,6 +85,8 @@ def serve_stage(settings: Settings, stage: str, *, min_new_frames: int | None = 
     beat = threading.Thread(target=_beat, args=(heartbeat_path(settings, stage), done), daemon=True)
     beat.start()
     try:
+        # Each stage is imported in its own process only: importing them all costs torch (~6 s measured) in
+        # every process that merely lists the services.
         if stage == "collect":
             from fleetloop.pipelines.collect import run_collect
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from fleetloop.platform.atomic import write_bytes_atomic
 from fleetloop.platform.errors import DataError, UserInputError
+from fleetloop.sim import FAMILIES, Weather, WeatherPatch
 
 __all__ = [
     "CONDITIONS",
@@ -73,8 +74,6 @@ class SuiteCondition:
 
     def weather(self) -> Any:
         """The ``fleetloop.sim.Weather`` of this condition."""
-        from fleetloop.sim import Weather, WeatherPatch
-
         return Weather(tuple(WeatherPatch(kind=k, strength=s) for k, s in self.patches), name=self.name)
 
 
@@ -119,8 +118,6 @@ class HeldOutSuite:
     seeds: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        from fleetloop.sim import FAMILIES
-
         if not self.slices or not self.seeds:
             raise UserInputError(f"suite {self.name}: needs at least one slice and one seed")
         names = [s.name for s in self.slices]
