@@ -2,7 +2,9 @@
 
 Wire them with ``pipeline_stages.register(pipeline.STAGES)`` (after collect and groundtruth, in loop order).
 ``validate`` here validates every training run of ``fleetloop-train`` not yet validated (tag
-``fleetloop.validation`` unset), newest last.
+``fleetloop.validation`` unset), newest last: a run an interrupted validation left untagged is found again.
+MLflow calls retry for ``mlflow_retry_s``, saying so in the progress line and on stderr; then the stage fails
+with ServiceUnavailable (exit 4), naming the server and what to run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from rich.table import Table
 from fleetloop.cli.output import console
 from fleetloop.cli.pipeline import Progress, StageCommand
 from fleetloop.platform.settings import Settings
+from fleetloop.platform.tracking import Tracking, open_tracking, say_on_stderr
 
 __all__ = ["STAGE_COMMANDS", "register"]
 
@@ -35,17 +38,47 @@ def _run_label(settings: Settings, progress: Progress) -> dict[str, Any]:
     return {**report.as_dict(), "events_emitted": len(events)}
 
 
+_TRAIN_STEPS = {
+    "trained": "train: logging the candidate to MLflow",
+    "run_started": "train: logging params, metrics and the model",
+    "logged": "train: recording the datasets as consumed",
+}
+_VALIDATE_STEPS = {"verdict": "registering and staging the candidate", "registered": "marking the run validated"}
+
+
+def _steps(progress: Progress, texts: dict[str, str], prefix: str = "") -> Progress:
+    """A stage's ``on_step``: the step's progress line, when it has one."""
+
+    def on_step(step: str) -> None:
+        if step in texts:
+            progress(prefix + texts[step])
+
+    return on_step
+
+
+def _tracking(settings: Settings, progress: Progress) -> Tracking:
+    """Tracking whose retry notices show in the progress line and stay on stderr."""
+
+    def on_retry(message: str) -> None:
+        say_on_stderr(message)
+        progress(message)
+
+    return open_tracking(settings, check=False, on_retry=on_retry)
+
+
 def _run_train(settings: Settings, progress: Progress) -> dict[str, Any]:
     from fleetloop.pipelines.train import run_train
 
     progress("train: fine-tuning on new labelled data")
-    out = run_train(settings)
-    if out.event is not None:
+    tracking = _tracking(settings, progress)
+    out = run_train(settings, tracking=tracking, on_step=_steps(progress, _TRAIN_STEPS))
+    if out.events:
         from fleetloop.platform.bus.producer import BusProducer
         from fleetloop.platform.bus.topics import PIPELINE_EVENTS
 
         with BusProducer(settings, client_id="train") as p:
-            p.send(PIPELINE_EVENTS, out.event, key=out.event.run_id)
+            for ev in out.events:
+                p.send(PIPELINE_EVENTS, ev, key=ev.run_id)
             p.flush()
     return out.as_dict()
 
@@ -53,16 +86,17 @@ def _run_train(settings: Settings, progress: Progress) -> dict[str, Any]:
 def _run_validate(settings: Settings, progress: Progress) -> dict[str, Any]:
     from fleetloop.pipelines.models import unvalidated_candidates
     from fleetloop.pipelines.validate import validate_candidate
-    from fleetloop.platform.tracking import open_tracking
 
-    tracking = open_tracking(settings)
+    tracking = _tracking(settings, progress)
+    tracking.check()
     results = []
     for ev in unvalidated_candidates(tracking, settings.model_name, source="pipeline-run"):
 
         def on_run(slice_name: str, seed: int, r: str = ev.run_id) -> None:
             progress(f"validate {r[:8]}: {slice_name} seed {seed}")
 
-        out = validate_candidate(settings, ev, tracking=tracking, on_run=on_run)
+        on_step = _steps(progress, _VALIDATE_STEPS, f"validate {ev.run_id[:8]}: ")
+        out = validate_candidate(settings, ev, tracking=tracking, on_run=on_run, on_step=on_step)
         results.append(out.as_dict())
     return {"validated": results, "candidates": len(results)}
 
@@ -93,6 +127,8 @@ def _render_train(d: dict[str, Any]) -> None:
         t.add_row("parent version", str(d["parent_version"] or "none (from scratch)"))
         t.add_row("loss first -> last", f"{m.get('loss_first') or 0:.3f} -> {m.get('loss_last') or 0:.3f}")
         t.add_row("MLflow run", str(d["run_id"]))
+    for r in d.get("recovered", []):
+        t.add_row("recovered candidate", f"run {r['run_id']} (logged before an interruption; announced again)")
     console.print(t)
     _render_quarantined(d, "labelled dataset", "")
 

@@ -237,6 +237,9 @@ def label_pending(
         manifests.append(m)
     if not manifests:
         return report, []
+    # In the order they were written (ids sort by the second only): of two segments that clash, the later one
+    # is set aside.
+    manifests.sort(key=lambda m: (m.created_at_s, m.segment_id))
     parts = {m.segment_id: read_segment(m.parquet_path) for m in manifests}
     manifests, labelled, refused = isolate_failures(
         manifests, lambda ms: _label_together([parts[m.segment_id] for m in ms], cfg)

@@ -7,9 +7,15 @@
     ->  ``model.trained``
 
 Too little data (fewer valid labelled frames than ``TrainConfig.min_frames``) is not an error: the stage says
-so, logs nothing and registers nothing, and the datasets wait for more. Datasets a candidate was trained on are
-recorded in ``<state_dir>/pipelines/train-consumed.json`` once its run is logged, so the next candidate trains
-on new data only (its parent already learnt the old).
+so, logs nothing and registers nothing, and the datasets wait for more.
+
+The hand-off is a journal, ``<state_dir>/pipelines/train-consumed.json``: the datasets candidates were trained on
+(so the next candidate trains on new data only; its parent already learnt the old) and the run now being
+logged. Intent first: once the MLflow run exists, its id and datasets are journalled as pending; the datasets
+count as consumed only after the run is FINISHED (its model, params, metrics and dataset tags all logged). A
+rerun settles a pending run first: FINISHED -> its datasets are marked consumed and its ``model.trained`` is
+announced again (``recovered``), never trained twice; anything else (a crash or an outage while logging) -> the
+run is marked FAILED and its datasets train again. What each step leaves: docs/pipelines.md.
 
 Training runs on the CPU: ``edge_agent.imitation.train_imitation`` keeps its bootstrap weights and sampling
 there, and a few thousand frames of a loop turn train in seconds.
@@ -48,7 +54,7 @@ from fleetloop.pipelines.models import (
 )
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.bus.events import ModelTrained
-from fleetloop.platform.errors import DataError
+from fleetloop.platform.errors import DataError, NotFoundError
 from fleetloop.platform.registry import open_registry
 from fleetloop.platform.tracking import open_tracking
 
@@ -63,6 +69,7 @@ if TYPE_CHECKING:
     from fleetloop.platform.tracking import Tracking
 
 __all__ = [
+    "TRAIN_STEPS",
     "TrainConfig",
     "TrainOutcome",
     "TrainingSet",
@@ -70,6 +77,7 @@ __all__ = [
     "consumed_datasets",
     "consumed_path",
     "fine_tune",
+    "pending_runs",
     "run_train",
     "run_train_stage",
     "target_conditions",
@@ -78,6 +86,10 @@ __all__ = [
 DATASET_HASHES_TAG = "fleetloop.dataset_hashes"
 TARGET_SHARE = 0.2  # a non-clear condition with at least this share of the frames is a target of the candidate
 CALIBRATION_RATIO_RANGE = (0.5, 2.0)  # candidate / parent uncertainty ratio carried into the calibration
+TRAIN_STEPS = ("trained", "run_started", "logged", "recorded")
+"""What ``run_train``'s ``on_step`` hears, in order: the model is trained (nothing recorded yet); its MLflow run
+exists and is journalled as pending; params, metrics and the model are logged (the run is about to be FINISHED);
+the run is FINISHED and its datasets are marked consumed (the commit point)."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +268,8 @@ def uncertainty_calibration(
 
 @dataclass
 class TrainOutcome:
-    """What the train stage did: ``trained`` (with the run and the event) or ``skipped`` (with the reason)."""
+    """What the train stage did: ``trained`` (with the run and the event) or ``skipped`` (with the reason); either
+    may also carry ``recovered``: candidates an earlier, interrupted train had logged, announced again."""
 
     status: str
     reason: str = ""
@@ -274,10 +287,17 @@ class TrainOutcome:
     event: ModelTrained | None = None
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     """Labelled datasets this run could not read and set aside: id, reason, message."""
+    recovered: list[ModelTrained] = field(default_factory=list)
+
+    @property
+    def events(self) -> list[ModelTrained]:
+        """The ``model.trained`` events to send: the recovered candidates', then this run's."""
+        return [*self.recovered, *([] if self.event is None else [self.event])]
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["event"] = None if self.event is None else {"run_id": self.event.run_id, "uri": self.event.artifact_uri}
+        d["recovered"] = [{"run_id": e.run_id, "uri": e.artifact_uri} for e in self.recovered]
         d["metrics"] = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.metrics.items()
         }
@@ -285,25 +305,82 @@ class TrainOutcome:
 
 
 def consumed_path(state_dir: Path) -> Path:
+    """The train journal: ``{"datasets": [consumed ids], "pending": {run_id: [dataset ids]}}``."""
     return Path(state_dir) / "pipelines" / "train-consumed.json"
 
 
-def consumed_datasets(state_dir: Path) -> set[str]:
-    """Ids of labelled datasets a logged candidate was already trained on."""
+def _read_journal(state_dir: Path) -> tuple[set[str], dict[str, list[str]]]:
     p = consumed_path(state_dir)
     if not p.exists():
-        return set()
+        return set(), {}
     try:
-        return set(json.loads(p.read_text())["datasets"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        raw = json.loads(p.read_text())
+        pending = {str(k): [str(i) for i in v] for k, v in raw.get("pending", {}).items()}
+        return set(raw["datasets"]), pending
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{p} is unreadable ({e}); fix or delete it (then every dataset counts as new)") from e
 
 
-def _mark_consumed(state_dir: Path, ids: Sequence[str]) -> None:
+def _write_journal(state_dir: Path, consumed: set[str], pending: Mapping[str, Sequence[str]]) -> None:
     p = consumed_path(state_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
-    all_ids = sorted(consumed_datasets(state_dir) | set(ids))
-    write_text_atomic(p, json.dumps({"datasets": all_ids}))
+    body = {"datasets": sorted(consumed), "pending": {k: list(v) for k, v in sorted(pending.items())}}
+    write_text_atomic(p, json.dumps(body))
+
+
+def consumed_datasets(state_dir: Path) -> set[str]:
+    """Ids of labelled datasets a logged (FINISHED) candidate was already trained on."""
+    return _read_journal(state_dir)[0]
+
+
+def pending_runs(state_dir: Path) -> dict[str, list[str]]:
+    """Training runs started but not known to be FINISHED (a crash or an outage interrupted them): run id ->
+    the datasets it trains on. The next ``run_train`` settles them first."""
+    return _read_journal(state_dir)[1]
+
+
+def _journal_pending(state_dir: Path, run_id: str, ids: Sequence[str]) -> None:
+    consumed, pending = _read_journal(state_dir)
+    _write_journal(state_dir, consumed, {**pending, run_id: list(ids)})
+
+
+def _mark_consumed(state_dir: Path, run_id: str, ids: Sequence[str]) -> None:
+    """The commit point of a candidate: its datasets consumed and its run no longer pending, in one write."""
+    consumed, pending = _read_journal(state_dir)
+    pending.pop(run_id, None)
+    _write_journal(state_dir, consumed | set(ids), pending)
+
+
+def _settle_pending(state_dir: Path, tracking: Tracking, model_name: str) -> list[ModelTrained]:
+    """Finish what an interrupted train left: a FINISHED pending run -> its datasets consumed, its event again; any
+    other (RUNNING after a crash, FAILED, gone) -> marked FAILED, its datasets free to train again. Contacts
+    MLflow only when something is pending."""
+    recovered = []
+    for run_id, ids in pending_runs(state_dir).items():
+        try:
+            run = tracking.get_run(run_id)
+        except NotFoundError:
+            run = None
+        if run is not None and run.status == "FINISHED":
+            _mark_consumed(state_dir, run_id, ids)
+            name = run.tags.get(MODEL_TAG, model_name)
+            recovered.append(
+                ModelTrained(
+                    model_name=name,
+                    run_id=run_id,
+                    artifact_uri=candidate_uri(run_id),
+                    origin="central",
+                    dataset_ids=tuple(ids),
+                    source="train",
+                )
+            )
+            continue
+        if run is not None and run.status == "RUNNING":  # abandoned by a crash: one train runs per state dir
+            tracking.end_run(run_id, "FAILED")
+        consumed, pending = _read_journal(state_dir)
+        pending.pop(run_id, None)
+        _write_journal(state_dir, consumed, pending)
+    return recovered
 
 
 def run_train(
@@ -314,8 +391,11 @@ def run_train(
     registry: Registry | None = None,
     tracking: Tracking | None = None,
     model_name: str | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
-    """Fine-tune production on the labelled datasets not yet trained on (or ``dataset_ids``); see the module doc."""
+    """Fine-tune production on the labelled datasets not yet trained on (or ``dataset_ids``); see the module doc.
+
+    ``on_step`` hears each of :data:`TRAIN_STEPS` as it is reached (progress, and where tests stop a server)."""
     import torch
 
     from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
@@ -325,6 +405,10 @@ def run_train(
     cfg = cfg or TrainConfig()
     name = model_name or settings.model_name
     quarantine = labelled_quarantine(settings.state_dir)
+    step = on_step or (lambda _step: None)
+    # Opening does not contact MLflow: with nothing pending and too little data, no server is needed.
+    tracking = tracking or open_tracking(settings, check=False)
+    recovered = _settle_pending(settings.state_dir, tracking, name)
     if dataset_ids is not None:
         datasets = labelled_by_id(settings.state_dir, dataset_ids)
     else:
@@ -336,6 +420,7 @@ def run_train(
         frames=valid,
         dataset_ids=[d.dataset_id for d in datasets],
         dataset_hashes=[d.content_sha256 for d in datasets],
+        recovered=recovered,
     )
     if valid < cfg.min_frames:
         base.reason = (
@@ -353,7 +438,7 @@ def run_train(
     if ts.frames < cfg.min_frames:
         base.reason = f"too little labelled data: {ts.frames} valid frames, need {cfg.min_frames}"
         return base
-    registry = registry or open_registry(settings)
+    registry = registry or open_registry(settings, tracking=tracking)  # ServiceUnavailable if MLflow is down
     with tempfile.TemporaryDirectory(prefix="fleetloop-train-") as tmp:
         parent, parent_version = load_production(registry, name, Path(tmp))
         t0 = time.perf_counter()
@@ -361,9 +446,11 @@ def run_train(
         train_s = time.perf_counter() - t0
         calibration = uncertainty_calibration(model, parent, ts.data, cfg)
         targets = target_conditions(ts.conditions)
-        tracking = tracking or open_tracking(settings)  # fails fast (ServiceUnavailable) if MLflow is down
+        step("trained")
         run_tags = {"fleetloop.stage": "train", MODEL_TAG: name}
         with tracking.run(cfg.experiment, run_name=f"train-{name}", tags=run_tags) as run_id:
+            _journal_pending(settings.state_dir, run_id, ts.dataset_ids)  # intent first: see the module docstring
+            step("run_started")
             meta = ArtifactMetadata(
                 architecture=ARCHITECTURE,
                 hyperparameters=model.config.to_dict(),
@@ -394,8 +481,10 @@ def run_train(
                 params[f"data.condition.{k}"] = v
             _log(tracking, run_id, params, metrics, train_s, ts)
             tracking.log_artifact(run_id, path, ARTIFACT_DIR)
-    _mark_consumed(settings.state_dir, ts.dataset_ids)
+            step("logged")
+    _mark_consumed(settings.state_dir, run_id, ts.dataset_ids)
     quarantine.clear_released(ts.dataset_ids)
+    step("recorded")
     uri = candidate_uri(run_id)
     event = ModelTrained(
         model_name=name, run_id=run_id, artifact_uri=uri, origin="central", dataset_ids=ts.dataset_ids, source="train"
@@ -413,6 +502,7 @@ def run_train(
         loss_curve=list(metrics.loss_curve),
         event=event,
         quarantined=base.quarantined,
+        recovered=recovered,
     )
 
 
@@ -447,7 +537,7 @@ def run_train_stage(
         outcome = run_train(settings, cfg)
         if on_outcome is not None:
             on_outcome(outcome)
-        return [outcome.event] if outcome.event is not None else []
+        return list(outcome.events)
 
     return run_event_stage(
         settings,

@@ -5,17 +5,22 @@ the gates, and registration with lineage.
     baseline: the production model (alias ``production``), or the fallback alone when there is none
     every slice x seed of the suite, both models, through the fleet runner (no telemetry sink)
     gates.decide(candidate, baseline, target conditions)  (pure)
-    register the candidate (metrics, lineage: training run, dataset hashes, parent version, suite hash)
-    -> stage ``staging`` when it passed, else ``rejected`` with the reasons -> ``model.validated``
+    the verdict recorded: ``<state_dir>/pipelines/validation/<run>.json`` (decision, table, the registration)
+    register the candidate once per training run (metrics, lineage: training run, dataset hashes, parent
+    version, suite hash) -> stage ``staging`` when it passed, else ``rejected`` with the reasons
+    the report logged to the training run, which is tagged validated LAST (the commit point) -> ``model.validated``
 
-A candidate trained on too few frames (its artifact's ``frames`` metric below ``min_train_frames``) is not
-evaluated: the stage says so and registers nothing. The full report (the validation table with intervals)
-is written to ``<state_dir>/pipelines/validation/<run>.json`` and logged to the training run.
+A crash or an MLflow outage at any step leaves the training run untagged, so the next run validates it again:
+the recorded verdict is reused when the candidate file, the suite and the baseline are the same, and the
+version registered from that training run is found and finished, never registered twice (docs/pipelines.md,
+docs/adr/0036). A candidate trained on too few frames (its artifact's ``frames`` metric below
+``min_train_frames``) is not evaluated: the stage says so and registers nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import tempfile
@@ -38,21 +43,23 @@ from fleetloop.pipelines.models import VALIDATION_TAG, fetch_candidate, load_pro
 from fleetloop.pipelines.suite import NCAP_CCR, HeldOutSuite, SuiteSlice, frozen_suite
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.bus.events import ModelValidated
-from fleetloop.platform.errors import UserInputError
+from fleetloop.platform.errors import DataError, NotFoundError, UserInputError
 from fleetloop.platform.registry import Stage, open_registry
 from fleetloop.platform.tracking import open_tracking
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from fleetloop.edge_agent.model_artifact import LoadedPolicy
     from fleetloop.pipelines.event_stage import EventStageReport
     from fleetloop.platform.bus.events import ModelTrained
-    from fleetloop.platform.registry import Registry
+    from fleetloop.platform.registry import ModelVersionInfo, Registry
     from fleetloop.platform.settings import Settings
     from fleetloop.platform.tracking import Tracking
 
 __all__ = [
     "FALLBACK_ONLY",
+    "VALIDATE_STEPS",
     "ValidateConfig",
     "ValidationOutcome",
     "evaluate_on_suite",
@@ -64,6 +71,10 @@ __all__ = [
 
 FALLBACK_ONLY = "fallback-only"
 _LABEL = "model"  # the version label the runner gives the evaluated model
+VALIDATE_STEPS = ("verdict", "registered", "marked")
+"""What ``validate_candidate``'s ``on_step`` hears, in order: the verdict is recorded in the report file (nothing in
+MLflow yet); the version is registered and staged; the training run carries the report and is tagged validated
+(the commit point)."""
 
 
 @dataclass(frozen=True)
@@ -186,13 +197,18 @@ def validate_candidate(
     registry: Registry | None = None,
     tracking: Tracking | None = None,
     on_run: Callable[[str, int], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> ValidationOutcome:
-    """Evaluate, gate, register and stage the candidate of ``event``; see the module docstring."""
-    import torch
+    """Evaluate, gate, register and stage the candidate of ``event``; see the module docstring.
 
+    Safe to run again after a failure at any step: the verdict recorded for the same candidate, suite and
+    baseline is reused, the version registered from the same training run is completed, never made twice.
+    ``on_step`` hears each of :data:`VALIDATE_STEPS` as it is reached (progress, and where tests stop a server).
+    """
     from fleetloop.edge_agent.model_artifact import load_artifact
 
     cfg = cfg or ValidateConfig()
+    step = on_step or (lambda _step: None)
     # Opening does not contact MLflow: a local candidate of a federated round needs no server until registration.
     tracking = tracking or open_tracking(settings, check=False)
     t0 = time.perf_counter()
@@ -215,85 +231,145 @@ def validate_candidate(
             raise UserInputError(
                 "the candidate lists the held-out suite among its training data; it cannot be validated"
             )
-        registry = registry or open_registry(settings)
-        prod, prod_version = load_production(registry, event.model_name, Path(tmp))
-        old_threads = torch.get_num_threads()
-        if cfg.torch_threads > 0:
-            torch.set_num_threads(cfg.torch_threads)
-        try:
-            from fleetloop.edge_agent.arbiter import ArbiterConfig
-
-            c_thr = ArbiterConfig.for_model(cand.metadata).max_uncertainty
-            c_metrics = evaluate_on_suite(cand.model, "candidate", suite, cfg.device, on_run, c_thr)
-            b_label = f"v{prod_version}" if prod_version else FALLBACK_ONLY
-            b_model = None if prod is None else prod.model
-            b_thr = None if prod is None else ArbiterConfig.for_model(prod.metadata).max_uncertainty
-            b_metrics = evaluate_on_suite(b_model, b_label, suite, cfg.device, on_run, b_thr)
-        finally:
-            torch.set_num_threads(old_threads)
-        targets = [c for c in meta.notes.get("target_conditions", "").split(",") if c] or [
-            "clear",
-            "fog",
-            "rain",
-            "night",
-        ]
-        decision = decide(c_metrics, b_metrics, targets, cfg.gates)
-        table = validation_table(c_metrics, b_metrics)
-        report = {
-            "model_name": event.model_name,
-            "training_run_id": event.run_id,
-            "origin": event.origin,
-            "baseline": b_label,
-            "suite": {"name": suite.name, "hash": suite.content_hash, "runs_per_model": suite.runs},
-            "target_conditions": targets,
-            "decision": decision.as_dict(),
-            "table": table,
-        }
-        report_path = _write_report(settings.state_dir, event.run_id or "federated", report)
-        _log_report(tracking, event.run_id, report_path, decision)
-        info = registry.register(
-            event.model_name,
-            cand_path,
-            _registry_metadata(meta, event, suite, decision, b_label, c_metrics, b_metrics),
-            reason=f"candidate of run {event.run_id} ({event.origin})",
-            actor="validate",
-        )
-        if decision.passed:
-            registry.promote(
-                event.model_name,
-                info.version,
-                Stage.STAGING,
-                reason=f"passed the gates on {suite.name}",
-                actor="validate",
-            )
-        else:
-            registry.promote(
-                event.model_name,
-                info.version,
-                Stage.REJECTED,
-                reason="; ".join(decision.reasons)[:2000],
-                actor="validate",
-            )
+        registry = registry or open_registry(settings, tracking=tracking)
+        cand_sha = hashlib.sha256(cand_path.read_bytes()).hexdigest()
+        report_path = _report_path(settings.state_dir, event.run_id or "federated")
+        report = _recorded_verdict(report_path, event, suite, cand_sha, _baseline_label(registry, event.model_name))
+        if report is None:
+            report = _judge(event, cand, cand_sha, suite, cfg, registry, Path(tmp), on_run)
+            write_text_atomic(report_path, json.dumps(report, indent=1, default=str, allow_nan=True))
+        step("verdict")
+        info = _register_and_stage(registry, event, cand_path, report)
+        step("registered")
+        if event.run_id:  # federated candidates have no training run to mark
+            tracking.log_artifact(event.run_id, report_path, "validation")
+            tracking.set_tag(event.run_id, VALIDATION_TAG, "passed" if report["decision"]["passed"] else "rejected")
+        step("marked")
+    decision = report["decision"]
     out.status = "validated"
     out.version = info.version
-    out.stage = "staging" if decision.passed else "rejected"
-    out.passed = decision.passed
-    out.reasons = list(decision.reasons)
-    out.baseline = b_label
-    out.target_conditions = targets
+    out.stage = info.stage.value if info.stage is not None else None
+    out.passed = bool(decision["passed"])
+    out.reasons = list(decision["reasons"])
+    out.baseline = report["baseline"]
+    out.target_conditions = list(report["target_conditions"])
     out.report_path = str(report_path)
-    out.table = table
-    out.decision = decision.as_dict()
+    out.table = report["table"]
+    out.decision = decision
     out.wall_s = time.perf_counter() - t0
     out.event = ModelValidated(
         model_name=event.model_name,
         version=int(info.version),
-        passed=decision.passed,
+        passed=out.passed,
         report_uri=report_path.resolve().as_uri(),
-        reasons=tuple(decision.reasons),
+        reasons=tuple(out.reasons),
         source="validate",
     )
     return out
+
+
+def _baseline_label(registry: Registry, name: str) -> str:
+    """What a verdict taken now would be against: ``v<production version>``, or the fallback alone."""
+    try:
+        return f"v{registry.production(name).version}"
+    except NotFoundError:
+        return FALLBACK_ONLY
+
+
+def _recorded_verdict(
+    path: Path, event: ModelTrained, suite: HeldOutSuite, cand_sha: str, baseline: str
+) -> dict[str, Any] | None:
+    """The verdict an earlier, interrupted validation recorded for this very candidate (same file), suite and
+    baseline, or None (then the candidate is evaluated again)."""
+    if not event.run_id or not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+        same = (
+            report.get("candidate_sha256") == cand_sha
+            and report["suite"]["hash"] == suite.content_hash
+            and report["baseline"] == baseline
+            and "registration" in report
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"validation report {path} is unreadable ({e}); delete it to validate afresh") from e
+    return report if same else None
+
+
+def _judge(
+    event: ModelTrained,
+    cand: LoadedPolicy,
+    cand_sha: str,
+    suite: HeldOutSuite,
+    cfg: ValidateConfig,
+    registry: Registry,
+    workdir: Path,
+    on_run: Callable[[str, int], None] | None,
+) -> dict[str, Any]:
+    """Candidate and baseline on every slice x seed of the suite, the gates, and the verdict report: the decision,
+    the table and the registration it calls for (metadata, stage, reason)."""
+    import torch
+
+    from fleetloop.edge_agent.arbiter import ArbiterConfig
+
+    meta = cand.metadata
+    prod, prod_version = load_production(registry, event.model_name, workdir)
+    old_threads = torch.get_num_threads()
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    try:
+        c_thr = ArbiterConfig.for_model(meta).max_uncertainty
+        c_metrics = evaluate_on_suite(cand.model, "candidate", suite, cfg.device, on_run, c_thr)
+        b_label = f"v{prod_version}" if prod_version else FALLBACK_ONLY
+        b_model = None if prod is None else prod.model
+        b_thr = None if prod is None else ArbiterConfig.for_model(prod.metadata).max_uncertainty
+        b_metrics = evaluate_on_suite(b_model, b_label, suite, cfg.device, on_run, b_thr)
+    finally:
+        torch.set_num_threads(old_threads)
+    targets = [c for c in meta.notes.get("target_conditions", "").split(",") if c] or [
+        "clear",
+        "fog",
+        "rain",
+        "night",
+    ]
+    decision = decide(c_metrics, b_metrics, targets, cfg.gates)
+    registration = {
+        "metadata": _registry_metadata(meta, event, suite, decision, b_label, c_metrics, b_metrics),
+        "stage": (Stage.STAGING if decision.passed else Stage.REJECTED).value,
+        "reason": f"passed the gates on {suite.name}" if decision.passed else "; ".join(decision.reasons)[:2000],
+    }
+    return {
+        "model_name": event.model_name,
+        "training_run_id": event.run_id,
+        "origin": event.origin,
+        "candidate_sha256": cand_sha,
+        "baseline": b_label,
+        "suite": {"name": suite.name, "hash": suite.content_hash, "runs_per_model": suite.runs},
+        "target_conditions": targets,
+        "decision": decision.as_dict(),
+        "table": validation_table(c_metrics, b_metrics),
+        "registration": registration,
+    }
+
+
+def _register_and_stage(
+    registry: Registry, event: ModelTrained, cand_path: Path, report: dict[str, Any]
+) -> ModelVersionInfo:
+    """Register the candidate once per training run and move it to the verdict's stage; a version an interrupted
+    run left as candidate is staged now, one already past candidate (someone moved it on) is left as it is."""
+    reg = report["registration"]
+    info, _created = registry.register_once(
+        event.model_name,
+        cand_path,
+        reg["metadata"],
+        reason=f"candidate of run {event.run_id} ({event.origin})",
+        actor="validate",
+    )
+    target = Stage(reg["stage"])
+    if info.stage in (Stage.CANDIDATE, target):  # promoting to where it is completes an interrupted promotion
+        registry.promote(event.model_name, info.version, target, reason=reg["reason"], actor="validate")
+        info = registry.get(event.model_name, info.version)
+    return info
 
 
 def _registry_metadata(
@@ -333,18 +409,10 @@ def _registry_metadata(
     return out
 
 
-def _write_report(state_dir: Path, run_id: str, report: dict[str, Any]) -> Path:
+def _report_path(state_dir: Path, run_id: str) -> Path:
     folder = Path(state_dir) / "pipelines" / "validation"
     folder.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(folder / f"{run_id}.json", json.dumps(report, indent=1, default=str, allow_nan=True))
-
-
-def _log_report(tracking: Tracking, run_id: str, path: Path, decision: GateDecision) -> None:
-    """Attach the report to the training run (federated candidates have none) and mark the run judged."""
-    if not run_id:
-        return
-    tracking.log_artifact(run_id, path, "validation")
-    tracking.set_tag(run_id, VALIDATION_TAG, "passed" if decision.passed else "rejected")
+    return folder / f"{run_id}.json"
 
 
 def run_validate_stage(

@@ -71,6 +71,11 @@ class Settings(BaseModel):
     )
     mlflow_port: int = Field(15000, description="Port of the local MLflow tracking server.")
     model_name: str = Field("fleet-policy", description="Registered model name of the fleet policy.")
+    mlflow_retry_s: float = Field(
+        30.0,
+        description="How long one MLflow call keeps retrying a server that does not answer, in total, before the "
+        "command fails (exit 4) [s]; 0: try once.",
+    )
     # Signed releases
     ota_repo_port: int = Field(
         18765, description="Port of the local signed-release (TUF) server that vehicles fetch models from."
@@ -105,6 +110,13 @@ class Settings(BaseModel):
     def _partitions(cls, v: int) -> int:
         if v < 1:
             raise ValueError("a topic needs at least 1 partition")
+        return v
+
+    @field_validator("mlflow_retry_s")
+    @classmethod
+    def _retry(cls, v: float) -> float:
+        if not 0 <= v <= 3600:
+            raise ValueError(f"{v} s is outside 0-3600; a few tens of seconds ride out a server restart")
         return v
 
     @field_validator("kafka_bootstrap")

@@ -3,6 +3,7 @@
     from fleetloop.platform.registry import open_registry
     reg = open_registry(settings)                      # MLflow at settings.tracking_uri, checked to answer
     v = reg.register(settings.model_name, "policy.safetensors", {"format": "safetensors", ...})
+    v, created = reg.register_once(name, path, {..., "training_run_id": run_id})   # never twice per training run
     reg.promote(settings.model_name, v.version, "production", reason="genesis release")
     reg.history(settings.model_name)
     reg.production(settings.model_name)                # the production version, or NotFoundError
@@ -21,6 +22,7 @@ from fleetloop.platform.registry.model_file import MODEL_SUFFIX, find_model_file
 from fleetloop.platform.registry.records import ModelVersionInfo, TransitionRecord
 from fleetloop.platform.registry.service import Registry, default_actor
 from fleetloop.platform.registry.stages import ALLOWED, Stage, parse_stage
+from fleetloop.platform.tracking import Tracking, open_tracking
 
 if TYPE_CHECKING:
     from fleetloop.platform.settings import Settings
@@ -39,11 +41,13 @@ __all__ = [
 ]
 
 
-def open_registry(settings: Settings, *, check: bool = True) -> Registry:
-    """The registry on the MLflow server of ``settings``; ``check`` fails fast (ServiceUnavailable) if it is down."""
+def open_registry(settings: Settings, *, check: bool = True, tracking: Tracking | None = None) -> Registry:
+    """The registry on the MLflow server of ``settings`` (through ``tracking`` when given, so that its retry
+    notices go where the caller wants), retrying for ``settings.mlflow_retry_s``; ``check``: fail
+    (ServiceUnavailable, exit 4) now if it does not answer within that time."""
     from fleetloop.platform.registry.mlflow_backend import MlflowBackend
 
-    backend = MlflowBackend(settings.tracking_uri)
+    backend = MlflowBackend(tracking or open_tracking(settings, check=False))
     if check:
         backend.check()
     return Registry(backend)

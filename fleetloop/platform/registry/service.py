@@ -184,6 +184,42 @@ class Registry:
             run_tags["fleetloop.training_run_id"] = str(metadata["training_run_id"])
         # Created without a stage: the registration record is written first, then the stage that it announces.
         raw = self.backend.create_version(name, path, tags={METADATA_TAG: meta_json}, run_tags=run_tags)
+        return self._record_candidate(name, raw, reason=reason, actor=actor)
+
+    def find_by_training_run(self, name: str, training_run_id: str) -> ModelVersionInfo | None:
+        """The version of ``name`` registered from training run ``training_run_id`` (its metadata's
+        ``training_run_id``), or None; the oldest when there are several."""
+        try:
+            versions = self.list_versions(name)
+        except NotFoundError:  # the model is not registered at all
+            return None
+        return next((v for v in versions if v.metadata.get("training_run_id") == training_run_id), None)
+
+    def register_once(
+        self,
+        name: str,
+        artifact: Path | str,
+        metadata: Mapping[str, Any],
+        *,
+        reason: str = "registered",
+        actor: str | None = None,
+    ) -> tuple[ModelVersionInfo, bool]:
+        """:meth:`register`, at most once per training run: (the version, whether this call created it).
+
+        A version already registered from ``metadata["training_run_id"]`` is returned instead of a second one,
+        its candidate stage recorded first when a crash left it without a stage. Without a training run id this
+        is :meth:`register`.
+        """
+        run_id = metadata.get("training_run_id")
+        found = self.find_by_training_run(name, str(run_id)) if run_id else None
+        if found is None:
+            return self.register(name, artifact, metadata, reason=reason, actor=actor), True
+        if found.stage is None:
+            raw = next(r for r in self.backend.versions(name) if r.version == found.version)
+            found = self._record_candidate(name, raw, reason=reason, actor=actor)
+        return found, False
+
+    def _record_candidate(self, name: str, raw: RawVersion, *, reason: str, actor: str | None) -> ModelVersionInfo:
         change = StageChange(version=raw.version, from_stage=None, to_stage=Stage.CANDIDATE, reason=reason)
         self._apply(name, TransitionPlan(changes=(change,), aliases=()), {raw.version: raw}, actor=actor)
         return self.get(name, raw.version)
