@@ -16,6 +16,7 @@ for _k, _v in PHONE_HOME_OFF.items():
 from fleetloop.cli import (  # noqa: E402
     config_cmd,
     demo,
+    fl,
     lake,
     model,
     model_bootstrap,
@@ -48,6 +49,7 @@ app.add_typer(pipeline.app, name="pipeline", help="The data loop: collect -> lab
 app.add_typer(lake.app, name="lake", help="Inspect and prune the telemetry lake.")
 app.add_typer(runs.app, name="runs", help="Look back at the records every command leaves.")
 app.add_typer(ota.app, name="ota", help="Signed releases: keys, publish, rollout waves, offline verify.")
+app.add_typer(fl.app, name="fl", help="Federated rounds: vehicles train on their own buffers.")
 app.add_typer(demo.app, name="demo", help="See the whole loop once on the embedded defaults.")
 
 

@@ -24,10 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fleetloop.edge_agent.features import PolicyInputs, features_from_observation
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.errors import OnboardBufferError
+from fleetloop.sim import Observation
 
-__all__ = ["FRAME_COLUMNS", "OnboardBuffer", "OnboardBufferError", "pack_camera", "unpack_camera"]
+__all__ = [
+    "FRAME_COLUMNS",
+    "OnboardBuffer",
+    "OnboardBufferError",
+    "pack_camera",
+    "policy_inputs_from_frames",
+    "unpack_camera",
+]
 
 # name -> (dtype, per-frame shape). Sensor inputs as compact as telemetry, plus what the labeller needs.
 FRAME_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -72,6 +81,38 @@ def pack_camera_tensor(camera: torch.Tensor) -> torch.Tensor:
 def unpack_camera(camera: np.ndarray) -> np.ndarray:
     """uint8 camera -> float32 contrast."""
     return np.asarray(camera, dtype=np.float32) / CAMERA_SCALE
+
+
+def policy_inputs_from_frames(cols: Mapping[str, np.ndarray]) -> PolicyInputs:
+    """``PolicyInputs`` of recorded frames (the buffer's columns or telemetry's), through the vehicle's own
+    ``features_from_observation``, so a model trains on exactly what it sees on board.
+
+    Telemetry carries no camera-health flag: there a lost camera frame arrives as all zeros, so a frame with any
+    non-zero cell counts as valid (a night frame is dark but never exactly zero); the buffer's ``camera_valid`` is
+    used where present. ``radar_valid`` is the boolean mask [N, targets] (telemetry's bits expanded)."""
+
+    def f32(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(cols[name], dtype=np.float32)))
+
+    cam = np.asarray(cols["camera"])
+    cam_ok: np.ndarray
+    if "camera_valid" in cols:
+        cam_ok = np.asarray(cols["camera_valid"], dtype=bool)
+    else:
+        cam_ok = np.asarray(cam.reshape(len(cam), -1).any(axis=1))
+    rv = np.asarray(cols["radar_valid"], dtype=bool)
+    obs = Observation(
+        camera=torch.from_numpy(unpack_camera(cam)),
+        camera_valid=torch.from_numpy(np.ascontiguousarray(cam_ok)),
+        lidar_range_m=torch.nan_to_num(f32("lidar_range_m"), posinf=1e4),
+        radar_range_m=f32("radar_range_m"),
+        radar_range_rate_mps=f32("radar_range_rate_mps"),
+        radar_azimuth_rad=f32("radar_azimuth_rad"),
+        radar_valid=torch.from_numpy(np.ascontiguousarray(rv)),
+        ego_speed_mps=f32("ego_speed_mps"),
+        ego_accel_mps2=f32("ego_accel_mps2"),
+    )
+    return features_from_observation(obs)
 
 
 class OnboardBuffer:

@@ -34,7 +34,14 @@ from torch import nn
 from fleetloop.edge_agent.features import PolicyInputs
 from fleetloop.edge_agent.policy import FusionPolicy
 
-__all__ = ["ImitationConfig", "ImitationMetrics", "balance_weights", "split_holdout", "train_imitation"]
+__all__ = [
+    "ImitationConfig",
+    "ImitationMetrics",
+    "balance_weights",
+    "evaluate_fit",
+    "split_holdout",
+    "train_imitation",
+]
 
 TARGET_KEYS = ("accel_mps2", "hazard")
 
@@ -146,7 +153,8 @@ def _batch_inputs(data: dict[str, torch.Tensor], idx: torch.Tensor) -> tuple[tor
 
 
 @torch.no_grad()
-def _evaluate(model: FusionPolicy, data: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+def evaluate_fit(model: FusionPolicy, data: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+    """(command MSE [(m/s²)²], command correlation, hazard accuracy at 0.5) of ``model`` on labelled ``data``."""
     n = int(data["accel_mps2"].shape[0])
     if n == 0:
         return math.nan, math.nan, math.nan
@@ -243,7 +251,7 @@ def train_imitation(
             break
     model.eval()
     k = max(1, len(losses) // 10)
-    val_mse, val_corr, val_acc = _evaluate(model, val) if val else (math.nan, math.nan, math.nan)
+    val_mse, val_corr, val_acc = evaluate_fit(model, val) if val else (math.nan, math.nan, math.nan)
     return ImitationMetrics(
         train_frames=n_train,
         val_frames=n - n_train,

@@ -204,36 +204,12 @@ def read_ground_truth(state_dir: Path, columns: list[str] | None = None) -> dict
 
 
 def policy_inputs_from_telemetry(cols: Mapping[str, np.ndarray]) -> Any:
-    """``PolicyInputs`` of telemetry frames, through the vehicle's own ``features_from_observation``.
-
-    Telemetry carries no camera-health flag: a lost camera frame arrives as all zeros, so a frame with any
-    non-zero cell counts as valid (a night frame is dark but never exactly zero)."""
-    # torch and the vehicle's features only where frames become policy inputs (~6 s measured): the lake commands
-    # read datasets without them.
-    import torch
-
-    from fleetloop.edge_agent.buffer import unpack_camera
-    from fleetloop.edge_agent.features import features_from_observation
+    """``PolicyInputs`` of telemetry frames: ``fleetloop.edge_agent.buffer.policy_inputs_from_frames``, the function
+    the vehicle's federated client uses on its buffer."""
+    # Imported here: it loads torch (~6 s measured), which the lake commands reading datasets do not need.
+    from fleetloop.edge_agent.buffer import policy_inputs_from_frames
     from fleetloop.platform.bus.schemas import radar_valid
-    from fleetloop.sim import Observation
 
-    def f32(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(cols[name], dtype=np.float32)))
-
-    cam = np.asarray(cols["camera"])
-    if "radar_valid" in cols:
-        rv = np.asarray(cols["radar_valid"], dtype=bool)
-    else:
-        rv = radar_valid(np.asarray(cols["radar_valid_bits"]))
-    obs = Observation(
-        camera=torch.from_numpy(unpack_camera(cam)),
-        camera_valid=torch.from_numpy(cam.reshape(len(cam), -1).any(axis=1)),
-        lidar_range_m=torch.nan_to_num(f32("lidar_range_m"), posinf=1e4),
-        radar_range_m=f32("radar_range_m"),
-        radar_range_rate_mps=f32("radar_range_rate_mps"),
-        radar_azimuth_rad=f32("radar_azimuth_rad"),
-        radar_valid=torch.from_numpy(rv),
-        ego_speed_mps=f32("ego_speed_mps"),
-        ego_accel_mps2=f32("ego_accel_mps2"),
-    )
-    return features_from_observation(obs)
+    if "radar_valid" not in cols:
+        cols = {**cols, "radar_valid": radar_valid(np.asarray(cols["radar_valid_bits"]))}
+    return policy_inputs_from_frames(cols)

@@ -11,7 +11,8 @@
     ├── ServiceUnavailable              exit 4   a service (Kafka, MLflow) did not answer in time
     ├── DataError                       exit 5   a record or artifact is malformed
     │   ├── SchemaError                          unknown schema, unknown major version, bad payload
-    │   └── OnboardBufferError                   frames that do not fit an on-board buffer; a damaged one (edge_agent)
+    │   ├── OnboardBufferError                   frames that do not fit an on-board buffer; a damaged one (edge_agent)
+    │   └── ReplyRejected                        a federated client's reply unfit for aggregation (federation)
     └── ShardError                      exit 1   a fleet shard (process or Ray actor) failed; carries its traceback
 
 The classes marked (edge_agent) are raised by ``fleetloop.edge_agent``, whose numeric core may import this module
@@ -30,6 +31,7 @@ __all__ = [
     "FleetloopError",
     "NotFoundError",
     "OnboardBufferError",
+    "ReplyRejected",
     "SchemaError",
     "ServiceUnavailable",
     "SetupError",
@@ -96,6 +98,11 @@ class FaultError(FleetConfigError):
 
 class OnboardBufferError(DataError):
     """Frames that do not fit an on-board buffer, or a buffer directory that is missing or malformed."""
+
+
+class ReplyRejected(DataError):
+    """A federated client's reply that cannot be aggregated (malformed, non-finite, unlike the global model); the
+    round drops and counts it, it never ends the round."""
 
 
 class ShardError(FleetloopError):

@@ -343,13 +343,14 @@ class Tracking:
         metrics: Mapping[str, float] | None = None,
         series: Mapping[str, Sequence[float]] | None = None,
         tags: Mapping[str, str] | None = None,
+        step: int = 0,
     ) -> None:
-        """One batch: ``params`` (as text), ``metrics`` (step 0), ``series`` (one metric per step: a curve) and
-        ``tags``. Values longer than MLflow accepts are cut to its limit."""
+        """One batch: ``params`` (as text), ``metrics`` (at ``step``: 0, or e.g. a federated round), ``series`` (one
+        metric per step: a curve) and ``tags``. Values longer than MLflow accepts are cut to its limit."""
         from mlflow.entities import Metric, Param, RunTag
 
         now_ms = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now_ms, 0) for k, v in (metrics or {}).items()]
+        ms = [Metric(k, float(v), now_ms, step) for k, v in (metrics or {}).items()]
         ms += [Metric(k, float(v), now_ms, i) for k, values in (series or {}).items() for i, v in enumerate(values)]
         ps = [Param(k, str(v)[:PARAM_VALUE_MAX_CHARS]) for k, v in (params or {}).items()]
         ts = [RunTag(k, str(v)[:TAG_VALUE_MAX_CHARS]) for k, v in (tags or {}).items()]

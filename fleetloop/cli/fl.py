@@ -1,0 +1,195 @@
+"""`fleetloop fl round`: federated rounds over the vehicles' on-board buffers (Flower simulation engine, Ray).
+
+    fleetloop fl round --rounds 3 --clients 10 --strategy fedmedian [--fraction 0.5]
+                       [--byzantine 0.2 --attack sign-flip|scale|noise|alie] [--dropout 0.1]
+                       [--dp server-fixed --noise-multiplier 1.0 --clipping-norm 1.0] [--restart]
+                       [--json] [--plot rounds.png]
+
+Before anything starts: the settings and the strategy are checked (exit 2 on what cannot work, warnings on what
+will not do what was asked). Then the rounds run with a progress bar; the summary says what each round did,
+which vehicles took part or were dropped and why, the held-out metrics and the privacy spent. The global model
+is announced as ``model.trained`` (origin "federated") when the validate stage runs (`fleetloop pipeline serve`),
+and the command waits for its verdict; otherwise it says how to validate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fleetloop.cli.output import console, emit, err_console
+from fleetloop.federation.config import ATTACKS, DP_MODES, STRATEGIES, ClientTrainConfig, DpConfig, RoundsConfig
+from fleetloop.pipelines.serve import service_name, stage_specs
+from fleetloop.platform import launcher
+from fleetloop.platform.settings import Settings, load_settings
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _validate_running(settings: Settings) -> bool:
+    specs = [s for s in stage_specs() if s.name == service_name("validate")]
+    return any(st.healthy for st in launcher.status(settings, specs))
+
+
+def _announce_and_wait(settings: Settings, event: Any, wait_s: float) -> dict[str, Any]:
+    """Publish ``model.trained`` and wait for validate's report of this run when the validate stage runs."""
+    if not _validate_running(settings):
+        return {
+            "announced": False,
+            "verdict": None,
+            "how": "no validate stage is running, nothing announced: start it with `fleetloop pipeline serve` "
+            f"and it validates the next round's candidate (this one: {event.artifact_uri}, run {event.run_id})",
+        }
+    from fleetloop.platform.bus.producer import BusProducer
+    from fleetloop.platform.bus.topics import PIPELINE_EVENTS
+
+    with BusProducer(settings, client_id="federation") as p:
+        p.send(PIPELINE_EVENTS, event, key=event.run_id)
+        p.flush()
+    report = Path(settings.state_dir) / "pipelines" / "validation" / f"{event.run_id}.json"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not report.exists():
+        time.sleep(1.0)
+    if not report.exists():
+        return {
+            "announced": True,
+            "verdict": None,
+            "how": f"no verdict within {wait_s:.0f} s; see `fleetloop model list`",
+        }
+    decision = json.loads(report.read_text()).get("decision", {})
+    return {"announced": True, "verdict": decision, "how": str(report)}
+
+
+def _render(d: dict[str, Any]) -> None:
+    t = Table(
+        title=f"federated rounds {d['first_round']}-{d['last_round']} of {d['model_name']} ({d['strategy']})",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("round", "sampled", "valid", "dropped", "stragglers", "aggregated", "held-out MSE", "hazard acc"):
+        t.add_column(col, justify="right")
+    for r in d["rounds"]:
+        dropped = ", ".join(f"{k} {n}" for k, n in sorted(r["dropped"].items())) or "0"
+        mse, acc = r["heldout"].get("heldout_accel_mse"), r["heldout"].get("heldout_hazard_acc")
+        t.add_row(
+            str(r["server_round"]),
+            str(r["sampled"]),
+            str(len(r["participants"])),
+            dropped,
+            str(r["stragglers"]),
+            "yes" if r["aggregated"] else f"[yellow]no[/] ({r['reason']})",
+            "-" if mse is None else f"{mse:.4f}",
+            "-" if acc is None else f"{acc:.3f}",
+        )
+    console.print(t)
+    b, a = d["heldout_before"].get("heldout_accel_mse"), d["heldout_after"].get("heldout_accel_mse")
+    if b is not None and a is not None:
+        console.print(f"held-out command MSE: {b:.4f} -> {a:.4f} (m/s²)² on the server's held-out vehicles")
+    console.print(f"vehicles aggregated so far: {len(d['participants'])}; parent version: {d['parent_version']}")
+    if d["skipped_vehicles"]:
+        console.print(f"buffers skipped: {d['skipped_vehicles']}")
+    if d["attackers"]:
+        console.print(f"injected attackers ({d['attack']}): {d['attackers']}")
+    p = d["privacy"]
+    if p.get("mode", "off") != "off":
+        eps = p.get("epsilon")
+        spent = f"epsilon {eps:.3f} at delta {p['delta']:g}" if eps is not None else p["accounting"]
+        console.print(f"privacy ({p['mode']}): {p['releases']} release(s), {spent}")
+    console.print(f"model: {d['artifact_path']} (MLflow run {d['run_id']})")
+    v = d["validation"]
+    if v["verdict"] is not None:
+        console.print(f"validate: {'[green]passed[/]' if v['verdict'].get('passed') else '[red]rejected[/]'}")
+    else:
+        console.print(v["how"])
+
+
+def _plot(d: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["server_round"] for r in d["rounds"]]
+    mse = [r["heldout"].get("heldout_accel_mse") for r in d["rounds"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(rounds, mse, marker="o")
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out command MSE [(m/s²)²]")
+    ax.set_title(f"{d['strategy']}: held-out quality per round")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@app.command("round")
+def round_cmd(
+    rounds: int = typer.Option(3, "--rounds", help="Rounds to run (a later call continues the federation)."),
+    clients: int = typer.Option(10, "--clients", help="Vehicles taking part."),
+    strategy: str = typer.Option("fedavg", "--strategy", help=f"One of {', '.join(STRATEGIES)}."),
+    fraction: float = typer.Option(1.0, "--fraction", help="Share of the vehicles sampled per round."),
+    byzantine: float = typer.Option(0.0, "--byzantine", help="Share of vehicles that attack (tests, benchmarks)."),
+    attack: str = typer.Option("sign-flip", "--attack", help=f"Their attack: {', '.join(ATTACKS)}."),
+    dropout: float = typer.Option(0.0, "--dropout", help="Chance a sampled vehicle goes offline in a round."),
+    dp: str = typer.Option("off", "--dp", help=f"Differential privacy: {', '.join(DP_MODES)}."),
+    noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="DP noise std over the clipping norm."),
+    clipping_norm: float = typer.Option(1.0, "--clipping-norm", help="DP clipping norm of an update."),
+    timeout_s: float = typer.Option(120.0, "--round-timeout", help="Replies later than this are dropped [s]."),
+    epochs: int = typer.Option(2, "--local-epochs", help="Local passes over a vehicle's labelled frames."),
+    initial_model: Path | None = typer.Option(None, "--initial-model", help="Start from this artifact."),
+    restart: bool = typer.Option(False, "--restart", help="Start a new federation, ignoring the saved state."),
+    verdict_wait_s: float = typer.Option(600.0, "--verdict-wait", help="How long to wait for validate [s]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write held-out quality per round to this PNG."),
+) -> None:
+    """Run federated rounds: vehicles train on their own buffers, the server aggregates and evaluates."""
+    from fleetloop.federation.runner import preflight, run_rounds
+
+    settings = load_settings()
+    cfg = RoundsConfig(
+        rounds=rounds,
+        clients=clients,
+        strategy=strategy,
+        fraction=fraction,
+        byzantine=byzantine,
+        attack=attack,
+        dropout=dropout,
+        round_timeout_s=timeout_s,
+        initial_model=initial_model,
+        restart=restart,
+        local=ClientTrainConfig(epochs=epochs),
+        dp=DpConfig(mode=dp, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm),
+    )
+    pre = preflight(settings, cfg)
+    for w in pre.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    with (
+        Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console, transient=True
+        ) as progress,
+        contextlib.redirect_stdout(sys.stderr),  # Flower's and Ray's chatter never reaches the JSON on stdout
+    ):
+        task = progress.add_task(f"{cfg.strategy}: starting Ray and {len(pre.clients)} vehicles", total=cfg.rounds)
+
+        def on_round(r: Any) -> None:
+            progress.update(
+                task, advance=1, description=f"round {r.server_round}: {len(r.participants)} vehicles aggregated"
+            )
+
+        result = run_rounds(settings, cfg, checked=pre, on_round=on_round)
+    d = result.as_dict()
+    d["attack"] = cfg.attack
+    d["validation"] = _announce_and_wait(settings, result.event, verdict_wait_s)
+    if plot is not None:
+        _plot(d, plot)
+        d["plot"] = str(plot)
+    emit(d, as_json, _render)

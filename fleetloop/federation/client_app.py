@@ -1,0 +1,163 @@
+"""The vehicle's side of a round: a Flower ClientApp that trains on the vehicle's own buffer.
+
+On a training message the vehicle (``partition-id`` of its node picks its id from the message's ``vehicle-ids``):
+opens its on-board buffer read-only, labels the frames on board with the hindsight labeller, trains a copy of the
+received global model, and replies with the new weights and ``REPLY_METRICS`` only. It never changes the model it
+drives with (it builds a separate one from the received weights) and never writes to its buffer.
+
+Everything the vehicle needs arrives in the message's ConfigRecord (``CONFIG_KEYS``) or its node config; the
+ClientApp is built with the vehicle-side behaviours a test or benchmark gives it (an attack, availability faults,
+the client half of a DP wrapper), which the server never learns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+
+from fleetloop.edge_agent.policy import PolicyConfig
+from fleetloop.federation.attacks import attack_update
+from fleetloop.federation.buffers import vehicle_frames
+from fleetloop.federation.config import AttackConfig, ClientTrainConfig, VehicleFaults
+from fleetloop.federation.task import (
+    VEHICLE_ID_KEY,
+    WEIGHT_KEY,
+    frames_in,
+    labelled_data,
+    local_update,
+    model_from_arrays,
+)
+
+__all__ = ["CONFIG_KEYS", "TooFewFrames", "VehicleOffline", "make_client_app", "train_config_record"]
+
+CONFIG_KEYS = ("vehicle-ids", "buffer-paths", "policy-config", "local-config", "seed", "round-size")
+"""What a training message's ConfigRecord carries for the vehicles (besides Flower's ``server-round``)."""
+
+
+class VehicleOffline(RuntimeError):
+    """The vehicle went offline during the round (an injected availability fault): no reply."""
+
+
+class TooFewFrames(RuntimeError):
+    """The vehicle holds too few valid labelled frames to train this round."""
+
+
+def train_config_record(
+    vehicle_ids: list[int],
+    buffer_paths: list[str],
+    policy: PolicyConfig,
+    local: ClientTrainConfig,
+    seed: int,
+    round_size: int,
+) -> ConfigRecord:
+    """The ConfigRecord every training message of a run carries."""
+    return ConfigRecord(
+        {
+            "vehicle-ids": vehicle_ids,
+            "buffer-paths": buffer_paths,
+            "policy-config": json.dumps(policy.to_dict()),
+            "local-config": json.dumps(local.__dict__),
+            "seed": seed,
+            "round-size": round_size,
+        }
+    )
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def vehicle_train(msg: Message, context: Context, attack: AttackConfig | None, faults: VehicleFaults | None) -> Message:
+    """One vehicle's training round (see the module doc)."""
+    cfg = msg.content["config"]
+    server_round = int(cfg["server-round"])  # type: ignore[arg-type]
+    pid = int(context.node_config["partition-id"])
+    vid = int(cfg["vehicle-ids"][pid])  # type: ignore[index]
+    path = Path(str(cfg["buffer-paths"][pid]))  # type: ignore[index]
+    seed = int(cfg["seed"])  # type: ignore[arg-type]
+    if faults is not None:
+        if faults.dropout > 0 and np.random.default_rng([faults.seed, server_round, vid]).random() < faults.dropout:
+            raise VehicleOffline(f"vehicle {vid} went offline in round {server_round}")
+        time.sleep(faults.delay_s.get(vid, 0.0))
+    local = ClientTrainConfig(**json.loads(str(cfg["local-config"])))
+    policy = PolicyConfig.from_dict(json.loads(str(cfg["policy-config"])))
+    global_arrays = _numpy(msg.content["arrays"])  # type: ignore[arg-type]
+    global_model = model_from_arrays(global_arrays, policy)
+    data = labelled_data(vehicle_frames(path, vid))
+    n = frames_in(data)
+    if n < local.min_frames:
+        raise TooFewFrames(f"vehicle {vid}: {n} valid labelled frames, fewer than {local.min_frames}")
+    proximal = float(cfg.get("proximal-mu", local.proximal_weight))  # type: ignore[arg-type]
+    train_seed = (seed * 1_000_003 + server_round * 10_007 + vid) % (2**31)
+    result = local_update(global_model, data, local, train_seed, proximal)
+    arrays = result.arrays
+    if attack is not None and vid in attack.vehicle_ids:
+        arrays = _attack(attack, global_arrays, result.arrays, data, local, global_model, train_seed, proximal, cfg)
+    metrics: dict[str, Any] = {
+        WEIGHT_KEY: result.frames,
+        VEHICLE_ID_KEY: vid,
+        "train-loss-first": result.loss_first,
+        "train-loss-last": result.loss_last,
+        "train-seconds": result.seconds,
+    }
+    content = RecordDict(
+        {"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}), "metrics": MetricRecord(metrics)}
+    )
+    return Message(content, reply_to=msg)
+
+
+def _attack(
+    attack: AttackConfig,
+    global_arrays: dict[str, np.ndarray],
+    honest: dict[str, np.ndarray],
+    data: dict[str, Any],
+    local: ClientTrainConfig,
+    global_model: Any,
+    seed: int,
+    proximal: float,
+    cfg: Any,
+) -> dict[str, np.ndarray]:
+    samples: list[dict[str, np.ndarray]] = []
+    if attack.kind == "alie":
+        # The attacker sees no other update: it estimates the honest spread from updates on parts of its own data.
+        parts = np.array_split(np.arange(frames_in(data)), attack.alie_samples)
+        for i, idx in enumerate(parts):
+            if len(idx) >= 2:
+                sub = {k: v[idx] for k, v in data.items()}
+                samples.append(local_update(global_model, sub, local, seed + 7919 * (i + 1), proximal).arrays)
+    round_size = int(cfg["round-size"])
+    return attack_update(
+        attack,
+        global_arrays,
+        honest,
+        np.random.default_rng(seed),
+        honest_samples=samples,
+        clients=round_size,
+        attackers=min(len(attack.vehicle_ids), round_size),
+    )
+
+
+def make_client_app(
+    attack: AttackConfig | None = None, faults: VehicleFaults | None = None, dp_mode: str = "off"
+) -> ClientApp:
+    """The vehicles' ClientApp, with the vehicle-side behaviours of a run (none by default), and the client half
+    of a client-side DP wrapper (``dp_mode`` "client-fixed" / "client-adaptive": the update is clipped on board)."""
+    if dp_mode == "client-fixed":
+        app = ClientApp(mods=[fixedclipping_mod])
+    elif dp_mode == "client-adaptive":
+        app = ClientApp(mods=[adaptiveclipping_mod])
+    else:
+        app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return vehicle_train(msg, context, attack, faults)
+
+    return app
