@@ -29,10 +29,13 @@ def stack_services() -> list[ServiceSpec]:
     ]
 
 
-def services_to_start(names: Iterable[str] | None = None) -> list[ServiceSpec]:
-    """The named services, or (no names) those a plain `fleetloop up` starts."""
+def services_to_start(names: Iterable[str] | None = None, settings: Settings | None = None) -> list[ServiceSpec]:
+    """The named services, or (no names) those a plain `fleetloop up` starts; with ``settings``, less the optional
+    ones this machine lacks (:func:`not_installed` reports them)."""
     specs = stack_services()
-    return launcher.select(specs, names) if names else [s for s in specs if s.autostart]
+    if names:
+        return launcher.select(specs, names)
+    return [s for s in specs if s.autostart and (settings is None or s.missing(settings) is None)]
 
 
 def not_installed(settings: Settings, spec: ServiceSpec) -> launcher.ServiceStatus | None:

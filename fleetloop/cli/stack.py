@@ -62,9 +62,8 @@ def up(
 ) -> None:
     """Start the local stack (Kafka in KRaft mode, MLflow, Prometheus) and wait until each answers a real call."""
     settings = load_settings()
-    specs = services_to_start(service)
     # Optional services this machine lacks are reported, not started (named ones fail with how to install them).
-    absent = [] if service else [st for spec in specs if (st := not_installed(settings, spec))]
+    absent = [] if service else [st for spec in services_to_start() if (st := not_installed(settings, spec))]
     if not as_json:
         for st in absent:
             console.print(f"  {st.name}: [dim]{NOT_INSTALLED}[/] ({st.detail})", highlight=False)
@@ -75,8 +74,7 @@ def up(
             if state != "starting" and not as_json:
                 console.print(f"  {name}: [{_STYLE.get(state, '')}]{state}[/]")
 
-        skip = {st.name for st in absent}
-        results = launcher.up(settings, [s for s in specs if s.name not in skip], on_event=on_event) + absent
+        results = launcher.up(settings, services_to_start(service, settings), on_event=on_event) + absent
     data = {
         "state_dir": str(settings.state_dir),
         "services": [r.to_dict() for r in results],
