@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fleetloop.platform.errors import ConfigError
 
@@ -35,6 +35,14 @@ PHONE_HOME_OFF: dict[str, str] = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "DO_NOT_TRACK": "1",
+}
+
+
+# What a URL setting points at, for its error message.
+_SERVER_EXAMPLES = {
+    "mlflow_tracking_uri": "an MLflow server (e.g. http://127.0.0.1:5000)",
+    "prometheus_url": "a Prometheus server (e.g. http://127.0.0.1:9090)",
+    "alertmanager_url": "an Alertmanager (e.g. http://127.0.0.1:9093)",
 }
 
 
@@ -138,22 +146,13 @@ class Settings(BaseModel):
                 raise ValueError(f"{part!r} is not host:port (e.g. 127.0.0.1:9092)")
         return v
 
-    @field_validator("mlflow_tracking_uri")
+    @field_validator("mlflow_tracking_uri", "prometheus_url", "alertmanager_url")
     @classmethod
-    def _tracking_uri(cls, v: str | None) -> str | None:
+    def _server_url(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None or v == "":
             return None
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r} is not an http(s) URL of an MLflow server (e.g. http://127.0.0.1:5000)")
-        return v.rstrip("/")
-
-    @field_validator("prometheus_url", "alertmanager_url")
-    @classmethod
-    def _server_url(cls, v: str | None) -> str | None:
-        if v is None or v == "":
-            return None
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r} is not an http(s) URL of a server (e.g. http://127.0.0.1:9090)")
+            raise ValueError(f"{v!r} is not an http(s) URL of {_SERVER_EXAMPLES[info.field_name or '']}")
         return v.rstrip("/")
 
     @field_validator("prometheus_scrape_interval_s", "prometheus_retention_h")

@@ -21,7 +21,16 @@ from fleetloop.platform.errors import SetupError
 from fleetloop.platform.services.spec import Health, ServiceSpec
 from fleetloop.platform.settings import Settings
 
-__all__ = ["DEPLOY_DIR", "INSTALL_HINT", "SPEC", "alertmanager_health", "executable", "get_json", "missing"]
+__all__ = [
+    "DEPLOY_DIR",
+    "INSTALL_HINT",
+    "SPEC",
+    "alertmanager_health",
+    "executable",
+    "get_json",
+    "missing",
+    "ready_json",
+]
 
 DEPLOY_DIR = Path(fleetloop.__file__).resolve().parent.parent / "deploy" / "prometheus"
 """``deploy/prometheus`` of this checkout: the Prometheus and Alertmanager configurations and the alert rules."""
@@ -77,18 +86,26 @@ def _command(settings: Settings, folder: Path) -> list[str]:
     ]
 
 
-def alertmanager_health(settings: Settings) -> Health:
-    """Healthy when /-/ready answers 200 and the v2 API lists the alerts it holds."""
-    base = settings.alertmanager_uri
+def ready_json(base: str, *paths: str) -> Health | list[Any]:
+    """Ask ``base/-/ready`` (200 when the server is up and ready), then GET the JSON of each of ``paths``:
+    their decoded bodies, or an unhealthy :class:`Health` that says which call failed."""
     try:
         with urllib.request.urlopen(f"{base}/-/ready", timeout=3) as r:
             if r.status != 200:
                 return Health(False, f"/-/ready answered {r.status}")
-        alerts = get_json(f"{base}/api/v2/alerts")
+        return [get_json(base + path) for path in paths]
     except urllib.error.HTTPError as e:
         return Health(False, f"{e.url} answered HTTP {e.code}")
     except (urllib.error.URLError, OSError, ValueError) as e:
         return Health(False, f"no answer from {base}: {type(e).__name__}")
+
+
+def alertmanager_health(settings: Settings) -> Health:
+    """Healthy when /-/ready answers 200 and the v2 API lists the alerts it holds."""
+    got = ready_json(settings.alertmanager_uri, "/api/v2/alerts")
+    if isinstance(got, Health):
+        return got
+    (alerts,) = got
     return Health(True, f"ready; {len(alerts) if isinstance(alerts, list) else '?'} alerts held")
 
 

@@ -14,15 +14,13 @@ from __future__ import annotations
 import json
 import shutil
 import string
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from fleetloop.platform.errors import SetupError
 from fleetloop.platform.metrics.targets import targets_dir
 from fleetloop.platform.services import alertmanager
-from fleetloop.platform.services.alertmanager import DEPLOY_DIR, INSTALL_HINT, get_json
+from fleetloop.platform.services.alertmanager import DEPLOY_DIR, INSTALL_HINT, ready_json
 from fleetloop.platform.services.spec import Health, ServiceSpec
 from fleetloop.platform.settings import Settings
 
@@ -122,19 +120,16 @@ def _command(settings: Settings, folder: Path) -> list[str]:
 
 def prometheus_health(settings: Settings) -> Health:
     """Healthy when /-/ready answers 200; the detail counts the loaded rules and the targets that are up."""
-    base = settings.prometheus_uri
+    got = ready_json(settings.prometheus_uri, "/api/v1/rules", "/api/v1/targets?state=active")
+    if isinstance(got, Health):
+        return got
     try:
-        with urllib.request.urlopen(f"{base}/-/ready", timeout=3) as r:
-            if r.status != 200:
-                return Health(False, f"/-/ready answered {r.status}")
-        groups = get_json(f"{base}/api/v1/rules")["data"]["groups"]
-        targets = get_json(f"{base}/api/v1/targets?state=active")["data"]["activeTargets"]
-    except urllib.error.HTTPError as e:
-        return Health(False, f"{e.url} answered HTTP {e.code}")
-    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as e:
-        return Health(False, f"no answer from {base}: {type(e).__name__}")
-    rules = sum(len(g.get("rules", [])) for g in groups)
-    up = sum(1 for t in targets if t.get("health") == "up")
+        groups = got[0]["data"]["groups"]
+        targets = got[1]["data"]["activeTargets"]
+        rules = sum(len(g.get("rules", [])) for g in groups)
+        up = sum(1 for t in targets if t.get("health") == "up")
+    except (KeyError, TypeError, AttributeError) as e:
+        return Health(False, f"{settings.prometheus_uri} answered an unexpected API document ({type(e).__name__}: {e})")
     return Health(True, f"ready; {rules} rules in {len(groups)} groups; {up} of {len(targets)} targets up")
 
 
