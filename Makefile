@@ -42,10 +42,13 @@ prometheus:
 			"to run it in the local stack (optional)"; exit 0; fi; \
 	apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(PROMETHEUS_PKGS); }; \
 	echo "installing $(PROMETHEUS_PKGS) (apt-get)"; \
-	if apt_install >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt_install >/dev/null 2>&1; }; then \
-		echo "installed $$(prometheus --version 2>&1 | head -n1)"; \
+	if out=$$(apt_install 2>&1); then ok=1; \
+	elif echo "$$out" | grep -qE "Unable to locate package|no installation candidate|Failed to fetch" \
+		&& apt-get update -q >/dev/null 2>&1 && out=$$(apt_install 2>&1); then ok=1; \
+	else ok=0; fi; \
+	if [ $$ok = 1 ]; then echo "installed $$(prometheus --version 2>&1 | head -n1)"; \
 	else \
-		echo "prometheus: could not install $(PROMETHEUS_PKGS) with apt-get (not root, or no package index);" \
+		echo "prometheus: could not install $(PROMETHEUS_PKGS) with apt-get ($$(echo "$$out" | tail -n1));" \
 			"the stack runs without it. To add it: sudo apt-get install --no-install-recommends $(PROMETHEUS_PKGS)"; \
 	fi
 
