@@ -38,7 +38,7 @@ def step_stack_up(settings: Settings) -> dict[str, Any]:
     """Start (or find) Kafka and MLflow; the catalogue's topics are created by Kafka's post-start step."""
     t0 = time.monotonic()
     with console.status("starting Kafka (KRaft) and MLflow..."):
-        results = launcher.up(settings, services_to_start())
+        results = launcher.up(settings, services_to_start(settings=settings))
     return {
         "services": {r.name: {"state": r.state, "address": r.address} for r in results},
         "seconds": round(time.monotonic() - t0, 1),

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit
-from fleetloop.cli.services import services_to_start, stack_services
+from fleetloop.cli.services import NOT_INSTALLED, not_installed, services_to_start, stack_services
 from fleetloop.platform import launcher
 from fleetloop.platform.settings import load_settings
 
@@ -18,6 +18,7 @@ _STYLE = {
     "running": "green",
     "external": "cyan",
     "stopped": "dim",
+    NOT_INSTALLED: "dim",
     "unhealthy": "yellow",
     "half-dead": "red",
     "crashed": "red",
@@ -60,8 +61,13 @@ def up(
     service: list[str] = typer.Argument(None, help="Services to start (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Start the local stack (Kafka in KRaft mode, MLflow) and wait until each answers a real call."""
+    """Start the local stack (Kafka in KRaft mode, MLflow, Prometheus) and wait until each answers a real call."""
     settings = load_settings()
+    # Optional services this machine lacks are reported, not started (named ones fail with how to install them).
+    absent = [] if service else [st for spec in services_to_start() if (st := not_installed(settings, spec))]
+    if not as_json:
+        for st in absent:
+            console.print(f"  {st.name}: [dim]{NOT_INSTALLED}[/] ({st.detail})", highlight=False)
     with console.status("starting the stack...") as spinner:
 
         def on_event(name: str, state: str) -> None:
@@ -69,11 +75,11 @@ def up(
             if state != "starting" and not as_json:
                 console.print(f"  {name}: [{_STYLE.get(state, '')}]{state}[/]")
 
-        results = launcher.up(settings, services_to_start(service), on_event=on_event)
+        results = launcher.up(settings, services_to_start(service, settings), on_event=on_event) + absent
     data = {
         "state_dir": str(settings.state_dir),
         "services": [r.to_dict() for r in results],
-        "healthy": all(r.healthy for r in results),
+        "healthy": all(r.healthy for r in results if r.state != NOT_INSTALLED),
     }
     emit(data, as_json, _render_status)
 
@@ -107,14 +113,15 @@ def status(
 ) -> None:
     """Show each service's state, address and health (a real protocol call), and metrics exporters."""
     settings = load_settings()
-    results = launcher.status(settings, stack_services())
+    results = [not_installed(settings, s) or launcher.status(settings, [s])[0] for s in stack_services()]
     data = {
         "state_dir": str(settings.state_dir),
         "services": [r.to_dict() for r in results],
-        # On-demand services (pipeline stages) count only while they run.
-        "healthy": all(r.healthy for r in results if r.required or r.state != "stopped"),
+        # On-demand services (pipeline stages) count only while they run; optional ones this machine lacks, never.
+        "healthy": all(r.healthy for r in results if (r.required or r.state != "stopped") and r.state != NOT_INSTALLED),
         "kafka_bootstrap": settings.bootstrap_servers,
         "mlflow_tracking_uri": settings.tracking_uri,
+        "prometheus_uri": settings.prometheus_uri,
         "metrics_targets": _targets(settings.state_dir),
     }
     emit(data, as_json, _render_status)

@@ -7,19 +7,20 @@ Sources, highest priority first:
    ``<state_dir>/config.toml``; keys are the field names below (``kafka_port = 19092``);
 4. the defaults, which run everything on one machine on loopback ports.
 
-A pointer to an existing service (``kafka_bootstrap`` / ``mlflow_tracking_uri``) makes ``fleetloop up``
-start nothing for that service.
+A pointer to an existing service (``kafka_bootstrap`` / ``mlflow_tracking_uri`` / ``prometheus_url`` /
+``alertmanager_url``) makes ``fleetloop up`` start nothing for that service.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fleetloop.platform.errors import ConfigError
 
@@ -34,6 +35,14 @@ PHONE_HOME_OFF: dict[str, str] = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "DO_NOT_TRACK": "1",
+}
+
+
+# What a URL setting points at, for its error message.
+_SERVER_EXAMPLES = {
+    "mlflow_tracking_uri": "an MLflow server (e.g. http://127.0.0.1:5000)",
+    "prometheus_url": "a Prometheus server (e.g. http://127.0.0.1:9090)",
+    "alertmanager_url": "an Alertmanager (e.g. http://127.0.0.1:9093)",
 }
 
 
@@ -80,6 +89,29 @@ class Settings(BaseModel):
     ota_repo_port: int = Field(
         18765, description="Port of the local signed-release (TUF) server that vehicles fetch models from."
     )
+    # Prometheus and Alertmanager (optional: `make prometheus` installs them; `up` runs the stack without them)
+    prometheus_url: str | None = Field(
+        None, description="An existing Prometheus server (http://host:port); when set, `up` starts none."
+    )
+    prometheus_port: int = Field(19090, description="Port of the local Prometheus server.")
+    prometheus_executable: str = Field("prometheus", description="The Prometheus 2.x server executable.")
+    prometheus_scrape_interval_s: float = Field(
+        15.0, description="How often the local Prometheus scrapes every target and evaluates the alert rules [s]."
+    )
+    prometheus_retention_h: float = Field(48.0, description="The local Prometheus keeps this many hours of series.")
+    prometheus_retention_mb: int = Field(
+        512, description="Disk cap of the local Prometheus' series, in MB (the oldest go first)."
+    )
+    prometheus_rules_dir: Path | None = Field(
+        None, description="Alert rule files (*.yml) the local Prometheus loads (unset: deploy/prometheus/rules)."
+    )
+    alertmanager_url: str | None = Field(
+        None, description="An existing Alertmanager (http://host:port) for Prometheus' alerts; `up` starts none."
+    )
+    alertmanager_port: int = Field(19091, description="Port of the local Alertmanager.")
+    alertmanager_executable: str | None = Field(
+        None, description="The Alertmanager executable (unset: prometheus-alertmanager, else alertmanager)."
+    )
     # Lake
     lake_max_age_h: float | None = Field(
         None, description="Retention: delete lake partitions older than this many hours (unset: keep all)."
@@ -91,7 +123,9 @@ class Settings(BaseModel):
     startup_timeout_s: float = Field(90.0, description="How long `up` waits for a service to become healthy.")
     stop_timeout_s: float = Field(20.0, description="How long `down` waits after SIGTERM before SIGKILL.")
 
-    @field_validator("kafka_port", "kafka_controller_port", "mlflow_port", "ota_repo_port")
+    @field_validator(
+        "kafka_port", "kafka_controller_port", "mlflow_port", "ota_repo_port", "prometheus_port", "alertmanager_port"
+    )
     @classmethod
     def _port_in_range(cls, v: int) -> int:
         if not 1024 <= v <= 65535:
@@ -130,14 +164,28 @@ class Settings(BaseModel):
                 raise ValueError(f"{part!r} is not host:port (e.g. 127.0.0.1:9092)")
         return v
 
-    @field_validator("mlflow_tracking_uri")
+    @field_validator("mlflow_tracking_uri", "prometheus_url", "alertmanager_url")
     @classmethod
-    def _tracking_uri(cls, v: str | None) -> str | None:
+    def _server_url(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None or v == "":
             return None
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r} is not an http(s) URL of an MLflow server (e.g. http://127.0.0.1:5000)")
+            raise ValueError(f"{v!r} is not an http(s) URL of {_SERVER_EXAMPLES[info.field_name or '']}")
         return v.rstrip("/")
+
+    @field_validator("prometheus_scrape_interval_s", "prometheus_retention_h")
+    @classmethod
+    def _positive_duration(cls, v: float) -> float:
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"{v} is not a positive, finite duration")
+        return v
+
+    @field_validator("prometheus_retention_mb")
+    @classmethod
+    def _retention_size(cls, v: int) -> int:
+        if v < 16:
+            raise ValueError(f"{v} MB holds almost no series; keep at least 16")
+        return v
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -148,6 +196,24 @@ class Settings(BaseModel):
     @property
     def mlflow_external(self) -> bool:
         return self.mlflow_tracking_uri is not None
+
+    @property
+    def prometheus_external(self) -> bool:
+        return self.prometheus_url is not None
+
+    @property
+    def alertmanager_external(self) -> bool:
+        return self.alertmanager_url is not None
+
+    @property
+    def prometheus_uri(self) -> str:
+        """Where Prometheus answers: ``prometheus_url``, or the local server."""
+        return self.prometheus_url or f"http://{self.host}:{self.prometheus_port}"
+
+    @property
+    def alertmanager_uri(self) -> str:
+        """Where Alertmanager answers: ``alertmanager_url``, or the local one."""
+        return self.alertmanager_url or f"http://{self.host}:{self.alertmanager_port}"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -162,6 +228,8 @@ class Settings(BaseModel):
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.model_dump().items()}
         out["bootstrap_servers"] = self.bootstrap_servers
         out["tracking_uri"] = self.tracking_uri
+        out["prometheus_uri"] = self.prometheus_uri
+        out["alertmanager_uri"] = self.alertmanager_uri
         return out
 
 

@@ -40,6 +40,9 @@ class Cli:
             MLFLOW_TRACKING_URI=mlflow,
             FLEETLOOP_STATE_DIR=str(state),
             FLEETLOOP_MODEL_NAME=self.model,
+            # Prometheus "not installed": `up` and `demo` start none here (and leave none running).
+            FLEETLOOP_PROMETHEUS_EXECUTABLE="no-prometheus-here",
+            FLEETLOOP_ALERTMANAGER_EXECUTABLE="no-alertmanager-here",
         )
 
     def json(self, *args: str) -> Any:
@@ -69,7 +72,9 @@ def cli(kafka_bootstrap: str, mlflow_uri: str, tmp_path_factory: pytest.TempPath
 def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -> None:
     # the stack (Kafka and MLflow are the test's: `up` finds them, starts nothing)
     assert cli.json("config", "show")["model_name"] == cli.model
-    assert cli.json("up")["healthy"] is True
+    up = cli.json("up")
+    assert up["healthy"] is True
+    assert {s["name"]: s["state"] for s in up["services"]}["prometheus"] == "not installed"
     assert cli.json("status")["healthy"] is True
 
     # the registry

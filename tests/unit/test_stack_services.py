@@ -10,14 +10,15 @@ from fleetloop.platform import launcher
 from fleetloop.platform.errors import NotFoundError
 
 
-def test_kafka_starts_first_then_mlflow_then_the_release_server_then_the_stages_in_loop_order() -> None:
+def test_kafka_starts_first_then_mlflow_then_the_release_server_then_prometheus_then_the_stages() -> None:
     names = [s.name for s in stack_services()]
-    assert names == ["kafka", "mlflow", "ota-repo", *(f"pipeline-{st}" for st in SERVE_STAGES)]
+    expected = ["kafka", "mlflow", "ota-repo", "alertmanager", "prometheus"]
+    assert names == [*expected, *(f"pipeline-{st}" for st in SERVE_STAGES)]
     assert len(set(names)) == len(names)  # a name is a folder under services/: two specs must not share one
 
 
 def test_a_plain_up_starts_the_stack_but_not_the_on_demand_stages() -> None:
-    assert [s.name for s in services_to_start()] == ["kafka", "mlflow", "ota-repo"]
+    assert [s.name for s in services_to_start()] == ["kafka", "mlflow", "ota-repo", "alertmanager", "prometheus"]
     assert [s.name for s in services_to_start(["pipeline-train"])] == ["pipeline-train"]
 
 

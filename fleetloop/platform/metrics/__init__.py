@@ -7,7 +7,9 @@
 - :mod:`~fleetloop.platform.metrics.exporter`: ``start_exporter(settings, process_name)``, one loopback HTTP
   endpoint per process;
 - :mod:`~fleetloop.platform.metrics.targets`: the ``file_sd`` target files in the state directory
-  (``register_target``, ``list_targets``, ``prune_stale_targets``), usable for any process.
+  (``register_target``, ``list_targets``, ``prune_stale_targets``), usable for any process;
+- :mod:`~fleetloop.platform.metrics.catalogue`: the rollout, release-expiry and consumer-lag gauges the alert
+  rules query, declared once for the processes that set them.
 
 Typical use::
 
@@ -19,6 +21,12 @@ Typical use::
 
 from __future__ import annotations
 
+from fleetloop.platform.metrics.catalogue import (
+    CONSUMER_LAG,
+    RELEASE_TIME_TO_EXPIRY,
+    ROLLOUT_WAVE,
+    ROLLOUT_WAVE_STARTED,
+)
 from fleetloop.platform.metrics.exporter import ExporterHandle, start_exporter
 from fleetloop.platform.metrics.naming import METRIC_PREFIX, validate_labelnames, validate_metric_name
 from fleetloop.platform.metrics.registry import (
@@ -42,9 +50,13 @@ from fleetloop.platform.metrics.targets import (
 
 __all__ = [
     "BUILD_INFO_NAME",
+    "CONSUMER_LAG",
     "DEFAULT_BUCKETS_S",
     "METRIC_PREFIX",
     "REGISTRY",
+    "RELEASE_TIME_TO_EXPIRY",
+    "ROLLOUT_WAVE",
+    "ROLLOUT_WAVE_STARTED",
     "ExporterHandle",
     "MetricsRegistry",
     "Target",

@@ -34,6 +34,10 @@ def _no_extra_env(settings: Settings) -> dict[str, str]:
     return {}
 
 
+def _nothing_missing(settings: Settings) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """How to run one service. Callables take the validated settings and the service's folder."""
@@ -53,3 +57,6 @@ class ServiceSpec:
     metrics_port: Callable[[Settings], int | None] = _no_metrics_port
     extra_env: Callable[[Settings], dict[str, str]] = _no_extra_env
     autostart: bool = True  # started by a plain `fleetloop up`; on-demand services are started by name
+    # An optional service whose program is absent here (Prometheus): why, and how to install it. A plain `up`
+    # reports it "not installed" and runs the rest; asking for it by name is a SetupError from its prepare.
+    missing: Callable[[Settings], str | None] = _nothing_missing
