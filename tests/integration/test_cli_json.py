@@ -20,6 +20,7 @@ import pytest
 
 from fleetloop.pipelines.label import label_pending
 from fleetloop.platform.settings import PHONE_HOME_OFF
+from tests.conftest import free_port
 from tests.pipelines.fleet_lake import write_fleet_lake
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,7 @@ class Cli:
             MLFLOW_TRACKING_URI=mlflow,
             FLEETLOOP_STATE_DIR=str(state),
             FLEETLOOP_MODEL_NAME=self.model,
+            FLEETLOOP_OTA_REPO_PORT=str(free_port()),  # `up` starts the release server: never on a shared port
             # Prometheus "not installed": `up` and `demo` start none here (and leave none running).
             FLEETLOOP_PROMETHEUS_EXECUTABLE="no-prometheus-here",
             FLEETLOOP_ALERTMANAGER_EXECUTABLE="no-alertmanager-here",
