@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
+from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
 from fleetloop.platform.errors import NotFoundError, ServiceUnavailable, UserInputError
 from fleetloop.platform.registry import find_model_file, open_registry
 from fleetloop.platform.runs import run_record
@@ -366,18 +367,21 @@ def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
 
 @app.command("run")
 def run_cmd(
-    vehicles: int = typer.Option(100, "--vehicles", help="Fleet size (vehicles)."),
-    minutes: float = typer.Option(1.0, "--minutes", help="Simulated minutes."),
+    vehicles: int = typer.Option(100, "--vehicles", click_type=POSITIVE_INT, help="Fleet size (vehicles)."),
+    minutes: float = typer.Option(1.0, "--minutes", click_type=POSITIVE_FLOAT, help="Simulated minutes."),
     scenario: str = typer.Option("mixed", "--scenario", help="Scenario family or a YAML scenario file."),
     weather: str = typer.Option("clear", "--weather", help="Weather preset: clear, fog, rain, night, mixed."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
+    seed: int = typer.Option(0, "--seed", click_type=ANY_INT, help="Seed of every random draw."),
     model: str | None = typer.Option(None, "--model", help="Registry version or artifact path (default: production)."),
     fallback_only: bool = typer.Option(False, "--fallback-only", help="Drive with the rule-based fallback alone."),
     inject: list[str] = typer.Option([], "--inject", help="Fault, e.g. latency_spike:p=0.05,ms=80; repeatable."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    shards: int = typer.Option(1, "--shards", help="Split the fleet over K shards."),
+    shards: int = typer.Option(1, "--shards", click_type=POSITIVE_INT, help="Split the fleet over K shards."),
     devices: int | None = typer.Option(
-        None, "--devices", help="GPUs the shards share (default: one shard per GPU); CUDA only."
+        None,
+        "--devices",
+        click_type=POSITIVE_INT,
+        help="GPUs the shards share (default: one shard per GPU); CUDA only.",
     ),
     backend: str = typer.Option("processes", "--backend", help="Shard backend: processes or ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (--backend ray)."),
