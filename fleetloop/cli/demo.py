@@ -16,6 +16,7 @@ from fleetloop.cli.output import console, emit
 from fleetloop.cli.pipeline import STAGES
 from fleetloop.cli.services import services_to_start
 from fleetloop.cli.sim import simulate
+from fleetloop.cli.validate_args import ANY_INT, POSITIVE_INT, at_least
 from fleetloop.platform import launcher
 from fleetloop.platform.errors import NotFoundError
 from fleetloop.platform.registry import open_registry
@@ -108,10 +109,10 @@ def _render(d: dict[str, Any]) -> None:
 
 @app.callback(invoke_without_command=True)
 def demo(
-    vehicles: int = typer.Option(100, min=1, help="Fleet vehicles driving into fog."),
-    minutes: float = typer.Option(1.0, min=0.1, help="Simulated minutes of fleet driving."),
+    vehicles: int = typer.Option(100, click_type=POSITIVE_INT, help="Fleet vehicles driving into fog."),
+    minutes: float = typer.Option(1.0, click_type=at_least(0.1, float), help="Simulated minutes of fleet driving."),
     weather: str = typer.Option("fog", help="Weather preset of the fleet run."),
-    seed: int = typer.Option(0, help="Seed of the fleet run."),
+    seed: int = typer.Option(0, click_type=ANY_INT, help="Seed of the fleet run."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """See the whole loop once on the embedded defaults: local Kafka, MLflow on SQLite."""

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
+from fleetloop.cli.validate_args import NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SHARE, UNIT_INTERVAL
 from fleetloop.federation.config import ATTACKS, DP_MODES, STRATEGIES, ClientTrainConfig, DpConfig, RoundsConfig
 from fleetloop.pipelines.serve import service_name, stage_specs
 from fleetloop.platform import launcher
@@ -133,21 +134,39 @@ def _plot(d: dict[str, Any], path: Path) -> None:
 
 @app.command("round")
 def round_cmd(
-    rounds: int = typer.Option(3, "--rounds", help="Rounds to run (a later call continues the federation)."),
-    clients: int = typer.Option(10, "--clients", help="Vehicles taking part."),
+    rounds: int = typer.Option(
+        3, "--rounds", click_type=POSITIVE_INT, help="Rounds to run (a later call continues the federation)."
+    ),
+    clients: int = typer.Option(10, "--clients", click_type=POSITIVE_INT, help="Vehicles taking part."),
     strategy: str = typer.Option("fedavg", "--strategy", help=f"One of {', '.join(STRATEGIES)}."),
-    fraction: float = typer.Option(1.0, "--fraction", help="Share of the vehicles sampled per round."),
-    byzantine: float = typer.Option(0.0, "--byzantine", help="Share of vehicles that attack (tests, benchmarks)."),
+    fraction: float = typer.Option(
+        1.0, "--fraction", click_type=SHARE, help="Share of the vehicles sampled per round."
+    ),
+    byzantine: float = typer.Option(
+        0.0, "--byzantine", click_type=UNIT_INTERVAL, help="Share of vehicles that attack (tests, benchmarks)."
+    ),
     attack: str = typer.Option("sign-flip", "--attack", help=f"Their attack: {', '.join(ATTACKS)}."),
-    dropout: float = typer.Option(0.0, "--dropout", help="Chance a sampled vehicle goes offline in a round."),
+    dropout: float = typer.Option(
+        0.0, "--dropout", click_type=UNIT_INTERVAL, help="Chance a sampled vehicle goes offline in a round."
+    ),
     dp: str = typer.Option("off", "--dp", help=f"Differential privacy: {', '.join(DP_MODES)}."),
-    noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="DP noise std over the clipping norm."),
-    clipping_norm: float = typer.Option(1.0, "--clipping-norm", help="DP clipping norm of an update."),
-    timeout_s: float = typer.Option(120.0, "--round-timeout", help="Replies later than this are dropped [s]."),
-    epochs: int = typer.Option(2, "--local-epochs", help="Local passes over a vehicle's labelled frames."),
+    noise_multiplier: float = typer.Option(
+        1.0, "--noise-multiplier", click_type=NON_NEGATIVE_FLOAT, help="DP noise std over the clipping norm."
+    ),
+    clipping_norm: float = typer.Option(
+        1.0, "--clipping-norm", click_type=POSITIVE_FLOAT, help="DP clipping norm of an update."
+    ),
+    timeout_s: float = typer.Option(
+        120.0, "--round-timeout", click_type=POSITIVE_FLOAT, help="Replies later than this are dropped [s]."
+    ),
+    epochs: int = typer.Option(
+        2, "--local-epochs", click_type=POSITIVE_INT, help="Local passes over a vehicle's labelled frames."
+    ),
     initial_model: Path | None = typer.Option(None, "--initial-model", help="Start from this artifact."),
     restart: bool = typer.Option(False, "--restart", help="Start a new federation, ignoring the saved state."),
-    verdict_wait_s: float = typer.Option(600.0, "--verdict-wait", help="How long to wait for validate [s]."),
+    verdict_wait_s: float = typer.Option(
+        600.0, "--verdict-wait", click_type=NON_NEGATIVE_FLOAT, help="How long to wait for validate [s]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     plot: Path | None = typer.Option(None, "--plot", help="Write held-out quality per round to this PNG."),
 ) -> None:

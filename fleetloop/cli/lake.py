@@ -11,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit
+from fleetloop.cli.validate_args import COUNT, NON_NEGATIVE_FLOAT
 from fleetloop.platform.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -95,8 +96,12 @@ def inspect_cmd(
 
 @app.command("prune")
 def prune_cmd(
-    max_age_h: float = typer.Option(None, "--max-age-hours", help="Delete partitions older than this [h]."),
-    max_bytes: int = typer.Option(None, "--max-bytes", help="Then delete oldest partitions above this size [B]."),
+    max_age_h: float = typer.Option(
+        None, "--max-age-hours", click_type=NON_NEGATIVE_FLOAT, help="Delete partitions older than this [h]."
+    ),
+    max_bytes: int = typer.Option(
+        None, "--max-bytes", click_type=COUNT, help="Then delete oldest partitions above this size [B]."
+    ),
     table: str = typer.Option("telemetry", "--table", help="Lake table: telemetry or groundtruth."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:

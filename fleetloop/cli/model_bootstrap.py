@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from fleetloop.cli.output import console, emit
+from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
 from fleetloop.platform.errors import NotFoundError, UserInputError
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.settings import Settings, load_settings
@@ -109,12 +110,21 @@ def _render(d: dict[str, Any]) -> None:
 
 def bootstrap_cmd(
     force: bool = typer.Option(False, "--force", help="Retrain and replace the production version."),
-    seed: int = typer.Option(0, "--seed", help="Seed of data collection, initialisation and training."),
-    vehicles: int | None = typer.Option(
-        None, "--vehicles", help="Vehicles driven by the expert to collect data (default: the bootstrap recipe's)."
+    seed: int = typer.Option(
+        0, "--seed", click_type=ANY_INT, help="Seed of data collection, initialisation and training."
     ),
-    ticks: int = typer.Option(300, "--ticks", help="Ticks (0.1 s) of expert driving collected."),
-    max_train_seconds: float = typer.Option(60.0, "--max-train-seconds", help="Wall-clock training budget [s]."),
+    vehicles: int | None = typer.Option(
+        None,
+        "--vehicles",
+        click_type=POSITIVE_INT,
+        help="Vehicles driven by the expert to collect data (default: the bootstrap recipe's).",
+    ),
+    ticks: int = typer.Option(
+        300, "--ticks", click_type=POSITIVE_INT, help="Ticks (0.1 s) of expert driving collected."
+    ),
+    max_train_seconds: float = typer.Option(
+        60.0, "--max-train-seconds", click_type=POSITIVE_FLOAT, help="Wall-clock training budget [s]."
+    ),
     reason: str = typer.Option(GENESIS_REASON, "--reason", help="Why; recorded in the transition log."),
     actor: str | None = typer.Option(None, "--actor", help="Who, for the log (default: user@host)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

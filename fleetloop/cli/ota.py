@@ -24,6 +24,7 @@ from rich.table import Table
 
 from fleetloop.cli.output import console, emit
 from fleetloop.cli.release_source import release_source
+from fleetloop.cli.validate_args import POSITIVE_INT, SHARE
 from fleetloop.platform.registry import open_registry
 from fleetloop.platform.releases import api
 from fleetloop.platform.releases.cohorts import DEFAULT_BUCKETS, CohortRule, HashRange, VehicleList, rule_to_custom
@@ -230,10 +231,12 @@ def publish_cmd(
 
 @app.command("assign")
 def assign_cmd(
-    release: int = typer.Argument(..., help="Release number (`fleetloop ota releases`)."),
-    wave: int = typer.Option(..., "--wave", help="Wave number: 1, 2, ... without gaps."),
+    release: int = typer.Argument(..., click_type=POSITIVE_INT, help="Release number (`fleetloop ota releases`)."),
+    wave: int = typer.Option(..., "--wave", click_type=POSITIVE_INT, help="Wave number: 1, 2, ... without gaps."),
     vehicles: str | None = typer.Option(None, "--vehicles", help="Vehicle ids: ranges and ids, e.g. 0-99,150."),
-    share: float | None = typer.Option(None, "--share", help="Share of the fleet by stable hash, e.g. 0.1."),
+    share: float | None = typer.Option(
+        None, "--share", click_type=SHARE, help="Share of the fleet by stable hash, e.g. 0.1."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Sign which vehicles may install a release in a wave (a wave of a larger share includes the earlier ones)."""

@@ -16,6 +16,7 @@ from rich import box
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
+from fleetloop.cli.validate_args import at_least
 from fleetloop.pipelines.serve import SERVE_STAGES, service_name, stage_specs
 from fleetloop.platform import launcher
 from fleetloop.platform.errors import UserInputError
@@ -128,7 +129,10 @@ def run_cmd(
 def serve_cmd(
     stage: list[str] = typer.Option(None, "--stage", "-s", help="Stage service(s) to start; all by default."),
     min_new_frames: int = typer.Option(
-        None, "--min-new-frames", help="Train a candidate once this many new valid labelled frames have arrived."
+        None,
+        "--min-new-frames",
+        click_type=at_least(2),
+        help="Train a candidate once this many new valid labelled frames have arrived.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the services' status as JSON."),
 ) -> None:

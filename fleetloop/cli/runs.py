@@ -11,6 +11,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
+from fleetloop.cli.validate_args import COUNT
 from fleetloop.platform.runs import find_run, list_runs
 from fleetloop.platform.settings import load_settings
 
@@ -48,7 +49,7 @@ def _status(status: str) -> str:
 
 @app.command("list")
 def list_cmd(
-    limit: int = typer.Option(20, "--limit", "-n", min=0, help="Show the newest N runs (0 for all)."),
+    limit: int = typer.Option(20, "--limit", "-n", click_type=COUNT, help="Show the newest N runs (0 for all)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list of records."),
 ) -> None:
     """List recent runs, newest first: id, command, status, start (UTC), duration, seed."""

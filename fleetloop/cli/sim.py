@@ -8,6 +8,7 @@ the run record and the metrics exporter.
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +19,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
-from fleetloop.platform.errors import NotFoundError, ServiceUnavailable, UserInputError
+from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
+from fleetloop.edge_agent.telemetry import deliver_spooled
+from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
+from fleetloop.platform.errors import DataError, NotFoundError, ServiceUnavailable, UserInputError
 from fleetloop.platform.registry import find_model_file, open_registry
 from fleetloop.platform.runs import run_record
+from fleetloop.platform.services.kafka import kafka_health
 from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = ["app", "euroncap", "load_scenario", "resolve_model", "simulate"]
+__all__ = ["app", "euroncap", "load_scenario", "require_broker", "require_delivered", "resolve_model", "simulate"]
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -163,6 +168,7 @@ def simulate(
         triggers=triggers,
         compile=compile,
     )
+    backlog = telemetry_preflight(settings) if telemetry else None
     workdir = Path(settings.state_dir) / "sim" / "models"
     resolved = resolve_model(settings, model, fallback_only, workdir)
     paths = {} if resolved is None else {resolved[0]: str(resolved[1])}
@@ -221,6 +227,8 @@ def simulate(
         "wall_s": wall,
         "vehicle_steps_per_s": out["vehicle_steps"] / wall if wall > 0 else None,
     }
+    if telemetry:
+        out["telemetry_delivery"] = delivery_report(settings, out["counts"].get("telemetry", {}), backlog)
     return out
 
 
@@ -229,6 +237,112 @@ def _sum_reports(reports: list[Any]) -> dict[str, int]:
     out = {k: sum(getattr(r, k) for r in reports) for k in keys}
     out["ticks"] = len(reports)
     return out
+
+
+# -- telemetry delivery (ADR 0082) -----------------------------------------------------------------
+
+BROKER_PROBE_TIMEOUT_S = 3.0  # a TCP connect to each bootstrap server before the (slower) protocol check
+
+
+def require_broker(settings: Settings) -> None:
+    """Raise ``ServiceUnavailable`` (exit 4) at once when Kafka does not answer, naming its address and the fix.
+
+    A TCP connect first: kafka-python takes ~30 s to give up on a closed port; then a real describe-cluster call."""
+    address = settings.bootstrap_servers
+    fix = "start the stack with `fleetloop up`, or drive without uploads: `fleetloop sim run --no-telemetry`"
+    if not any(_accepts_connections(hp) for hp in address.split(",")):
+        raise ServiceUnavailable(f"Kafka at {address} does not answer (nothing accepts connections there); {fix}")
+    health = kafka_health(settings)
+    if not health.ok:
+        raise ServiceUnavailable(f"Kafka at {address} does not answer ({health.detail}); {fix}")
+
+
+def _accepts_connections(host_port: str) -> bool:
+    host, _, port = host_port.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), BROKER_PROBE_TIMEOUT_S):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def telemetry_preflight(settings: Settings) -> dict[str, Any]:
+    """Before driving: the broker must answer; then the uploads earlier runs spooled are delivered first."""
+    require_broker(settings)
+    return deliver_spooled(settings)
+
+
+def delivery_report(settings: Settings, tel: dict[str, Any], backlog: dict[str, Any] | None) -> dict[str, Any]:
+    """How many of this run's uploads reached Kafka, how many wait in the spool, how many were lost, and why."""
+    spooled, lost = tel.get("frames_spooled", {}), tel.get("frames_lost", {})
+    submitted, sent = int(tel.get("frames_submitted", 0)), int(tel.get("frames_sent", 0))
+    undelivered = int(sum(spooled.values()) + sum(lost.values()))
+    report: dict[str, Any] = {
+        "bootstrap": settings.bootstrap_servers,
+        "frames_submitted": submitted,
+        "frames_delivered": sent,
+        "frames_undelivered": undelivered,
+        "frames_spooled": dict(spooled),
+        "frames_lost": dict(lost),
+        "failed_attempts": int(tel.get("failed_attempts", 0)),
+        "spool_dir": str(TelemetrySpool.of_state_dir(settings.state_dir).directory),
+        "backlog": backlog,
+        "reason": None,
+    }
+    if undelivered:
+        try:
+            require_broker(settings)
+            now = "Kafka answers again now; it was away or too slow during the run"
+        except ServiceUnavailable:
+            now = "Kafka does not answer now"
+        report["reason"] = f"{report['failed_attempts']:,} failed send attempts; {now}"
+    return report
+
+
+def require_delivered(result: dict[str, Any]) -> None:
+    """Raise when uploads of the run were not delivered: ``ServiceUnavailable`` (exit 4), or ``DataError`` (exit 5)
+    when the only loss is frames that did not encode. The summary was printed before; this says what it means."""
+    rep = result.get("telemetry_delivery")
+    if not rep or not rep["frames_undelivered"]:
+        return
+    spooled, lost = sum(rep["frames_spooled"].values()), sum(rep["frames_lost"].values())
+    what = f"{rep['frames_undelivered']:,} of {rep['frames_submitted']:,} uploaded frames were not delivered"
+    if set(rep["frames_lost"]) == {"malformed"} and not spooled:
+        raise DataError(f"{what}: {lost:,} did not encode as telemetry batches (malformed); this is a bug, report it")
+    parts = []
+    if spooled:
+        parts.append(
+            f"{spooled:,} are kept in {rep['spool_dir']} ({_reasons(rep['frames_spooled'])}): the next "
+            "`fleetloop sim run` delivers them once Kafka answers (`fleetloop up`)"
+        )
+    if lost:
+        parts.append(f"{lost:,} are lost ({_reasons(rep['frames_lost'])})")
+    raise ServiceUnavailable(f"{what} to Kafka at {rep['bootstrap']} ({rep['reason']}): {'; '.join(parts)}")
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if v)
+
+
+def _render_delivery(d: dict[str, Any]) -> None:
+    rep, tel = d.get("telemetry_delivery"), d["counts"].get("telemetry")
+    if not rep or not tel:
+        return
+    backlog = rep.get("backlog") or {}
+    if backlog.get("frames_sent"):
+        console.print(
+            f"spooled uploads of earlier runs: {backlog['frames_sent']:,} frames delivered "
+            f"({backlog['files_delivered']:,} files)",
+            highlight=False,
+        )
+    line = (
+        f"telemetry to Kafka at {rep['bootstrap']}: {rep['frames_delivered']:,} of {rep['frames_submitted']:,} "
+        f"frames delivered, {tel.get('ground_truth_frames_sent', 0):,} ground-truth frames to the audit topic"
+    )
+    if rep["frames_undelivered"]:
+        spooled, lost = sum(rep["frames_spooled"].values()), sum(rep["frames_lost"].values())
+        line += f", [bold red]{rep['frames_undelivered']:,} not delivered[/] ({spooled:,} spooled, {lost:,} lost)"
+    console.print(line, highlight=False)
 
 
 # -- output -----------------------------------------------------------------------------------------
@@ -297,15 +411,7 @@ def _render_run(d: dict[str, Any]) -> None:
         f"({sum(up.get('refused_by_budget', {}).values()):,} wanted but over budget, kept on board)",
         highlight=False,
     )
-    tel = c.get("telemetry")
-    if tel:
-        lost = tel.get("frames_lost", {})
-        console.print(
-            f"telemetry: {tel.get('frames_sent', 0):,} frames sent, "
-            f"{tel.get('ground_truth_frames_sent', 0):,} ground-truth frames to the audit topic, "
-            + (f"[bold red]{sum(lost.values()):,} lost[/] ({lost})" if lost else "none lost"),
-            highlight=False,
-        )
+    _render_delivery(d)
     if c.get("model_failures"):
         console.print(f"[bold red]model failures[/]: {', '.join(c['model_failures'])}", highlight=False)
 
@@ -366,18 +472,21 @@ def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
 
 @app.command("run")
 def run_cmd(
-    vehicles: int = typer.Option(100, "--vehicles", help="Fleet size (vehicles)."),
-    minutes: float = typer.Option(1.0, "--minutes", help="Simulated minutes."),
+    vehicles: int = typer.Option(100, "--vehicles", click_type=POSITIVE_INT, help="Fleet size (vehicles)."),
+    minutes: float = typer.Option(1.0, "--minutes", click_type=POSITIVE_FLOAT, help="Simulated minutes."),
     scenario: str = typer.Option("mixed", "--scenario", help="Scenario family or a YAML scenario file."),
     weather: str = typer.Option("clear", "--weather", help="Weather preset: clear, fog, rain, night, mixed."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
+    seed: int = typer.Option(0, "--seed", click_type=ANY_INT, help="Seed of every random draw."),
     model: str | None = typer.Option(None, "--model", help="Registry version or artifact path (default: production)."),
     fallback_only: bool = typer.Option(False, "--fallback-only", help="Drive with the rule-based fallback alone."),
     inject: list[str] = typer.Option([], "--inject", help="Fault, e.g. latency_spike:p=0.05,ms=80; repeatable."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    shards: int = typer.Option(1, "--shards", help="Split the fleet over K shards."),
+    shards: int = typer.Option(1, "--shards", click_type=POSITIVE_INT, help="Split the fleet over K shards."),
     devices: int | None = typer.Option(
-        None, "--devices", help="GPUs the shards share (default: one shard per GPU); CUDA only."
+        None,
+        "--devices",
+        click_type=POSITIVE_INT,
+        help="GPUs the shards share (default: one shard per GPU); CUDA only.",
     ),
     backend: str = typer.Option("processes", "--backend", help="Shard backend: processes or ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (--backend ray)."),
@@ -435,8 +544,8 @@ def run_cmd(
             _plot(result, plot)
             result["plot"] = str(plot)
         rec.summary = result
-    result["run_id"] = rec.id
-    emit(result, as_json, _render_run)
+        emit({**result, "run_id": rec.id}, as_json, _render_run)
+        require_delivered(result)  # after the summary, inside the record: exit 4 and the record says why
 
 
 # -- Euro NCAP --------------------------------------------------------------------------------------

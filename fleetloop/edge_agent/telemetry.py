@@ -2,14 +2,17 @@
 
 The fleet runner hands every tick's uploaded frames (``UploadedFrames``: telemetry columns of
 ``telemetry.frames`` and, for the same frames, the ground-truth columns of ``groundtruth.frames``) to a sink. The
-runner core depends on this module's interface only; ``BusTelemetrySink`` imports the bus (kafka-python) lazily,
-on construction, so ``fleetloop sim run --no-telemetry`` and the runner import with torch + numpy alone.
+runner core depends on this module's interface only; ``BusTelemetrySink`` imports the bus (kafka-python) and the
+spool lazily, on construction, so ``fleetloop sim run --no-telemetry`` and the runner import with torch + numpy alone.
 
-``BusTelemetrySink`` never blocks the fleet: ``submit`` appends to a bounded outbox; a background thread groups
-the outbox by vehicle, sends one ``FrameBatch`` per vehicle to the telemetry topic and the matching ground truth
-to the audit topic, and flushes (acks=all). While the broker is down the frames wait in the outbox and are
-retried; when the outbox is full the oldest frames are dropped, and every frame lost is counted with its reason
-(``outbox_full``, ``unsent_at_close``, ``malformed``). A retry after a failed flush may send frames twice;
+``BusTelemetrySink`` never blocks the fleet on the broker: ``submit`` appends to a bounded outbox; a background
+thread groups the outbox by vehicle, sends one ``FrameBatch`` per vehicle to the telemetry topic and the matching
+ground truth to the audit topic, and flushes (acks=all). While the broker is down the frames wait in the outbox and
+are retried. What the broker does not take is spooled to the state directory (``telemetry_spool``, ADR 0082): the
+oldest half of the outbox when it overflows (``outbox_full``), what is still queued when the sink closes
+(``unsent_at_close``); ``deliver_spooled`` sends it on a later run. Frames are lost only when they cannot be
+encoded (``malformed``) or spooled (``spool_failed``), or, for a sink made with ``spool=False``, for the two reasons
+above; every frame spooled or lost is counted with its reason. A retry after a failed flush may send frames twice;
 consumers deduplicate on (vehicle id, seq), as the collect stage does.
 """
 
@@ -25,9 +28,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
+    from fleetloop.platform.bus import BatchSchema, Topic
     from fleetloop.platform.settings import Settings
 
-__all__ = ["BusTelemetrySink", "CollectingSink", "TelemetrySink", "UploadedFrames", "vehicle_key"]
+__all__ = [
+    "BusTelemetrySink",
+    "CollectingSink",
+    "TelemetrySink",
+    "UploadedFrames",
+    "concat_frames",
+    "deliver_spooled",
+    "vehicle_key",
+]
 
 
 def vehicle_key(vehicle_id: int, fleet_tag: str = "") -> str:
@@ -55,6 +68,14 @@ class UploadedFrames:
         """The frames at ``index``."""
         gt = None if self.ground_truth is None else {k: v[index] for k, v in self.ground_truth.items()}
         return UploadedFrames(self.vehicle_ids[index], {k: v[index] for k, v in self.telemetry.items()}, gt)
+
+
+def concat_frames(parts: list[UploadedFrames]) -> UploadedFrames:
+    """The frames of ``parts`` (at least one) as one ``UploadedFrames``, in order; ground truth only if all have it."""
+    gts = [p.ground_truth for p in parts if p.ground_truth is not None]
+    gt = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]} if gts and len(gts) == len(parts) else None
+    tel = {k: np.concatenate([p.telemetry[k] for p in parts]) for k in parts[0].telemetry}
+    return UploadedFrames(np.concatenate([p.vehicle_ids for p in parts]), tel, gt)
 
 
 class TelemetrySink(Protocol):
@@ -85,14 +106,7 @@ class CollectingSink:
 
     def frames(self) -> UploadedFrames | None:
         """Everything submitted, as one ``UploadedFrames`` (None if nothing)."""
-        if not self.parts:
-            return None
-        gt = None
-        if all(p.ground_truth is not None for p in self.parts):
-            gts = [p.ground_truth for p in self.parts if p.ground_truth is not None]
-            gt = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]}
-        tel = {k: np.concatenate([p.telemetry[k] for p in self.parts]) for k in self.parts[0].telemetry}
-        return UploadedFrames(np.concatenate([p.vehicle_ids for p in self.parts]), tel, gt)
+        return concat_frames(self.parts) if self.parts else None
 
     def stats(self) -> dict[str, Any]:
         n = sum(p.n_frames for p in self.parts)
@@ -106,13 +120,16 @@ class BusTelemetrySink:
     """Sends uploaded frames to Kafka from a background thread, through a bounded outbox (see the module doc).
 
     Args:
-        settings: where the broker is.
+        settings: where the broker is, and the state directory whose spool keeps what the broker does not take.
         fleet_tag: prefix of the telemetry vehicle ids (``vehicle_key``), e.g. the run id, so that runs do not
             reuse (vehicle id, seq) pairs.
-        max_outbox_frames: frames held while the broker is away; beyond it the oldest are dropped (counted).
+        max_outbox_frames: frames held while the broker is away; beyond it the oldest half is spooled (or, without
+            a spool, the oldest frames over the bound are dropped); counted either way.
         flush_interval_s: how often the thread sends what has accumulated [s] (bigger batches per vehicle).
         retry_backoff_s: wait after a failed attempt [s].
         send_timeout_s: longest one flush may take before the attempt counts as failed [s].
+        spool: keep undelivered frames in ``<state_dir>/telemetry-outbox`` for a later run (ADR 0082); False: count
+            them as lost.
     """
 
     def __init__(
@@ -125,7 +142,9 @@ class BusTelemetrySink:
         retry_backoff_s: float = 2.0,
         send_timeout_s: float = 15.0,
         client_id: str = "fleetloop-fleet",
+        spool: bool = True,
     ) -> None:
+        from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
         from fleetloop.platform.bus import GROUND_TRUTH_AUDIT, GROUND_TRUTH_FRAMES, TELEMETRY, TELEMETRY_FRAMES
 
         if max_outbox_frames < 1:
@@ -139,13 +158,15 @@ class BusTelemetrySink:
         self.retry_backoff_s = retry_backoff_s
         self.send_timeout_s = send_timeout_s
         self.client_id = client_id
+        self.spool: TelemetrySpool | None = TelemetrySpool.of_state_dir(settings.state_dir) if spool else None
         self._outbox: deque[UploadedFrames] = deque()
         self._outbox_frames = 0
         self._lock = threading.Lock()
+        self._spool_lock = threading.Lock()  # one spill at a time: the fleet thread and the sender may both spill
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._producer: Any = None
-        self._inflight_frames = 0  # taken from the outbox by the sender, not yet sent or put back
+        self._inflight: list[UploadedFrames] = []  # taken from the outbox by the sender, not yet sent or put back
         self._abandoned = False  # close() gave up on the sender thread: it must not count anything after that
         self._stats: dict[str, Any] = {
             "sink": "kafka",
@@ -154,6 +175,7 @@ class BusTelemetrySink:
             "frames_sent": 0,
             "ground_truth_frames_sent": 0,
             "messages_sent": 0,
+            "frames_spooled": {},
             "frames_lost": {},
             "failed_attempts": 0,
             "last_error": None,
@@ -165,36 +187,38 @@ class BusTelemetrySink:
     # -- fleet side ------------------------------------------------------------------------------
 
     def submit(self, frames: UploadedFrames) -> None:
-        """Queue frames for sending (never blocks on the broker); drops the oldest when over the bound."""
+        """Queue frames for sending (never waits for the broker); spools the oldest half when over the bound."""
         if frames.n_frames == 0:
             return
         with self._lock:
             self._outbox.append(frames)
             self._outbox_frames += frames.n_frames
             self._stats["frames_submitted"] += frames.n_frames
-            self._trim_locked()
             self._stats["outbox_peak_frames"] = max(self._stats["outbox_peak_frames"], self._outbox_frames)
+            evicted = self._trim_locked()
+        self._spill(evicted, "outbox_full")
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             out = dict(self._stats)
             out["frames_lost"] = dict(self._stats["frames_lost"])
+            out["frames_spooled"] = dict(self._stats["frames_spooled"])
             out["outbox_frames"] = self._outbox_frames
         return out
 
     def close(self, timeout_s: float = 30.0) -> dict[str, Any]:
-        """Send what is queued within ``timeout_s``; frames still unsent are counted as ``unsent_at_close``."""
+        """Send what is queued within ``timeout_s``; spool (or lose) what is still unsent as ``unsent_at_close``."""
         deadline = time.monotonic() + timeout_s
         self._stop.set()
         self._wake.set()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            left = self._outbox_frames + (self._inflight_frames if self._thread.is_alive() else 0)
+            # A sender still stuck in a send may yet deliver its frames: spooling them too can only duplicate them.
+            left = list(self._outbox) + (self._inflight if self._thread.is_alive() else [])
             self._abandoned = True
             self._outbox.clear()
             self._outbox_frames = 0
-            if left:
-                self._lose_locked("unsent_at_close", left)
+        self._spill(left, "unsent_at_close")
         if self._producer is not None:
             try:
                 self._producer.close(timeout_s=max(1.0, deadline - time.monotonic()))
@@ -203,24 +227,51 @@ class BusTelemetrySink:
                     self._stats["last_error"] = f"closing the producer: {e}"
         return self.stats()
 
-    # -- sender thread ---------------------------------------------------------------------------
+    # -- what the broker did not take -------------------------------------------------------------
 
     def _lose_locked(self, reason: str, n: int) -> None:
-        lost = self._stats["frames_lost"]
-        lost[reason] = lost.get(reason, 0) + int(n)
+        _count(self._stats["frames_lost"], reason, n)
 
-    def _trim_locked(self) -> None:
-        while self._outbox_frames > self.max_outbox_frames and self._outbox:
-            excess = self._outbox_frames - self.max_outbox_frames
+    def _trim_locked(self) -> list[UploadedFrames]:
+        """Take the oldest frames off an outbox over its bound: down to half the bound when they go to the spool
+        (one file per overflow, not one per tick), just below the bound when they are lost. Returns them."""
+        if self._outbox_frames <= self.max_outbox_frames:
+            return []
+        keep = self.max_outbox_frames // 2 if self.spool is not None else self.max_outbox_frames
+        evicted: list[UploadedFrames] = []
+        while self._outbox_frames > keep and self._outbox:
+            excess = self._outbox_frames - keep
             head = self._outbox[0]
             if head.n_frames <= excess:
-                self._outbox.popleft()
-                self._outbox_frames -= head.n_frames
-                self._lose_locked("outbox_full", head.n_frames)
+                evicted.append(self._outbox.popleft())
             else:
+                evicted.append(head.take(np.arange(excess)))
                 self._outbox[0] = head.take(np.arange(excess, head.n_frames))
-                self._outbox_frames -= excess
-                self._lose_locked("outbox_full", excess)
+            self._outbox_frames -= evicted[-1].n_frames
+        return evicted
+
+    def _spill(self, parts: list[UploadedFrames], reason: str) -> None:
+        """Spool ``parts`` as one file (counted under ``reason``); without a spool, or when writing fails, lose them."""
+        n = sum(p.n_frames for p in parts)
+        if not n:
+            return
+        error = None
+        if self.spool is not None:
+            try:
+                with self._spool_lock:
+                    self.spool.write(concat_frames(parts), self.fleet_tag)
+            except (OSError, ValueError) as e:
+                error = f"spooling {n} frames to {self.spool.directory}: {e}"
+        with self._lock:
+            if self.spool is None:
+                self._lose_locked(reason, n)
+            elif error is None:
+                _count(self._stats["frames_spooled"], reason, n)
+            else:
+                self._lose_locked("spool_failed", n)
+                self._stats["last_error"] = error
+
+    # -- sender thread ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
@@ -230,12 +281,12 @@ class BusTelemetrySink:
             with self._lock:
                 pending = list(self._outbox)
                 self._outbox.clear()
-                self._inflight_frames = self._outbox_frames
+                self._inflight = pending
                 self._outbox_frames = 0
             if pending:
                 ok = self._send(pending)
                 with self._lock:
-                    self._inflight_frames = 0
+                    self._inflight = []
                     if self._abandoned:
                         return
                 if ok:
@@ -243,74 +294,149 @@ class BusTelemetrySink:
                 with self._lock:  # put them back in front, oldest first, then re-apply the bound
                     self._outbox.extendleft(reversed(pending))
                     self._outbox_frames += sum(p.n_frames for p in pending)
-                    self._trim_locked()
+                    evicted = self._trim_locked()
+                self._spill(evicted, "outbox_full")
                 if stopping:
-                    return  # close() counts what is left
+                    return  # close() spools what is left
                 self._stop.wait(self.retry_backoff_s)  # close() during the backoff: one last attempt
             elif stopping:
                 return
 
     def _send(self, pending: list[UploadedFrames]) -> bool:
-        from fleetloop.platform.bus import BusProducer, FrameBatch
-        from fleetloop.platform.errors import DataError, FleetloopError
+        from fleetloop.platform.bus import BusProducer
+        from fleetloop.platform.errors import FleetloopError
 
-        tel_topic, gt_topic = self._topics
-        tel_schema, gt_schema = self._schemas
         try:
             if self._producer is None:
                 self._producer = BusProducer(
-                    self.settings,
-                    client_id=self.client_id,
-                    max_block_ms=int(self.send_timeout_s * 1000),
-                    request_timeout_ms=int(self.send_timeout_s * 1000),
-                    delivery_timeout_ms=int(self.send_timeout_s * 1000) + 1000,
+                    self.settings, client_id=self.client_id, **_producer_timeouts(self.send_timeout_s)
                 )
-            ids = np.concatenate([p.vehicle_ids for p in pending])
-            tel = {k: np.concatenate([p.telemetry[k] for p in pending]) for k in pending[0].telemetry}
-            gts = [p.ground_truth for p in pending if p.ground_truth is not None]
-            gt = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]} if len(gts) == len(pending) else None
-            order = np.argsort(ids, kind="stable")
-            ids_sorted = ids[order]
-            starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]])
-            ends = np.r_[starts[1:], len(ids_sorted)]
-            messages = gt_frames = malformed = 0
-            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                rows = order[s:e]
-                key = vehicle_key(int(ids_sorted[s]), self.fleet_tag)
-                try:
-                    batch = FrameBatch.build(tel_schema, key, {k: v[rows] for k, v in tel.items()})
-                    gt_batch = FrameBatch.build(gt_schema, key, {k: v[rows] for k, v in gt.items()}) if gt else None
-                except DataError as err:
-                    malformed += len(rows)
-                    with self._lock:
-                        self._stats["last_error"] = f"malformed frames of vehicle {key}: {err}"
-                    continue
-                messages += self._producer.send(tel_topic, batch)
-                if gt_batch is not None:
-                    messages += self._producer.send(gt_topic, gt_batch)
-                    gt_frames += len(rows)
+            sent = _send_frames(self._producer, concat_frames(pending), self.fleet_tag, self._topics, self._schemas)
             self._producer.flush(timeout_s=self.send_timeout_s)
-        except FleetloopError as err:
-            with self._lock:
-                if self._abandoned:
-                    return False
-                self._stats["failed_attempts"] += 1
-                self._stats["last_error"] = str(err)
-            return False
         except Exception as err:  # kafka-python raises its own errors too; the frames stay queued
             with self._lock:
                 if self._abandoned:
                     return False
                 self._stats["failed_attempts"] += 1
-                self._stats["last_error"] = f"{type(err).__name__}: {err}"
+                self._stats["last_error"] = str(err) if isinstance(err, FleetloopError) else _describe(err)
             return False
         with self._lock:
-            if self._abandoned:  # close() already counted these frames as unsent
+            if self._abandoned:  # close() already spooled these frames
                 return True
-            n = len(ids) - malformed
-            self._stats["frames_sent"] += n
-            self._stats["ground_truth_frames_sent"] += gt_frames
-            self._stats["messages_sent"] += messages
-            if malformed:
-                self._lose_locked("malformed", malformed)
+            self._stats["frames_sent"] += sent.frames
+            self._stats["ground_truth_frames_sent"] += sent.ground_truth_frames
+            self._stats["messages_sent"] += sent.messages
+            if sent.malformed:
+                self._lose_locked("malformed", sent.malformed)
+                self._stats["last_error"] = sent.malformed_error
         return True
+
+
+# -- sending, shared by the sink and the spool's delivery ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Sent:
+    frames: int
+    ground_truth_frames: int
+    messages: int
+    malformed: int
+    malformed_error: str | None
+
+
+def _producer_timeouts(send_timeout_s: float) -> dict[str, Any]:
+    ms = int(send_timeout_s * 1000)
+    return {"max_block_ms": ms, "request_timeout_ms": ms, "delivery_timeout_ms": ms + 1000}
+
+
+def _send_frames(
+    producer: Any,
+    frames: UploadedFrames,
+    fleet_tag: str,
+    topics: tuple[Topic, Topic],
+    schemas: tuple[BatchSchema, BatchSchema],
+) -> _Sent:
+    """Queue one telemetry ``FrameBatch`` per vehicle (and its ground truth on the audit topic); the caller flushes.
+
+    A vehicle whose frames do not encode is skipped and counted ``malformed``; the rest still go."""
+    from fleetloop.platform.bus import FrameBatch
+    from fleetloop.platform.errors import DataError
+
+    (tel_topic, gt_topic), (tel_schema, gt_schema) = topics, schemas
+    ids, tel, gt = frames.vehicle_ids, frames.telemetry, frames.ground_truth
+    order = np.argsort(ids, kind="stable")
+    ids_sorted = ids[order]
+    starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]])
+    ends = np.r_[starts[1:], len(ids_sorted)]
+    messages = gt_frames = malformed = 0
+    error = None
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        rows = order[s:e]
+        key = vehicle_key(int(ids_sorted[s]), fleet_tag)
+        try:
+            batch = FrameBatch.build(tel_schema, key, {k: v[rows] for k, v in tel.items()})
+            gt_batch = FrameBatch.build(gt_schema, key, {k: v[rows] for k, v in gt.items()}) if gt else None
+        except DataError as err:
+            malformed += len(rows)
+            error = f"malformed frames of vehicle {key}: {err}"
+            continue
+        messages += producer.send(tel_topic, batch)
+        if gt_batch is not None:
+            messages += producer.send(gt_topic, gt_batch)
+            gt_frames += len(rows)
+    return _Sent(len(ids) - malformed, gt_frames, messages, malformed, error)
+
+
+def deliver_spooled(settings: Settings, *, send_timeout_s: float = 15.0) -> dict[str, Any]:
+    """Send the spooled uploads of ``settings.state_dir`` (oldest file first), deleting each file once flushed.
+
+    Stops at the first failed flush (the broker went away: the files wait for the next call). A file that cannot be
+    read is renamed ``*.damaged`` and counted, never retried. Returns ``files_delivered``, ``frames_sent``,
+    ``frames_malformed``, ``damaged_files``, ``frames_waiting`` (still spooled) and ``last_error``.
+
+    Two runs delivering the same spool at once may both send a file; consumers deduplicate on (vehicle id, seq).
+    """
+    from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
+    from fleetloop.platform.bus import GROUND_TRUTH_AUDIT, GROUND_TRUTH_FRAMES, TELEMETRY, TELEMETRY_FRAMES, BusProducer
+    from fleetloop.platform.errors import FleetloopError
+
+    spool = TelemetrySpool.of_state_dir(settings.state_dir)
+    out: dict[str, Any] = {"files_delivered": 0, "frames_sent": 0, "frames_malformed": 0, "damaged_files": 0}
+    out["last_error"] = None
+    files = spool.files()
+    if files:
+        producer = BusProducer(settings, client_id="fleetloop-spool", **_producer_timeouts(send_timeout_s))
+        try:
+            for path in files:
+                try:
+                    tag, frames = spool.read(path)
+                except (OSError, ValueError, KeyError) as e:
+                    out["damaged_files"] += 1
+                    out["last_error"] = f"cannot read spooled file {path}: {e}"
+                    path.replace(path.with_suffix(".damaged"))
+                    continue
+                try:
+                    sent = _send_frames(
+                        producer, frames, tag, (TELEMETRY, GROUND_TRUTH_AUDIT), (TELEMETRY_FRAMES, GROUND_TRUTH_FRAMES)
+                    )
+                    producer.flush(timeout_s=send_timeout_s)
+                except FleetloopError as e:
+                    out["last_error"] = str(e)
+                    break
+                path.unlink(missing_ok=True)
+                out["files_delivered"] += 1
+                out["frames_sent"] += sent.frames
+                out["frames_malformed"] += sent.malformed
+                out["last_error"] = sent.malformed_error or out["last_error"]
+        finally:
+            producer.close(timeout_s=send_timeout_s)
+    out["frames_waiting"] = spool.frames_waiting()
+    return out
+
+
+def _count(counts: dict[str, int], reason: str, n: int) -> None:
+    counts[reason] = counts.get(reason, 0) + int(n)
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"

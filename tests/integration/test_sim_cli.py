@@ -1,16 +1,19 @@
 """`sim run` with the real broker: telemetry on its topic without ground truth, the ground truth on the audit
-topic; a broker that is down does not stop the fleet, and the loss is counted."""
+topic; a broker that is down does not stop the fleet, and what it did not take is spooled (or, without a spool,
+counted lost)."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fleetloop.cli.sim import simulate
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
-from fleetloop.edge_agent.telemetry import BusTelemetrySink
+from fleetloop.edge_agent.telemetry import BusTelemetrySink, CollectingSink, UploadedFrames, concat_frames
+from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
 from fleetloop.platform.bus import GROUND_TRUTH_AUDIT, TELEMETRY, TELEMETRY_FRAMES, BusConsumer, FrameBatch
 from fleetloop.platform.settings import Settings
 
@@ -66,7 +69,9 @@ def test_sim_run_sends_telemetry_and_ground_truth_on_separate_topics(
 
 def test_broker_down_the_fleet_keeps_driving_and_counts_the_loss(stack_settings: Settings) -> None:
     dead = stack_settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
-    sink = BusTelemetrySink(dead, max_outbox_frames=20, flush_interval_s=0.2, send_timeout_s=1.0, retry_backoff_s=0.2)
+    sink = BusTelemetrySink(
+        dead, max_outbox_frames=20, flush_interval_s=0.2, send_timeout_s=1.0, retry_backoff_s=0.2, spool=False
+    )
     config = FleetConfig(scenario="mixed", weather="mixed", seed=2, progress_reference=False)
     runner = FleetRunner(config, range(30), sink=sink)
     summary = runner.run(150).to_dict()
@@ -76,3 +81,39 @@ def test_broker_down_the_fleet_keeps_driving_and_counts_the_loss(stack_settings:
     assert final["frames_sent"] == 0
     assert final["frames_submitted"] > 20
     assert lost["outbox_full"] + lost["unsent_at_close"] == final["frames_submitted"]
+
+
+def _by_frame(frames: UploadedFrames) -> dict[str, np.ndarray]:
+    order = np.lexsort((frames.telemetry["seq"], frames.vehicle_ids))
+    out = {f"tel/{k}": v[order] for k, v in frames.telemetry.items()}
+    out.update({f"gt/{k}": v[order] for k, v in (frames.ground_truth or {}).items()})
+    out["vehicle_ids"] = frames.vehicle_ids[order]
+    return out
+
+
+def test_broker_down_every_frame_the_sink_could_not_send_is_spooled_as_it_was_uploaded(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    dead = stack_settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1", "state_dir": tmp_path})
+    sink = BusTelemetrySink(
+        dead, fleet_tag="spooled", max_outbox_frames=20, flush_interval_s=0.2, send_timeout_s=1.0, retry_backoff_s=0.2
+    )
+    config = FleetConfig(scenario="mixed", weather="mixed", seed=2, progress_reference=False)
+    final = FleetRunner(config, range(30), sink=sink).run(150) and sink.close(timeout_s=2.0)
+    reference = CollectingSink()  # the same fleet, every upload kept in memory
+    FleetRunner(config, range(30), sink=reference).run(150)
+
+    spooled = final["frames_spooled"]
+    assert final["frames_sent"] == 0 and final["frames_lost"] == {}
+    assert spooled["outbox_full"] > 0 and sum(spooled.values()) == final["frames_submitted"] > 20
+    spool = TelemetrySpool.of_state_dir(tmp_path)
+    assert spool.frames_waiting() == final["frames_submitted"]
+    assert len(spool.files()) < final["frames_submitted"] / 10  # half the outbox per file, not a file per tick
+    read = [spool.read(p) for p in spool.files()]
+    assert {tag for tag, _ in read} == {"spooled"}
+    got, want = _by_frame(concat_frames([f for _, f in read])), reference.frames()
+    assert want is not None
+    expected = _by_frame(want)
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)

@@ -48,7 +48,17 @@ EDGE_NUMERIC_CORE = frozenset(
     }
 )
 EDGE_SHELL = frozenset(
-    {"bootstrap", "buffer", "fleet", "model_artifact", "ota_download", "ota_verify", "shards", "telemetry"}
+    {
+        "bootstrap",
+        "buffer",
+        "fleet",
+        "model_artifact",
+        "ota_download",
+        "ota_verify",
+        "shards",
+        "telemetry",
+        "telemetry_spool",
+    }
 )
 NUMERIC_LIBRARIES = frozenset({"torch", "numpy"})
 # Platform leaves that import only the standard library: the one error tree and the atomic write, which the
