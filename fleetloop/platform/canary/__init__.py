@@ -5,6 +5,7 @@
 - ``validate``: which heartbeats are believed, and why the others are refused.
 - ``tally`` / ``stats``: believed heartbeats -> per-slice exposures and counts -> always-valid sequential tests.
 - ``decide``: the verdict (continue, hold, next wave, rollback) with its evidence.
+- ``controller``: the rollout's persisted state as a reducer ``step(state, event) -> (state, actions)``.
 
 No I/O and no clock here: the controller service carries the decisions out (docs/canary.md).
 """
