@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from fleetloop.edge_agent import heartbeat
 from fleetloop.edge_agent.arbiter import REASON_CODES, REASON_NAMES
 from fleetloop.edge_agent.fallback import NO_OBSTACLE_M
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
@@ -24,6 +25,7 @@ from fleetloop.edge_agent.heartbeat import (
 )
 from fleetloop.edge_agent.policy import FusionPolicy, PolicyConfig
 from fleetloop.platform.bus import FleetHealth, decode, encode
+from fleetloop.platform.canary import policy, validate
 from fleetloop.platform.errors import FleetConfigError
 
 CFG = HeartbeatConfig()
@@ -195,3 +197,18 @@ def test_a_small_fleet_reports_what_its_summary_counts_from_its_own_sensors() ->
         assert sum(getattr(b, f"fallback_{reason}") for b in beats) == total[f"activations.{reason}"]
     assert sum(b.deadline_misses for b in beats) == total["deadline_misses"]
     assert all(b.planned_distance_m > 0 and b.model_version == 7 and b.model_slot == "b" for b in beats)
+
+
+def test_the_controller_knows_the_classes_and_reasons_the_vehicles_report() -> None:
+    """The platform may not import the vehicle's code: its copies of the classes and reasons must agree."""
+    assert heartbeat.CONDITION_CLASSES == policy.CONDITION_CLASSES
+    assert heartbeat.SCENARIO_CLASSES == policy.SCENARIO_CLASSES
+    health = {f.name for f in dataclasses.fields(FleetHealth)}
+    assert {f"fallback_{r}" for r in FALLBACK_REASONS} <= health
+    judged = set(FALLBACK_REASONS) - {"no_model", "model_switch"}
+    assert sum(
+        validate.fallback_activations(FleetHealth(vehicle_id="v", model_version=1, **{f"fallback_{r}": 1}))
+        for r in judged
+    ) == len(judged)
+    rollout_caused = FleetHealth(vehicle_id="v", model_version=1, fallback_no_model=1, fallback_model_switch=1)
+    assert validate.fallback_activations(rollout_caused) == 0
