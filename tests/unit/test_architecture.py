@@ -38,6 +38,7 @@ EDGE_NUMERIC_CORE = frozenset(
         "fallback",
         "faults",
         "features",
+        "heartbeat",
         "imitation",
         "inference",
         "labeller",

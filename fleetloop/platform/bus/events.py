@@ -127,16 +127,51 @@ class OtaStatus(Event):
 # -- fleet ---------------------------------------------------------------------------------------------
 
 
+_HEALTH_1_1 = {"since_minor": 1}  # FleetHealth fields added in 1.1
+
+
 @dataclass(frozen=True, kw_only=True)
 class FleetHealth(Event):
-    """A vehicle's periodic heartbeat."""
+    """A vehicle's periodic heartbeat.
+
+    1.1 adds what the canary controller judges (docs/canary.md), all from the vehicle's own sensors and counters,
+    never ground truth, summed over the ``period_s`` since the vehicle's previous beat (``beat_seq`` counts its
+    beats): odometry ``distance_m`` and the distance its set speed asked for (``planned_distance_m``); event counts;
+    fallback activations by arbiter reason; its own conditions estimate averaged over the beat (-1: not reported)
+    and the condition and scenario class it drove in most (``fleetloop.edge_agent.heartbeat``); the OTA slot the
+    active model runs from. A 1.0 heartbeat reads with ``period_s`` 0: it carries no exposure.
+    """
 
     SCHEMA: ClassVar[str] = "fleet.health"
+    MINOR: ClassVar[int] = 1
     vehicle_id: str
     model_version: int
     fallback_active: bool = False
     buffer_frames: int = 0
     frames_lost: int = 0
+    model_slot: str = field(default="", metadata=_HEALTH_1_1)
+    beat_seq: int = field(default=0, metadata=_HEALTH_1_1)
+    period_s: float = field(default=0.0, metadata=_HEALTH_1_1)
+    distance_m: float = field(default=0.0, metadata=_HEALTH_1_1)
+    planned_distance_m: float = field(default=0.0, metadata=_HEALTH_1_1)
+    collisions: int = field(default=0, metadata=_HEALTH_1_1)
+    near_misses: int = field(default=0, metadata=_HEALTH_1_1)
+    hard_brakes: int = field(default=0, metadata=_HEALTH_1_1)
+    phantom_brakes: int = field(default=0, metadata=_HEALTH_1_1)
+    harsh_jerks: int = field(default=0, metadata=_HEALTH_1_1)
+    deadline_misses: int = field(default=0, metadata=_HEALTH_1_1)
+    fallback_deadline: int = field(default=0, metadata=_HEALTH_1_1)
+    fallback_invalid_output: int = field(default=0, metadata=_HEALTH_1_1)
+    fallback_low_confidence: int = field(default=0, metadata=_HEALTH_1_1)
+    fallback_ttc_critical: int = field(default=0, metadata=_HEALTH_1_1)
+    fallback_sensor_fault: int = field(default=0, metadata=_HEALTH_1_1)
+    fallback_no_model: int = field(default=0, metadata=_HEALTH_1_1)
+    fallback_model_switch: int = field(default=0, metadata=_HEALTH_1_1)
+    est_visibility_m: float = field(default=-1.0, metadata=_HEALTH_1_1)
+    est_light: float = field(default=-1.0, metadata=_HEALTH_1_1)
+    est_friction: float = field(default=-1.0, metadata=_HEALTH_1_1)
+    condition_class: str = field(default="", metadata=_HEALTH_1_1)
+    scenario_class: str = field(default="", metadata=_HEALTH_1_1)
 
 
 @dataclass(frozen=True, kw_only=True)

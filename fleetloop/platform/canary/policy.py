@@ -1,0 +1,183 @@
+"""The rollout policy: waves, the margin a canary may be worse by, how much driving before a verdict, the error rate.
+
+A TOML file (every key optional; the defaults run the simulator's fleet)::
+
+    waves = [0.01, 0.10, 0.50, 1.0]
+    margin = 0.2
+    min_exposure_km = 50.0
+    alpha = 0.05
+    metrics = ["collisions", "near_misses", "fallback_activations"]
+    counter_metrics = ["phantom_brakes", "harsh_jerks"]
+
+``load_policy(text)`` validates once and says what to fix; docs/canary.md explains each field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from fleetloop.platform.errors import ConfigError
+
+__all__ = [
+    "CONDITION_CLASSES",
+    "COUNT_METRICS",
+    "SCENARIO_CLASSES",
+    "CanaryPolicy",
+    "load_policy",
+]
+
+# The strata a heartbeat names (fleetloop.edge_agent.heartbeat makes them; the platform does not import it).
+CONDITION_CLASSES = ("clear", "fog", "night", "wet")
+SCENARIO_CLASSES = ("urban_open", "urban_traffic", "highway_open", "highway_traffic")
+# Counts a heartbeat carries that the controller can judge (per km driven; higher is worse).
+# ``fallback_activations`` sums the reasons a model can cause (not ``no_model`` / ``model_switch``: the rollout
+# itself causes those on every vehicle it touches).
+COUNT_METRICS = (
+    "collisions",
+    "near_misses",
+    "hard_brakes",
+    "phantom_brakes",
+    "harsh_jerks",
+    "deadline_misses",
+    "fallback_activations",
+)
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """How a rollout is judged (docs/canary.md).
+
+    Attributes:
+        waves: the share of the fleet on the canary in each wave, increasing, ending at 1.0 (the whole fleet: moving
+            to it is the promotion; nothing is judged there, no baseline is left).
+        margin: non-inferiority margin [-]: a canary whose event rate is at most ``1 + margin`` times the baseline's
+            is acceptable; the controller rolls back only on evidence that the ratio exceeds it.
+        min_exposure_km: canary driving [km] each wave needs before any verdict (continue until then).
+        alpha: the chance of rolling back a canary that is within the margin, over the whole rollout, watched
+            continuously (split over every slice and metric tested: Bonferroni).
+        metrics: safety metrics (``COUNT_METRICS``): rolled back on harm in any slice, or pooled over slices.
+        counter_metrics: what a timid model would do worse (``COUNT_METRICS``): rolled back on harm like the
+            metrics; besides, a next wave needs their pooled rate ratio at most ``1 + margin``.
+        progress_min_ratio: a next wave needs the canary's progress (distance over planned distance) at least this
+            share of the baseline's [-]: a model that crawls cannot pass by having fewer events per km.
+        progress_rollback_ratio: below this share the canary is rolled back [-].
+        prove_non_inferiority: metrics whose non-inferiority must be shown (pooled e-value over the threshold)
+            before a next wave; empty by default: rare events (collisions) would need thousands of km per wave.
+        mixture_scale: scale of the half-normal mixing prior on log(rate ratio / boundary) [-] (0.5: tuned to
+            ratios of about 1.3 to 3 times the boundary).
+        baseline_ratio: matched baseline vehicles per canary vehicle in each stratum (as many as are left).
+        seed: keys the cohort draw.
+    """
+
+    waves: tuple[float, ...] = (0.01, 0.10, 0.50, 1.0)
+    margin: float = 0.2
+    min_exposure_km: float = 50.0
+    alpha: float = 0.05
+    metrics: tuple[str, ...] = ("collisions", "near_misses", "fallback_activations")
+    counter_metrics: tuple[str, ...] = ("phantom_brakes", "harsh_jerks")
+    progress_min_ratio: float = 0.95
+    progress_rollback_ratio: float = 0.90
+    prove_non_inferiority: tuple[str, ...] = ()
+    mixture_scale: float = 0.5
+    baseline_ratio: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        w = self.waves
+        if not w or not all(0 < x <= 1 for x in w) or any(a >= b for a, b in itertools.pairwise(w)) or w[-1] != 1.0:
+            raise ConfigError(f"canary waves must increase within (0, 1] and end at 1.0, got {list(w)}")
+        if len(w) < 2:
+            raise ConfigError("canary waves need at least one judged wave before 1.0, e.g. [0.1, 1.0]")
+        for name in ("margin", "min_exposure_km", "mixture_scale", "baseline_ratio"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"canary {name} must be a finite number >= 0, got {v!r}")
+        if self.mixture_scale <= 0 or self.baseline_ratio <= 0:
+            raise ConfigError("canary mixture_scale and baseline_ratio must be > 0")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"canary alpha must lie in (0, 1), got {self.alpha}")
+        if not 0 < self.progress_rollback_ratio <= self.progress_min_ratio <= 1:
+            raise ConfigError(
+                "canary progress ratios must satisfy 0 < progress_rollback_ratio <= progress_min_ratio <= 1, got "
+                f"{self.progress_rollback_ratio} and {self.progress_min_ratio}"
+            )
+        judged = (*self.metrics, *self.counter_metrics)
+        unknown = sorted(set(judged) - set(COUNT_METRICS))
+        if unknown or not self.metrics or len(set(judged)) != len(judged):
+            raise ConfigError(
+                f"canary metrics {list(self.metrics)} and counter_metrics {list(self.counter_metrics)}: give at least "
+                f"one metric, each once, from {', '.join(COUNT_METRICS)} (unknown: {unknown})"
+            )
+        if not set(self.prove_non_inferiority) <= set(judged):
+            raise ConfigError("canary prove_non_inferiority may name only metrics or counter_metrics of the policy")
+
+    @property
+    def judged_metrics(self) -> tuple[str, ...]:
+        """Metrics and counter-metrics, in that order."""
+        return (*self.metrics, *self.counter_metrics)
+
+    @property
+    def ratio_boundary(self) -> float:
+        """``1 + margin``: the rate ratio the tests are anchored at."""
+        return 1.0 + self.margin
+
+    @property
+    def n_harm_tests(self) -> int:
+        """Hypotheses in the rollback family: every (slice, metric) plus each metric pooled over the slices."""
+        return (len(CONDITION_CLASSES) * len(SCENARIO_CLASSES) + 1) * len(self.judged_metrics)
+
+    @property
+    def harm_threshold(self) -> float:
+        """The e-value that rolls back (Bonferroni: ``n_harm_tests / alpha``)."""
+        return self.n_harm_tests / self.alpha
+
+    @property
+    def non_inferiority_threshold(self) -> float:
+        """The pooled e-value that shows non-inferiority of one metric (``1 / alpha``: a next wave needs every
+        named metric to pass, an intersection-union test, which needs no split of alpha)."""
+        return 1.0 / self.alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the controller records the policy it ran with)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+def policy_from_mapping(doc: Mapping[str, Any], where: str = "canary policy") -> CanaryPolicy:
+    """A policy from a parsed document (``to_dict``'s form); unknown keys and wrong types say what to fix."""
+    known = {f.name: f for f in fields(CanaryPolicy)}
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys: {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in doc.items():
+        default = getattr(CanaryPolicy(), key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+            want = float if key == "waves" else str
+            if not all(isinstance(v, want) or (want is float and isinstance(v, int)) for v in value):
+                raise ConfigError(f"{where}: {key} must be a list of {want.__name__}, got {value!r}")
+            kwargs[key] = tuple(float(v) if want is float else v for v in value)
+        elif isinstance(default, int) and not isinstance(default, float):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+            kwargs[key] = value
+        else:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+            kwargs[key] = float(value)
+    return CanaryPolicy(**kwargs)
+
+
+def load_policy(text: str, where: str = "canary policy") -> CanaryPolicy:
+    """Parse a policy TOML document (``where`` names it in errors)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where} is not valid TOML: {e}") from e
+    return policy_from_mapping(doc, where)

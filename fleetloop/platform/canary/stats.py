@@ -1,0 +1,250 @@
+"""Cohort statistics: canary vs matched baseline, per slice (condition x scenario class) and metric, with an
+always-valid sequential test on the Poisson rate ratio. Pure numpy, no I/O, no clock.
+
+The test (docs/canary.md, docs/adr/0160-canary-sequential-rate-ratio-test.md). In one batch (the heartbeats
+between two evaluations) and one slice, the canary's events of a metric are Poisson(lambda_c E_c) and the
+baseline's Poisson(lambda_b E_b) over their exposures E [km]; given their total n, the canary's count is
+Binomial(n, p(r)) with ``p(r) = r E_c / (r E_c + E_b)`` and ``r = lambda_c / lambda_b``. The baseline rate may
+drift from batch to batch (fog rolls in): only r matters.
+
+- harm, H0: r <= rho0 = 1 + margin (the canary is within the margin). For any alternative r1 > rho0 the
+  likelihood ratio of a batch, ``L(r1) / L(rho0)``, has expectation <= 1 under every r <= rho0 (it is 1 at rho0
+  and grows with r), so the product over batches is a nonnegative supermartingale under H0, and so is any mixture
+  of such products over r1 with a fixed prior. Ville's inequality: the chance that the mixture ever reaches 1/a
+  is at most a, however often it is looked at. Rejecting H0 (the mixture over the threshold) rolls back.
+- non-inferiority, H0: r >= rho0, mirrored (alternatives r1 < rho0): rejecting it shows the canary within the
+  margin.
+
+The prior is half-normal on ``u = |log(r1 / rho0)|`` with scale ``mixture_scale``, put on ``N_NODES``
+Gauss-Legendre nodes over [0, 6 scale] with weights normalised to 1: a discrete mixture, so the test is exactly
+valid; it agrees with the continuous prior's integral to quadrature accuracy. The state per slice and metric is the
+log likelihood ratio at each node (a sum over batches). Pooling over slices with a common ratio adds the slices'
+vectors.
+
+A batch and slice where one arm drove nothing carries no information on r; its events are kept apart as
+``unmatched`` (counted, reported, not tested).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fleetloop.platform.canary.policy import COUNT_METRICS, CanaryPolicy
+from fleetloop.platform.errors import DataError
+
+__all__ = [
+    "N_NODES",
+    "ArmTally",
+    "CohortStats",
+    "MixtureGrid",
+    "SliceStats",
+    "SliceTally",
+    "batch_log_lr",
+    "log_mixture",
+    "mantel_haenszel_ratio",
+    "progress_ratio",
+    "update_stats",
+]
+
+N_NODES = 64
+_SPAN = 6.0  # the grid reaches this many prior scales (the half-normal's mass beyond: 2e-9)
+
+
+@dataclass(frozen=True)
+class MixtureGrid:
+    """The mixing prior's nodes ``u`` (>= 0) and weights (summing to 1) for one scale."""
+
+    u: np.ndarray
+    weights: np.ndarray
+
+    @staticmethod
+    @functools.cache
+    def for_scale(scale: float, n: int = N_NODES) -> MixtureGrid:
+        """The grid of a half-normal prior of ``scale`` on ``n`` nodes (cached: a Gauss-Legendre rule costs ms)."""
+        x, w = np.polynomial.legendre.leggauss(n)
+        hi = _SPAN * scale
+        u = (x + 1.0) * hi / 2.0
+        dens = np.exp(-0.5 * (u / scale) ** 2)  # half-normal, unnormalised
+        weights = w * dens
+        return MixtureGrid(u, weights / weights.sum())
+
+    def harm_ratios(self, boundary: float) -> np.ndarray:
+        """The alternatives r1 > boundary of the harm test."""
+        return boundary * np.exp(self.u)
+
+    def non_inferiority_ratios(self, boundary: float) -> np.ndarray:
+        """The alternatives r1 < boundary of the non-inferiority test."""
+        return boundary * np.exp(-self.u)
+
+
+def batch_log_lr(
+    canary_count: int, baseline_count: int, canary_km: float, baseline_km: float, ratios: np.ndarray, boundary: float
+) -> np.ndarray:
+    """log L(r1) / L(boundary) of one batch at each alternative ``ratios`` (conditional binomial; exposures > 0)."""
+    share = canary_km / (canary_km + baseline_km)  # p(r) = r s / (r s + 1 - s)
+    p1 = ratios * share / (ratios * share + 1.0 - share)
+    p0 = boundary * share / (boundary * share + 1.0 - share)
+    return canary_count * np.log(p1 / p0) + baseline_count * np.log((1.0 - p1) / (1.0 - p0))
+
+
+def log_mixture(log_lr: np.ndarray, weights: np.ndarray) -> float:
+    """log of the mixture e-value sum_j w_j exp(log_lr_j) (stable for large values)."""
+    top = float(np.max(log_lr))
+    return top + math.log(float(np.sum(weights * np.exp(log_lr - top))))
+
+
+@dataclass(frozen=True)
+class ArmTally:
+    """One arm's driving in one slice: exposure [km], the distance its set speed planned [km], counts per metric."""
+
+    km: float = 0.0
+    planned_km: float = 0.0
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def count(self, metric: str) -> int:
+        return int(self.counts.get(metric, 0))
+
+    def plus(self, other: ArmTally) -> ArmTally:
+        keys = set(self.counts) | set(other.counts)
+        return ArmTally(
+            self.km + other.km, self.planned_km + other.planned_km, {k: self.count(k) + other.count(k) for k in keys}
+        )
+
+    def check(self, where: str) -> None:
+        bad = [k for k, v in self.counts.items() if v < 0] + [k for k in self.counts if k not in COUNT_METRICS]
+        if not (math.isfinite(self.km) and self.km >= 0 and math.isfinite(self.planned_km) and self.planned_km >= 0):
+            raise DataError(f"{where}: exposure {self.km} km / planned {self.planned_km} km must be finite and >= 0")
+        if bad:
+            raise DataError(f"{where}: counts {sorted(bad)} are negative or not among {', '.join(COUNT_METRICS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"km": self.km, "planned_km": self.planned_km, "counts": dict(sorted(self.counts.items()))}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> ArmTally:
+        return ArmTally(float(d["km"]), float(d["planned_km"]), {str(k): int(v) for k, v in d["counts"].items()})
+
+
+@dataclass(frozen=True)
+class SliceTally:
+    """One batch of one slice: what the canary and the baseline drove."""
+
+    canary: ArmTally = field(default_factory=ArmTally)
+    baseline: ArmTally = field(default_factory=ArmTally)
+
+
+@dataclass(frozen=True)
+class SliceStats:
+    """One slice so far: matched tallies (batches where both arms drove), unmatched ones, and per metric the log
+    likelihood ratios at the grid's nodes of the harm and the non-inferiority test."""
+
+    canary: ArmTally = field(default_factory=ArmTally)
+    baseline: ArmTally = field(default_factory=ArmTally)
+    unmatched_canary: ArmTally = field(default_factory=ArmTally)
+    unmatched_baseline: ArmTally = field(default_factory=ArmTally)
+    harm: Mapping[str, np.ndarray] = field(default_factory=dict)
+    non_inferiority: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "canary": self.canary.to_dict(),
+            "baseline": self.baseline.to_dict(),
+            "unmatched_canary": self.unmatched_canary.to_dict(),
+            "unmatched_baseline": self.unmatched_baseline.to_dict(),
+            "harm": {m: v.tolist() for m, v in sorted(self.harm.items())},
+            "non_inferiority": {m: v.tolist() for m, v in sorted(self.non_inferiority.items())},
+        }
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> SliceStats:
+        return SliceStats(
+            canary=ArmTally.from_dict(d["canary"]),
+            baseline=ArmTally.from_dict(d["baseline"]),
+            unmatched_canary=ArmTally.from_dict(d["unmatched_canary"]),
+            unmatched_baseline=ArmTally.from_dict(d["unmatched_baseline"]),
+            harm={m: np.asarray(v, dtype=np.float64) for m, v in d["harm"].items()},
+            non_inferiority={m: np.asarray(v, dtype=np.float64) for m, v in d["non_inferiority"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class CohortStats:
+    """Every slice's statistics (keyed ``"<condition>/<scenario>"``) and the number of batches added."""
+
+    slices: Mapping[str, SliceStats] = field(default_factory=dict)
+    batches: int = 0
+
+    def matched_canary_km(self) -> float:
+        return sum(s.canary.km for s in self.slices.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "slices": {k: v.to_dict() for k, v in sorted(self.slices.items())}}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> CohortStats:
+        return CohortStats({k: SliceStats.from_dict(v) for k, v in d["slices"].items()}, int(d["batches"]))
+
+
+def _update_slice(policy: CanaryPolicy, grid: MixtureGrid, old: SliceStats, batch: SliceTally) -> SliceStats:
+    c, b = batch.canary, batch.baseline
+    if c.km <= 0 or b.km <= 0:
+        return replace(
+            old, unmatched_canary=old.unmatched_canary.plus(c), unmatched_baseline=old.unmatched_baseline.plus(b)
+        )
+    rho0 = policy.ratio_boundary
+    up, down = grid.harm_ratios(rho0), grid.non_inferiority_ratios(rho0)
+    harm, ni = dict(old.harm), dict(old.non_inferiority)
+    zero = np.zeros(len(grid.u))
+    for m in policy.judged_metrics:
+        xc, xb = c.count(m), b.count(m)
+        if xc + xb == 0:
+            harm.setdefault(m, zero)
+            ni.setdefault(m, zero)
+            continue
+        harm[m] = harm.get(m, zero) + batch_log_lr(xc, xb, c.km, b.km, up, rho0)
+        ni[m] = ni.get(m, zero) + batch_log_lr(xc, xb, c.km, b.km, down, rho0)
+    return replace(old, canary=old.canary.plus(c), baseline=old.baseline.plus(b), harm=harm, non_inferiority=ni)
+
+
+def update_stats(policy: CanaryPolicy, stats: CohortStats, batch: Mapping[str, SliceTally]) -> CohortStats:
+    """Add one batch (slice key -> what each arm drove since the last batch). Exposures within a batch should come
+    from a short span (the rates are taken as constant inside it); their split may change from batch to batch."""
+    grid = MixtureGrid.for_scale(policy.mixture_scale)
+    slices = dict(stats.slices)
+    for key, tally in batch.items():
+        tally.canary.check(f"batch slice {key!r} canary")
+        tally.baseline.check(f"batch slice {key!r} baseline")
+        slices[key] = _update_slice(policy, grid, slices.get(key, SliceStats()), tally)
+    return CohortStats(slices, stats.batches + 1)
+
+
+def mantel_haenszel_ratio(pairs: Iterable[tuple[int, float, int, float]]) -> float | None:
+    """The stratified (Mantel-Haenszel) rate ratio of ``(canary count, canary km, baseline count, baseline km)``
+    per stratum; inf when only the canary had events, None when no stratum had any."""
+    num = den = 0.0
+    for xc, ec, xb, eb in pairs:
+        e = ec + eb
+        if e > 0:
+            num += xc * eb / e
+            den += xb * ec / e
+    if den > 0:
+        return num / den
+    return math.inf if num > 0 else None
+
+
+def progress_ratio(slices: Iterable[SliceStats]) -> float | None:
+    """The canary's progress (km driven / km planned) over the baseline's, per slice, averaged with the canary's
+    planned km as weights; None before both arms have planned driving in a common slice."""
+    num = den = 0.0
+    for s in slices:
+        c, b = s.canary, s.baseline
+        if c.planned_km > 0 and b.planned_km > 0 and b.km > 0:
+            num += c.planned_km * (c.km / c.planned_km) / (b.km / b.planned_km)
+            den += c.planned_km
+    return num / den if den > 0 else None

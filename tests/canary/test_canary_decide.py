@@ -1,0 +1,139 @@
+"""Verdicts on simulated cohorts: harm in one slice is caught, a null is not rolled back, a timid model does not pass,
+no verdict before the minimum exposure, and the waves follow one another."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from sim_batches import SLICES, batch
+
+from fleetloop.platform.canary.decide import POOLED, Decision, Verdict, decide
+from fleetloop.platform.canary.policy import CanaryPolicy
+from fleetloop.platform.canary.stats import CohortStats, SliceTally, update_stats
+from fleetloop.platform.errors import DataError, UserInputError
+
+POLICY = CanaryPolicy()
+
+
+def _run(
+    policy: CanaryPolicy,
+    batches: list[dict[str, SliceTally]],
+    wave: int = 0,
+    every: int = 1,
+    stats: CohortStats | None = None,
+    stop: tuple[Verdict, ...] = (Verdict.NEXT_WAVE, Verdict.ROLLBACK),
+) -> tuple[list[Decision], CohortStats]:
+    """Feed the batches, deciding after every ``every``-th; stop at the first verdict in ``stop``."""
+    stats = stats or CohortStats()
+    wave_km = 0.0
+    out: list[Decision] = []
+    for i, b in enumerate(batches):
+        stats = update_stats(policy, stats, b)
+        wave_km += sum(t.canary.km for t in b.values() if t.canary.km > 0 and t.baseline.km > 0)
+        if (i + 1) % every:
+            continue
+        d = decide(policy, stats, wave, wave_km, now_s=float(i))
+        out.append(d)
+        if d.verdict in stop:
+            break
+    return out, stats
+
+
+def test_a_doubled_near_miss_rate_in_one_slice_only_is_rolled_back_naming_that_slice() -> None:
+    rng = np.random.default_rng(3)
+    bad = ("fog/highway_traffic", "near_misses")
+    batches = [batch(rng, 10.0, 10.0, {bad: 2.0}) for _ in range(120)]
+    # Early waves may grow before the slice has driven enough; the test runs on through the waves.
+    decisions, stats = _run(POLICY, batches, every=5, stop=(Verdict.ROLLBACK,))
+    last = decisions[-1]
+    assert last.verdict is Verdict.ROLLBACK, [d.reasons for d in decisions[-3:]]
+    decisive = [e for e in last.evidence if e.decisive and e.test == "harm"]
+    assert [(e.slice, e.metric) for e in decisive] == [bad]
+    assert decisive[0].e_value is not None and decisive[0].e_value >= POLICY.harm_threshold
+    km = stats.slices[bad[0]].canary.km
+    assert km <= 1000.0  # moderate: about 0.6 x 1,000 km of events x 2 in the slice
+
+
+@pytest.mark.slow
+def test_a_canary_as_safe_as_production_is_not_rolled_back_while_watched_continuously() -> None:
+    """100 rollouts of a canary equal to production, decided after every batch of 16 slices x 5 metrics: the share
+    ever rolled back stays within alpha (it is far below: Bonferroni over 85 tests, each an e-process)."""
+    rollbacks = 0
+    policy = CanaryPolicy(min_exposure_km=0.0)
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        stats = CohortStats()
+        for i in range(20):
+            stats = update_stats(policy, stats, batch(rng, 5.0, 10.0))
+            if decide(policy, stats, 0, 80.0 * (i + 1), float(i)).verdict is Verdict.ROLLBACK:
+                rollbacks += 1
+                break
+    assert rollbacks / 100 <= policy.alpha + 3 * math.sqrt(policy.alpha * (1 - policy.alpha) / 100)
+
+
+def test_a_timid_model_with_fewer_events_but_much_less_progress_is_rolled_back() -> None:
+    rng = np.random.default_rng(4)
+    decisions, _ = _run(POLICY, [batch(rng, 5.0, 5.0, 0.5, progress=0.7) for _ in range(30)])
+    last = decisions[-1]
+    assert last.verdict is Verdict.ROLLBACK
+    assert any("progress" in r for r in last.reasons)
+    prog = next(e for e in last.evidence if e.test == "progress")
+    assert prog.decisive and prog.ratio == pytest.approx(0.7, rel=0.01)
+    # A little slower than production: held, not grown.
+    decisions, _ = _run(POLICY, [batch(rng, 5.0, 5.0, 0.5, progress=0.93) for _ in range(30)])
+    assert {d.verdict for d in decisions} == {Verdict.HOLD}  # each batch drives more than min_exposure_km
+
+
+def test_no_verdict_before_the_minimum_exposure_even_on_a_blatant_regression() -> None:
+    rng = np.random.default_rng(5)
+    policy = CanaryPolicy(min_exposure_km=400.0)
+    batches = [batch(rng, 2.0, 2.0, 10.0) for _ in range(20)]  # 32 km of canary per batch
+    decisions, _ = _run(policy, batches)
+    verdicts = [d.verdict for d in decisions]
+    first = verdicts.index(Verdict.ROLLBACK)
+    assert set(verdicts[:first]) == {Verdict.CONTINUE}
+    assert first == math.ceil(400.0 / 32.0) - 1  # the first batch at or over 400 km
+    assert decisions[0].evidence[0].test == "exposure" and decisions[0].evidence[0].decisive
+
+
+def test_a_good_model_goes_through_every_wave_and_a_worse_one_is_stopped() -> None:
+    rng = np.random.default_rng(6)
+    stats = CohortStats()
+    sequence: list[tuple[int, str]] = []
+    for wave, canary_km in enumerate((0.4, 4.0, 10.0)):  # the canary's share of driving grows with the waves
+        decisions, stats = _run(POLICY, [batch(rng, canary_km, 10.0) for _ in range(400)], wave, 4, stats)
+        sequence += [(wave, d.verdict.value) for d in decisions if d.verdict is not Verdict.CONTINUE]
+        assert decisions[-1].verdict is Verdict.NEXT_WAVE
+    assert [s for s in sequence if s[1] == "next_wave"] == [(0, "next_wave"), (1, "next_wave"), (2, "next_wave")]
+    assert "promote" in decisions[-1].reasons[0]
+    # 1.8 x the near misses everywhere: never grown, rolled back.
+    decisions, _ = _run(POLICY, [batch(rng, 0.4, 10.0, {(s, "near_misses"): 1.8 for s in SLICES}) for _ in range(600)])
+    assert Verdict.NEXT_WAVE not in {d.verdict for d in decisions}
+    assert decisions[-1].verdict is Verdict.ROLLBACK
+
+
+def test_the_decision_serialises_to_strict_json_and_back() -> None:
+    rng = np.random.default_rng(8)
+    decisions, _ = _run(
+        CanaryPolicy(min_exposure_km=10.0),
+        [batch(rng, 1.0, 1.0, {("fog/urban_open", "collisions"): 50.0}) for _ in range(3)],
+    )
+    d = decisions[-1]
+    text = d.to_json()
+    doc = json.loads(text)
+    assert doc["verdict"] == d.verdict.value and "Infinity" not in text
+    back = Decision.from_json(text)
+    assert back.verdict is d.verdict and len(back.evidence) == len(d.evidence)
+    pooled = [e for e in back.evidence if e.slice == POOLED and e.test == "harm"]
+    assert {e.metric for e in pooled} == set(POLICY.judged_metrics)
+    assert all(e.describe() for e in back.evidence)
+    with pytest.raises(DataError, match="not a canary decision"):
+        Decision.from_json('{"verdict": "maybe"}')
+
+
+def test_the_last_wave_is_not_judged() -> None:
+    with pytest.raises(UserInputError, match="not judged"):
+        decide(POLICY, CohortStats(), len(POLICY.waves) - 1, 100.0, 0.0)
