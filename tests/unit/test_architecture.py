@@ -41,6 +41,7 @@ EDGE_NUMERIC_CORE = frozenset(
         "imitation",
         "inference",
         "labeller",
+        "ota_client",
         "policy",
         "summary",
         "triggers",
@@ -48,7 +49,18 @@ EDGE_NUMERIC_CORE = frozenset(
     }
 )
 EDGE_SHELL = frozenset(
-    {"bootstrap", "buffer", "fleet", "model_artifact", "ota_download", "ota_verify", "shards", "telemetry"}
+    {
+        "bootstrap",
+        "buffer",
+        "fleet",
+        "model_artifact",
+        "ota_agent",
+        "ota_bus",
+        "ota_download",
+        "ota_verify",
+        "shards",
+        "telemetry",
+    }
 )
 NUMERIC_LIBRARIES = frozenset({"torch", "numpy"})
 
