@@ -172,7 +172,7 @@ class _Job:
     version: int
     label: str
     requests: list[FetchRequest]
-    future: Future[tuple[Path | None, list[FetchOutcome], float]] | None = None
+    future: Future[tuple[Path | None, list[FetchOutcome], float, float]] | None = None
 
 
 class OtaAgent:
@@ -197,7 +197,7 @@ class OtaAgent:
         self.jobs: list[_Job] = []
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ota-fetch")
         self.tally: dict[str, Counter[str]] = {k: Counter() for k in ("status", "rejected", "rolled_back", "commands")}
-        self.fetch = {"jobs": 0, "unavailable": 0, "verify_cpu_s": 0.0, "vehicles_verified": 0}
+        self.fetch = {"jobs": 0, "unavailable": 0, "verify_cpu_s": 0.0, "verify_wall_s": 0.0, "vehicles_verified": 0}
 
     # -- the tick boundary ---------------------------------------------------------------------------
 
@@ -278,8 +278,9 @@ class OtaAgent:
         for job in [j for j in self.jobs if j.future is not None and j.future.done()]:
             self.jobs.remove(job)
             assert job.future is not None
-            path, outcomes, cpu_s = job.future.result()
+            path, outcomes, cpu_s, wall_s = job.future.result()
             self.fetch["verify_cpu_s"] += cpu_s
+            self.fetch["verify_wall_s"] += wall_s
             self.fetch["unavailable"] += sum(o.kind == "unavailable" for o in outcomes)
             accepted = [o for o in outcomes if o.kind == "installed"]
             self.fetch["vehicles_verified"] += len(accepted)
@@ -312,9 +313,17 @@ class OtaAgent:
 
 def _fetch(
     cfg: OtaClientConfig, model_name: str, job: _Job, vehicle_ids: list[str]
-) -> tuple[Path | None, list[FetchOutcome], float]:
-    """The worker thread's job: the shard's refresh, each vehicle's verdict, one verified download."""
-    cpu0 = time.thread_time()
+) -> tuple[Path | None, list[FetchOutcome], float, float]:
+    """The worker thread's job, timed (its CPU and wall seconds)."""
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    path, outcomes = _fetch_verified(cfg, model_name, job, vehicle_ids)
+    return path, outcomes, time.thread_time() - cpu0, time.perf_counter() - wall0
+
+
+def _fetch_verified(
+    cfg: OtaClientConfig, model_name: str, job: _Job, vehicle_ids: list[str]
+) -> tuple[Path | None, list[FetchOutcome]]:
+    """The shard's refresh, each vehicle's verdict, one verified download."""
     reqs = job.requests
 
     def every(kind: str, exc: Exception | None = None, release: int = 0) -> list[FetchOutcome]:
@@ -325,9 +334,9 @@ def _fetch(
         release = refresh_release(cfg, model_name, job.label)
     except RepositoryUnavailable as exc:
         log.info("release server unavailable for %s v%s: %s", model_name, job.label, exc)
-        return None, every("unavailable"), time.thread_time() - cpu0
+        return None, every("unavailable")
     except (ReleaseRejected, ReleaseNotFound) as exc:
-        return None, every("rejected", exc), time.thread_time() - cpu0
+        return None, every("rejected", exc)
     number = release.fields.release
     outcomes: list[FetchOutcome] = []
     accepted: list[FetchRequest] = []
@@ -355,4 +364,4 @@ def _fetch(
                 o if o.kind != "installed" else FetchOutcome(o.row, o.version, "rejected", number, reason, detail)
                 for o in outcomes
             ]
-    return path, outcomes, time.thread_time() - cpu0
+    return path, outcomes
