@@ -93,7 +93,7 @@ def published_and_sent(env: dict[str, str], settings: Settings, tmp_path: Path) 
 
 def run_fleet(env: dict[str, str]) -> dict:
     proc = fleetloop(
-        env, "sim", "run", "--ota", "--vehicles", str(FLEET), "--minutes", "0.6", "--no-telemetry", "--json"
+        env, "sim", "run", "--ota", "--vehicles", str(FLEET), "--minutes", "0.4", "--no-telemetry", "--json"
     )
     return as_json(proc)
 
