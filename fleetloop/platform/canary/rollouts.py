@@ -246,12 +246,13 @@ class RolloutStore:
 
     def current(self, model: str | None, rollout_id: str | None = None) -> RolloutRecord:
         """The rollout an operator command is for: ``rollout_id``, else the one active rollout (of ``model``)."""
-        if rollout_id:
-            return self.load(rollout_id)
-        live = self.active(model)
         pending = [r for r in self.pending_starts() if model is None or r.start.get("model") == model]
+        if rollout_id:
+            waiting = [r for r in pending if r.rollout_id == rollout_id]
+            return self.waiting_record(waiting[0]) if waiting else self.load(rollout_id)
+        live = self.active(model)
         if not live and pending:
-            return self._waiting_record(pending[0])
+            return self.waiting_record(pending[0])
         if len(live) != 1:
             which = f" of {model}" if model else ""
             if not live:
@@ -261,7 +262,8 @@ class RolloutStore:
         return live[0]
 
     @staticmethod
-    def _waiting_record(req: Request) -> RolloutRecord:
+    def waiting_record(req: Request) -> RolloutRecord:
+        """The record a start request will become (phase ``waiting``), for the operator's views."""
         s = req.start
         return RolloutRecord(
             req.rollout_id,
