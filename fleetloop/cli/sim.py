@@ -34,6 +34,7 @@ app = typer.Typer(no_args_is_help=True)
 
 DEVICES = ("cpu", "cuda")
 CHUNK_TICKS = 10  # ticks between progress / metrics updates
+DEFAULT_HEARTBEAT_S = 10.0  # [s] simulated time between a vehicle's heartbeats (the canary judges them)
 
 
 # -- inputs -----------------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ def simulate(
     triggers: Any | None = None,
     compile: bool = False,
     ota: bool = False,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
 ) -> dict[str, Any]:
     """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran).
 
@@ -141,6 +143,8 @@ def simulate(
     ``compile``: the compiled tick (``FleetConfig.compile``, ADR 0101).
     ``ota``: the vehicles follow OTA commands from Kafka and install signed releases from the ota-repo service
     (``ota_spec``); their statuses go to ``fleetloop.ota-status`` and their counts to ``counts["ota"]``.
+    ``heartbeat_s``: with telemetry, each vehicle's heartbeat goes to the fleet-health topic every this many
+    simulated seconds (``FleetConfig.heartbeat_s``; docs/canary.md).
     """
     from fleetloop.edge_agent.fleet import FleetConfig
     from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec, build_runner
@@ -170,6 +174,7 @@ def simulate(
         fog_onset_s=fog_onset_s,
         triggers=triggers,
         compile=compile,
+        heartbeat_s=heartbeat_s if telemetry else None,
     )
     backlog = telemetry_preflight(settings) if telemetry else None
     workdir = Path(settings.state_dir) / "sim" / "models"
@@ -546,6 +551,12 @@ def run_cmd(
     no_telemetry: bool = typer.Option(False, "--no-telemetry", help="Do not send uploads to Kafka."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the summary here."),
+    heartbeat_s: float = typer.Option(
+        DEFAULT_HEARTBEAT_S,
+        "--heartbeat-s",
+        click_type=POSITIVE_FLOAT,
+        help="Simulated seconds between each vehicle's heartbeats to fleetloop.fleet-health (with telemetry).",
+    ),
     compile: bool = typer.Option(
         False,
         "--compile",
@@ -598,6 +609,7 @@ def run_cmd(
                 on_start=lambda ticks: progress.update(task, total=ticks),
                 compile=compile,
                 ota=ota,
+                heartbeat_s=heartbeat_s,
             )
         if plot is not None:
             _plot(result, plot)
