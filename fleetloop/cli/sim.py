@@ -366,7 +366,7 @@ def _render_run(d: dict[str, Any]) -> None:
         highlight=False,
     )
     table = Table(title="per 1,000 km (counts in brackets)")
-    table.add_column("group")
+    table.add_column("group", no_wrap=True)
     for col in ("km", "collisions", "near misses", "phantom brakes", "hard brakes", "fallback acts", "progress"):
         table.add_column(col, justify="right")
 
@@ -686,15 +686,15 @@ def _render_ncap(d: dict[str, Any]) -> None:
         f"{d['avoided']}/{d['total']} avoided)"
     )
     table = Table(title=title)
-    table.add_column("group")
+    table.add_column("group", no_wrap=True)
     for c in conds:
-        table.add_column(f"{c} (official)" if c == d["official_condition"] else c, justify="right")
+        table.add_column(f"{c} (official)" if c == d["official_condition"] else c, justify="right", no_wrap=True)
     for name in d["scores"][conds[0]]:
         cells = []
         for c in conds:
             g = d["scores"][c][name]
             bad = f", {g['invalid']} invalid" if g["invalid"] else ""
-            cells.append(f"{g['points']:.2f}/{g['max_points']:.0f} ({g['percent']:.0f} %{bad})")
+            cells.append(f"{g['points']:.1f}/{g['max_points']:.0f} {g['percent']:.0f}%{bad}")
         bold = name in dict(NCAP_TOTALS)
         table.add_row(f"[bold]{name}[/]" if bold else name, *cells)
     console.print(table)
