@@ -26,6 +26,7 @@ from fleetloop.cli import (  # noqa: E402
     runs,
     sim,
     stack,
+    watch,
 )
 from fleetloop.cli.output import err_console  # noqa: E402
 from fleetloop.platform.errors import FleetloopError  # noqa: E402
@@ -51,6 +52,7 @@ app.add_typer(runs.app, name="runs", help="Look back at the records every comman
 app.add_typer(ota.app, name="ota", help="Signed releases: keys, publish, rollout waves, offline verify.")
 app.add_typer(fl.app, name="fl", help="Federated rounds: vehicles train on their own buffers.")
 app.add_typer(demo.app, name="demo", help="See the whole loop once on the embedded defaults.")
+app.command("watch")(watch.watch_cmd)
 
 
 def main() -> None:

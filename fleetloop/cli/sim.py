@@ -123,7 +123,7 @@ def simulate(
     ray_address: str | None = None,
     telemetry: bool = True,
     fleet_tag: str = "",
-    on_progress: Callable[[dict[str, int]], None] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     fog_onset_s: float | None = None,
     triggers: Any | None = None,
@@ -194,7 +194,7 @@ def simulate(
             reports = [runner.step() for _ in range(n)]
             done += runner.ticks - before
             if on_progress:
-                on_progress(_sum_reports(reports))
+                on_progress({**_sum_reports(reports), "groups": runner.group_sums()})
         summary = runner.close()
     else:
         fleet = ShardedFleet(spec, shards, backend, ray_address, devices=devices)
@@ -444,8 +444,9 @@ def _plot(d: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
+def _metrics(settings: Settings) -> Callable[[dict[str, Any]], None]:
     """Start the process's exporter; returns the per-chunk updater of the sim's counters."""
+    from fleetloop.cli.sim_metrics import GroupCounters
     from fleetloop.platform.metrics import counter, gauge, start_exporter
 
     start_exporter(settings, "sim")
@@ -454,15 +455,17 @@ def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
     acts = counter("fleetloop_sim_fallback_activations_total", "Model -> fallback transitions.")
     uploads = counter("fleetloop_sim_uploaded_frames_total", "Frames the vehicles chose to upload.")
     rate = gauge("fleetloop_sim_vehicle_steps_per_second", "Vehicle-steps per wall-clock second (last chunk).")
+    by_group = GroupCounters()
     last = [time.monotonic()]
 
-    def update(part: dict[str, int]) -> None:
+    def update(part: dict[str, Any]) -> None:
         now = time.monotonic()
         steps.inc(part["vehicle_steps"])
         events.labels(event="collision").inc(part["collisions"])
         events.labels(event="near_miss").inc(part["near_misses"])
         acts.inc(part["fallback_activations"])
         uploads.inc(part["uploaded_frames"])
+        by_group.update(part.get("groups", {}))
         if now > last[0]:
             rate.set(part["vehicle_steps"] / (now - last[0]))
         last[0] = now
@@ -512,7 +515,7 @@ def run_cmd(
             task = progress.add_task(f"{vehicles:,} vehicles", total=None, info="")
             seen = {"collisions": 0, "near_misses": 0}
 
-            def on_progress(part: dict[str, int]) -> None:
+            def on_progress(part: dict[str, Any]) -> None:
                 update(part)
                 seen["collisions"] += part["collisions"]
                 seen["near_misses"] += part["near_misses"]

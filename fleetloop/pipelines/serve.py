@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.launcher import service_dir
+from fleetloop.platform.metrics import start_exporter
 from fleetloop.platform.services.spec import Health, ServiceSpec
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ def serve_stage(settings: Settings, stage: str, *, min_new_frames: int | None = 
     """Run one stage until stopped (SIGTERM / Ctrl-C or ``stop``), beating the heartbeat; returns its report."""
     if stage not in SERVE_STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(SERVE_STAGES)}")
+    start_exporter(settings, service_name(stage), labels={"stage": stage})
     done = threading.Event()
     beat = threading.Thread(target=_beat, args=(heartbeat_path(settings, stage), done), daemon=True)
     beat.start()
