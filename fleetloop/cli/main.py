@@ -30,6 +30,7 @@ from fleetloop.cli import (  # noqa: E402
 )
 from fleetloop.cli.output import err_console  # noqa: E402
 from fleetloop.platform.errors import FleetloopError  # noqa: E402
+from fleetloop.platform.logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging  # noqa: E402
 
 __all__ = ["app", "main"]
 
@@ -40,6 +41,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global_options(
+    log_format: str = typer.Option(
+        "text", "--log-format", envvar=LOG_FORMAT_ENV, help="text, or json: JSON log lines with correlation ids."
+    ),
+) -> None:
+    """Simulate and operate the closed data loop of an autonomous-driving fleet."""
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"{log_format!r}; valid: {', '.join(LOG_FORMATS)}", param_hint="'--log-format'")
+    configure_logging(log_format)  # the processes this one starts inherit it
+
+
 stack.register(app)
 app.add_typer(config_cmd.app, name="config", help="Show the effective settings.")
 model.app.command("bootstrap")(model_bootstrap.bootstrap_cmd)

@@ -14,6 +14,7 @@ service. Errors come from the platform's tree and map to exit codes (2 bad input
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from rich.table import Table
 from fleetloop.cli.output import console, emit
 from fleetloop.cli.release_source import release_source
 from fleetloop.cli.validate_args import POSITIVE_INT, SHARE
+from fleetloop.platform.logs import bind_log_context
 from fleetloop.platform.registry import open_registry
 from fleetloop.platform.releases import api
 from fleetloop.platform.releases.cohorts import DEFAULT_BUCKETS, CohortRule, HashRange, VehicleList, rule_to_custom
@@ -198,6 +200,10 @@ def publish_cmd(
         else:
             fields = api.publish(settings.state_dir, name, source.version, source.artifact, source.custom)
             changed = True
+    bind_log_context(model_version=f"{name}/{source.version}", rollout=f"release {fields.release}")
+    logging.getLogger(__name__).info(
+        "release %s signs %s v%s (changed: %s)", fields.release, name, source.version, changed
+    )
     data = {
         "release": fields.to_custom(),
         "stage": source.stage,
@@ -243,6 +249,8 @@ def assign_cmd(
     rule = cohort_rule(vehicles, share)
     settings = load_settings()
     assigned = api.assign_wave(settings.state_dir, release, wave, rule)
+    bind_log_context(rollout=f"release {release}")
+    logging.getLogger(__name__).info("wave %d assigned: %s", assigned.wave, rule_to_custom(rule))
     data = {"release": release, "wave": assigned.wave, "role": assigned.role, "cohort": rule_to_custom(rule)}
 
     _emit_text(

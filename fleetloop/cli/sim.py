@@ -7,6 +7,7 @@ the run record and the metrics exporter.
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import time
@@ -23,6 +24,7 @@ from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
 from fleetloop.edge_agent.telemetry import deliver_spooled
 from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
 from fleetloop.platform.errors import DataError, NotFoundError, ServiceUnavailable, UserInputError
+from fleetloop.platform.logs import bind_log_context
 from fleetloop.platform.registry import find_model_file, open_registry
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.services.kafka import kafka_health
@@ -31,6 +33,7 @@ from fleetloop.platform.settings import Settings, load_settings
 __all__ = ["app", "euroncap", "load_scenario", "require_broker", "require_delivered", "resolve_model", "simulate"]
 
 app = typer.Typer(no_args_is_help=True)
+log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda")
 CHUNK_TICKS = 10  # ticks between progress / metrics updates
@@ -174,6 +177,8 @@ def simulate(
     paths = {} if resolved is None else {resolved[0]: str(resolved[1])}
     label = None if resolved is None else resolved[0]
     ticks = run_ticks(minutes, config.world().dt_s)
+    bind_log_context(model_version=label or "fallback-only")  # for the rest of the run's record
+    log.info("fleet simulation: %d vehicles, %d ticks, scenario %s, weather %s", vehicles, ticks, scenario, weather)
     spec = ShardSpec(
         config=config,
         vehicle_ids=tuple(range(vehicles)),
