@@ -121,7 +121,8 @@ def render_snapshot(s: Snapshot) -> RenderableType:
 
 
 def plot_history(history: History, path: Path) -> None:
-    """One PNG: a panel per series of ``HISTORY_QUERIES`` over the history's time span."""
+    """One PNG: a panel per series of ``HISTORY_QUERIES`` that has data, over the history's time span (the panels
+    without data are named under the figure)."""
     # Imported here: matplotlib costs about a second (measured), and only --plot needs it.
     import matplotlib
 
@@ -129,9 +130,9 @@ def plot_history(history: History, path: Path) -> None:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    titles = list(HISTORY_QUERIES)
-    fig, axes = plt.subplots(len(titles), 1, figsize=(9, 2.3 * len(titles)), sharex=True)
-    for ax, title in zip(axes, titles, strict=True):
+    titles = [t for t in HISTORY_QUERIES if any(history.panels.get(t, {}).values())] or list(HISTORY_QUERIES)[:1]
+    fig, axes = plt.subplots(len(titles), 1, figsize=(9, 2.3 * len(titles)), sharex=True, squeeze=False)
+    for ax, title in zip(axes[:, 0], titles, strict=True):
         lines = history.panels.get(title, {})
         for name, points in sorted(lines.items()):
             if points:
@@ -142,13 +143,20 @@ def plot_history(history: History, path: Path) -> None:
         ax.grid(alpha=0.3)
         if not lines:
             ax.text(0.5, 0.5, "no data in this window", transform=ax.transAxes, ha="center", color="grey")
-        elif len(lines) > 1:
+        elif set(lines) != {"total"}:
             ax.legend(fontsize=7, loc="upper left", ncol=2)
-    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
-    axes[-1].set_xlabel("time (UTC)")
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
+    axes[-1, 0].set_xlabel("time (UTC)")
     minutes = (history.end_s - history.start_s) / 60
-    fig.suptitle(f"fleetloop: the last {minutes:.0f} minutes", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(
+        f"fleetloop: the last {minutes:.0f} minutes (rates over {history.window_s:.0f} s, "
+        f"safety over {history.safety_window_s:.0f} s)",
+        fontsize=11,
+    )
+    left_out = [t for t in HISTORY_QUERIES if t not in titles]
+    if left_out:
+        fig.text(0.01, 0.005, "no data in this window: " + ", ".join(left_out), fontsize=8, color="grey")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

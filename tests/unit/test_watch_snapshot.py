@@ -144,7 +144,8 @@ def test_an_exporter_page_gives_its_fleetloop_series_without_created_samples() -
 
 def test_every_history_query_fills_its_rate_window_and_keeps_its_selectors() -> None:
     for promql, _label, _unit in HISTORY_QUERIES.values():
-        q = promql.format(w="60s")
-        assert "{w}" not in q and "[60s]" in q and q.count("(") == q.count(")")
-    safety = HISTORY_QUERIES["collisions + near misses per 1,000 km"][0].format(w="60s")
+        q = promql.format(w="60s", ws="300s")
+        assert "{w" not in q and ("[60s]" in q or "[300s]" in q) and q.count("(") == q.count(")")
+    safety = HISTORY_QUERIES["collisions + near misses per 1,000 km"][0].format(w="60s", ws="300s")
+    assert "[300s]" in safety
     assert '{event=~"collision|near_miss"}' in safety and "* 1e6" in safety  # events per metre -> per 1,000 km

@@ -424,8 +424,8 @@ class Watcher:
 HISTORY_QUERIES: dict[str, tuple[str, str, str]] = {
     "fleet throughput": (f"sum(rate({STEPS}[{{w}}]))", "", "vehicle-steps / s"),
     "collisions + near misses per 1,000 km": (
-        f'sum by (model_version, condition) (increase({CONDITION_EVENTS}{{{{event=~"collision|near_miss"}}}}[{{w}}]))'
-        f" / (sum by (model_version, condition) (increase({DISTANCE}[{{w}}])) > 0) * 1e6",
+        f'sum by (model_version, condition) (increase({CONDITION_EVENTS}{{{{event=~"collision|near_miss"}}}}[{{ws}}]))'
+        f" / (sum by (model_version, condition) (increase({DISTANCE}[{{ws}}])) > 0) * 1e6",
         "model_version,condition",
         "per 1,000 km",
     ),
@@ -441,7 +441,8 @@ HISTORY_QUERIES: dict[str, tuple[str, str, str]] = {
         "records / s",
     ),
 }
-"""The plotted panels: their PromQL (``{w}``: the rate window), the label that names a line, the unit."""
+"""The plotted panels: their PromQL (``{w}``: the rate window; ``{ws}``: the safety rate's, a fifth of the plotted
+span, since events are rare), the label that names a line, the unit."""
 
 
 @dataclass(frozen=True)
@@ -451,6 +452,8 @@ class History:
     start_s: float
     end_s: float
     panels: dict[str, dict[str, list[tuple[float, float]]]]
+    window_s: float = 0.0  # [s] of the rates
+    safety_window_s: float = 0.0  # [s] of the safety rate
 
     @property
     def empty(self) -> bool:
@@ -477,6 +480,7 @@ def query_history(settings: Settings, minutes: float, *, end_s: float | None = N
     start = end - minutes * 60.0
     step_s = max(1.0, minutes * 60.0 / 240)  # about 240 points a line
     window_s = max(4 * settings.prometheus_scrape_interval_s, 2 * step_s)  # at least a few scrapes per rate
+    safety_window_s = max(window_s, minutes * 60.0 / 5)
     panels = {}
     try:
         for title, (promql, label_keys, _unit) in HISTORY_QUERIES.items():
@@ -484,7 +488,7 @@ def query_history(settings: Settings, minutes: float, *, end_s: float | None = N
                 base,
                 "/api/v1/query_range",
                 _TIMEOUT_S * 5,
-                query=promql.format(w=f"{round(window_s)}s"),
+                query=promql.format(w=f"{round(window_s)}s", ws=f"{round(safety_window_s)}s"),
                 start=f"{start:.3f}",
                 end=f"{end:.3f}",
                 step=f"{step_s:.3f}",
@@ -496,4 +500,4 @@ def query_history(settings: Settings, minutes: float, *, end_s: float | None = N
             "`fleetloop up prometheus` (install it with `make prometheus`) or point FLEETLOOP_PROMETHEUS_URL at one, "
             "then let it scrape a run"
         ) from e
-    return History(start, end, panels)
+    return History(start, end, panels, window_s, safety_window_s)
