@@ -15,6 +15,7 @@ service. Errors come from the platform's tree and map to exit codes (2 bad input
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from fleetloop.platform.canary.policy import CanaryPolicy, load_policy
 from fleetloop.platform.canary.rollouts import RolloutRecord, RolloutStore
 from fleetloop.platform.canary.service import ControllerConfig
 from fleetloop.platform.errors import NotFoundError, ServiceUnavailable
+from fleetloop.platform.logs import bind_log_context
 from fleetloop.platform.registry import open_registry
 from fleetloop.platform.releases import api
 from fleetloop.platform.releases.cohorts import (
@@ -250,6 +252,10 @@ def publish_cmd(
         else:
             fields = api.publish(settings.state_dir, name, source.version, source.artifact, source.custom)
             changed = True
+    bind_log_context(model_version=f"{name}/{source.version}", rollout=f"release {fields.release}")
+    logging.getLogger(__name__).info(
+        "release %s signs %s v%s (changed: %s)", fields.release, name, source.version, changed
+    )
     data = {
         "release": fields.to_custom(),
         "stage": source.stage,
@@ -295,6 +301,8 @@ def assign_cmd(
     rule = cohort_rule(vehicles, share)
     settings = load_settings()
     assigned = api.assign_wave(settings.state_dir, release, wave, rule)
+    bind_log_context(rollout=f"release {release}")
+    logging.getLogger(__name__).info("wave %d assigned: %s", assigned.wave, rule_to_custom(rule))
     data = {"release": release, "wave": assigned.wave, "role": assigned.role, "cohort": rule_to_custom(rule)}
 
     _emit_text(

@@ -20,6 +20,8 @@ from fleetloop.cli.validate_args import at_least
 from fleetloop.pipelines.serve import SERVE_STAGES, service_name, stage_specs
 from fleetloop.platform import launcher
 from fleetloop.platform.errors import UserInputError
+from fleetloop.platform.logs import bind_log_context
+from fleetloop.platform.metrics import start_exporter
 from fleetloop.platform.settings import Settings, load_settings
 
 __all__ = ["STAGES", "StageCommand", "app"]
@@ -106,10 +108,12 @@ def run_cmd(
     if unknown:
         raise UserInputError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
     settings = load_settings()
+    start_exporter(settings, "pipeline")  # its counters (records, dead letters, verdicts) for `fleetloop watch`
     results: dict[str, dict[str, Any]] = {}
     with run_record(settings, command="pipeline run", params={"stages": names}) as rec:
         for name in names:
             cmd = STAGES[name]
+            bind_log_context(stage=name)
             if as_json:
                 results[name] = cmd.run(settings, lambda _msg: None)
             else:

@@ -7,6 +7,7 @@ the run record and the metrics exporter.
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import time
@@ -23,6 +24,7 @@ from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
 from fleetloop.edge_agent.telemetry import deliver_spooled
 from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
 from fleetloop.platform.errors import DataError, NotFoundError, ServiceUnavailable, SetupError, UserInputError
+from fleetloop.platform.logs import bind_log_context
 from fleetloop.platform.registry import find_model_file, open_registry
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.services.kafka import kafka_health
@@ -31,6 +33,7 @@ from fleetloop.platform.settings import Settings, load_settings
 __all__ = ["app", "euroncap", "load_scenario", "require_broker", "require_delivered", "resolve_model", "simulate"]
 
 app = typer.Typer(no_args_is_help=True)
+log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda")
 CHUNK_TICKS = 10  # ticks between progress / metrics updates
@@ -124,7 +127,7 @@ def simulate(
     ray_address: str | None = None,
     telemetry: bool = True,
     fleet_tag: str = "",
-    on_progress: Callable[[dict[str, int]], None] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     fog_onset_s: float | None = None,
     triggers: Any | None = None,
@@ -182,6 +185,8 @@ def simulate(
     paths = {} if resolved is None else {resolved[0]: str(resolved[1])}
     label = None if resolved is None else resolved[0]
     ticks = run_ticks(minutes, config.world().dt_s)
+    bind_log_context(model_version=label or "fallback-only")  # for the rest of the run's record
+    log.info("fleet simulation: %d vehicles, %d ticks, scenario %s, weather %s", vehicles, ticks, scenario, weather)
     spec = ShardSpec(
         config=config,
         vehicle_ids=tuple(range(vehicles)),
@@ -203,7 +208,7 @@ def simulate(
             reports = [runner.step() for _ in range(n)]
             done += runner.ticks - before
             if on_progress:
-                on_progress(_sum_reports(reports))
+                on_progress({**_sum_reports(reports), "groups": runner.group_sums()})
         summary = runner.close()
     else:
         fleet = ShardedFleet(spec, shards, backend, ray_address, devices=devices)
@@ -502,8 +507,9 @@ def _plot(d: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
+def _metrics(settings: Settings) -> Callable[[dict[str, Any]], None]:
     """Start the process's exporter; returns the per-chunk updater of the sim's counters."""
+    from fleetloop.cli.sim_metrics import GroupCounters
     from fleetloop.platform.metrics import counter, gauge, start_exporter
 
     start_exporter(settings, "sim")
@@ -512,15 +518,17 @@ def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
     acts = counter("fleetloop_sim_fallback_activations_total", "Model -> fallback transitions.")
     uploads = counter("fleetloop_sim_uploaded_frames_total", "Frames the vehicles chose to upload.")
     rate = gauge("fleetloop_sim_vehicle_steps_per_second", "Vehicle-steps per wall-clock second (last chunk).")
+    by_group = GroupCounters()
     last = [time.monotonic()]
 
-    def update(part: dict[str, int]) -> None:
+    def update(part: dict[str, Any]) -> None:
         now = time.monotonic()
         steps.inc(part["vehicle_steps"])
         events.labels(event="collision").inc(part["collisions"])
         events.labels(event="near_miss").inc(part["near_misses"])
         acts.inc(part["fallback_activations"])
         uploads.inc(part["uploaded_frames"])
+        by_group.update(part.get("groups", {}))
         if now > last[0]:
             rate.set(part["vehicle_steps"] / (now - last[0]))
         last[0] = now
@@ -581,7 +589,7 @@ def run_cmd(
             task = progress.add_task(f"{vehicles:,} vehicles", total=None, info="")
             seen = {"collisions": 0, "near_misses": 0}
 
-            def on_progress(part: dict[str, int]) -> None:
+            def on_progress(part: dict[str, Any]) -> None:
                 update(part)
                 seen["collisions"] += part["collisions"]
                 seen["near_misses"] += part["near_misses"]

@@ -657,6 +657,10 @@ class FleetRunner:
             out.update(hook.counts())
         return out
 
+    def group_sums(self) -> dict[str, dict[str, dict[str, float]]]:
+        """The summed columns so far by model version and condition (``FleetSummary.groups``), for live metrics."""
+        return self.acc.result(self.labels, int(self.ids.shape[0]), self.ticks, self.world.dt_s).groups
+
     def summary(self) -> FleetSummary:
         """The run's sums so far."""
         return self.acc.result(self.labels, int(self.ids.shape[0]), self.ticks, self.world.dt_s, self.counts())
