@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -116,6 +116,7 @@ class ShellConfig:
         commit_timeout_s: how long a commit may wait for the broker before it counts as failed [s].
         session_timeout_s: how long the group waits for a silent member (killed -9) before moving its
             partitions to the others; also how long a restarted member may wait for its partitions [s].
+        consumer_overrides: kafka-python consumer settings for experiments and tests (``max_poll_interval_ms``).
     """
 
     topic: Topic
@@ -127,6 +128,7 @@ class ShellConfig:
     broker_outage_s: float = 300.0
     commit_timeout_s: float = 30.0
     session_timeout_s: float = 10.0
+    consumer_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,7 +139,9 @@ class ShellReport:
     records: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
     commits: int = 0
+    commits_deferred: int = 0
     commit_failures: int = 0
+    rebalance_flushes: int = 0
     broker_outages: int = 0
     stopped_by: str = ""
     wall_s: float = 0.0
@@ -185,19 +189,36 @@ def run_shell(
     pending: list[Polled] = []  # polls whose records are taken but not yet durable
     counted: Counter[str] = Counter()  # dead letters already in the metric
 
-    with (
-        stop_on_signals(stop),
-        BusProducer(settings, client_id=f"{report.stage}-{sink.name}") as producer,
-        BusConsumer(
-            settings,
-            [cfg.topic],
-            cfg.group_id,
-            dead_letter_topic=cfg.dead_letter_topic,
-            client_id=report.stage,
-            session_timeout_ms=int(cfg.session_timeout_s * 1000),
-            heartbeat_interval_ms=max(100, int(cfg.session_timeout_s * 1000 / 3)),
-        ) as consumer,
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(stop_on_signals(stop))
+        producer = stack.enter_context(BusProducer(settings, client_id=f"{report.stage}-{sink.name}"))
+
+        def on_revoked(partitions: frozenset[tuple[str, int]]) -> None:
+            """Partitions are leaving this member: make the work on their records durable before the group
+            moves them, so their next owner's dedup sees it (docs/adr/0075). The offsets wait for the next
+            commit, which covers only partitions still ours; the rest are redelivered to the new owner and
+            dropped there."""
+            if not pending:
+                return
+            try:
+                sink.flush(producer)
+            except ServiceUnavailable:
+                return  # outputs kept; sent by the next flush (at-least-once, consumers drop repeats)
+            report.rebalance_flushes += 1
+
+        consumer = stack.enter_context(
+            BusConsumer(
+                settings,
+                [cfg.topic],
+                cfg.group_id,
+                dead_letter_topic=cfg.dead_letter_topic,
+                client_id=report.stage,
+                session_timeout_ms=int(cfg.session_timeout_s * 1000),
+                heartbeat_interval_ms=max(100, int(cfg.session_timeout_s * 1000 / 3)),
+                on_revoked=on_revoked,
+                **cfg.consumer_overrides,
+            )
+        )
 
         def count_dead_letters() -> None:
             for reason, n in list(consumer.counters.dead_lettered.items()):
@@ -217,8 +238,11 @@ def run_shell(
             offsets = Polled.merged(pending)
             pending = []
             try:
-                consumer.commit(offsets, cfg.commit_timeout_s)  # flushes the dead letters first
-                report.commits += 1
+                # Flushes the dead letters first; False: a rebalance is under way, retried by the next poll.
+                if consumer.commit(offsets, cfg.commit_timeout_s):
+                    report.commits += 1
+                else:
+                    report.commits_deferred += 1
             except ServiceUnavailable:
                 # Safe to go on: the work is durable and idempotent; a redelivery is dropped by the sink.
                 report.commit_failures += 1
