@@ -215,3 +215,17 @@ def test_every_valid_frame_lands_once_and_every_inconsistent_upload_is_refused(
     assert state.rows_out + sum(state.duplicates.values()) == state.frames_in
 
 
+@pytest.mark.parametrize("weather", ["fog", "rain"])
+def test_what_a_real_fleet_uploads_passes_the_consistency_checks(weather: str) -> None:
+    from fleetloop.edge_agent.telemetry import vehicle_key
+    from tests.pipelines.fleet_lake import _drive
+
+    vids, tel, _ = _drive(24, 200, weather, 3)
+    deliveries = []
+    for i, v in enumerate(np.unique(vids)):
+        rows = np.flatnonzero(vids == v)
+        b = FrameBatch.build(TELEMETRY_FRAMES, vehicle_key(int(v), ""), {k: c[rows] for k, c in tel.items()})
+        deliveries.append(deliver(b, offset=i))
+    state, _, rejects = collect(CollectState(), deliveries)
+    assert [(r.reason, r.message) for r in rejects] == []
+    assert state.rows_out == len(vids)

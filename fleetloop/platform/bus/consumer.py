@@ -341,6 +341,8 @@ class BusConsumer:
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
         mine = self.assignment()
+        if not mine:
+            return False  # out of the group (or not yet in): keep them until it gives us partitions again
         offsets = {
             TopicPartition(*tp): OffsetAndMetadata(nxt, "", -1)
             for tp, nxt in self._deferred.items()
