@@ -101,7 +101,7 @@ def test_new_seqs_at_ticks_already_collected_are_a_tick_conflict() -> None:
     first = batch("v1", [0, 1, 2])  # ticks 0, 2, 4
     reused = with_column(batch("v1", [10, 11]), "tick", [2, 6])  # seq 10 claims tick 2 again
     later = with_column(batch("v1", [12]), "tick", [6])  # tick 6 is free: the refused batch left no trace
-    state, chunks, rejects = collect(CollectState(), [deliver(first, 0), deliver(reused, 1), deliver(later, 2)])
+    _, chunks, rejects = collect(CollectState(), [deliver(first, 0), deliver(reused, 1), deliver(later, 2)])
     assert [r.reason for r in rejects] == ["tick_conflict"]
     assert written(chunks) == [("v1", 0), ("v1", 1), ("v1", 2), ("v1", 12)]
 
