@@ -269,12 +269,14 @@ def run_collect(
     dead_letter_topic: Topic | None = None,
     on_progress: Callable[[StageReport], None] | None = None,
     stop: StopFlag | None = None,
+    max_poll_records: int | None = None,
 ) -> StageReport:
     """Run collect as a consumer-group member until idle for ``idle_timeout_s`` (``None``: until SIGTERM/Ctrl-C).
 
     Segments are sealed every ``segment_rows`` rows or ``segment_age_s`` seconds, when a poll comes back empty,
     and on stop (``stop``: a :class:`~fleetloop.pipelines.stage_shell.StopFlag` to set from another thread);
-    each is announced as ``dataset.sealed`` on ``events_topic`` unless ``announce`` is False."""
+    each is announced as ``dataset.sealed`` on ``events_topic`` unless ``announce`` is False.
+    ``max_poll_records`` bounds the records one poll takes (None: the consumer default, 500)."""
 
     def step(state: CollectState, deliveries: Sequence[Delivery]) -> tuple[CollectState, list[Chunk], list[Reject]]:
         return collect(state, deliveries, schema)
@@ -297,6 +299,7 @@ def run_collect(
         group_id=group_id,
         dead_letter_topic=dead_letter_topic or DEAD_LETTER,
         idle_timeout_s=idle_timeout_s,
+        consumer_overrides={} if max_poll_records is None else {"max_poll_records": max_poll_records},
     )
     try:
         run_shell(settings, sink, cfg, report, on_progress=on_progress, stop=stop)
@@ -328,6 +331,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--segment-age-s", type=float, default=5.0)
     p.add_argument("--events-topic", default=PIPELINE_EVENTS.name, help="where dataset.sealed goes")
     p.add_argument("--dead-letter-topic", default=DEAD_LETTER.name, help="where rejects go")
+    p.add_argument("--max-poll-records", type=int, default=None, help="records per poll (default 500)")
     args = p.parse_args(argv)
 
     def named(name: str, like: Topic) -> Topic:
@@ -345,6 +349,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         idle_timeout_s=args.idle_timeout_s,
         segment_rows=args.segment_rows,
         segment_age_s=args.segment_age_s,
+        max_poll_records=args.max_poll_records,
     )
     print(json.dumps(report.as_dict(), sort_keys=True))
     return 0
