@@ -14,8 +14,11 @@ validate). The shell knows nothing of either.
 Faults: a broker outage (polls, sends or commits raise ``ServiceUnavailable``) is waited out up to
 ``broker_outage_s``: what is pending stays uncommitted, a flush that failed is retried, and the stage resumes
 when the broker is back. A commit that fails is counted and skipped: the work is durable and the sinks drop
-what they already made durable when it is redelivered. SIGTERM and Ctrl-C stop after the current poll: what is
-pending is flushed and committed first.
+what they already made durable when it is redelivered. Before partitions leave this member (a rebalance), the
+sink is flushed, so their next owner drops what this member already wrote; a commit the group refuses while it
+rebalances is retried by the next poll (docs/adr/0075). Every record is processed or dead-lettered: the
+dead-letter path keeps a record too large to send again as a reference (docs/adr/0073). SIGTERM and Ctrl-C
+stop after the current poll: what is pending is flushed and committed first.
 """
 
 from __future__ import annotations
