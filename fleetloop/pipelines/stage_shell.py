@@ -288,6 +288,8 @@ def run_shell(
                     break
         while pending and not settle():
             time.sleep(_OUTAGE_RETRY_S)  # stopping: pending work is made durable (or the outage limit raises)
+        if consumer.has_deferred_commit and consumer.finish_commits(cfg.commit_timeout_s):
+            report.commits += 1  # a commit a rebalance refused, done before leaving
         if stop.is_set():
             report.stopped_by = "signal"
         count_dead_letters()

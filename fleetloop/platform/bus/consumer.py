@@ -326,6 +326,21 @@ class BusConsumer:
             self._deferred[tp] = max(nxt, self._deferred.get(tp, 0))
         return self._commit_deferred(timeout_s)
 
+    @property
+    def has_deferred_commit(self) -> bool:
+        """Whether offsets a rebalance refused are still waiting to be committed."""
+        return bool(self._deferred)
+
+    def finish_commits(self, timeout_s: float) -> bool:
+        """Before leaving: complete a rebalance under way (polls whose records are dropped unread: uncommitted,
+        they are redelivered to the next owner) and commit the deferred offsets. Returns whether none is left."""
+        deadline = time.monotonic() + timeout_s
+        while self._deferred and time.monotonic() < deadline:
+            with contextlib.suppress(ServiceUnavailable), kafka_errors_as_ours("polling", self.bootstrap):
+                self._consumer.poll(timeout_ms=200)  # the group is joined inside poll
+            self._retry_deferred()
+        return not self._deferred
+
     def _retry_deferred(self) -> None:
         with contextlib.suppress(ServiceUnavailable):  # the broker is away: the next commit covers them
             self._commit_deferred(None)
