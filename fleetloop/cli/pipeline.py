@@ -58,6 +58,13 @@ def _run_groundtruth(settings: Settings, progress: Progress) -> dict[str, Any]:
     return run_ground_truth(settings, on_progress=_collect_progress(progress)).as_dict()
 
 
+_DUPLICATE_CAUSE = {
+    "redelivered": " (Kafka, after a crash or rebalance)",
+    "transport_retry": " (the same upload sent again)",
+    "duplicate_seq": " (the vehicle reused a seq)",
+}
+
+
 def render_collect(d: dict[str, Any]) -> None:
     """A collect summary for people: rows in, duplicates removed and dead letters by reason, segments."""
     t = Table(title=f"{d['stage']} -> lake table {d['table']}", show_header=False, box=box.SIMPLE_HEAD)
@@ -68,7 +75,7 @@ def render_collect(d: dict[str, Any]) -> None:
     t.add_row("rows collected", f"[green]{d['rows_collected']:,}[/]")
     t.add_row("duplicates removed", f"{d['duplicates_removed_total']:,}")
     for reason, n in sorted(d["duplicates_removed"].items()):
-        t.add_row(f"  {reason}", f"{n:,}")
+        t.add_row(f"  {reason}{_DUPLICATE_CAUSE.get(reason, '')}", f"{n:,}")
     style = "red" if d["dead_lettered_total"] else ""
     t.add_row("dead-lettered", f"[{style}]{d['dead_lettered_total']:,}[/]" if style else "0")
     for reason, n in sorted(d["dead_lettered"].items()):
