@@ -86,7 +86,6 @@ __all__ = [
     "OtaSpec",
     "OtaTransport",
     "rejection_reason",
-    "shadow_rates",
     "supported_input_schemas",
     "tick_signals",
 ]
@@ -418,7 +417,7 @@ class OtaAgent:
 
     def counts(self) -> dict[str, Any]:
         """Numbers that merge across shards: statuses, refusals and rollbacks by reason, commands, fetches, and
-        shadow mode's sums per condition class (``shadow_rates`` turns them into shares and means)."""
+        shadow mode's sums per condition class (``ota_shadow.shadow_rates`` turns them into shares and means)."""
         live = self.shadow.total()
         shadow: dict[str, Any] = {
             name: {c: float(self.shadow_done[name][i] + live[name][i]) for i, c in enumerate(CONDITION_CLASSES)}
@@ -490,9 +489,3 @@ def _fetch_verified(
                 for o in outcomes
             ]
     return path, outcomes
-
-
-def shadow_rates(shadow_counts: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Shares and means per condition class (and ``all``) from ``counts()["ota"]["shadow"]`` (merged or not)."""
-    sums = {name: [float(shadow_counts.get(name, {}).get(c, 0.0)) for c in CONDITION_CLASSES] for name in SHADOW_SUMS}
-    return rates(sums, CONDITION_CLASSES)

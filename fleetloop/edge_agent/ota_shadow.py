@@ -26,7 +26,7 @@ import numpy as np
 
 from fleetloop.platform.errors import FleetConfigError
 
-__all__ = ["SHADOW_SUMS", "ShadowConfig", "ShadowTally", "ShadowTick", "accumulate", "rates"]
+__all__ = ["SHADOW_SUMS", "ShadowConfig", "ShadowTally", "ShadowTick", "accumulate", "rates", "shadow_rates"]
 
 SHADOW_SUMS = ("compared_ticks", "differ_ticks", "accel_abs_diff_sum_mps2", "hazard_abs_diff_sum", "invalid_ticks")
 
@@ -133,3 +133,11 @@ def rates(sums: Mapping[str, Any], conditions: Sequence[str]) -> dict[str, dict[
             "invalid_ticks": float(np.sum(s["invalid_ticks"][pick])),
         }
     return out
+
+
+def shadow_rates(shadow_counts: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``rates`` from a shard's (or the merged fleet's) ``counts()["ota"]["shadow"]``: sums keyed by ``SHADOW_SUMS``,
+    each a dict condition class -> sum."""
+    conditions = list(shadow_counts.get("compared_ticks", {}))
+    sums = {name: [float(shadow_counts.get(name, {}).get(c, 0.0)) for c in conditions] for name in SHADOW_SUMS}
+    return rates(sums, conditions)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
-from fleetloop.edge_agent.ota_agent import OtaAgent, OtaSpec, shadow_rates
+from fleetloop.edge_agent.ota_agent import OtaAgent, OtaSpec
 from fleetloop.edge_agent.ota_bus import MemoryTransport
 from fleetloop.edge_agent.ota_client import (
     Command,
@@ -24,7 +24,7 @@ from fleetloop.edge_agent.ota_client import (
     Switch,
     ota_step,
 )
-from fleetloop.edge_agent.ota_shadow import ShadowConfig, ShadowTally, ShadowTick, accumulate, rates
+from fleetloop.edge_agent.ota_shadow import ShadowConfig, ShadowTally, ShadowTick, accumulate, rates, shadow_rates
 from fleetloop.edge_agent.policy import FusionPolicy
 from fleetloop.platform.bus.events import OtaCommand, OtaStatus
 from fleetloop.platform.bus.serde import decode, encode
