@@ -300,10 +300,15 @@ class OtaAgent:
         dev = inputs.device
         idx = torch.from_numpy(rows).to(dev)
         slots = torch.tensor([slot_of[v] for v in versions.tolist()], dtype=torch.int64, device=dev)
-        cand = engine.infer(inputs.index(idx), slots)
+        every = rows.size == len(self.ids)  # the whole shard shadows: no gather of its inputs and outputs
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t if every else t[idx]
+
+        cand = engine.infer(inputs if every else inputs.index(idx), slots)
         p, est = vt.policy, vt.estimate
-        cond = condition_class_codes(_CONDITION_CUTS, est.visibility_m[idx], est.light[idx], est.friction[idx])
-        cols = [cond, p.accel_mps2[idx], cand.accel_mps2, p.hazard_prob[idx], cand.hazard_prob, p.valid[idx]]
+        cond = condition_class_codes(_CONDITION_CUTS, pick(est.visibility_m), pick(est.light), pick(est.friction))
+        cols = [cond, pick(p.accel_mps2), cand.accel_mps2, pick(p.hazard_prob), cand.hazard_prob, pick(p.valid)]
         host = torch.stack([c.to(torch.float64) for c in [*cols, cand.valid]]).cpu().numpy()  # one transfer
         tick = ShadowTick(
             rows=rows,
