@@ -86,15 +86,7 @@ def main() -> None:
     n = args.vehicles
     with tempfile.TemporaryDirectory(prefix="fleetloop-bench-ota-") as tmp:
         root = Path(tmp)
-        repo = ReleaseRepository.initialise(root / "state", utc_now())
-        model = policy(2)
-        meta = ArtifactMetadata(architecture=ARCHITECTURE, hyperparameters=model.config.to_dict())
-        artifact = save_artifact(root / "policy-2.safetensors", model, meta)
-        signed = {"run_id": "", "input_schema_version": 1, "parent_version": "1", "validation_report_sha256": ""}
-        t0 = time.perf_counter()
-        fields = repo.publish(MODEL, "2", artifact, signed, utc_now())
-        publish_s = time.perf_counter() - t0
-        repo.assign_wave(fields.release, 1, HashRange(0, DEFAULT_BUCKETS), utc_now())
+        repo, release, publish_s = release_to_everyone(root)
         server, url = start_in_thread(repo.root_dir, handler=CountingHandler)
         try:
             health = HealthConfig(window_ticks=args.window)
@@ -104,7 +96,7 @@ def main() -> None:
             runner = fleet(n, [agent])
             runner.step()
             bus.inbox = [
-                OtaCommand(rollout_id="bench", vehicle_id=str(v), model_name=MODEL, version=2, release=fields.release)
+                OtaCommand(rollout_id="bench", vehicle_id=str(v), model_name=MODEL, version=2, release=release)
                 for v in range(n)
             ]
             t_cmd = time.perf_counter()
@@ -155,17 +147,26 @@ def main() -> None:
     print(f"| cost of security | {ota_s - base_s:+,.2f} s ({(ota_s / base_s - 1) * 100:+.0f} %) | baseline |")
 
 
+def release_to_everyone(root: Path) -> tuple[ReleaseRepository, int, float]:
+    """A fresh repository under ``root`` with version 2 signed for every vehicle; (repository, release number,
+    publish time [s])."""
+    repo = ReleaseRepository.initialise(root / "state", utc_now())
+    model = policy(2)
+    meta = ArtifactMetadata(architecture=ARCHITECTURE, hyperparameters=model.config.to_dict())
+    artifact = save_artifact(root / "policy-2.safetensors", model, meta)
+    signed = {"run_id": "", "input_schema_version": 1, "parent_version": "1", "validation_report_sha256": ""}
+    t0 = time.perf_counter()
+    fields = repo.publish(MODEL, "2", artifact, signed, utc_now())
+    publish_s = time.perf_counter() - t0
+    repo.assign_wave(fields.release, 1, HashRange(0, DEFAULT_BUCKETS), utc_now())
+    return repo, fields.release, publish_s
+
+
 def shadow_cost(n: int, ticks: int) -> None:
     """Median tick time of a shard whose every vehicle runs a candidate in shadow mode, and of one without."""
     with tempfile.TemporaryDirectory(prefix="fleetloop-bench-shadow-") as tmp:
         root = Path(tmp)
-        repo = ReleaseRepository.initialise(root / "state", utc_now())
-        model = policy(2)
-        meta = ArtifactMetadata(architecture=ARCHITECTURE, hyperparameters=model.config.to_dict())
-        artifact = save_artifact(root / "policy-2.safetensors", model, meta)
-        signed = {"run_id": "", "input_schema_version": 1, "parent_version": "1", "validation_report_sha256": ""}
-        fields = repo.publish(MODEL, "2", artifact, signed, utc_now())
-        repo.assign_wave(fields.release, 1, HashRange(0, DEFAULT_BUCKETS), utc_now())
+        repo, _, _ = release_to_everyone(root)
         server, url = start_in_thread(repo.root_dir)
         try:
             runners, buses = [], []
