@@ -101,7 +101,7 @@ def preflight(settings: Settings, cfg: RoundsConfig, *, now_s: float | None = No
         raise UserInputError(
             f"{len(usable)} usable vehicle buffer(s) in {directory} (skipped: {dict(scan.skipped) or 'none'}); a round "
             f"needs {cfg.min_replies} client(s) and {cfg.holdout_vehicles} held-out vehicle(s): run "
-            "`fleetloop sim run` with this state directory first"
+            "`fleetloop sim run --buffer-seconds 25` with this state directory first"
         )
     heldout = usable[-cfg.holdout_vehicles :]
     clients = usable[: -cfg.holdout_vehicles][: cfg.clients]

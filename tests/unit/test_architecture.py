@@ -52,6 +52,7 @@ EDGE_SHELL = frozenset(
     {
         "bootstrap",
         "buffer",
+        "buffer_store",
         "fleet",
         "model_artifact",
         "ota_download",
