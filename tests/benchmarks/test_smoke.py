@@ -199,3 +199,13 @@ def test_loop_efficacy_turns_the_loop_once_and_prints_both_tables() -> None:
     for model in ("initial", "reference", "candidate:triggers"):  # the random arm's few frames may train nothing
         assert len(table_rows(out, f"{model} |")) == 2, f"no fog and clear rows for {model}\n{out}"
     assert table_rows(out, "triggers | 1 |") and table_rows(out, "random | 1 |"), out
+
+
+@pytest.mark.integration
+def test_federation_prints_a_round_beside_central_training_on_the_same_frames() -> None:
+    # Starts its own MLflow through the launcher and Ray through Flower's simulation engine (~30 s cold).
+    out = run_benchmark("federation.py", "--sizes", "3", "--buffer-seconds", "10", timeout_s=420.0)
+    (row,) = table_rows(out, "3 |")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "3", row  # every client's update aggregated
+    assert float(cells[3].replace(",", "")) > float(cells[7].replace(",", "")), row  # Ray's processes cost memory
