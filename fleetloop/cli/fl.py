@@ -9,7 +9,8 @@ Before anything starts: the settings and the strategy are checked (exit 2 on wha
 will not do what was asked). Then the rounds run with a progress bar; the summary says what each round did,
 which vehicles took part or were dropped and why, the held-out metrics and the privacy spent. The global model
 is announced as ``model.trained`` (origin "federated") when the validate stage runs (`fleetloop pipeline serve`),
-and the command waits for its verdict; otherwise it says how to validate.
+and the command waits for its verdict; otherwise `fleetloop pipeline run --stage validate` finds it (its MLflow run
+follows the candidate contract, ``fleetloop.platform.candidates``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def _announce_and_wait(settings: Settings, event: Any, wait_s: float) -> dict[st
         return {
             "announced": False,
             "verdict": None,
-            "how": "no validate stage is running, nothing announced: start it with `fleetloop pipeline serve` "
-            f"and it validates the next round's candidate (this one: {event.artifact_uri}, run {event.run_id})",
+            "how": "no validate stage is running, nothing announced: `fleetloop pipeline run --stage validate` "
+            f"validates this candidate (MLflow run {event.run_id}, {event.artifact_uri}); with `fleetloop pipeline "
+            "serve` running, the next call announces its candidate and waits for the verdict",
         }
     from fleetloop.platform.bus.producer import BusProducer
     from fleetloop.platform.bus.topics import PIPELINE_EVENTS

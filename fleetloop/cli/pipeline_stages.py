@@ -90,7 +90,8 @@ def _run_validate(settings: Settings, progress: Progress) -> dict[str, Any]:
     tracking = _tracking(settings, progress)
     tracking.check()
     results = []
-    for ev in unvalidated_candidates(tracking, settings.model_name, source="pipeline-run"):
+    name = settings.model_name
+    for ev in unvalidated_candidates(tracking, name, source="pipeline-run", model=name):
 
         def on_run(slice_name: str, seed: int, r: str = ev.run_id) -> None:
             progress(f"validate {r[:8]}: {slice_name} seed {seed}")

@@ -7,6 +7,7 @@ the run record and the metrics exporter.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import socket
@@ -21,6 +22,14 @@ from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
 from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
+from fleetloop.edge_agent.buffer_store import (
+    FRAME_BYTES,
+    fleet_buffer_dir,
+    prune_buffers,
+    ring_bytes,
+    ring_frames,
+    shard_buffer_name,
+)
 from fleetloop.edge_agent.ota_shadow import shadow_rates
 from fleetloop.edge_agent.telemetry import deliver_spooled
 from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
@@ -135,6 +144,7 @@ def simulate(
     compile: bool = False,
     ota: bool = False,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    buffer_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran).
 
@@ -149,6 +159,8 @@ def simulate(
     (``ota_spec``); their statuses go to ``fleetloop.ota-status`` and their counts to ``counts["ota"]``.
     ``heartbeat_s``: with telemetry, each vehicle's heartbeat goes to the fleet-health topic every this many
     simulated seconds (``FleetConfig.heartbeat_s``; docs/canary.md).
+    ``buffer_seconds``: each vehicle's on-board ring holds this much driving and every shard saves it under the
+    state directory for federated rounds (``persist_buffers``); None: the default ring, nothing saved.
     """
     from fleetloop.edge_agent.fleet import FleetConfig
     from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec, build_runner
@@ -180,6 +192,7 @@ def simulate(
         compile=compile,
         heartbeat_s=heartbeat_s if telemetry else None,
     )
+    config = persist_buffers(settings, config, buffer_seconds)
     backlog = telemetry_preflight(settings) if telemetry else None
     workdir = Path(settings.state_dir) / "sim" / "models"
     resolved = resolve_model(settings, model, fallback_only, workdir)
@@ -248,6 +261,8 @@ def simulate(
         out["ota_shadow"] = shadow_rates(shadow)
     if telemetry:
         out["telemetry_delivery"] = delivery_report(settings, out["counts"].get("telemetry", {}), backlog)
+    if config.buffer_save_dir is not None:
+        out["buffers"] = buffers_report(config, ShardedFleet.plan(spec, shards, backend, devices))
     return out
 
 
@@ -330,6 +345,61 @@ def _sum_reports(reports: list[Any]) -> dict[str, int]:
     out = {k: sum(getattr(r, k) for r in reports) for k in keys}
     out["ticks"] = len(reports)
     return out
+
+
+# -- on-board buffers for federated rounds ----------------------------------------------------------
+
+BUFFER_SECONDS_HELP = (
+    "Keep this many seconds of frames per vehicle on board and save every shard's buffer under the state "
+    f"directory (fleet/buffers) for `fleetloop fl round`. Costs {FRAME_BYTES} bytes a frame, 10 frames a second, "
+    "in memory and on disk: 25 s is 70 kB a vehicle, 70 MB for 1,000 vehicles. Default: the 6.4 s ring, nothing saved."
+)
+
+
+def persist_buffers(settings: Settings, config: Any, buffer_seconds: float | None) -> Any:
+    """``config`` (a ``FleetConfig``) with rings of ``buffer_seconds`` saved under ``<state_dir>/fleet/buffers``;
+    unchanged for None. ``UserInputError`` when the ring could not hold a frame until its upload is decided."""
+    if buffer_seconds is None:
+        return config
+    tick_s = config.world().dt_s
+    frames = ring_frames(buffer_seconds, tick_s)
+    least = config.vehicle_config(config.world()).triggers.pre_ticks + 1
+    if frames < least:
+        raise UserInputError(
+            f"--buffer-seconds {buffer_seconds:g} holds {frames} frame(s); a vehicle keeps a frame at least until its "
+            f"upload is decided, {least} frames: give --buffer-seconds {least * tick_s:g} or more"
+        )
+    return dataclasses.replace(config, buffer_frames=frames, buffer_save_dir=str(fleet_buffer_dir(settings.state_dir)))
+
+
+def buffers_report(config: Any, specs: list[Any]) -> dict[str, Any]:
+    """Where the shards saved their buffers (``specs``: the run's ``ShardSpec`` per shard), after removing the
+    folders an earlier run left with another split of the fleet."""
+    names = [shard_buffer_name(s.vehicle_ids) for s in specs]
+    vehicles = sum(len(s.vehicle_ids) for s in specs)
+    frames = int(config.buffer_frames)
+    return {
+        "dir": config.buffer_save_dir,
+        "shards": names,
+        "removed_earlier": prune_buffers(config.buffer_save_dir, names),
+        "vehicles": vehicles,
+        "frames_per_vehicle": frames,
+        "seconds_per_vehicle": frames * config.world().dt_s,
+        "bytes_per_frame": FRAME_BYTES,
+        "bytes": ring_bytes(vehicles, frames),
+    }
+
+
+def _render_buffers(d: dict[str, Any]) -> None:
+    b = d.get("buffers")
+    if not b:
+        return
+    console.print(
+        f"on-board buffers: {b['vehicles']:,} vehicles x {b['seconds_per_vehicle']:.1f} s "
+        f"({b['frames_per_vehicle']:,} frames, {b['bytes'] / 1e6:,.1f} MB) saved in {b['dir']} "
+        f"({len(b['shards'])} shard folder(s)); `fleetloop fl round` trains on them",
+        highlight=False,
+    )
 
 
 # -- telemetry delivery (ADR 0082) -----------------------------------------------------------------
@@ -505,6 +575,7 @@ def _render_run(d: dict[str, Any]) -> None:
         highlight=False,
     )
     _render_delivery(d)
+    _render_buffers(d)
     if c.get("model_failures"):
         console.print(f"[bold red]model failures[/]: {', '.join(c['model_failures'])}", highlight=False)
     if run.get("ota"):
@@ -608,6 +679,9 @@ def run_cmd(
         "--ota",
         help="Vehicles follow OTA commands (Kafka) and install signed releases from the ota-repo service.",
     ),
+    buffer_seconds: float | None = typer.Option(
+        None, "--buffer-seconds", click_type=POSITIVE_FLOAT, help=BUFFER_SECONDS_HELP
+    ),
 ) -> None:
     """Launch a fleet simulation and print what it amounts to."""
     settings = load_settings()
@@ -650,6 +724,7 @@ def run_cmd(
                 compile=compile,
                 ota=ota,
                 heartbeat_s=heartbeat_s,
+                buffer_seconds=buffer_seconds,
             )
         if plot is not None:
             _plot(result, plot)

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +37,7 @@ from torch import nn
 
 from fleetloop.edge_agent.arbiter import REASON_NAMES, ArbiterConfig
 from fleetloop.edge_agent.buffer import OnboardBuffer, pack_camera_tensor
+from fleetloop.edge_agent.buffer_store import shard_buffer_name
 from fleetloop.edge_agent.faults import parse_faults
 from fleetloop.edge_agent.heartbeat import (
     HeartbeatConfig,
@@ -149,6 +151,8 @@ class FleetConfig:
         respawn: start a new scene where one ended (duration reached or crashed); else the scene stays.
         progress_reference: also drive the same scenes with the expert, to report progress against it.
         buffer_frames: on-board ring size per vehicle [frames] (at least the triggers' pre-trigger ticks + 1).
+        buffer_save_dir: save each shard's on-board buffer under this folder (``buffer_store``: one folder per
+            shard, saved every ``buffer_frames`` ticks and at ``close``); None: the buffer stays in memory.
         ground_truth_audit: pass the ground truth of uploaded frames to the sink (the audit topic).
         fog_onset_s: with a preset name, a fog bank rolls in at this simulated time
             (``weather_preset(fog_onset_s=...)``).
@@ -175,6 +179,7 @@ class FleetConfig:
     respawn: bool = True
     progress_reference: bool = True
     buffer_frames: int = 64
+    buffer_save_dir: str | None = None
     ground_truth_audit: bool = True
     fog_onset_s: float | None = None
     max_uncertainty_mps2: float | None = None
@@ -197,6 +202,8 @@ class FleetConfig:
             raise FleetConfigError(f"unknown weather {self.weather!r}; valid weather: {', '.join(PRESETS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise FleetConfigError(f"device {self.device!r} invalid; use cpu, cuda or cuda:N")
+        if self.buffer_frames < 1:
+            raise FleetConfigError(f"buffer_frames must be >= 1, got {self.buffer_frames}")
         if self.arbiter is not None and self.max_uncertainty_mps2 is not None:
             raise FleetConfigError("give max_uncertainty_mps2 or a whole arbiter configuration, not both")
         tick_s = self.world().dt_s
@@ -319,6 +326,9 @@ class FleetRunner:
         # A vehicle that starts without a model starts on the fallback: that is no activation.
         self.vstate = _replace(self.vstate, arbiter=_replace(arb, on_fallback=self.slots == NO_MODEL))
         self.buffer = OnboardBuffer(self._ids_np, config.buffer_frames, self.device)
+        self.buffer_path = (
+            None if config.buffer_save_dir is None else Path(config.buffer_save_dir) / (shard_buffer_name(ids))
+        )
         self.sink = sink
         self.hooks = tuple(hooks)
         # The last pre + 1 ticks' columns that are not in the buffer (road position, own estimate, ground truth),
@@ -465,6 +475,8 @@ class FleetRunner:
         self.ticks += 1
         if done is not None and n_done[0] > 0:
             self._respawn(done)
+        if self.buffer_path is not None and self.ticks % self.config.buffer_frames == 0:
+            self.buffer.save(self.buffer_path)  # the ring turned over once: every frame in it is new
         report = TickReport(
             tick=tick,
             vehicle_steps=int(self.ids.shape[0]),
@@ -666,13 +678,15 @@ class FleetRunner:
         return self.acc.result(self.labels, int(self.ids.shape[0]), self.ticks, self.world.dt_s, self.counts())
 
     def close(self, timeout_s: float = 30.0) -> FleetSummary:
-        """Close the hooks and the telemetry sink (delivering what they can, the last partial heartbeat included)
-        and return the final summary."""
+        """Close the hooks and the telemetry sink (delivering what they can, the last partial heartbeat included),
+        save the on-board buffer when asked to, and return the final summary."""
         for hook in self.hooks:
             hook.close(timeout_s)
         self._emit_heartbeats()
         if self.sink is not None:
             self.sink.close(timeout_s)
+        if self.buffer_path is not None and self.ticks % self.config.buffer_frames != 0:
+            self.buffer.save(self.buffer_path)  # (a turn-over tick has just saved it)
         return self.summary()
 
     # -- heartbeats (FleetConfig.heartbeat_s) --------------------------------------------------------

@@ -1,10 +1,12 @@
 """Where a federation's data lives: the vehicles' on-board buffers, persisted by the fleet run.
 
 Layout: ``<buffer_dir>/<name>/`` holds one saved ``OnboardBuffer`` (its ``buffer.json`` header and generation
-files), for one vehicle or for one shard's vehicles. ``scan_buffers`` lists the usable vehicles; a directory that
-is missing its header, is damaged, or was saved longer ago than ``max_age_s`` is skipped and its vehicles counted
-by reason, as is a vehicle with too few frames to label. ``vehicle_frames`` reads one vehicle's frames in the
-layout the hindsight labeller takes (the buffer is opened read-only, memory-mapped).
+files), for one vehicle or for one shard's vehicles (``fleetloop sim run --buffer-seconds`` writes one per shard,
+``edge_agent.buffer_store``). ``scan_buffers`` lists the usable vehicles; a directory that is missing its header,
+is damaged, or was saved longer ago than ``max_age_s`` is skipped and its vehicles counted by reason, as is a
+vehicle with too few frames to label, and a vehicle also held by a more recently saved directory (a run that split
+the fleet differently saved it since: the older copy is superseded). ``vehicle_frames`` reads one vehicle's frames
+in the layout the hindsight labeller takes (the buffer is opened read-only, memory-mapped).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fleetloop.edge_agent.buffer import HEADER, OnboardBuffer
+from fleetloop.edge_agent.buffer_store import fleet_buffer_dir
 from fleetloop.platform.errors import OnboardBufferError
 
 __all__ = ["BufferScan", "VehicleBuffer", "buffer_dir", "scan_buffers", "vehicle_frames"]
@@ -24,11 +27,12 @@ MISSING = "missing"
 STALE = "stale"
 CORRUPT = "corrupt"
 TOO_FEW_FRAMES = "too few frames"
+SUPERSEDED = "superseded"
 
 
 def buffer_dir(state_dir: Path) -> Path:
-    """``<state_dir>/fleet/buffers``: where ``fleetloop sim run`` persists the vehicles' buffers."""
-    return Path(state_dir) / "fleet" / "buffers"
+    """``<state_dir>/fleet/buffers``: where ``fleetloop sim run --buffer-seconds`` persists the vehicles' buffers."""
+    return fleet_buffer_dir(state_dir)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ def scan_buffers(directory: Path, *, now_s: float, max_age_s: float | None = Non
     d = Path(directory)
     if not d.is_dir():
         return scan
+    found: dict[int, tuple[float, VehicleBuffer]] = {}  # vehicle id -> (saved at, its newest copy)
     for sub in sorted(p for p in d.iterdir() if p.is_dir()):
         header = sub / HEADER
         if not header.exists():
@@ -70,6 +75,7 @@ def scan_buffers(directory: Path, *, now_s: float, max_age_s: float | None = Non
             )
             continue
         try:
+            saved_s = header.stat().st_mtime
             buf = OnboardBuffer.open(sub)
             counts = buf.count()
         except (OnboardBufferError, OSError, ValueError, KeyError) as e:
@@ -81,8 +87,14 @@ def scan_buffers(directory: Path, *, now_s: float, max_age_s: float | None = Non
                 scan.skipped[TOO_FEW_FRAMES] += 1
                 scan.problems.append(f"vehicle {vid}: {n} frames, fewer than {min_frames}")
                 continue
-            scan.vehicles.append(VehicleBuffer(int(vid), sub, int(n)))
-    scan.vehicles.sort(key=lambda v: v.vehicle_id)
+            mine = (saved_s, VehicleBuffer(int(vid), sub, int(n)))
+            older = found.get(int(vid))
+            if older is not None:
+                mine, older = (mine, older) if mine[0] >= older[0] else (older, mine)
+                scan.skipped[SUPERSEDED] += 1
+                scan.problems.append(f"vehicle {vid}: {older[1].path.name} superseded by {mine[1].path.name}")
+            found[int(vid)] = mine
+    scan.vehicles = [v for _, v in sorted(found.values(), key=lambda f: f[1].vehicle_id)]
     return scan
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetloop.platform.candidates import FEDERATION_EXPERIMENT
 from fleetloop.platform.errors import UserInputError
 
 __all__ = [
@@ -171,7 +172,7 @@ class RoundsConfig:
         trimmed_beta: FedTrimmedAvg's cut fraction at each end.
         fedadam_eta: FedAdam's server learning rate.
         seed: keys sampling, attacker choice and local training.
-        experiment: MLflow experiment of the rounds.
+        experiment: MLflow experiment of the rounds (validate finds the candidates of the default one only).
         model_name: registered model the result is a candidate of (None: the settings' model).
         restart: ignore saved federation state and start from ``initial_model`` / production.
     """
@@ -196,7 +197,7 @@ class RoundsConfig:
     trimmed_beta: float = 0.2
     fedadam_eta: float = 0.01
     seed: int = 0
-    experiment: str = "fleetloop-federation"
+    experiment: str = FEDERATION_EXPERIMENT
     model_name: str | None = None
     restart: bool = False
 

@@ -45,6 +45,15 @@ from fleetloop.federation.state_store import (
 from fleetloop.federation.strategies import build_strategy, check_plan
 from fleetloop.federation.task import evaluate_heldout, labelled_data, model_from_arrays, model_to_arrays
 from fleetloop.platform.bus.events import ModelTrained
+from fleetloop.platform.candidates import (
+    ARTIFACT_DIR,
+    ARTIFACT_FILE,
+    MODEL_TAG,
+    ORIGIN_TAG,
+    PARENT_VERSION_TAG,
+    PARTICIPANTS_COUNT_TAG,
+    ROUNDS_TAG,
+)
 from fleetloop.platform.errors import NotFoundError, SetupError, UserInputError
 from fleetloop.platform.registry import open_registry
 from fleetloop.platform.tracking import open_tracking
@@ -58,8 +67,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Preflight", "RoundsResult", "backend_config", "preflight", "run_rounds"]
 
-ARTIFACT_DIR = "model"
-ARTIFACT_FILE = "policy.safetensors"
 OBJECT_STORE_BYTES = 128 * 1024 * 1024  # Ray's object store, bounded: a policy is ~30 kB, 2 cores share the box
 
 
@@ -101,7 +108,7 @@ def preflight(settings: Settings, cfg: RoundsConfig, *, now_s: float | None = No
         raise UserInputError(
             f"{len(usable)} usable vehicle buffer(s) in {directory} (skipped: {dict(scan.skipped) or 'none'}); a round "
             f"needs {cfg.min_replies} client(s) and {cfg.holdout_vehicles} held-out vehicle(s): run "
-            "`fleetloop sim run` with this state directory first"
+            "`fleetloop sim run --buffer-seconds 25` with this state directory first"
         )
     heldout = usable[-cfg.holdout_vehicles :]
     clients = usable[: -cfg.holdout_vehicles][: cfg.clients]
@@ -292,7 +299,12 @@ def run_rounds(
     before = evaluate(state.arrays)
     reports: list[RoundReport] = []
     path = state_path(settings.state_dir, name)
-    tags = {"fleetloop.stage": "federation", "fleetloop.model": name, "fleetloop.strategy": cfg.strategy}
+    tags = {
+        "fleetloop.stage": "federation",
+        MODEL_TAG: name,
+        ORIGIN_TAG: "federated",
+        "fleetloop.strategy": cfg.strategy,
+    }
     with tracking.run(cfg.experiment, run_name=f"fl-{name}-r{first + 1}-{first + cfg.rounds}", tags=tags) as run_id:
         tracking.log(
             run_id,
@@ -349,7 +361,7 @@ def run_rounds(
             "privacy": privacy,
         }
         tracking.log_dict(run_id, lineage, "lineage.json")
-        tracking.log(run_id, tags={"fleetloop.participants": json.dumps(state.participants)})
+        tracking.log(run_id, tags=_lineage_tags(state))
     event = ModelTrained(
         model_name=name,
         run_id=run_id,
@@ -376,6 +388,16 @@ def run_rounds(
         event=event,
         wall_s=time.perf_counter() - t0,
     )
+
+
+def _lineage_tags(state: FederationState) -> dict[str, str]:
+    """The candidate contract's federated lineage (``platform.candidates``), set last: a finished run carries it."""
+    return {
+        ROUNDS_TAG: str(state.server_round),
+        PARTICIPANTS_COUNT_TAG: str(len(state.participants)),
+        PARENT_VERSION_TAG: state.parent_version or "none",
+        "fleetloop.participants": json.dumps(state.participants),
+    }
 
 
 def _save_candidate(

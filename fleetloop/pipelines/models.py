@@ -1,11 +1,13 @@
 """What the train and validate stages share about models, so that neither imports the other.
 
 - where a candidate lives: the ``model/policy.safetensors`` artifact of its run in the ``fleetloop-train``
-  experiment, with the run tags that say which model and datasets it belongs to;
+  experiment (central) or ``fleetloop-federation`` (federated), with the run tags of the candidate contract
+  (``fleetloop.platform.candidates``, re-exported here) that say which model and datasets it belongs to;
 - :func:`load_production`: the production model from the registry (the parent of a fine-tune, the baseline of a
   validation), or none;
 - :func:`fetch_candidate`: a candidate's model file from a training run's artifact URI or a local path;
-- :func:`unvalidated_candidates`: the training runs that validate has not judged yet, as ``model.trained`` events.
+- :func:`unvalidated_candidates`: the candidate runs (central and federated) that validate has not judged yet, as
+  ``model.trained`` events.
 """
 
 from __future__ import annotations
@@ -16,6 +18,18 @@ from typing import TYPE_CHECKING
 
 from fleetloop.pipelines.lake import path_of_uri
 from fleetloop.platform.bus.events import ModelTrained
+from fleetloop.platform.candidates import (
+    ARTIFACT_DIR,
+    ARTIFACT_FILE,
+    CANDIDATE_EXPERIMENTS,
+    DATASET_IDS_TAG,
+    FEDERATION_EXPERIMENT,
+    MODEL_TAG,
+    ORIGIN_TAG,
+    TRAIN_EXPERIMENT,
+    VALIDATION_TAG,
+    candidate_uri,
+)
 from fleetloop.platform.errors import DataError, NotFoundError
 from fleetloop.platform.registry import find_model_file
 
@@ -28,6 +42,7 @@ __all__ = [
     "ARTIFACT_DIR",
     "ARTIFACT_FILE",
     "DATASET_IDS_TAG",
+    "FEDERATION_EXPERIMENT",
     "MODEL_TAG",
     "TRAIN_EXPERIMENT",
     "VALIDATION_TAG",
@@ -36,22 +51,6 @@ __all__ = [
     "load_production",
     "unvalidated_candidates",
 ]
-
-TRAIN_EXPERIMENT = "fleetloop-train"
-"""MLflow experiment of the training runs (one run per candidate)."""
-ARTIFACT_DIR = "model"
-ARTIFACT_FILE = "policy.safetensors"
-MODEL_TAG = "fleetloop.model"
-"""Run tag: the registered model the candidate is a version of."""
-DATASET_IDS_TAG = "fleetloop.dataset_ids"
-"""Run tag: JSON list of the labelled datasets the candidate was trained on."""
-VALIDATION_TAG = "fleetloop.validation"
-"""Run tag set by validate: ``passed`` or ``rejected``; a finished run without it waits for validation."""
-
-
-def candidate_uri(run_id: str) -> str:
-    """The artifact URI of the candidate model of training run ``run_id``."""
-    return f"runs:/{run_id}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
 
 
 def load_production(registry: Registry, name: str, workdir: Path) -> tuple[LoadedPolicy | None, str | None]:
@@ -79,22 +78,30 @@ def fetch_candidate(tracking: Tracking, uri: str, dst: Path) -> Path:
     return find_model_file(path_of_uri(uri) if uri.startswith("file://") else Path(uri))
 
 
-def unvalidated_candidates(tracking: Tracking, default_model: str, *, source: str) -> list[ModelTrained]:
-    """Every finished training run that validate has not judged (no ``VALIDATION_TAG``), oldest first, as the
-    ``model.trained`` event that announced it (``source`` names who re-announces it)."""
+def unvalidated_candidates(
+    tracking: Tracking, default_model: str, *, source: str, model: str | None = None
+) -> list[ModelTrained]:
+    """Every finished candidate run that validate has not judged (no ``VALIDATION_TAG``): the central training
+    runs, then the federated ones, each oldest first, as the ``model.trained`` event that announces it (``source``
+    names who re-announces it); ``model``: only the candidates of that registered model."""
     out = []
-    for run in tracking.finished_runs(TRAIN_EXPERIMENT, without_tag=VALIDATION_TAG):
-        try:
-            ids = tuple(json.loads(run.tags.get(DATASET_IDS_TAG, "[]")))
-        except ValueError as e:
-            raise DataError(f"training run {run.run_id} has a malformed {DATASET_IDS_TAG} tag ({e})") from e
-        out.append(
-            ModelTrained(
-                model_name=run.tags.get(MODEL_TAG, default_model),
-                run_id=run.run_id,
-                artifact_uri=candidate_uri(run.run_id),
-                dataset_ids=ids,
-                source=source,
+    for experiment, default_origin in CANDIDATE_EXPERIMENTS.items():
+        for run in tracking.finished_runs(experiment, without_tag=VALIDATION_TAG):
+            name = run.tags.get(MODEL_TAG, default_model)
+            if model is not None and name != model:
+                continue
+            try:
+                ids = tuple(json.loads(run.tags.get(DATASET_IDS_TAG, "[]")))
+            except ValueError as e:
+                raise DataError(f"candidate run {run.run_id} has a malformed {DATASET_IDS_TAG} tag ({e})") from e
+            out.append(
+                ModelTrained(
+                    model_name=name,
+                    run_id=run.run_id,
+                    artifact_uri=candidate_uri(run.run_id),
+                    origin=run.tags.get(ORIGIN_TAG, default_origin),
+                    dataset_ids=ids,
+                    source=source,
+                )
             )
-        )
     return out

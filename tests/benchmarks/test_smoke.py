@@ -212,3 +212,13 @@ def test_ota_shadow_prints_the_tick_with_and_without_a_shadow_group() -> None:
     out = run_benchmark("ota.py", "--shadow", "--vehicles", "20", "--ticks", "2")
     assert table_rows(out, "wall time per tick"), out
     assert "| actuated commands of the last tick identical | - | True |" in out
+
+
+@pytest.mark.integration
+def test_federation_prints_a_round_beside_central_training_on_the_same_frames() -> None:
+    # Starts its own MLflow through the launcher and Ray through Flower's simulation engine (~30 s cold).
+    out = run_benchmark("federation.py", "--sizes", "3", "--buffer-seconds", "10", timeout_s=420.0)
+    (row,) = table_rows(out, "3 |")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "3", row  # every client's update aggregated
+    assert float(cells[3].replace(",", "")) > float(cells[7].replace(",", "")), row  # Ray's processes cost memory

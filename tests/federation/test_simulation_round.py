@@ -12,6 +12,8 @@ from fleetloop.edge_agent.model_artifact import load_artifact
 from fleetloop.federation.config import ClientTrainConfig, RoundsConfig
 from fleetloop.federation.runner import run_rounds
 from fleetloop.federation.state_store import load_state, state_path
+from fleetloop.pipelines.models import unvalidated_candidates
+from fleetloop.platform.candidates import ORIGIN_TAG, PARENT_VERSION_TAG, PARTICIPANTS_COUNT_TAG, ROUNDS_TAG
 from fleetloop.platform.settings import Settings
 from fleetloop.platform.tracking import open_tracking
 
@@ -56,3 +58,14 @@ def test_two_calls_run_one_federation_on_ray_logged_to_mlflow(
     history = tracking.client.get_metric_history(second.run_id, "heldout_accel_mse")
     assert [m.step for m in history] == [2]
     assert history[0].value == pytest.approx(second.heldout_after["heldout_accel_mse"])
+    tags = run.data.tags
+    assert (tags[ORIGIN_TAG], tags[ROUNDS_TAG], tags[PARTICIPANTS_COUNT_TAG], tags[PARENT_VERSION_TAG]) == (
+        "federated",
+        "2",
+        "3",
+        "none",
+    )
+    # Both calls' candidates wait for validate, found as the validate stage finds them.
+    waiting = unvalidated_candidates(tracking, "unused", source="test", model="fl-policy")
+    assert [(e.run_id, e.origin) for e in waiting][-2:] == [(first.run_id, "federated"), (second.run_id, "federated")]
+    assert waiting[-1].artifact_uri == f"runs:/{second.run_id}/model/policy.safetensors"

@@ -55,6 +55,7 @@ EDGE_SHELL = frozenset(
     {
         "bootstrap",
         "buffer",
+        "buffer_store",
         "fleet",
         "model_artifact",
         "ota_agent",
