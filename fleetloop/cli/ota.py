@@ -32,9 +32,9 @@ from fleetloop.platform.releases.errors import BadReleaseInput
 from fleetloop.platform.releases.fields import ReleaseFields
 from fleetloop.platform.releases.keys import ONLINE_ROLES, ROOT_KEY_COUNT, ROOT_THRESHOLD, keys_dir
 from fleetloop.platform.releases.repository import ReleaseSummary, repo_dir
-from fleetloop.platform.settings import load_settings
+from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = ["app", "cohort_rule", "parse_vehicle_ids"]
+__all__ = ["app", "cohort_rule", "parse_vehicle_ids", "publish_release"]
 
 app = typer.Typer(no_args_is_help=True)
 keys_app = typer.Typer(no_args_is_help=True)
@@ -175,17 +175,8 @@ def _latest(releases: list[ReleaseSummary], name: str, version: str) -> ReleaseF
     return found[-1] if found else None
 
 
-@app.command("publish")
-def publish_cmd(
-    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
-    version: str = typer.Argument(..., help="Registry version (staging, canary or production)."),
-    rollback: bool = typer.Option(
-        False, "--rollback", help="Authorised rollback: sign this (archived or earlier) version as a new release."
-    ),
-    as_json: bool = _JSON,
-) -> None:
-    """Sign a validated registry version as a release (model file, run, schema, lineage, validation report)."""
-    settings = load_settings()
+def publish_release(settings: Settings, name: str, version: str, *, rollback: bool = False) -> dict[str, Any]:
+    """Sign registry version ``version`` of ``name`` as a release (once; again only as a ``rollback``)."""
     signed = api.list_releases(settings.state_dir)  # no repository: say so before downloading anything
     registry = open_registry(settings)
     with tempfile.TemporaryDirectory(prefix="fleetloop-publish-") as tmp:
@@ -205,6 +196,20 @@ def publish_cmd(
         "changed": changed,
         "notes": source.notes,
     }
+    return data
+
+
+@app.command("publish")
+def publish_cmd(
+    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
+    version: str = typer.Argument(..., help="Registry version (staging, canary or production)."),
+    rollback: bool = typer.Option(
+        False, "--rollback", help="Authorised rollback: sign this (archived or earlier) version as a new release."
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """Sign a validated registry version as a release (model file, run, schema, lineage, validation report)."""
+    data = publish_release(load_settings(), name, version, rollback=rollback)
 
     def render(d: dict[str, Any]) -> None:
         f = d["release"]
