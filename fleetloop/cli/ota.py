@@ -4,6 +4,7 @@
     fleetloop ota keys rotate ROLE                   new keys for root, targets, snapshot, timestamp or rollout
     fleetloop ota publish NAME VERSION [--rollback]  sign a validated registry version as a release
     fleetloop ota assign RELEASE --wave N (--vehicles 0-99 | --share 0.1)   which vehicles may install it
+    fleetloop ota install NAME VERSION --release R   send the install command to the wave's vehicles (Kafka)
     fleetloop ota releases                           what is signed, with its waves
     fleetloop ota verify PATH                        the vehicle's full check of a file, offline
     fleetloop ota refresh                            re-sign what is near expiry (the ota-repo service does it too)
@@ -25,16 +26,24 @@ from rich.table import Table
 from fleetloop.cli.output import console, emit
 from fleetloop.cli.release_source import release_source
 from fleetloop.cli.validate_args import POSITIVE_INT, SHARE
+from fleetloop.platform.bus import OTA_COMMANDS, BusProducer, OtaCommand
 from fleetloop.platform.registry import open_registry
 from fleetloop.platform.releases import api
-from fleetloop.platform.releases.cohorts import DEFAULT_BUCKETS, CohortRule, HashRange, VehicleList, rule_to_custom
+from fleetloop.platform.releases.cohorts import (
+    DEFAULT_BUCKETS,
+    CohortRule,
+    HashRange,
+    VehicleList,
+    in_cohort,
+    rule_to_custom,
+)
 from fleetloop.platform.releases.errors import BadReleaseInput
 from fleetloop.platform.releases.fields import ReleaseFields
 from fleetloop.platform.releases.keys import ONLINE_ROLES, ROOT_KEY_COUNT, ROOT_THRESHOLD, keys_dir
 from fleetloop.platform.releases.repository import ReleaseSummary, repo_dir
 from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = ["app", "cohort_rule", "parse_vehicle_ids", "publish_release"]
+__all__ = ["app", "cohort_rule", "install_targets", "parse_vehicle_ids", "publish_release"]
 
 app = typer.Typer(no_args_is_help=True)
 keys_app = typer.Typer(no_args_is_help=True)
@@ -118,6 +127,34 @@ def _fields_line(f: dict[str, Any]) -> str:
 def _emit_text(data: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
     """Print ``data`` as JSON (``--json``) or as the summary ``text(data)`` for people."""
     emit(data, as_json, lambda d: console.print(text(d), highlight=False))
+
+
+def install_targets(
+    release: ReleaseSummary, vehicles: str | None, fleet_size: int | None, wave: int | None
+) -> tuple[str, ...]:
+    """The vehicles an install command goes to: ``--vehicles`` as given (a vehicle no signed wave lists refuses
+    it), else those the release's signed waves (or only wave ``wave``) list; a hash-range wave needs the fleet's
+    ids 0..fleet_size-1 to pick from."""
+    if vehicles is not None:
+        return parse_vehicle_ids(vehicles)
+    waves = [w for w in release.waves if wave is None or w.wave == wave]
+    if not waves:
+        raise BadReleaseInput(
+            f"release {release.fields.release} has no signed wave{'' if wave is None else f' {wave}'}; "
+            f"`fleetloop ota assign {release.fields.release} --wave 1 --vehicles ...` first"
+        )
+    ids: dict[str, None] = {}
+    for w in waves:
+        if isinstance(w.rule, VehicleList):
+            ids.update(dict.fromkeys(w.rule.vehicle_ids))
+        elif fleet_size is None:
+            raise BadReleaseInput(
+                f"wave {w.wave} of release {release.fields.release} is a share of the fleet; give --fleet-size N "
+                "(vehicle ids 0..N-1) to pick its vehicles"
+            )
+        else:
+            ids.update(dict.fromkeys(v for v in map(str, range(fleet_size)) if in_cohort(w.rule, v)))
+    return tuple(ids)
 
 
 # ---- keys ------------------------------------------------------------------------------------------------------
@@ -255,6 +292,73 @@ def assign_cmd(
         as_json,
         lambda d: f"release {d['release']} wave {d['wave']}: {_cohort_text(d['cohort'])} (signed as {d['role']})",
     )
+
+
+@app.command("install")
+def install_cmd(
+    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
+    version: str = typer.Argument(..., help="Registry version of the release."),
+    release: int = typer.Option(
+        ..., "--release", click_type=POSITIVE_INT, help="The signed release number (`fleetloop ota releases`)."
+    ),
+    wave: int | None = typer.Option(
+        None, "--wave", click_type=POSITIVE_INT, help="Only this wave's vehicles (default: every wave's)."
+    ),
+    vehicles: str | None = typer.Option(None, "--vehicles", help="Send to these ids instead, e.g. 0-9 (not signed)."),
+    fleet_size: int | None = typer.Option(
+        None,
+        "--fleet-size",
+        click_type=POSITIVE_INT,
+        help="Vehicle ids 0..N-1 to pick a share-of-the-fleet wave's vehicles from.",
+    ),
+    rollout_id: str | None = typer.Option(None, "--rollout-id", help="Names the rollout in the vehicles' statuses."),
+    as_json: bool = _JSON,
+) -> None:
+    """Send the install command of a signed release to its wave's vehicles on fleetloop.ota-commands.
+
+    A command authorises nothing: each vehicle installs only what the signed waves assign to it."""
+    settings = load_settings()
+    found = [s for s in api.list_releases(settings.state_dir) if s.fields.release == release]
+    if not found or (found[0].fields.model_name, found[0].fields.version) != (name, version):
+        what = "no such release" if not found else f"it is {found[0].fields.model_name} v{found[0].fields.version}"
+        raise BadReleaseInput(f"release {release} is not {name} v{version} ({what}); see `fleetloop ota releases`")
+    targets = install_targets(found[0], vehicles, fleet_size, wave)
+    rollout = rollout_id or f"release-{release}"
+    if not version.isdigit():
+        raise BadReleaseInput(f"version {version!r} is not a registry version number; commands carry a number")
+    with BusProducer(settings, client_id="ota-install") as producer:
+        for v in targets:
+            producer.send(
+                OTA_COMMANDS,
+                OtaCommand(
+                    rollout_id=rollout,
+                    vehicle_id=v,
+                    model_name=name,
+                    version=int(version),
+                    release=release,
+                    source="fleetloop ota install",
+                ),
+            )
+        producer.flush()
+    data = {
+        "release": release,
+        "model_name": name,
+        "version": version,
+        "rollout_id": rollout,
+        "vehicles": list(targets),
+    }
+    _emit_text(
+        data,
+        as_json,
+        lambda d: (
+            f"sent {len(d['vehicles']):,} install command(s) for release {release} ({name} v{version}) to "
+            f"{OTA_COMMANDS.name}, rollout {rollout}: vehicles {_ids_text(d['vehicles'])}"
+        ),
+    )
+
+
+def _ids_text(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f", … {ids[-1]}" if len(ids) > 5 else "")
 
 
 @app.command("releases")

@@ -22,7 +22,7 @@ from fleetloop.cli.output import console, emit, err_console
 from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
 from fleetloop.edge_agent.telemetry import deliver_spooled
 from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
-from fleetloop.platform.errors import DataError, NotFoundError, ServiceUnavailable, UserInputError
+from fleetloop.platform.errors import DataError, NotFoundError, ServiceUnavailable, SetupError, UserInputError
 from fleetloop.platform.registry import find_model_file, open_registry
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.services.kafka import kafka_health
@@ -128,6 +128,7 @@ def simulate(
     fog_onset_s: float | None = None,
     triggers: Any | None = None,
     compile: bool = False,
+    ota: bool = False,
 ) -> dict[str, Any]:
     """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran).
 
@@ -138,6 +139,8 @@ def simulate(
     ``triggers``: an ``edge_agent.triggers.TriggerConfig`` replacing the vehicles' default (budget, ``trigger_mask``
     for random-only uploads; ``FleetConfig.triggers``, honoured by every shard backend).
     ``compile``: the compiled tick (``FleetConfig.compile``, ADR 0101).
+    ``ota``: the vehicles follow OTA commands from Kafka and install signed releases from the ota-repo service
+    (``ota_spec``); their statuses go to ``fleetloop.ota-status`` and their counts to ``counts["ota"]``.
     """
     from fleetloop.edge_agent.fleet import FleetConfig
     from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec, build_runner
@@ -181,6 +184,7 @@ def simulate(
         initial_version=label,
         telemetry=settings.model_dump() if telemetry else None,
         fleet_tag=fleet_tag,
+        ota=ota_spec(settings, fleet_tag) if ota else None,
     )
     if on_start:
         on_start(ticks)
@@ -224,12 +228,59 @@ def simulate(
         "backend": backend,
         "faults": list(inject or ()),
         "telemetry": telemetry,
+        "ota": ota,
         "wall_s": wall,
         "vehicle_steps_per_s": out["vehicle_steps"] / wall if wall > 0 else None,
     }
     if telemetry:
         out["telemetry_delivery"] = delivery_report(settings, out["counts"].get("telemetry", {}), backlog)
     return out
+
+
+def ota_spec(settings: Settings, fleet_tag: str) -> Any:
+    """The vehicles' OTA settings for a run: the ota-repo service, the repository's root as the trust anchor they
+    were built with, Kafka for commands and statuses, per-run work folder and consumer groups."""
+    import uuid
+
+    from fleetloop.edge_agent.ota_agent import OtaSpec
+    from fleetloop.platform.releases.repository import ReleaseRepository
+    from fleetloop.platform.services.ota_repo import ota_repo_url
+
+    root = ReleaseRepository(settings.state_dir).metadata_dir / "1.root.json"
+    if not root.exists():
+        raise SetupError(
+            f"--ota: no release repository in {root.parent.parent}; start it with `fleetloop up` "
+            "(or `fleetloop ota keys init`)"
+        )
+    tag = fleet_tag or uuid.uuid4().hex[:8]
+    return OtaSpec(
+        model_name=settings.model_name,
+        repo_url=ota_repo_url(settings),
+        trusted_root=root.read_bytes(),
+        work_dir=str(Path(settings.state_dir) / "sim" / "ota" / tag),
+        bus=settings.model_dump(),
+        group_tag=tag,
+    )
+
+
+def _render_ota(ota: dict[str, Any]) -> None:
+    """One line per part of the vehicles' OTA counts (``sim run --ota``)."""
+
+    def join(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:,}" for k, v in sorted(d.items())) or "none"
+
+    f = ota.get("fetch", {})
+    console.print(f"ota statuses: {join(ota.get('status', {}))}", highlight=False)
+    if ota.get("rejected"):
+        console.print(f"ota rejected: {join(ota['rejected'])}", highlight=False)
+    if ota.get("rolled_back"):
+        console.print(f"ota rolled back: {join(ota['rolled_back'])}", highlight=False)
+    console.print(
+        f"ota commands: {join(ota.get('commands', {}))}; fetches {f.get('jobs', 0):,} "
+        f"({f.get('unavailable', 0):,} vehicle-fetches found the release server down, retried), "
+        f"{f.get('vehicles_verified', 0):,} vehicles verified",
+        highlight=False,
+    )
 
 
 def _sum_reports(reports: list[Any]) -> dict[str, int]:
@@ -414,6 +465,8 @@ def _render_run(d: dict[str, Any]) -> None:
     _render_delivery(d)
     if c.get("model_failures"):
         console.print(f"[bold red]model failures[/]: {', '.join(c['model_failures'])}", highlight=False)
+    if run.get("ota"):
+        _render_ota(c.get("ota", {}))
 
 
 def _plot(d: dict[str, Any], path: Path) -> None:
@@ -499,6 +552,11 @@ def run_cmd(
         help="Compile the tick with torch.compile (faster ticks; the first tick compiles: a minute or more on a "
         "small CPU, ~15 s once cached in ~/.cache/fleetloop/inductor).",
     ),
+    ota: bool = typer.Option(
+        False,
+        "--ota",
+        help="Vehicles follow OTA commands (Kafka) and install signed releases from the ota-repo service.",
+    ),
 ) -> None:
     """Launch a fleet simulation and print what it amounts to."""
     settings = load_settings()
@@ -539,6 +597,7 @@ def run_cmd(
                 on_progress=on_progress,
                 on_start=lambda ticks: progress.update(task, total=ticks),
                 compile=compile,
+                ota=ota,
             )
         if plot is not None:
             _plot(result, plot)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ from fleetloop.sim import (
 from fleetloop.sim.compile import compile_graph
 from fleetloop.sim.state import KIND_CODES
 
-__all__ = ["FleetConfig", "FleetRunner", "TickReport", "version_number"]
+__all__ = ["FleetConfig", "FleetRunner", "TickHook", "TickReport", "version_number"]
 
 FAR_GAP_M = 1.0e5  # [m] the world reports "nothing in path" as a gap beyond this
 NIGHT_LIGHT = 0.5  # [-] ground-truth is_night threshold
@@ -230,6 +230,17 @@ class TickReport:
     uploaded_frames: int
 
 
+class TickHook(Protocol):
+    """Something on board that acts at every tick boundary (the OTA client): called after each tick with the
+    runner (its ``last_tick`` outputs, ``set_model``, ``load_model``); its counts join ``FleetRunner.counts``."""
+
+    def after_tick(self, runner: FleetRunner, report: TickReport) -> None: ...
+
+    def counts(self) -> dict[str, Any]: ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
 class FleetRunner:
     """Drives ``vehicle_ids`` through the world (see the module docstring).
 
@@ -242,6 +253,7 @@ class FleetRunner:
         sink: where uploaded frames go (None: nowhere; they stay in the on-board buffer).
         initial_versions: vehicle id -> the version that vehicle starts on (None: fallback only), overriding
             ``initial_version`` (canary cohorts, federated clients); every id must be one of ``vehicle_ids``.
+        hooks: called at every tick boundary, in order (``TickHook``: the OTA client).
     """
 
     def __init__(
@@ -252,6 +264,7 @@ class FleetRunner:
         initial_version: str | None = None,
         sink: TelemetrySink | None = None,
         initial_versions: Mapping[int, str | None] | None = None,
+        hooks: Sequence[TickHook] = (),
     ) -> None:
         ids = [int(i) for i in vehicle_ids]
         if not ids:
@@ -294,6 +307,7 @@ class FleetRunner:
         self.vstate = _replace(self.vstate, arbiter=_replace(arb, on_fallback=self.slots == NO_MODEL))
         self.buffer = OnboardBuffer(self._ids_np, config.buffer_frames, self.device)
         self.sink = sink
+        self.hooks = tuple(hooks)
         # The last pre + 1 ticks' columns that are not in the buffer (road position, own estimate, ground truth),
         # as tensors: only the rows uploaded pre ticks later are ever copied to the host.
         self._ring: list[dict[str, torch.Tensor] | None] = [None] * (pre + 1)
@@ -436,7 +450,7 @@ class FleetRunner:
         self.ticks += 1
         if done is not None and n_done[0] > 0:
             self._respawn(done)
-        return TickReport(
+        report = TickReport(
             tick=tick,
             vehicle_steps=int(self.ids.shape[0]),
             collisions=int(n_coll),
@@ -444,6 +458,9 @@ class FleetRunner:
             fallback_activations=int(n_started),
             uploaded_frames=uploaded,
         )
+        for hook in self.hooks:
+            hook.after_tick(self, report)
+        return report
 
     def _accumulate(self, vt: VehicleTick, ev: Any, expert_dist: torch.Tensor) -> None:
         d, st = vt.decision, self.state
@@ -621,6 +638,8 @@ class FleetRunner:
             out["model_failures"] = {v: 1 for v in self.failures}
         if self.sink is not None:
             out["telemetry"] = _numeric(self.sink.stats())
+        for hook in self.hooks:
+            out.update(hook.counts())
         return out
 
     def summary(self) -> FleetSummary:
@@ -628,7 +647,9 @@ class FleetRunner:
         return self.acc.result(self.labels, int(self.ids.shape[0]), self.ticks, self.world.dt_s, self.counts())
 
     def close(self, timeout_s: float = 30.0) -> FleetSummary:
-        """Close the telemetry sink (delivering what it can) and return the final summary."""
+        """Close the hooks and the telemetry sink (delivering what they can) and return the final summary."""
+        for hook in self.hooks:
+            hook.close(timeout_s)
         if self.sink is not None:
             self.sink.close(timeout_s)
         return self.summary()

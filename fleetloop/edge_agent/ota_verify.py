@@ -11,6 +11,10 @@ content-addressed cache shared by every vehicle of a shard (``<cache>/sha256/<he
 against the signed length and sha256, then renamed into place. Every refusal is a typed error from
 :mod:`fleetloop.platform.releases.errors` saying why.
 
+A fleet shard runs the same steps apart (the OTA client, :mod:`fleetloop.edge_agent.ota_agent`): one
+:func:`refresh_release` per (model, version) for the shard, one :func:`vehicle_verdict` per vehicle (its id, its
+installed release), one :func:`download_verified` when at least one vehicle accepted.
+
 This module is not part of the numeric core: it imports python-tuf (the vehicle's policy and inference do not).
 """
 
@@ -45,12 +49,16 @@ from fleetloop.platform.releases.signing import release_target_path, wave_target
 __all__ = [
     "MAX_WAVES",
     "OtaClientConfig",
+    "SignedRelease",
     "SignedWave",
     "VerifiedRelease",
     "cache_path",
     "check_release",
     "choose_wave",
+    "download_verified",
     "fetch_verified_release",
+    "refresh_release",
+    "vehicle_verdict",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,6 +132,19 @@ def choose_wave(
 # ---- the shell --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SignedRelease:
+    """What the shard's freshly verified metadata says about one (model, version): the target, its fields, its waves.
+
+    Shared by every vehicle of the shard (the metadata is the same for all); each vehicle then decides for itself
+    with :func:`vehicle_verdict`.
+    """
+
+    target: TargetFile
+    fields: ReleaseFields
+    waves: tuple[SignedWave, ...]
+
+
 def fetch_verified_release(
     cfg: OtaClientConfig, model_name: str, version: str, vehicle_id: str, installed_release: int = 0
 ) -> VerifiedRelease:
@@ -131,6 +152,16 @@ def fetch_verified_release(
 
     Raises (all from :mod:`fleetloop.platform.releases.errors`): ReleaseNotFound, BadHash, ExpiredMetadata,
     ReplayedMetadata, SignatureRejected, NotAssigned, UnsupportedSchema, RepositoryUnavailable.
+    """
+    release = refresh_release(cfg, model_name, version)
+    wave = vehicle_verdict(release, cfg.supported_input_schemas, vehicle_id, installed_release)
+    return VerifiedRelease(download_verified(cfg, release), release.fields, wave)
+
+
+def refresh_release(cfg: OtaClientConfig, model_name: str, version: str) -> SignedRelease:
+    """Refresh the signed metadata from the trusted root and read the release of (model, version) and its waves.
+
+    Raises ReleaseNotFound, ExpiredMetadata, ReplayedMetadata, SignatureRejected, RepositoryUnavailable.
     """
     target = release_target_path(model_name, version)
     cfg.metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -141,12 +172,24 @@ def fetch_verified_release(
         if info is None:
             raise ReleaseNotFound(f"{model_name} version {version} is not a signed release")
         fields = ReleaseFields.from_custom(info.custom, info.path)
-        check_release(fields, cfg.supported_input_schemas, installed_release)
-        wave = choose_wave(fields, info.hashes, _signed_waves(updater, fields.release), vehicle_id)
+        waves = tuple(_signed_waves(updater, fields.release))
     except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as exc:
         raise from_tuf_error(exc, target) from exc
-    path = _cached_or_downloaded(cfg, info)
-    return VerifiedRelease(path, fields, wave)
+    return SignedRelease(info, fields, waves)
+
+
+def vehicle_verdict(
+    release: SignedRelease, supported_input_schemas: frozenset[int], vehicle_id: str, installed_release: int
+) -> int:
+    """One vehicle's own decision on a verified release: the wave that lists it, or the typed refusal (pure)."""
+    check_release(release.fields, supported_input_schemas, installed_release)
+    return choose_wave(release.fields, release.target.hashes, release.waves, vehicle_id)
+
+
+def download_verified(cfg: OtaClientConfig, release: SignedRelease) -> Path:
+    """The release's file in the shard's cache, downloaded if missing and verified against the signed length and
+    sha256 (BadHash, RepositoryUnavailable)."""
+    return _cached_or_downloaded(cfg, release.target)
 
 
 def _signed_waves(updater: Updater, release: int) -> list[SignedWave]:

@@ -27,12 +27,15 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetloop.edge_agent.arbiter import ArbiterConfig
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner, TickReport
 from fleetloop.edge_agent.summary import FleetSummary, merge_counts
 from fleetloop.platform.errors import FleetConfigError, ShardError
+
+if TYPE_CHECKING:
+    from fleetloop.edge_agent.ota_agent import OtaSpec
 
 __all__ = ["BACKENDS", "ShardError", "ShardSpec", "ShardedFleet", "build_runner", "split_ids"]
 
@@ -55,6 +58,8 @@ class ShardSpec:
         telemetry: settings as a dict (``Settings.model_dump()``) for a ``BusTelemetrySink``; None: no telemetry.
         fleet_tag: prefix of the telemetry vehicle ids.
         torch_threads: intra-op threads of the shard's torch (0: leave torch's default).
+        ota: the vehicles follow OTA commands and signed releases (``OtaAgent`` as the runner's tick hook); None:
+            they keep the models they start with.
     """
 
     config: FleetConfig
@@ -65,6 +70,7 @@ class ShardSpec:
     telemetry: dict[str, Any] | None = None
     fleet_tag: str = ""
     torch_threads: int = 0
+    ota: OtaSpec | None = None
 
 
 def split_ids(vehicle_ids: Sequence[int], shards: int) -> list[tuple[int, ...]]:
@@ -100,7 +106,12 @@ def build_runner(spec: ShardSpec) -> FleetRunner:
         from fleetloop.platform.settings import Settings
 
         sink = BusTelemetrySink(Settings(**spec.telemetry), fleet_tag=spec.fleet_tag)
-    return FleetRunner(config, spec.vehicle_ids, models, spec.initial_version, sink, spec.initial_versions)
+    hooks = []
+    if spec.ota is not None:
+        from fleetloop.edge_agent.ota_agent import OtaAgent  # python-tuf and kafka-python load only with OTA
+
+        hooks.append(OtaAgent(spec.ota, spec.vehicle_ids))
+    return FleetRunner(config, spec.vehicle_ids, models, spec.initial_version, sink, spec.initial_versions, hooks)
 
 
 class _Worker:

@@ -199,3 +199,10 @@ def test_loop_efficacy_turns_the_loop_once_and_prints_both_tables() -> None:
     for model in ("initial", "reference", "candidate:triggers"):  # the random arm's few frames may train nothing
         assert len(table_rows(out, f"{model} |")) == 2, f"no fog and clear rows for {model}\n{out}"
     assert table_rows(out, "triggers | 1 |") and table_rows(out, "random | 1 |"), out
+
+
+def test_ota_prints_the_signed_update_beside_the_in_memory_swap() -> None:
+    out = run_benchmark("ota.py", "--vehicles", "20", "--window", "3")
+    for row in ("publish one release", "vehicles committed", "vehicles verified per second", "cost of security"):
+        assert table_rows(out, row), out
+    assert "| vehicles committed | 20 of 20 |" in out

@@ -101,27 +101,46 @@ class ModelValidated(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class OtaCommand(Event):
-    """The rollout controller asks one vehicle to install (or roll back to) a model version."""
+    """The rollout controller (or `fleetloop ota install`) asks one vehicle to install a signed release.
+
+    A command authorises nothing by itself: the vehicle installs only what the signed metadata assigns to it.
+    ``action`` "rollback" is an install of an authorised rollback release (a version re-published under a new
+    release number); the vehicle treats it like "install". 1.1 added ``release``: the signed release number the
+    command is for (0: whatever release signs this model version); a vehicle refuses a command whose number
+    differs from the signed one.
+    """
 
     SCHEMA: ClassVar[str] = "ota.command"
+    MINOR: ClassVar[int] = 1
     rollout_id: str
     vehicle_id: str
     model_name: str
     version: int
     action: str = "install"  # "install" or "rollback"
     artifact_uri: str = ""
+    release: int = field(default=0, metadata={"since_minor": 1})
 
 
 @dataclass(frozen=True, kw_only=True)
 class OtaStatus(Event):
-    """A vehicle reports where it stands in a rollout."""
+    """A vehicle reports where it stands in a rollout: one event per state change.
+
+    ``state``: "downloaded", "verified", "installed", "activated", "committed", "rolled_back" or "rejected".
+    1.1 added ``model_name``, ``release`` (the signed release number, 0 before it is known) and ``reason``
+    (a code: for "rejected" e.g. "bad_hash", "not_assigned", "unsupported_schema", "busy"; for "rolled_back"
+    "invalid_output", "deadline_surge" or "fallback_surge"); ``detail`` says the same for people.
+    """
 
     SCHEMA: ClassVar[str] = "ota.status"
+    MINOR: ClassVar[int] = 1
     rollout_id: str
     vehicle_id: str
     version: int
-    state: str  # e.g. "downloaded", "verified", "installed", "committed", "rolled_back", "failed"
+    state: str
     detail: str = ""
+    model_name: str = field(default="", metadata={"since_minor": 1})
+    release: int = field(default=0, metadata={"since_minor": 1})
+    reason: str = field(default="", metadata={"since_minor": 1})
 
 
 # -- fleet ---------------------------------------------------------------------------------------------

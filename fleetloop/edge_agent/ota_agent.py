@@ -1,0 +1,367 @@
+"""The vehicle's update client, shell: carries out what the pure core (:mod:`fleetloop.edge_agent.ota_client`)
+decides, for every vehicle of one fleet shard, at each tick boundary (a ``FleetRunner`` tick hook).
+
+Per tick boundary::
+
+    commands (OtaTransport.poll) -> rows and version ids        finished fetches -> load the verified file
+    last tick's arbiter / fallback / policy outputs -> TickSignals
+    ota_step -> switches (FleetRunner.set_model), statuses (OtaTransport.send), fetch requests (a worker thread)
+
+A fetch is one job per model version for all the vehicles that asked: ``refresh_release`` once for the shard
+(python-tuf, from the shard's trusted metadata), ``vehicle_verdict`` per vehicle (its id against the signed
+waves, its installed release, the input schemas it runs; a command naming another release number than the signed
+one is refused), ``download_verified`` when one accepted. The job runs on a worker thread so the vehicles keep
+driving while the release server is slow or down; its result is picked up at the next tick boundary. Only then is
+the verified file deserialised (``model_artifact.load_artifact``) into the engine as the version's model, for the
+vehicles that accepted it: a vehicle never loads bytes the signed metadata does not vouch for.
+
+Vehicle ids on the OTA topics are the runner's integer ids as strings ("17"), the ids ``fleetloop ota assign
+--vehicles`` signs. A command for another model name, for a vehicle of another shard, or older than
+``command_max_age_s`` is not for these vehicles: counted under ``ota.commands``, not followed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fleetloop.edge_agent.arbiter import DRIVER_FALLBACK, REASON_CODES
+from fleetloop.edge_agent.fallback import STAGE_NONE
+from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
+from fleetloop.edge_agent.fleet import FleetRunner, TickReport
+from fleetloop.edge_agent.inference import STATUS_INVALID_OUTPUT, STATUS_MODEL_FAILURE
+from fleetloop.edge_agent.model_artifact import ArtifactError, load_artifact
+from fleetloop.edge_agent.ota_client import (
+    Command,
+    FetchOutcome,
+    FetchRequest,
+    HealthConfig,
+    OtaInputs,
+    OtaState,
+    StatusReport,
+    TickSignals,
+    ota_step,
+)
+from fleetloop.edge_agent.ota_verify import OtaClientConfig, download_verified, refresh_release, vehicle_verdict
+from fleetloop.edge_agent.summary import NO_MODEL_LABEL
+from fleetloop.edge_agent.vehicle_step import VehicleTick
+from fleetloop.platform.bus.events import OtaCommand, OtaStatus
+from fleetloop.platform.releases.errors import (
+    BadHash,
+    ExpiredMetadata,
+    NotAssigned,
+    ReleaseNotFound,
+    ReleaseRejected,
+    ReplayedMetadata,
+    RepositoryUnavailable,
+    SignatureRejected,
+    UnsupportedSchema,
+)
+
+__all__ = ["OtaAgent", "OtaSpec", "OtaTransport", "rejection_reason", "supported_input_schemas", "tick_signals"]
+
+log = logging.getLogger(__name__)
+_REASONS: tuple[tuple[type[Exception], str], ...] = (  # subclasses before their parents
+    (BadHash, "bad_hash"),
+    (ExpiredMetadata, "expired_metadata"),
+    (ReplayedMetadata, "replayed"),
+    (SignatureRejected, "bad_signature"),
+    (NotAssigned, "not_assigned"),
+    (UnsupportedSchema, "unsupported_schema"),
+    (ReleaseNotFound, "not_found"),
+    (ReleaseRejected, "rejected"),
+)
+
+
+def rejection_reason(exc: Exception) -> str:
+    """The status reason code of a refusal (``bad_hash``, ``not_assigned``, ...)."""
+    return next((code for cls, code in _REASONS if isinstance(exc, cls)), "rejected")
+
+
+def supported_input_schemas() -> frozenset[int]:
+    """The signed input schema numbers this software feeds: ``policy-input/1`` -> {1}."""
+    return frozenset({int(INPUT_SCHEMA_VERSION.rsplit("/", 1)[1])})
+
+
+@dataclass(frozen=True)
+class OtaSpec:
+    """How a shard's vehicles follow OTA (picklable: part of ``ShardSpec``).
+
+    Attributes:
+        model_name: the registered model the vehicles run; commands for another model are not for them.
+        repo_url: the release server (the ``ota-repo`` service).
+        trusted_root: the root metadata the vehicles were built with.
+        work_dir: the fleet's OTA folder; each shard keeps its trusted metadata and artifact cache in
+            ``shard-<first vehicle id>/`` under it.
+        health: activation, health window and retry thresholds.
+        bus: ``Settings.model_dump()`` of the Kafka the commands and statuses travel on (None: the caller passes
+            an ``OtaTransport``).
+        group_tag: names the shard's consumer group (``ota-vehicles-<tag>-<first id>``; the run id).
+        command_max_age_s: a command emitted longer ago than this is stale [s].
+        timeout_s: per connection to the release server [s].
+        max_attempts: download attempts per fetch (each resumes where the last broke off).
+    """
+
+    model_name: str
+    repo_url: str
+    trusted_root: bytes
+    work_dir: str
+    health: HealthConfig = field(default_factory=HealthConfig)
+    bus: dict[str, Any] | None = None
+    group_tag: str = ""
+    command_max_age_s: float = 600.0
+    timeout_s: float = 10.0
+    max_attempts: int = 3
+
+    def client_config(self, shard_key: str) -> OtaClientConfig:
+        """The verification core's configuration for one shard."""
+        root = Path(self.work_dir) / f"shard-{shard_key}"
+        return OtaClientConfig(
+            repo_url=self.repo_url,
+            trusted_root=self.trusted_root,
+            metadata_dir=root / "metadata",
+            cache_dir=root / "cache",
+            supported_input_schemas=supported_input_schemas(),
+            max_attempts=self.max_attempts,
+            timeout_s=self.timeout_s,
+        )
+
+
+class OtaTransport(Protocol):
+    """Where commands come from and statuses go (Kafka in a run: ``fleetloop.edge_agent.ota_bus``)."""
+
+    def poll(self) -> list[OtaCommand]: ...
+
+    def send(self, status: OtaStatus) -> None: ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+def tick_signals(vt: VehicleTick, braking_mps2: float) -> TickSignals:
+    """What the core needs of the last tick, in one transfer to the host."""
+    d, p = vt.decision, vt.policy
+    braking = (vt.fallback.stage > STAGE_NONE) | ((d.driver == DRIVER_FALLBACK) & (d.accel_mps2 < -braking_mps2))
+    cols = (
+        torch.stack(
+            [
+                ~braking,
+                (p.status == STATUS_INVALID_OUTPUT) | (p.status == STATUS_MODEL_FAILURE),
+                p.deadline_missed,
+                d.started & (d.reason != REASON_CODES["model_switch"]),
+            ]
+        )
+        .cpu()
+        .numpy()
+    )
+    return TickSignals(*cols)
+
+
+@dataclass
+class _Job:
+    """One fetch of one version for the vehicles that asked, run on the worker thread."""
+
+    version: int
+    label: str
+    requests: list[FetchRequest]
+    future: Future[tuple[Path | None, list[FetchOutcome], float, float]] | None = None
+
+
+class OtaAgent:
+    """The shell for one shard (a ``TickHook``); see the module docstring."""
+
+    def __init__(self, spec: OtaSpec, vehicle_ids: Sequence[int], transport: OtaTransport | None = None) -> None:
+        ids = [int(i) for i in vehicle_ids]
+        self.spec = spec
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.row_of = {str(v): r for r, v in enumerate(ids)}
+        self.client = spec.client_config(str(ids[0]))
+        if transport is None:
+            if spec.bus is None:
+                raise ValueError("OtaSpec.bus is None: pass a transport")
+            from fleetloop.edge_agent.ota_bus import KafkaTransport  # kafka-python loads only where OTA runs
+
+            transport = KafkaTransport(spec.bus, f"ota-vehicles-{spec.group_tag}-{ids[0]}")
+        self.transport = transport
+        self.labels: list[str] = []  # version id -> version label (NO_MODEL_LABEL: no model)
+        self.state: OtaState | None = None
+        self.verified: set[str] = set()  # labels whose verified file is loaded in the engine
+        self.jobs: list[_Job] = []
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ota-fetch")
+        self.tally: dict[str, Counter[str]] = {k: Counter() for k in ("status", "rejected", "rolled_back", "commands")}
+        self.fetch = {"jobs": 0, "unavailable": 0, "verify_cpu_s": 0.0, "verify_wall_s": 0.0, "vehicles_verified": 0}
+
+    # -- the tick boundary ---------------------------------------------------------------------------
+
+    def after_tick(self, runner: FleetRunner, report: TickReport) -> None:
+        """Carry out one tick boundary (see the module docstring)."""
+        if self.state is None:
+            self.labels = list(runner.labels)
+            self.state = OtaState.init(runner.version_index.cpu().numpy().astype(np.int32))
+        now_s = time.time()  # the clock, once per boundary: the commands' age
+        commands = self._commands(self.transport.poll(), now_s)
+        fetched = self._collect(runner)
+        vt = runner.last_tick
+        assert vt is not None  # after a tick
+        inputs = OtaInputs(runner.ticks, tick_signals(vt, self.spec.health.braking_mps2), commands, fetched)
+        self.state, actions = ota_step(self.spec.health, self.state, inputs)
+        for sw in actions.switches:
+            label = self.labels[sw.version]
+            runner.set_model(self.ids[list(sw.rows)].tolist(), None if label == NO_MODEL_LABEL else label)
+        for st in actions.statuses:
+            self._report(st, now_s)
+        self._submit(actions.fetch)
+
+    def _version_id(self, label: str) -> int:
+        if label not in self.labels:
+            self.labels.append(label)
+        return self.labels.index(label)
+
+    def _commands(self, received: list[OtaCommand], now_s: float) -> list[Command]:
+        out = []
+        for c in received:
+            row = self.row_of.get(c.vehicle_id)
+            if c.model_name != self.spec.model_name:
+                self.tally["commands"]["other_model"] += 1
+            elif row is None:
+                self.tally["commands"]["other_vehicles"] += 1
+            elif now_s - c.emitted_at_s > self.spec.command_max_age_s:
+                self.tally["commands"]["stale"] += 1
+            else:
+                self.tally["commands"]["followed"] += 1
+                out.append(Command(row, self._version_id(str(c.version)), c.release, c.rollout_id))
+        return out
+
+    def _report(self, st: StatusReport, now_s: float) -> None:
+        self.tally["status"][st.state] += 1
+        if st.state in ("rejected", "rolled_back"):
+            self.tally[st.state][st.reason] += 1
+        label = self.labels[st.version] if 0 <= st.version < len(self.labels) else ""
+        self.transport.send(
+            OtaStatus(
+                rollout_id=st.rollout_id,
+                vehicle_id=str(int(self.ids[st.row])),
+                version=int(label) if label.isdigit() else 0,
+                state=st.state,
+                detail=st.detail,
+                model_name=self.spec.model_name,
+                release=st.release,
+                reason=st.reason,
+                source="ota-client",
+                emitted_at_s=now_s,
+            )
+        )
+
+    # -- fetches on the worker thread --------------------------------------------------------------------
+
+    def _submit(self, requests: list[FetchRequest]) -> None:
+        by_version: dict[int, list[FetchRequest]] = {}
+        for r in requests:
+            by_version.setdefault(r.version, []).append(r)
+        for version, reqs in by_version.items():
+            job = _Job(version, self.labels[version], reqs)
+            vehicle_ids = [str(int(self.ids[r.row])) for r in reqs]
+            job.future = self.pool.submit(_fetch, self.client, self.spec.model_name, job, vehicle_ids)
+            self.jobs.append(job)
+            self.fetch["jobs"] += 1
+
+    def _collect(self, runner: FleetRunner) -> list[FetchOutcome]:
+        out: list[FetchOutcome] = []
+        for job in [j for j in self.jobs if j.future is not None and j.future.done()]:
+            self.jobs.remove(job)
+            assert job.future is not None
+            path, outcomes, cpu_s, wall_s = job.future.result()
+            self.fetch["verify_cpu_s"] += cpu_s
+            self.fetch["verify_wall_s"] += wall_s
+            self.fetch["unavailable"] += sum(o.kind == "unavailable" for o in outcomes)
+            accepted = [o for o in outcomes if o.kind == "installed"]
+            self.fetch["vehicles_verified"] += len(accepted)
+            if accepted and path is not None and job.label not in self.verified:
+                try:  # deserialised only now: the file's length and sha256 matched the signed ones
+                    runner.load_model(job.label, load_artifact(path).model)
+                    self.verified.add(job.label)
+                except (ArtifactError, ValueError) as exc:
+                    reason = f"the verified file does not load: {exc}"
+                    outcomes = [
+                        FetchOutcome(o.row, o.version, "rejected", o.release, "load_failed", reason)
+                        if o.kind == "installed"
+                        else o
+                        for o in outcomes
+                    ]
+            out.extend(outcomes)
+        return out
+
+    # -- the hook's ends ----------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, Any]:
+        """Numbers that merge across shards: statuses, refusals and rollbacks by reason, commands, fetches."""
+        return {"ota": {**{k: dict(v) for k, v in self.tally.items()}, "fetch": dict(self.fetch)}}
+
+    def close(self, timeout_s: float) -> None:
+        """Stop the worker thread (a fetch in flight is abandoned) and deliver the statuses sent so far."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.transport.close(timeout_s)
+
+
+def _fetch(
+    cfg: OtaClientConfig, model_name: str, job: _Job, vehicle_ids: list[str]
+) -> tuple[Path | None, list[FetchOutcome], float, float]:
+    """The worker thread's job, timed (its CPU and wall seconds)."""
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    path, outcomes = _fetch_verified(cfg, model_name, job, vehicle_ids)
+    return path, outcomes, time.thread_time() - cpu0, time.perf_counter() - wall0
+
+
+def _fetch_verified(
+    cfg: OtaClientConfig, model_name: str, job: _Job, vehicle_ids: list[str]
+) -> tuple[Path | None, list[FetchOutcome]]:
+    """The shard's refresh, each vehicle's verdict, one verified download."""
+    reqs = job.requests
+
+    def every(kind: str, exc: Exception | None = None, release: int = 0) -> list[FetchOutcome]:
+        reason = "" if exc is None else rejection_reason(exc)
+        return [FetchOutcome(r.row, r.version, kind, release, reason, str(exc or "")) for r in reqs]
+
+    try:
+        release = refresh_release(cfg, model_name, job.label)
+    except RepositoryUnavailable as exc:
+        log.info("release server unavailable for %s v%s: %s", model_name, job.label, exc)
+        return None, every("unavailable")
+    except (ReleaseRejected, ReleaseNotFound) as exc:
+        return None, every("rejected", exc)
+    number = release.fields.release
+    outcomes: list[FetchOutcome] = []
+    accepted: list[FetchRequest] = []
+    for r, vid in zip(reqs, vehicle_ids, strict=True):
+        if r.commanded_release and r.commanded_release != number:
+            detail = f"the command names release {r.commanded_release}; the signed release of v{job.label} is {number}"
+            outcomes.append(FetchOutcome(r.row, r.version, "rejected", number, "release_mismatch", detail))
+            continue
+        try:
+            wave = vehicle_verdict(release, cfg.supported_input_schemas, vid, r.installed_release)
+        except ReleaseRejected as exc:
+            outcomes.append(FetchOutcome(r.row, r.version, "rejected", number, rejection_reason(exc), str(exc)))
+            continue
+        accepted.append(r)
+        outcomes.append(FetchOutcome(r.row, r.version, "installed", number, "", f"release {number}, wave {wave}"))
+    path = None
+    if accepted:
+        try:
+            path = download_verified(cfg, release)
+        except RepositoryUnavailable:
+            outcomes = [o if o.kind != "installed" else FetchOutcome(o.row, o.version, "unavailable") for o in outcomes]
+        except ReleaseRejected as exc:
+            reason, detail = rejection_reason(exc), str(exc)
+            outcomes = [
+                o if o.kind != "installed" else FetchOutcome(o.row, o.version, "rejected", number, reason, detail)
+                for o in outcomes
+            ]
+    return path, outcomes

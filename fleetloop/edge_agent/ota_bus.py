@@ -1,0 +1,84 @@
+"""Where a shard's OTA client reads commands and sends statuses: Kafka (a run) or memory (tests, benchmarks).
+
+``KafkaTransport`` consumes ``fleetloop.ota-commands`` in a consumer group of its own (each shard sees every
+command and keeps those for its vehicles), from the earliest offset (the client drops commands older than
+``OtaSpec.command_max_age_s``), and produces ``fleetloop.ota-status`` keyed by vehicle id. It joins its group
+before the first tick (the vehicles are connected when they start driving): a group join takes seconds, in
+which a small fleet drives hundreds of ticks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fleetloop.platform.bus.consumer import BusConsumer
+from fleetloop.platform.bus.events import OtaCommand, OtaStatus
+from fleetloop.platform.bus.producer import BusProducer
+from fleetloop.platform.bus.topics import OTA_COMMANDS, OTA_STATUS
+from fleetloop.platform.errors import ServiceUnavailable
+from fleetloop.platform.settings import Settings
+
+__all__ = ["POLL_TIMEOUT_S", "KafkaTransport", "MemoryTransport"]
+
+POLL_TIMEOUT_S = 0.005  # [s] per tick boundary: the tick does not wait for commands
+JOIN_TIMEOUT_S = 60.0  # [s] for the consumer group to assign the command topic's partitions
+
+
+class KafkaTransport:
+    """Commands from Kafka, statuses to Kafka (``bus``: ``Settings.model_dump()``)."""
+
+    def __init__(self, bus: dict[str, Any], group_id: str) -> None:
+        settings = Settings(**bus)
+        self.consumer = BusConsumer(settings, [OTA_COMMANDS], group_id, auto_offset_reset="earliest")
+        self.producer = BusProducer(settings, client_id="ota-client")
+        self._early: list[OtaCommand] = []
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while not self.consumer.assignment():
+            if time.monotonic() > deadline:
+                self.close(5.0)
+                raise ServiceUnavailable(
+                    f"the OTA command consumer got no partition of {OTA_COMMANDS.name} in {JOIN_TIMEOUT_S:.0f} s; "
+                    "is Kafka up (`fleetloop status`)?"
+                )
+            self._early += self._read(0.1)
+
+    def _read(self, timeout_s: float) -> list[OtaCommand]:
+        polled = self.consumer.poll(timeout_s)
+        return [d.value for d in polled.deliveries if isinstance(d.value, OtaCommand)]
+
+    def poll(self) -> list[OtaCommand]:
+        """The commands that arrived since the last call (no wait)."""
+        early, self._early = self._early, []
+        return early + self._read(POLL_TIMEOUT_S)
+
+    def send(self, status: OtaStatus) -> None:
+        """Queue a status (delivery failures surface at ``close``)."""
+        self.producer.send(OTA_STATUS, status)
+
+    def close(self, timeout_s: float) -> None:
+        """Deliver the queued statuses, leave the group."""
+        try:
+            self.producer.close(timeout_s)
+        finally:
+            self.consumer.close()
+
+
+class MemoryTransport:
+    """Commands from a list the caller appends to; statuses into ``sent`` (tests of the shell, the benchmark)."""
+
+    def __init__(self) -> None:
+        self.inbox: list[OtaCommand] = []
+        self.sent: list[OtaStatus] = []
+
+    def poll(self) -> list[OtaCommand]:
+        """Take everything in the inbox."""
+        out, self.inbox = self.inbox, []
+        return out
+
+    def send(self, status: OtaStatus) -> None:
+        """Keep the status."""
+        self.sent.append(status)
+
+    def close(self, timeout_s: float) -> None:
+        """Nothing to deliver."""
