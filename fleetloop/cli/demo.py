@@ -76,7 +76,8 @@ STORY: dict[str, tuple[str, str]] = {
     ),
     "after": (
         "The fleet drives again",
-        "Same seed, same fog, the new production model: what the loop changed on the road.",
+        "Same seed, same fog: the vehicles start on the old model, install the new release over the air, and "
+        "drive on it: what the loop changed on the road.",
     ),
     "degraded": (
         "A degraded model is rolled back",
@@ -163,12 +164,23 @@ def tell_story(settings: Settings, plan: DemoPlan, seed: int, run_id: str, telle
     before = t.step("before", lambda _say, tick: step_drive(settings, plan, seed, f"{run_id}-before", tick))
     loop = t.step("data loop", lambda say, _tick: step_data_loop(settings, plan, seed, say))
     t.step("federated", lambda _say, _tick: skipped("no federated candidate this time", _NO_BUFFERS))
-    release = t.step("release", lambda say, _tick: step_release(settings, loop["candidates"], False, say))
+    release = t.step("release", lambda say, _tick: step_release(settings, plan, loop["candidates"], False, say))
     if release["promoted"] is None:  # the same seed on the same model would drive step 3 again, event for event
         t.step("after", lambda _say, _tick: skipped("no second drive", _SAME_MODEL))
         after = before
     else:
-        after = t.step("after", lambda _say, tick: step_drive(settings, plan, seed, f"{run_id}-after", tick))
+        after = t.step(
+            "after",
+            lambda _say, tick: step_drive(
+                settings,
+                plan,
+                seed,
+                f"{run_id}-after",
+                tick,
+                start_version=release["previous"],
+                installs=release["promoted"],
+            ),
+        )
     t.step("degraded", lambda _say, _tick: skipped("no degraded rollout this time", _NO_CONTROLLER))
     drives = {"before": before} if after is before else {"before": before, "after": after}
     png = plot_timeline(Path(settings.state_dir) / "demo" / "timeline.png", t.spans, drives)

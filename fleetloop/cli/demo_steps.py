@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetloop.cli.model_bootstrap import bootstrap
-from fleetloop.cli.ota import cohort_rule, publish_release
+from fleetloop.cli.ota import cohort_rule, publish_release, send_install
 from fleetloop.cli.pipeline import STAGES
 from fleetloop.cli.pipeline_stages import train_stage, validate_stage
 from fleetloop.cli.services import services_to_start
@@ -169,10 +169,15 @@ def _timeline(chunks: list[tuple[int, dict[str, int]]], dt_s: float) -> list[dic
 CONDITION_COLUMNS = ("collisions", "near_misses", "phantom_brakes")
 
 
-def _conditions(d: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per condition: the safety rates per 1,000 km, fallback activations per 1,000 km, progress vs the expert."""
+def _conditions(d: dict[str, Any], version: str | None = None) -> dict[str, dict[str, float]]:
+    """Per condition (of the vehicle-ticks on ``version`` only, when given): the safety rates per 1,000 km,
+    fallback activations per 1,000 km, progress vs the expert."""
     out = {}
-    for cond, g in d["by_condition"].items():
+    groups = d["by_condition"]
+    if version is not None:
+        prefix = f"{version}/"
+        groups = {k.removeprefix(prefix): g for k, g in d["by_version_condition"].items() if k.startswith(prefix)}
+    for cond, g in groups.items():
         row = {f"{k}_per_1000_km": float(g["per_1000_km"][k]) for k in CONDITION_COLUMNS}
         row["fallback_activations_per_1000_km"] = float(g["fallback_activations_per_1000_km"])
         row["progress_vs_expert"] = float(g["progress_vs_expert"])
@@ -186,11 +191,21 @@ def _cnm(row: dict[str, float]) -> str:
 
 
 def step_drive(
-    settings: Settings, plan: DemoPlan, seed: int, fleet_tag: str, on_tick: Callable[[int, int], None]
+    settings: Settings,
+    plan: DemoPlan,
+    seed: int,
+    fleet_tag: str,
+    on_tick: Callable[[int, int], None],
+    *,
+    start_version: str | None = None,
+    installs: str | None = None,
 ) -> dict[str, Any]:
-    """The fleet on its production model (`sim run`): clear weather, then the fog bank at ``plan.fog_onset_s``.
+    """The fleet (`sim run`): clear weather, then the fog bank at ``plan.fog_onset_s``.
 
-    ``on_tick(done, total)`` follows the ticks; the summary keeps the safety rates per condition and over time."""
+    The vehicles start on production, or on ``start_version``; with ``installs`` (a version sent to them as an
+    OTA install command) they follow OTA commands (`sim run --ota`) and the per-condition rates are those of the
+    vehicle-ticks on ``installs``. ``on_tick(done, total)`` follows the ticks; the summary keeps the safety rates
+    per condition and over time."""
     chunks: list[tuple[int, dict[str, int]]] = []  # (ticks done, the chunk's summed tick reports)
     state = {"ticks": 0, "total": 1}
 
@@ -210,12 +225,14 @@ def step_drive(
         weather="clear",
         fog_onset_s=plan.fog_onset_s,
         seed=seed,
+        model=start_version,
+        ota=installs is not None,
         fleet_tag=fleet_tag,
         on_start=on_start,
         on_progress=on_progress,
     )
     dt_s = float(out["simulated_s"]) / max(state["ticks"], 1)  # the world's tick
-    conditions = _conditions(out)
+    conditions = _conditions(out, installs)
     fog = conditions.get("fog")
     fog_text = (
         f"in fog {_cnm(fog)} collisions + near misses and {fog['fallback_activations_per_1000_km']:,.0f} fallback "
@@ -228,8 +245,16 @@ def step_drive(
         f"in clear weather {_cnm(clear)} and {clear['fallback_activations_per_1000_km']:,.0f}, " if clear else ""
     )
     up = out["counts"].get("uploads", {}).get("frames_uploaded", 0)
+    ota = out["counts"].get("ota", {}).get("status", {})
+    ota_text = (
+        f"{ota.get('activated', 0)} of {plan.vehicles} vehicles installed and activated v{installs} over the air "
+        f"(signed and verified), {ota.get('committed', 0)} committed it after its health window; on v{installs}: "
+        if installs is not None
+        else ""
+    )
     return {
-        "model": out["run"]["model"],
+        "model": out["run"]["model"] if installs is None else installs,
+        "ota_statuses": ota,
         "km": round(float(out["km"]), 1),
         "vehicles": plan.vehicles,
         "simulated_s": float(out["simulated_s"]),
@@ -237,8 +262,8 @@ def step_drive(
         "by_condition": conditions,
         "timeline": _timeline(chunks, dt_s),
         "uploaded_frames": int(up),
-        "line": f"{plan.vehicles} vehicles on model {out['run']['model']} drove {out['km']:,.1f} km: {clear_text}"
-        f"{fog_text}; {up:,} frames uploaded through Kafka",
+        "line": f"{plan.vehicles} vehicles on model {out['run']['model']} drove {out['km']:,.1f} km: {ota_text}"
+        f"{clear_text}{fog_text}; {up:,} frames uploaded through Kafka",
     }
 
 
@@ -327,9 +352,12 @@ def better_candidate(candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(passed, key=lambda c: c["fog_cnm_per_1000_km"]["candidate"], default=None)
 
 
-def step_release(settings: Settings, candidates: list[dict[str, Any]], controller: bool, say: Say) -> dict[str, Any]:
-    """The better candidate to production and to the fleet; without the canary controller through the registry's
-    audited transitions (staging -> canary -> production, forced, with the reason recorded)."""
+def step_release(
+    settings: Settings, plan: DemoPlan, candidates: list[dict[str, Any]], controller: bool, say: Say
+) -> dict[str, Any]:
+    """The better candidate to production and to the fleet (signed, assigned, install commands sent to every
+    vehicle); without the canary controller through the registry's audited transitions (staging -> canary ->
+    production, forced, with the reason recorded)."""
     best = better_candidate(candidates)
     if best is None:
         return {
@@ -340,6 +368,7 @@ def step_release(settings: Settings, candidates: list[dict[str, Any]], controlle
     version = str(best["version"])
     reg = open_registry(settings)
     name = settings.model_name
+    previous = reg.production(name).version
     if controller:  # pragma: no cover - the canary controller joins in a later build
         raise NotImplementedError
     reason = (
@@ -351,9 +380,15 @@ def step_release(settings: Settings, candidates: list[dict[str, Any]], controlle
     records += reg.promote(name, version, Stage.PRODUCTION, reason=reason, force=True, actor=ACTOR)
     say(f"signing v{version} as a release for the whole fleet")
     rel = _release_to_fleet(settings, version)
+    say(f"sending release {rel['release']}'s install command to the fleet's vehicles")
+    sent = send_install(
+        settings, name, version, rel["release"], fleet_size=plan.vehicles, rollout_id=f"demo-release-{rel['release']}"
+    )
     moves = ", ".join(f"{r.from_stage or 'registered'} -> {r.to_stage}" for r in records) or "already production"
     return {
         "promoted": version,
+        "previous": previous,
+        "install_commands": len(sent["vehicles"]),
         "origin": best["origin"],
         "rule": BETTER_CANDIDATE_RULE,
         "through": "registry transition (forced, reason recorded)",
@@ -361,5 +396,5 @@ def step_release(settings: Settings, candidates: list[dict[str, Any]], controlle
         **rel,
         "line": f"v{version} ({best['origin']}) is production through the registry's audited transitions ({moves}; "
         f"recorded as forced with the reason, since no canary controller runs in this build); signed as release "
-        f"{rel['release']} for 100 % of the fleet",
+        f"{rel['release']} for 100 % of the fleet, install commands sent to {len(sent['vehicles'])} vehicles",
     }

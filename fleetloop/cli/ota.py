@@ -43,7 +43,7 @@ from fleetloop.platform.releases.keys import ONLINE_ROLES, ROOT_KEY_COUNT, ROOT_
 from fleetloop.platform.releases.repository import ReleaseSummary, repo_dir
 from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = ["app", "cohort_rule", "install_targets", "parse_vehicle_ids", "publish_release"]
+__all__ = ["app", "cohort_rule", "install_targets", "parse_vehicle_ids", "publish_release", "send_install"]
 
 app = typer.Typer(no_args_is_help=True)
 keys_app = typer.Typer(no_args_is_help=True)
@@ -294,30 +294,18 @@ def assign_cmd(
     )
 
 
-@app.command("install")
-def install_cmd(
-    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
-    version: str = typer.Argument(..., help="Registry version of the release."),
-    release: int = typer.Option(
-        ..., "--release", click_type=POSITIVE_INT, help="The signed release number (`fleetloop ota releases`)."
-    ),
-    wave: int | None = typer.Option(
-        None, "--wave", click_type=POSITIVE_INT, help="Only this wave's vehicles (default: every wave's)."
-    ),
-    vehicles: str | None = typer.Option(None, "--vehicles", help="Send to these ids instead, e.g. 0-9 (not signed)."),
-    fleet_size: int | None = typer.Option(
-        None,
-        "--fleet-size",
-        click_type=POSITIVE_INT,
-        help="Vehicle ids 0..N-1 to pick a share-of-the-fleet wave's vehicles from.",
-    ),
-    rollout_id: str | None = typer.Option(None, "--rollout-id", help="Names the rollout in the vehicles' statuses."),
-    as_json: bool = _JSON,
-) -> None:
-    """Send the install command of a signed release to its wave's vehicles on fleetloop.ota-commands.
-
-    A command authorises nothing: each vehicle installs only what the signed waves assign to it."""
-    settings = load_settings()
+def send_install(
+    settings: Settings,
+    name: str,
+    version: str,
+    release: int,
+    *,
+    wave: int | None = None,
+    vehicles: str | None = None,
+    fleet_size: int | None = None,
+    rollout_id: str | None = None,
+) -> dict[str, Any]:
+    """Send release ``release`` (``name`` v``version``)'s install command to its wave's vehicles (or ``vehicles``)."""
     found = [s for s in api.list_releases(settings.state_dir) if s.fields.release == release]
     if not found or (found[0].fields.model_name, found[0].fields.version) != (name, version):
         what = "no such release" if not found else f"it is {found[0].fields.model_name} v{found[0].fields.version}"
@@ -347,6 +335,43 @@ def install_cmd(
         "rollout_id": rollout,
         "vehicles": list(targets),
     }
+    return data
+
+
+@app.command("install")
+def install_cmd(
+    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
+    version: str = typer.Argument(..., help="Registry version of the release."),
+    release: int = typer.Option(
+        ..., "--release", click_type=POSITIVE_INT, help="The signed release number (`fleetloop ota releases`)."
+    ),
+    wave: int | None = typer.Option(
+        None, "--wave", click_type=POSITIVE_INT, help="Only this wave's vehicles (default: every wave's)."
+    ),
+    vehicles: str | None = typer.Option(None, "--vehicles", help="Send to these ids instead, e.g. 0-9 (not signed)."),
+    fleet_size: int | None = typer.Option(
+        None,
+        "--fleet-size",
+        click_type=POSITIVE_INT,
+        help="Vehicle ids 0..N-1 to pick a share-of-the-fleet wave's vehicles from.",
+    ),
+    rollout_id: str | None = typer.Option(None, "--rollout-id", help="Names the rollout in the vehicles' statuses."),
+    as_json: bool = _JSON,
+) -> None:
+    """Send the install command of a signed release to its wave's vehicles on fleetloop.ota-commands.
+
+    A command authorises nothing: each vehicle installs only what the signed waves assign to it."""
+    data = send_install(
+        load_settings(),
+        name,
+        version,
+        release,
+        wave=wave,
+        vehicles=vehicles,
+        fleet_size=fleet_size,
+        rollout_id=rollout_id,
+    )
+    rollout = data["rollout_id"]
     _emit_text(
         data,
         as_json,
