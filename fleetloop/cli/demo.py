@@ -57,8 +57,8 @@ STORY: dict[str, tuple[str, str]] = {
     ),
     "before": (
         "The fleet drives into fog",
-        "Clear weather first, then a fog bank rolls in: the genesis model never saw fog, so fallback activations "
-        "and near misses rise, and the vehicles upload what surprised them.",
+        "Clear weather first, then a fog bank rolls in: the genesis model never saw fog; the vehicles upload what "
+        "surprised them (near misses, fallback activations) through Kafka.",
     ),
     "data loop": (
         "The data loop turns",

@@ -40,7 +40,8 @@ def _num(x: float, key: str) -> str:
 
 
 def render_before_after(console: Console, rows: list[dict[str, Any]], before_v: str, after_v: str) -> None:
-    """The table: per condition, rates per 1,000 km and progress against the expert, before and after."""
+    """The table: per condition, rates per 1,000 km and progress against the expert, before and after (one row
+    per condition when production did not change)."""
     t = Table(
         title="the fleet before and after, per 1,000 km (progress: share of the expert's distance)", box=box.SIMPLE_HEAD
     )
@@ -48,8 +49,9 @@ def render_before_after(console: Console, rows: list[dict[str, Any]], before_v: 
     t.add_column("model")
     for heading in REPORT_COLUMNS.values():
         t.add_column(heading, justify="right")
+    sides = (("before", before_v), ("after", after_v)) if before_v != after_v else (("before", before_v),)
     for r in rows:
-        for side, v in (("before", before_v), ("after", after_v)):
+        for side, v in sides:
             t.add_row(
                 r["condition"] if side == "before" else "",
                 f"{side} v{v}",

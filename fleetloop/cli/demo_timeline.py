@@ -46,11 +46,12 @@ def plot_timeline(path: Path, steps: list[dict[str, Any]], drives: dict[str, dic
         fog_s = d.get("fog_onset_s", fog_s)
     if fog_s is not None:
         ax_rates.axvspan(fog_s, ax_rates.get_xlim()[1], color="0.88", zorder=0)
-        ax_rates.text(fog_s, 0, "  the fog bank forms (thick after 60 s)", va="bottom", fontsize=8)
+        where = ax_rates.get_xaxis_transform()  # x in data, y in axes fraction: just under the top edge
+        ax_rates.text(fog_s, 0.97, "  the fog bank forms (thick after 60 s)", va="top", fontsize=8, transform=where)
     ax_rates.set_xlabel("simulated time [s]")
     ax_rates.set_ylabel("events per vehicle-hour")
     ax_rates.set_title("the fleet's safety rates, clear weather then fog")
-    ax_rates.legend(fontsize=7, loc="upper left", framealpha=0.9)
+    ax_rates.legend(fontsize=7, loc="center right", framealpha=0.9)
 
     for i, s in enumerate(steps):
         width = max(s["end_s"] - s["start_s"], 0.5)
