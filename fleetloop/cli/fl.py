@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from fleetloop.cli.validate_args import NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSI
 from fleetloop.federation.config import ATTACKS, DP_MODES, STRATEGIES, ClientTrainConfig, DpConfig, RoundsConfig
 from fleetloop.pipelines.serve import service_name, stage_specs
 from fleetloop.platform import launcher
+from fleetloop.platform.logs import log_context
 from fleetloop.platform.settings import Settings, load_settings
 
 __all__ = ["app"]
@@ -200,6 +202,8 @@ def round_cmd(
         task = progress.add_task(f"{cfg.strategy}: starting Ray and {len(pre.clients)} vehicles", total=cfg.rounds)
 
         def on_round(r: Any) -> None:
+            with log_context(round=r.server_round):
+                logging.getLogger(__name__).info("round done: %d vehicles aggregated", len(r.participants))
             progress.update(
                 task, advance=1, description=f"round {r.server_round}: {len(r.participants)} vehicles aggregated"
             )

@@ -26,9 +26,11 @@ from fleetloop.cli import (  # noqa: E402
     runs,
     sim,
     stack,
+    watch,
 )
 from fleetloop.cli.output import err_console  # noqa: E402
 from fleetloop.platform.errors import FleetloopError  # noqa: E402
+from fleetloop.platform.logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging  # noqa: E402
 
 __all__ = ["app", "main"]
 
@@ -39,6 +41,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global_options(
+    log_format: str = typer.Option(
+        "text", "--log-format", envvar=LOG_FORMAT_ENV, help="text, or json: JSON log lines with correlation ids."
+    ),
+) -> None:
+    """Simulate and operate the closed data loop of an autonomous-driving fleet."""
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"{log_format!r}; valid: {', '.join(LOG_FORMATS)}", param_hint="'--log-format'")
+    configure_logging(log_format)  # the processes this one starts inherit it
+
+
 stack.register(app)
 app.add_typer(config_cmd.app, name="config", help="Show the effective settings.")
 model.app.command("bootstrap")(model_bootstrap.bootstrap_cmd)
@@ -51,6 +67,7 @@ app.add_typer(runs.app, name="runs", help="Look back at the records every comman
 app.add_typer(ota.app, name="ota", help="Signed releases: keys, publish, rollout waves, offline verify.")
 app.add_typer(fl.app, name="fl", help="Federated rounds: vehicles train on their own buffers.")
 app.add_typer(demo.app, name="demo", help="See the whole loop once on the embedded defaults.")
+app.command("watch")(watch.watch_cmd)
 
 
 def main() -> None:

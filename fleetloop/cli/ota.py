@@ -15,7 +15,9 @@ service. Errors come from the platform's tree and map to exit codes (2 bad input
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,24 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from fleetloop.cli.output import console, emit
+from fleetloop.cli.output import console, emit, err_console
 from fleetloop.cli.release_source import release_source
-from fleetloop.cli.validate_args import POSITIVE_INT, SHARE
+from fleetloop.cli.validate_args import POSITIVE_FLOAT, POSITIVE_INT, SHARE
+from fleetloop.platform import launcher
 from fleetloop.platform.bus import OTA_COMMANDS, BusProducer, OtaCommand
+from fleetloop.platform.canary.operator import (
+    check_rollout,
+    cohort_summary,
+    history_view,
+    release_of,
+    request_rollout,
+    status_view,
+)
+from fleetloop.platform.canary.policy import CanaryPolicy, load_policy
+from fleetloop.platform.canary.rollouts import RolloutRecord, RolloutStore
+from fleetloop.platform.canary.service import ControllerConfig
+from fleetloop.platform.errors import NotFoundError, ServiceUnavailable
+from fleetloop.platform.logs import bind_log_context
 from fleetloop.platform.registry import open_registry
 from fleetloop.platform.releases import api
 from fleetloop.platform.releases.cohorts import (
@@ -41,6 +57,7 @@ from fleetloop.platform.releases.errors import BadReleaseInput
 from fleetloop.platform.releases.fields import ReleaseFields
 from fleetloop.platform.releases.keys import ONLINE_ROLES, ROOT_KEY_COUNT, ROOT_THRESHOLD, keys_dir
 from fleetloop.platform.releases.repository import ReleaseSummary, repo_dir
+from fleetloop.platform.services import ota_controller
 from fleetloop.platform.settings import Settings, load_settings
 
 __all__ = ["app", "cohort_rule", "install_targets", "parse_vehicle_ids", "publish_release", "send_install"]
@@ -226,6 +243,10 @@ def publish_release(settings: Settings, name: str, version: str, *, rollback: bo
         else:
             fields = api.publish(settings.state_dir, name, source.version, source.artifact, source.custom)
             changed = True
+    bind_log_context(model_version=f"{name}/{source.version}", rollout=f"release {fields.release}")
+    logging.getLogger(__name__).info(
+        "release %s signs %s v%s (changed: %s)", fields.release, name, source.version, changed
+    )
     data = {
         "release": fields.to_custom(),
         "stage": source.stage,
@@ -285,6 +306,8 @@ def assign_cmd(
     rule = cohort_rule(vehicles, share)
     settings = load_settings()
     assigned = api.assign_wave(settings.state_dir, release, wave, rule)
+    bind_log_context(rollout=f"release {release}")
+    logging.getLogger(__name__).info("wave %d assigned: %s", assigned.wave, rule_to_custom(rule))
     data = {"release": release, "wave": assigned.wave, "role": assigned.role, "cohort": rule_to_custom(rule)}
 
     _emit_text(
@@ -450,3 +473,239 @@ def refresh_cmd(as_json: bool = _JSON) -> None:
     _emit_text(
         data, as_json, lambda d: f"re-signed {', '.join(d['resigned'])}" if d["resigned"] else "nothing near expiry"
     )
+
+
+# ---- canary rollouts (docs/canary.md) ----------------------------------------------------------------------------
+
+_POLICY_DEFAULTS = ", ".join(f"{k}={v}" for k, v in CanaryPolicy().to_dict().items())
+_ROLLOUT = typer.Option(None, "--rollout", help="Rollout id (default: the one running).")
+_REASON = typer.Option("", "--reason", help="Why, for the record.")
+_DONE = ("promoted", "rolled_back", "aborted")
+
+
+def _signed_release(settings: Any, registry: Any, name: str, version: str) -> int:
+    """The release number of a registry version, signing it first when it never was."""
+    found = release_of(settings.state_dir, name, int(version))
+    if found is not None:
+        return found
+    with tempfile.TemporaryDirectory(prefix="fleetloop-publish-") as tmp:
+        src = release_source(settings, registry, name, version, rollback=False, workdir=Path(tmp))
+        return api.publish(settings.state_dir, name, src.version, src.artifact, src.custom).release
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    wave = "-" if d["wave"] is None else f"{d['wave']} of {len(d['waves'])} ({d['waves'][d['wave'] - 1]:.0%})"
+    c = d["cohorts"]
+    lines = [
+        f"rollout {d['rollout_id']}: {d['model']} v{d['canary_version']} over v{d['production_version']}, "
+        f"{d['phase']}, wave {wave}",
+    ]
+    if c.get("fleet"):
+        lines.append(
+            f"  cohorts: {c['canary']} canary ({c['canary_installed']} installed), {c['baseline']} baseline, "
+            f"of {c['fleet']} vehicles; this wave drove {d['wave_km']:.1f} matched km"
+        )
+        if c["silent"]:
+            lines.append(f"  silent (no believed heartbeat lately): {', '.join(c['silent'][:5])}")
+    if d["refused"]:
+        lines.append("  heartbeats refused: " + ", ".join(f"{k} {v}" for k, v in sorted(d["refused"].items())))
+    last = d["last_verdict"]
+    if last:
+        lines.append(f"  last verdict (wave {last['wave']}): {last['verdict']}: {'; '.join(last['reasons'])}")
+        lines += [f"    {e}" for e in last["decisive"]]
+    if d["effects_pending"]:
+        lines.append(f"  {d['effects_pending']} effect(s) still to carry out")
+    return "\n".join(lines)
+
+
+def _wait(store: RolloutStore, rollout_id: str, timeout_s: float) -> RolloutRecord:
+    deadline = time.monotonic() + timeout_s
+    with err_console.status(f"rollout {rollout_id} ...") as spinner:
+        while True:
+            try:
+                rec = store.load(rollout_id)
+            except NotFoundError:
+                rec = None
+            if rec is not None:
+                if rec.phase in _DONE and not rec.todo:
+                    return rec
+                st = rec.controller
+                if st is not None:
+                    spinner.update(f"rollout {rollout_id}: {rec.phase}, wave {st.wave + 1}, {st.wave_km:.1f} km")
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"rollout {rollout_id} did not finish within {timeout_s:g} s; `fleetloop ota status` shows it"
+                )
+            time.sleep(1.0)
+
+
+@app.command(
+    "rollout", help=f"Roll a staging version out to the fleet in judged waves. Policy defaults: {_POLICY_DEFAULTS}."
+)
+def rollout_cmd(
+    name: str = typer.Argument(..., help="Registered model."),
+    version: int = typer.Argument(..., click_type=POSITIVE_INT, help="A staging version."),
+    policy: Path | None = typer.Option(None, "--policy", help="Rollout policy TOML (docs/canary.md)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until it is promoted or rolled back."),
+    wait_timeout_s: float = typer.Option(
+        3600.0, "--wait-timeout-s", click_type=POSITIVE_FLOAT, help="Give up waiting after this long [s]."
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    settings = load_settings()
+    pol = load_policy(policy.read_text(), str(policy)) if policy is not None else CanaryPolicy()
+    registry = open_registry(settings)
+    store = RolloutStore(settings.state_dir)
+    production = check_rollout(store, registry, name, version)  # exit 2 before anything is signed
+    canary_release = _signed_release(settings, registry, name, str(version))
+    _signed_release(settings, registry, name, str(production))  # a rollback re-signs it
+    rollout_id = request_rollout(store, registry, name, version, canary_release, pol)
+    launcher.up(settings, [ota_controller.SPEC])  # already running: nothing to do
+    data: dict[str, Any] = {
+        "rollout_id": rollout_id,
+        "model": name,
+        "canary_version": version,
+        "production_version": production,
+        "canary_release": canary_release,
+        "policy": pol.to_dict(),
+    }
+    if wait:
+        rec = _wait(store, rollout_id, wait_timeout_s)
+        data["outcome"] = rec.phase
+        data["history"] = history_view([rec])[0]
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(
+            f"rollout {d['rollout_id']}: {name} v{version} (release {d['canary_release']}) over v{production}, "
+            f"waves {', '.join(f'{w:.0%}' for w in pol.waves)}",
+            highlight=False,
+        )
+        if "outcome" in d:
+            _print_history([d["history"]])
+        else:
+            console.print(
+                "  the ota-controller judges it; `fleetloop ota status` shows where it stands", highlight=False
+            )
+
+    emit(data, as_json, render)
+
+
+@app.command("status")
+def status_cmd(name: str | None = typer.Argument(None, help="Model (default: all)."), as_json: bool = _JSON) -> None:
+    """Where the running rollouts stand (or the last one): wave, cohorts, refusals, the last verdict."""
+    settings = load_settings()
+    store = RolloutStore(settings.state_dir)
+    records = store.active(name) or store.records(name)[-1:]
+    waiting = [
+        store.current(name, r.rollout_id)
+        for r in store.pending_starts()
+        if name is None or r.start.get("model") == name
+    ]
+    fleet, now = store.load_fleet(), time.time()
+    views = [status_view(r, cohort_summary(r, fleet, now, ControllerConfig.silent_after_s)) for r in records]
+    views += [
+        status_view(r, cohort_summary(r, fleet, now, ControllerConfig.silent_after_s))
+        for r in waiting
+        if r.rollout_id not in {v["rollout_id"] for v in views}
+    ]
+
+    def render(d: dict[str, Any]) -> None:
+        if not d["rollouts"]:
+            console.print("no rollout yet; `fleetloop ota rollout NAME VERSION` starts one", highlight=False)
+        for v in d["rollouts"]:
+            console.print(_status_text(v), highlight=False)
+
+    emit({"rollouts": views}, as_json, render)
+
+
+def _operator_cmd(command: str, name: str | None, rollout_id: str | None, reason: str, as_json: bool) -> None:
+    settings = load_settings()
+    store = RolloutStore(settings.state_dir)
+    rec = store.current(name, rollout_id)
+    if rec.phase in _DONE:
+        raise BadReleaseInput(f"rollout {rec.rollout_id} is {rec.phase}; nothing to {command}")
+    req = store.submit(command, rec.rollout_id, reason)
+    data = {"rollout_id": rec.rollout_id, "command": command, "request_id": req.request_id, "reason": reason}
+    _emit_text(
+        data,
+        as_json,
+        lambda d: f"asked the ota-controller to {command} rollout {d['rollout_id']}; `fleetloop ota status` shows it",
+    )
+
+
+@app.command("pause")
+def pause_cmd(
+    name: str | None = typer.Argument(None),
+    rollout: str | None = _ROLLOUT,
+    reason: str = _REASON,
+    as_json: bool = _JSON,
+) -> None:
+    """Stop deciding (heartbeats keep being counted); `ota resume` goes on."""
+    _operator_cmd("pause", name, rollout, reason, as_json)
+
+
+@app.command("resume")
+def resume_cmd(
+    name: str | None = typer.Argument(None),
+    rollout: str | None = _ROLLOUT,
+    reason: str = _REASON,
+    as_json: bool = _JSON,
+) -> None:
+    """Resume a paused rollout."""
+    _operator_cmd("resume", name, rollout, reason, as_json)
+
+
+@app.command("abort")
+def abort_cmd(
+    name: str | None = typer.Argument(None),
+    rollout: str | None = _ROLLOUT,
+    reason: str = _REASON,
+    as_json: bool = _JSON,
+) -> None:
+    """Stop without judging the model: vehicles back to production, the version back to staging."""
+    _operator_cmd("abort", name, rollout, reason, as_json)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    name: str | None = typer.Argument(None),
+    rollout: str | None = _ROLLOUT,
+    reason: str = _REASON,
+    as_json: bool = _JSON,
+) -> None:
+    """Roll back now: vehicles back to production (a re-signed release), the version rejected with the reason."""
+    _operator_cmd("rollback", name, rollout, reason, as_json)
+
+
+def _print_history(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        console.print(
+            f"[bold]{r['rollout_id']}[/]: {r['model']} v{r['canary_version']} over v{r['production_version']}: "
+            f"{r['phase']}",
+            highlight=False,
+        )
+        for w in r["waves"]:
+            console.print(
+                f"  wave {w['wave']} ({w['fraction']:.0%}): {w['verdict']}: {'; '.join(w['reasons'])}", highlight=False
+            )
+            for e in w["decisive"]:
+                console.print(f"    {e}", highlight=False)
+        if r["refused"]:
+            console.print(
+                "  heartbeats refused: " + ", ".join(f"{k} {v}" for k, v in sorted(r["refused"].items())),
+                highlight=False,
+            )
+
+
+@app.command("history")
+def history_cmd(name: str | None = typer.Argument(None, help="Model (default: all)."), as_json: bool = _JSON) -> None:
+    """Every rollout with its verdict per wave and the evidence (slice, metric, counts, exposure)."""
+    settings = load_settings()
+    rows = history_view(RolloutStore(settings.state_dir).records(name))
+
+    def render(d: dict[str, Any]) -> None:
+        if not d["rollouts"]:
+            console.print("no rollouts yet", highlight=False)
+        _print_history(d["rollouts"])
+
+    emit({"rollouts": rows}, as_json, render)

@@ -20,6 +20,8 @@ from fleetloop.cli.validate_args import at_least
 from fleetloop.pipelines.serve import SERVE_STAGES, service_name, stage_specs
 from fleetloop.platform import launcher
 from fleetloop.platform.errors import UserInputError
+from fleetloop.platform.logs import bind_log_context
+from fleetloop.platform.metrics import start_exporter
 from fleetloop.platform.settings import Settings, load_settings
 
 __all__ = ["STAGES", "StageCommand", "app"]
@@ -56,6 +58,13 @@ def _run_groundtruth(settings: Settings, progress: Progress) -> dict[str, Any]:
     return run_ground_truth(settings, on_progress=_collect_progress(progress)).as_dict()
 
 
+_DUPLICATE_CAUSE = {
+    "redelivered": " (Kafka, after a crash or rebalance)",
+    "transport_retry": " (the same upload sent again)",
+    "duplicate_seq": " (the vehicle reused a seq)",
+}
+
+
 def render_collect(d: dict[str, Any]) -> None:
     """A collect summary for people: rows in, duplicates removed and dead letters by reason, segments."""
     t = Table(title=f"{d['stage']} -> lake table {d['table']}", show_header=False, box=box.SIMPLE_HEAD)
@@ -66,7 +75,7 @@ def render_collect(d: dict[str, Any]) -> None:
     t.add_row("rows collected", f"[green]{d['rows_collected']:,}[/]")
     t.add_row("duplicates removed", f"{d['duplicates_removed_total']:,}")
     for reason, n in sorted(d["duplicates_removed"].items()):
-        t.add_row(f"  {reason}", f"{n:,}")
+        t.add_row(f"  {reason}{_DUPLICATE_CAUSE.get(reason, '')}", f"{n:,}")
     style = "red" if d["dead_lettered_total"] else ""
     t.add_row("dead-lettered", f"[{style}]{d['dead_lettered_total']:,}[/]" if style else "0")
     for reason, n in sorted(d["dead_lettered"].items()):
@@ -106,10 +115,12 @@ def run_cmd(
     if unknown:
         raise UserInputError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
     settings = load_settings()
+    start_exporter(settings, "pipeline")  # its counters (records, dead letters, verdicts) for `fleetloop watch`
     results: dict[str, dict[str, Any]] = {}
     with run_record(settings, command="pipeline run", params={"stages": names}) as rec:
         for name in names:
             cmd = STAGES[name]
+            bind_log_context(stage=name)
             if as_json:
                 results[name] = cmd.run(settings, lambda _msg: None)
             else:

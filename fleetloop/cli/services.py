@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from fleetloop.pipelines import serve
 from fleetloop.platform import launcher
-from fleetloop.platform.services import alertmanager, kafka, mlflow_server, ota_repo, prometheus
+from fleetloop.platform.services import alertmanager, kafka, mlflow_server, ota_controller, ota_repo, prometheus
 from fleetloop.platform.services.spec import ServiceSpec
 from fleetloop.platform.settings import Settings
 
@@ -27,6 +27,7 @@ def stack_services() -> list[ServiceSpec]:
         ota_repo.SPEC,  # initialises the local release repository on first start
         *(alertmanager.SPEC, prometheus.SPEC),  # optional: reported "not installed" where absent
         *serve.stage_specs(),  # on demand: `fleetloop pipeline serve` starts them
+        ota_controller.SPEC,  # on demand: `fleetloop ota rollout` starts it
     ]
 
 

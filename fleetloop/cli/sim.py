@@ -7,6 +7,7 @@ the run record and the metrics exporter.
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import time
@@ -23,6 +24,7 @@ from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
 from fleetloop.edge_agent.telemetry import deliver_spooled
 from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
 from fleetloop.platform.errors import DataError, NotFoundError, ServiceUnavailable, SetupError, UserInputError
+from fleetloop.platform.logs import bind_log_context
 from fleetloop.platform.registry import find_model_file, open_registry
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.services.kafka import kafka_health
@@ -31,9 +33,11 @@ from fleetloop.platform.settings import Settings, load_settings
 __all__ = ["app", "euroncap", "load_scenario", "require_broker", "require_delivered", "resolve_model", "simulate"]
 
 app = typer.Typer(no_args_is_help=True)
+log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda")
 CHUNK_TICKS = 10  # ticks between progress / metrics updates
+DEFAULT_HEARTBEAT_S = 10.0  # [s] simulated time between a vehicle's heartbeats (the canary judges them)
 
 
 # -- inputs -----------------------------------------------------------------------------------------
@@ -123,12 +127,13 @@ def simulate(
     ray_address: str | None = None,
     telemetry: bool = True,
     fleet_tag: str = "",
-    on_progress: Callable[[dict[str, int]], None] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     fog_onset_s: float | None = None,
     triggers: Any | None = None,
     compile: bool = False,
     ota: bool = False,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
 ) -> dict[str, Any]:
     """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran).
 
@@ -141,6 +146,8 @@ def simulate(
     ``compile``: the compiled tick (``FleetConfig.compile``, ADR 0101).
     ``ota``: the vehicles follow OTA commands from Kafka and install signed releases from the ota-repo service
     (``ota_spec``); their statuses go to ``fleetloop.ota-status`` and their counts to ``counts["ota"]``.
+    ``heartbeat_s``: with telemetry, each vehicle's heartbeat goes to the fleet-health topic every this many
+    simulated seconds (``FleetConfig.heartbeat_s``; docs/canary.md).
     """
     from fleetloop.edge_agent.fleet import FleetConfig
     from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec, build_runner
@@ -170,6 +177,7 @@ def simulate(
         fog_onset_s=fog_onset_s,
         triggers=triggers,
         compile=compile,
+        heartbeat_s=heartbeat_s if telemetry else None,
     )
     backlog = telemetry_preflight(settings) if telemetry else None
     workdir = Path(settings.state_dir) / "sim" / "models"
@@ -177,6 +185,8 @@ def simulate(
     paths = {} if resolved is None else {resolved[0]: str(resolved[1])}
     label = None if resolved is None else resolved[0]
     ticks = run_ticks(minutes, config.world().dt_s)
+    bind_log_context(model_version=label or "fallback-only")  # for the rest of the run's record
+    log.info("fleet simulation: %d vehicles, %d ticks, scenario %s, weather %s", vehicles, ticks, scenario, weather)
     spec = ShardSpec(
         config=config,
         vehicle_ids=tuple(range(vehicles)),
@@ -198,7 +208,7 @@ def simulate(
             reports = [runner.step() for _ in range(n)]
             done += runner.ticks - before
             if on_progress:
-                on_progress(_sum_reports(reports))
+                on_progress({**_sum_reports(reports), "groups": runner.group_sums()})
         summary = runner.close()
     else:
         fleet = ShardedFleet(spec, shards, backend, ray_address, devices=devices)
@@ -417,7 +427,7 @@ def _render_run(d: dict[str, Any]) -> None:
         highlight=False,
     )
     table = Table(title="per 1,000 km (counts in brackets)")
-    table.add_column("group")
+    table.add_column("group", no_wrap=True)
     for col in ("km", "collisions", "near misses", "phantom brakes", "hard brakes", "fallback acts", "progress"):
         table.add_column(col, justify="right")
 
@@ -497,8 +507,9 @@ def _plot(d: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
+def _metrics(settings: Settings) -> Callable[[dict[str, Any]], None]:
     """Start the process's exporter; returns the per-chunk updater of the sim's counters."""
+    from fleetloop.cli.sim_metrics import GroupCounters
     from fleetloop.platform.metrics import counter, gauge, start_exporter
 
     start_exporter(settings, "sim")
@@ -507,15 +518,17 @@ def _metrics(settings: Settings) -> Callable[[dict[str, int]], None]:
     acts = counter("fleetloop_sim_fallback_activations_total", "Model -> fallback transitions.")
     uploads = counter("fleetloop_sim_uploaded_frames_total", "Frames the vehicles chose to upload.")
     rate = gauge("fleetloop_sim_vehicle_steps_per_second", "Vehicle-steps per wall-clock second (last chunk).")
+    by_group = GroupCounters()
     last = [time.monotonic()]
 
-    def update(part: dict[str, int]) -> None:
+    def update(part: dict[str, Any]) -> None:
         now = time.monotonic()
         steps.inc(part["vehicle_steps"])
         events.labels(event="collision").inc(part["collisions"])
         events.labels(event="near_miss").inc(part["near_misses"])
         acts.inc(part["fallback_activations"])
         uploads.inc(part["uploaded_frames"])
+        by_group.update(part.get("groups", {}))
         if now > last[0]:
             rate.set(part["vehicle_steps"] / (now - last[0]))
         last[0] = now
@@ -546,6 +559,12 @@ def run_cmd(
     no_telemetry: bool = typer.Option(False, "--no-telemetry", help="Do not send uploads to Kafka."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the summary here."),
+    heartbeat_s: float = typer.Option(
+        DEFAULT_HEARTBEAT_S,
+        "--heartbeat-s",
+        click_type=POSITIVE_FLOAT,
+        help="Simulated seconds between each vehicle's heartbeats to fleetloop.fleet-health (with telemetry).",
+    ),
     compile: bool = typer.Option(
         False,
         "--compile",
@@ -570,7 +589,7 @@ def run_cmd(
             task = progress.add_task(f"{vehicles:,} vehicles", total=None, info="")
             seen = {"collisions": 0, "near_misses": 0}
 
-            def on_progress(part: dict[str, int]) -> None:
+            def on_progress(part: dict[str, Any]) -> None:
                 update(part)
                 seen["collisions"] += part["collisions"]
                 seen["near_misses"] += part["near_misses"]
@@ -598,6 +617,7 @@ def run_cmd(
                 on_start=lambda ticks: progress.update(task, total=ticks),
                 compile=compile,
                 ota=ota,
+                heartbeat_s=heartbeat_s,
             )
         if plot is not None:
             _plot(result, plot)
@@ -609,98 +629,240 @@ def run_cmd(
 
 # -- Euro NCAP --------------------------------------------------------------------------------------
 
+NCAP_OFFICIAL = "dry"  # the protocol's condition: dry daylight
+NCAP_TOTALS = (("car-to-car", ("CCRs", "CCRm", "CCRb")), ("pedestrian", ("CPNA", "CPFA", "CPNC", "CPLA")))
 
-def euroncap(settings: Settings, *, model: str | None = None, fallback_only: bool = False) -> dict[str, Any]:
-    """Drive the 24 Euro NCAP CCR tests (one vehicle each) and report every test."""
+
+def parse_conditions(text: str) -> tuple[str, ...]:
+    """``dry,fog0.8,...`` -> the conditions, checked against ``fleetloop.sim.ncap.CONDITIONS``."""
+    from fleetloop.sim.ncap import CONDITIONS
+
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in names if c not in CONDITIONS]
+    if unknown or not names:
+        raise UserInputError(
+            f"unknown condition(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(CONDITIONS)} "
+            "(comma-separated)"
+        )
+    if len(set(names)) != len(names):
+        raise UserInputError(f"--conditions names a condition twice: {text}")
+    return names
+
+
+def euroncap(
+    settings: Settings,
+    *,
+    model: str | None = None,
+    fallback_only: bool = False,
+    conditions: tuple[str, ...] | None = None,
+    on_tick: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Drive the whole Euro NCAP AEB matrix in every condition as one batched fleet (one vehicle per test and
+    condition), score it per group and condition, and report every test. ``on_tick(done, total)`` follows the run."""
     import torch
 
     from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
     from fleetloop.edge_agent.model_artifact import load_artifact
-    from fleetloop.sim import euro_ncap_matrix
+    from fleetloop.edge_agent.ncap_scoring import TestResult, score_groups, score_test
+    from fleetloop.sim.ncap import CONDITIONS, euro_ncap_protocol, ncap_layout
 
-    tests = euro_ncap_matrix()
+    conds = tuple(CONDITIONS) if conditions is None else conditions
+    tests = euro_ncap_protocol()
     resolved = resolve_model(settings, model, fallback_only, Path(settings.state_dir) / "sim" / "models")
     models = {} if resolved is None else {resolved[0]: load_artifact(resolved[1]).model}
-    config = FleetConfig(scenario=tuple(tests), weather="clear", respawn=False, progress_reference=False)
-    runner = FleetRunner(config, list(range(len(tests))), models, None if resolved is None else resolved[0])
-    n = len(tests)
-    collided = torch.zeros(n, dtype=torch.bool)
+    world = FleetConfig().world()
+    layout = ncap_layout(len(tests), conds, world.scene_spacing_m, world.road_length_m)
+    ids = [i for per_cond in layout.vehicle_ids for i in per_cond]
+    # fixed scenes are cycled by vehicle id: this table gives every id its test
+    by_id = {vid: t.spec for per_cond in layout.vehicle_ids for vid, t in zip(per_cond, tests, strict=True)}
+    scenes = tuple(by_id.get(i, tests[0].spec) for i in range(max(ids) + 1))
+    config = FleetConfig(scenario=scenes, weather=layout.weather, respawn=False, progress_reference=False)
+    runner = FleetRunner(config, ids, models, None if resolved is None else resolved[0])
+    n = len(ids)
+    test_kmh = torch.tensor([t.test_kmh for t in tests] * len(conds))
     impact = torch.zeros(n)
+    hit = torch.zeros(n, dtype=torch.bool)
+    ended = torch.zeros(n, dtype=torch.bool)
+    closing_seen = torch.zeros(n, dtype=torch.bool)
+    max_kmh = test_kmh.clone()
     warn_ttc = torch.full((n,), math.nan)
-    ticks = round(max(t.duration_s for t in tests) / runner.world.dt_s)
-    for _ in range(ticks):
+    ticks = round(max(t.spec.duration_s for t in tests) / runner.world.dt_s)
+    for tick in range(ticks):
         runner.step()
         vt, ev, ttc = runner.last_tick, runner.last_events, runner.last_true_ttc_s
         assert vt is not None and ev is not None and ttc is not None
-        first_warn = (vt.fallback.stage >= 1) & torch.isnan(warn_ttc) & ~collided
+        first_warn = (vt.fallback.stage >= 1) & torch.isnan(warn_ttc) & ~hit & ~ended
         warn_ttc = torch.where(first_warn, ttc.float().cpu(), warn_ttc)
-        impact = torch.where(ev.collision.cpu(), ev.impact_speed_mps.cpu(), impact)
-        collided |= ev.collision.cpu()
-    rows = []
-    for i, t in enumerate(tests):
-        target = t.actors[0]
-        rows.append(
-            {
-                "test": t.name,
-                "ego_kmh": round(t.ego_speed_mps * 3.6, 1),
-                "target_kmh": round(target.speed_mps * 3.6, 1),
-                "target_decel_mps2": target.brake_decel_mps2,
-                "gap_m": round(target.x_m - target.size_m[0], 1),
-                "collided": bool(collided[i]),
-                "impact_kmh": round(float(impact[i]) * 3.6, 1) if bool(collided[i]) else 0.0,
-                "ttc_at_warning_s": None if math.isnan(float(warn_ttc[i])) else round(float(warn_ttc[i]), 2),
-            }
-        )
-    avoided = sum(not r["collided"] for r in rows)
+        new_hit = ev.collision.cpu() & ~hit & ~ended
+        impact = torch.where(new_hit, ev.impact_speed_mps.cpu() * 3.6, impact)
+        hit |= new_hit
+        ego, target = runner.state.ego_v_mps.cpu(), runner.state.actor_v_mps[:, 0].cpu()
+        max_kmh = torch.where(hit | ended, max_kmh, torch.maximum(max_kmh, ego * 3.6))
+        # the protocol's end: the ego stands, or is slower than a target it was closing on; or contact
+        closing_seen |= ego > target + 1.0 / 3.6
+        ended |= hit | (ego < 0.01) | (closing_seen & (ego < target))
+        if on_tick is not None:
+            on_tick(tick + 1, ticks)
+    rows: list[dict[str, Any]] = []
+    for c, cond in enumerate(conds):
+        for i, t in enumerate(tests):
+            k = c * len(tests) + i
+            res = TestResult(t.group, t.test_kmh, round(float(impact[k]), 1), round(float(max_kmh[k]), 2))
+            sc = score_test(res)
+            rows.append(
+                {
+                    "test": t.name,
+                    "group": t.group,
+                    "condition": cond,
+                    "test_kmh": t.test_kmh,
+                    "target_kmh": t.target_kmh,
+                    "overlap_pct": t.overlap_pct,
+                    "unbraked_impact_kmh": round(t.unbraked_impact_kmh, 1),
+                    "collided": bool(hit[k]),
+                    "impact_kmh": res.impact_kmh,
+                    "max_speed_kmh": res.max_speed_kmh,
+                    "valid": sc.valid,
+                    "points": sc.points,
+                    "band": sc.band,
+                    "band_source": sc.source,
+                    "ttc_at_warning_s": None if math.isnan(float(warn_ttc[k])) else round(float(warn_ttc[k]), 2),
+                    "vehicle_id": ids[k],
+                }
+            )
+    scores: dict[str, Any] = {}
+    for cond in conds:
+        results = [
+            TestResult(r["group"], r["test_kmh"], r["impact_kmh"], r["max_speed_kmh"])
+            for r in rows
+            if r["condition"] == cond
+        ]
+        scores[cond] = {
+            name: {**vars(g), "percent": round(g.percent, 1)} for name, g in score_groups(results, NCAP_TOTALS).items()
+        }
     ccrs_40 = [
-        r for r, t in zip(rows, tests, strict=True) if t.name.startswith("ccrs") and t.ego_speed_mps <= 40 / 3.6 + 1e-6
+        r
+        for r in rows
+        if r["condition"] == NCAP_OFFICIAL and r["group"] == "CCRs" and r["overlap_pct"] == 100 and r["test_kmh"] <= 40
     ]
     return {
         "model": "fallback only" if resolved is None else resolved[0],
+        "conditions": list(conds),
+        "official_condition": NCAP_OFFICIAL if NCAP_OFFICIAL in conds else None,
         "tests": rows,
-        "avoided": avoided,
+        "scores": scores,
+        "avoided": sum(not r["collided"] for r in rows),
         "total": len(rows),
-        "ccrs_up_to_40_kmh_avoided": all(not r["collided"] for r in ccrs_40),
+        "vehicles": n,
+        "simulated_s": round(ticks * runner.world.dt_s, 1),
+        "ccrs_up_to_40_kmh_avoided": all(not r["collided"] for r in ccrs_40) if ccrs_40 else None,
     }
 
 
 def _render_ncap(d: dict[str, Any]) -> None:
-    table = Table(title=f"Euro NCAP AEB car-to-car rear, driven by {d['model']}: {d['avoided']}/{d['total']} avoided")
-    for col in (
-        "test",
-        "ego km/h",
-        "target km/h",
-        "target decel m/s²",
-        "gap m",
-        "collided",
-        "impact km/h",
-        "TTC warn s",
-    ):
-        table.add_column(col, justify="left" if col == "test" else "right")
-    for r in d["tests"]:
-        table.add_row(
-            r["test"],
-            _fmt(r["ego_kmh"], 0),
-            _fmt(r["target_kmh"], 0),
-            _fmt(r["target_decel_mps2"], 0),
-            _fmt(r["gap_m"], 1),
-            "[bold red]yes[/]" if r["collided"] else "[green]no[/]",
-            _fmt(r["impact_kmh"], 1),
-            _fmt(r["ttc_at_warning_s"]),
-        )
+    conds = d["conditions"]
+    title = (
+        f"Euro NCAP AEB matrix, driven by {d['model']}: points per group ({d['vehicles']} tests in one run, "
+        f"{d['avoided']}/{d['total']} avoided)"
+    )
+    table = Table(title=title)
+    table.add_column("group", no_wrap=True)
+    for c in conds:
+        table.add_column(f"{c} (official)" if c == d["official_condition"] else c, justify="right", no_wrap=True)
+    for name in d["scores"][conds[0]]:
+        cells = []
+        for c in conds:
+            g = d["scores"][c][name]
+            bad = f", {g['invalid']} invalid" if g["invalid"] else ""
+            cells.append(f"{g['points']:.1f}/{g['max_points']:.0f} {g['percent']:.0f}%{bad}")
+        bold = name in dict(NCAP_TOTALS)
+        table.add_row(f"[bold]{name}[/]" if bold else name, *cells)
     console.print(table)
+    official = d["official_condition"] or conds[0]
+    hits = [r for r in d["tests"] if r["condition"] == official and (r["collided"] or not r["valid"])]
+    if hits:
+        detail = Table(title=f"{official}: tests with an impact or out of tolerance ({len(hits)})")
+        for col in ("test", "test km/h", "impact km/h", "band", "points", "TTC warn s"):
+            detail.add_column(col, justify="left" if col in ("test", "band") else "right")
+        for r in hits:
+            band = r["band"] if r["valid"] else f"invalid (ego {r['max_speed_kmh']:.1f} km/h)"
+            detail.add_row(
+                r["test"],
+                _fmt(r["test_kmh"], 0),
+                _fmt(r["impact_kmh"], 1),
+                band,
+                _fmt(r["points"]),
+                _fmt(r["ttc_at_warning_s"]),
+            )
+        console.print(detail)
+    else:
+        console.print(f"{official}: every test avoided.", highlight=False)
+    if d.get("plot"):
+        console.print(f"plot: {d['plot']}", highlight=False)
+
+
+def _plot_ncap(d: dict[str, Any], path: Path) -> None:
+    """Impact speed against test speed, one panel per group, one line per condition (mean over the variants)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(r["group"] for r in d["tests"]))
+    cols = 4
+    fig, axes = plt.subplots((len(groups) + cols - 1) // cols, cols, figsize=(16, 7.5), squeeze=False)
+    for ax, group in zip(axes.flat, groups, strict=False):
+        rows = [r for r in d["tests"] if r["group"] == group]
+        # CCRb runs at one speed: its variants differ in what they would hit at without braking
+        x_key = "unbraked_impact_kmh" if group == "CCRb" else "test_kmh"
+        for cond in d["conditions"]:
+            mine = [r for r in rows if r["condition"] == cond]
+            xs = sorted({r[x_key] for r in mine})
+            ys = [sum(r["impact_kmh"] for r in mine if r[x_key] == x) / sum(r[x_key] == x for r in mine) for x in xs]
+            ax.plot(xs, ys, marker="o", markersize=3, label=cond)
+        xs = sorted({r[x_key] for r in rows})
+        unbraked = [max(r["unbraked_impact_kmh"] for r in rows if r[x_key] == x) for x in xs]
+        ax.plot(xs, unbraked, linestyle="--", color="grey", linewidth=1, label="no braking")
+        ax.set_title(group)
+        ax.set_xlabel("impact speed without braking [km/h]" if group == "CCRb" else "test speed [km/h]")
+        ax.set_ylabel("mean impact speed [km/h]")
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"Euro NCAP AEB matrix, {d['model']}: impact speed by test speed and condition")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 @app.command("euroncap")
 def euroncap_cmd(
     fallback_only: bool = typer.Option(False, "--fallback-only", help="The rule-based fallback alone."),
     model: str | None = typer.Option(None, "--model", help="Registry version or artifact path (default: production)."),
+    conditions: str = typer.Option(
+        "dry,fog0.8,fog1.0,rain,night,low-friction",
+        "--conditions",
+        help="Comma-separated: dry (the protocol's), fog0.8, fog1.0, rain, night, low-friction.",
+    ),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of impact speed against test speed here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Drive the Euro NCAP CCR matrix (CCRs, CCRm, CCRb) and print every test."""
+    """Drive the Euro NCAP AEB matrix (car-to-car rear, pedestrians) in each condition and print the scores."""
     settings = load_settings()
-    params = {"fallback_only": fallback_only, "model": model}
+    conds = parse_conditions(conditions)
+    params = {"fallback_only": fallback_only, "model": model, "conditions": list(conds)}
     with run_record(settings, command="sim euroncap", params=params, seed=0) as rec:
-        result = euroncap(settings, model=model, fallback_only=fallback_only)
-        rec.summary = result
+        columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console, disable=as_json) as progress:
+            task = progress.add_task("Euro NCAP matrix", total=None)
+            result = euroncap(
+                settings,
+                model=model,
+                fallback_only=fallback_only,
+                conditions=conds,
+                on_tick=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        if plot is not None:
+            _plot_ncap(result, plot)
+            result["plot"] = str(plot)
+        rec.summary = {k: v for k, v in result.items() if k != "tests"}
     emit(result, as_json, _render_ncap)

@@ -24,6 +24,7 @@ imports nothing) only; telemetry goes through a ``TelemetrySink`` the caller pas
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ from torch import nn
 from fleetloop.edge_agent.arbiter import REASON_NAMES, ArbiterConfig
 from fleetloop.edge_agent.buffer import OnboardBuffer, pack_camera_tensor
 from fleetloop.edge_agent.faults import parse_faults
+from fleetloop.edge_agent.heartbeat import (
+    HeartbeatConfig,
+    HeartbeatState,
+    emit_heartbeats,
+    heartbeat_step,
+    signals_from_tick,
+)
 from fleetloop.edge_agent.inference import NO_MODEL, STATUS_NAMES, EngineConfig, InferenceEngine
 from fleetloop.edge_agent.summary import (
     COLUMNS,
@@ -155,6 +163,8 @@ class FleetConfig:
             forward, arbiter + trigger bits, summary rows) as ``torch.compile``d graphs (ADR 0101): same random bits,
             floats within rounding of the eager tick; the first tick compiles (a minute or more on a small CPU, ~15 s
             from inductor's on-disk cache in ``~/.cache/fleetloop/inductor``).
+        heartbeat_s: every vehicle closes a heartbeat (``fleetloop.edge_agent.heartbeat``) after this much simulated
+            time and hands it to the sink [s] (rounded to whole ticks); None: no heartbeats.
     """
 
     scenario: str | tuple[ScenarioSpec, ...] = "mixed"
@@ -172,6 +182,7 @@ class FleetConfig:
     triggers: TriggerConfig | None = None
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(device="cpu"))
     compile: bool = False
+    heartbeat_s: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.scenario, str):
@@ -192,6 +203,8 @@ class FleetConfig:
         if self.triggers is not None and abs(self.triggers.dt_s - tick_s) > 1e-9:
             raise FleetConfigError(f"triggers.dt_s ({self.triggers.dt_s} s) must be the world's tick ({tick_s} s)")
         parse_faults(self.faults)  # raises FaultError listing the valid faults
+        if self.heartbeat_s is not None and not (math.isfinite(self.heartbeat_s) and self.heartbeat_s >= tick_s):
+            raise FleetConfigError(f"heartbeat_s must be at least one tick ({tick_s} s), got {self.heartbeat_s}")
 
     def world(self) -> World:
         """The world this fleet drives in (its weather; the tick ``World.dt_s``)."""
@@ -323,6 +336,7 @@ class FleetRunner:
         self.last_tick: VehicleTick | None = None  # the last tick's on-board outputs (evaluations read them)
         self.last_events: Any = None  # the last tick's ``Events``
         self.last_true_ttc_s: torch.Tensor | None = None  # ground-truth TTC [B] at the start of the last tick
+        self._init_heartbeats()
 
     def _start_versions(
         self, ids: list[int], default: str | None, per_vehicle: Mapping[int, str | None]
@@ -439,6 +453,7 @@ class FleetRunner:
         nxt = step(self.world, self.state, vt.command_mps2, self.world.dt_s, compiled=comp)
         ev = detect_events(self.world, self.state, nxt)
         self._accumulate(vt, ev, expert_dist)
+        self._heartbeat_tick(vt, ev.collision)
         self.last_tick, self.last_events, self.last_true_ttc_s = vt, ev, self.state.ttc_s
         done = nxt.collided | (nxt.scene_t_s >= self._durations - 1e-4) if self.config.respawn else None
         # Every number the host needs from this tick, in one transfer (one device sync).
@@ -642,17 +657,57 @@ class FleetRunner:
             out.update(hook.counts())
         return out
 
+    def group_sums(self) -> dict[str, dict[str, dict[str, float]]]:
+        """The summed columns so far by model version and condition (``FleetSummary.groups``), for live metrics."""
+        return self.acc.result(self.labels, int(self.ids.shape[0]), self.ticks, self.world.dt_s).groups
+
     def summary(self) -> FleetSummary:
         """The run's sums so far."""
         return self.acc.result(self.labels, int(self.ids.shape[0]), self.ticks, self.world.dt_s, self.counts())
 
     def close(self, timeout_s: float = 30.0) -> FleetSummary:
-        """Close the hooks and the telemetry sink (delivering what they can) and return the final summary."""
+        """Close the hooks and the telemetry sink (delivering what they can, the last partial heartbeat included)
+        and return the final summary."""
         for hook in self.hooks:
             hook.close(timeout_s)
+        self._emit_heartbeats()
         if self.sink is not None:
             self.sink.close(timeout_s)
         return self.summary()
+
+    # -- heartbeats (FleetConfig.heartbeat_s) --------------------------------------------------------
+
+    def _init_heartbeats(self) -> None:
+        """Heartbeats need a sink to go to and a period; without either the tick does no heartbeat work."""
+        period_s = self.config.heartbeat_s
+        self._hb_cfg = HeartbeatConfig(dt_s=self.world.dt_s)
+        self._hb_ticks = 0 if period_s is None or self.sink is None else max(1, round(period_s / self.world.dt_s))
+        self._hb_state = HeartbeatState.init(int(self.ids.shape[0]), self.device) if self._hb_ticks else None
+        self._hb_seq = 0
+        self._hb_since = 0  # ticks in the open beat
+
+    def _heartbeat_tick(self, vt: VehicleTick, impact: torch.Tensor) -> None:
+        """Add this tick to every vehicle's open beat (the set speed of the scene it drove); close it when due."""
+        if self._hb_state is None:
+            return
+        sig = signals_from_tick(vt, impact, self.state.ego_v0_mps)
+        self._hb_state = heartbeat_step(self._hb_cfg, self._hb_state, sig)
+        self._hb_since += 1
+        if self._hb_since >= self._hb_ticks:
+            self._emit_heartbeats()
+
+    def _emit_heartbeats(self) -> None:
+        """Close the open beat and hand every vehicle's heartbeat to the sink (keys: the plain vehicle ids)."""
+        if self._hb_state is None or self.sink is None or self._hb_since == 0:
+            return
+        self._hb_seq += 1
+        numbers = self._version_numbers()[self.version_index.cpu().numpy()].tolist()
+        keys = [str(i) for i in self._ids_np.tolist()]
+        self._hb_state, beats = emit_heartbeats(
+            self._hb_cfg, self._hb_state, keys, numbers, [""] * len(keys), self._hb_seq
+        )
+        self._hb_since = 0
+        self.sink.submit_heartbeats(beats)
 
 
 def _numeric(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -122,7 +122,7 @@ class _Worker:
 
     def advance(self, ticks: int) -> dict[str, Any]:
         """The summed tick reports of ``ticks`` ticks, plus ``busy_s``: this shard's own seconds for them (every
-        tick ends in a device sync, so the time is complete)."""
+        tick ends in a device sync, so the time is complete), and the shard's ``groups`` so far (live metrics)."""
         t0 = time.perf_counter()
         totals = {"ticks": 0, "vehicle_steps": 0, "collisions": 0, "near_misses": 0, "fallback_activations": 0}
         totals["uploaded_frames"] = 0
@@ -137,7 +137,8 @@ class _Worker:
 
         for _ in range(ticks):
             add(self.runner.step())
-        return {**totals, "busy_s": time.perf_counter() - t0}
+        busy_s = time.perf_counter() - t0
+        return {**totals, "busy_s": busy_s, "groups": self.runner.group_sums()}
 
     def set_model(self, vehicle_ids: list[int], version: str | None) -> int:
         return self.runner.set_model(vehicle_ids, version)
@@ -315,13 +316,13 @@ class ShardedFleet:
             out.append(replace(spec, vehicle_ids=ids, config=replace(spec.config, device=dev), initial_versions=own))
         return out
 
-    def advance(self, ticks: int) -> dict[str, int]:
-        """Advance every shard by ``ticks`` ticks; returns the summed tick reports.
+    def advance(self, ticks: int) -> dict[str, Any]:
+        """Advance every shard by ``ticks`` ticks; returns the summed tick reports (and ``groups``, summed).
 
         Each shard's own time for these ticks goes to ``last_busy_s`` (not into the returned counts)."""
         parts = self.impl.call("advance", ticks)
         self.last_busy_s = [float(p.pop("busy_s", 0.0)) for p in parts]
-        total: dict[str, int] = {}
+        total: dict[str, Any] = {}
         for p in parts:
             total = merge_counts(total, p)
         total["ticks"] = ticks

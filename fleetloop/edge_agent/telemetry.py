@@ -21,13 +21,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from fleetloop.edge_agent.heartbeat import Heartbeat
     from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
     from fleetloop.platform.bus import BatchSchema, Topic
     from fleetloop.platform.settings import Settings
@@ -85,6 +86,10 @@ class TelemetrySink(Protocol):
         """Take this tick's uploaded frames."""
         ...
 
+    def submit_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
+        """Take the vehicles' heartbeats of one beat (``vehicle_id``: the plain vehicle id)."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """Counters so far: ``frames_submitted``, ``frames_sent``, ``frames_lost`` by reason, ..."""
         ...
@@ -99,10 +104,14 @@ class CollectingSink:
 
     def __init__(self) -> None:
         self.parts: list[UploadedFrames] = []
+        self.heartbeats: list[Heartbeat] = []
 
     def submit(self, frames: UploadedFrames) -> None:
         if frames.n_frames:
             self.parts.append(frames)
+
+    def submit_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
+        self.heartbeats.extend(beats)
 
     def frames(self) -> UploadedFrames | None:
         """Everything submitted, as one ``UploadedFrames`` (None if nothing)."""
@@ -167,6 +176,8 @@ class BusTelemetrySink:
         self._stop = threading.Event()
         self._producer: Any = None
         self._inflight: list[UploadedFrames] = []  # taken from the outbox by the sender, not yet sent or put back
+        self._beats: deque[Heartbeat] = deque()  # heartbeats to send (not spooled: the next beat supersedes them)
+        self._beats_inflight: list[Heartbeat] = []
         self._abandoned = False  # close() gave up on the sender thread: it must not count anything after that
         self._stats: dict[str, Any] = {
             "sink": "kafka",
@@ -180,6 +191,9 @@ class BusTelemetrySink:
             "failed_attempts": 0,
             "last_error": None,
             "outbox_peak_frames": 0,
+            "heartbeats_submitted": 0,
+            "heartbeats_sent": 0,
+            "heartbeats_lost": {},
         }
         self._thread = threading.Thread(target=self._loop, name="fleet-telemetry", daemon=True)
         self._thread.start()
@@ -198,9 +212,22 @@ class BusTelemetrySink:
             evicted = self._trim_locked()
         self._spill(evicted, "outbox_full")
 
+    def submit_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
+        """Queue heartbeats for the fleet-health topic (never waits for the broker); beyond
+        ``max_outbox_frames`` queued the oldest are dropped and counted ``outbox_full``."""
+        with self._lock:
+            self._beats.extend(beats)
+            self._stats["heartbeats_submitted"] += len(beats)
+            over = len(self._beats) - self.max_outbox_frames
+            for _ in range(max(0, over)):
+                self._beats.popleft()
+            if over > 0:
+                _count(self._stats["heartbeats_lost"], "outbox_full", over)
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             out = dict(self._stats)
+            out["heartbeats_lost"] = dict(self._stats["heartbeats_lost"])
             out["frames_lost"] = dict(self._stats["frames_lost"])
             out["frames_spooled"] = dict(self._stats["frames_spooled"])
             out["outbox_frames"] = self._outbox_frames
@@ -215,6 +242,10 @@ class BusTelemetrySink:
         with self._lock:
             # A sender still stuck in a send may yet deliver its frames: spooling them too can only duplicate them.
             left = list(self._outbox) + (self._inflight if self._thread.is_alive() else [])
+            beats_left = len(self._beats) + (len(self._beats_inflight) if self._thread.is_alive() else 0)
+            if beats_left:
+                _count(self._stats["heartbeats_lost"], "unsent_at_close", beats_left)
+            self._beats.clear()
             self._abandoned = True
             self._outbox.clear()
             self._outbox_frames = 0
@@ -278,6 +309,7 @@ class BusTelemetrySink:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
             stopping = self._stop.is_set()
+            self._send_heartbeats()
             with self._lock:
                 pending = list(self._outbox)
                 self._outbox.clear()
@@ -303,14 +335,10 @@ class BusTelemetrySink:
                 return
 
     def _send(self, pending: list[UploadedFrames]) -> bool:
-        from fleetloop.platform.bus import BusProducer
         from fleetloop.platform.errors import FleetloopError
 
         try:
-            if self._producer is None:
-                self._producer = BusProducer(
-                    self.settings, client_id=self.client_id, **_producer_timeouts(self.send_timeout_s)
-                )
+            self._open_producer()
             sent = _send_frames(self._producer, concat_frames(pending), self.fleet_tag, self._topics, self._schemas)
             self._producer.flush(timeout_s=self.send_timeout_s)
         except Exception as err:  # kafka-python raises its own errors too; the frames stay queued
@@ -330,6 +358,46 @@ class BusTelemetrySink:
                 self._lose_locked("malformed", sent.malformed)
                 self._stats["last_error"] = sent.malformed_error
         return True
+
+    def _open_producer(self) -> None:
+        from fleetloop.platform.bus import BusProducer
+
+        if self._producer is None:
+            self._producer = BusProducer(
+                self.settings, client_id=self.client_id, **_producer_timeouts(self.send_timeout_s)
+            )
+
+    def _send_heartbeats(self) -> None:
+        """Send the queued heartbeats as ``fleet.health`` events keyed by vehicle (``vehicle_key``); on failure
+        they go back to the front of the queue for the next attempt."""
+        from fleetloop.platform.bus import FLEET_HEALTH, FleetHealth
+
+        with self._lock:
+            beats, self._beats_inflight = list(self._beats), list(self._beats)
+            self._beats.clear()
+        if not beats:
+            return
+        try:
+            self._open_producer()
+            for b in beats:
+                fields: dict[str, Any] = {
+                    **b.event_fields(),
+                    "vehicle_id": vehicle_key(int(b.vehicle_id), self.fleet_tag),
+                }
+                self._producer.send(FLEET_HEALTH, FleetHealth(**fields, source=self.client_id))
+            self._producer.flush(timeout_s=self.send_timeout_s)
+        except Exception as err:  # kafka-python raises its own errors too; the beats stay queued
+            with self._lock:
+                self._beats_inflight = []
+                if not self._abandoned:
+                    self._beats.extendleft(reversed(beats))
+                    self._stats["failed_attempts"] += 1
+                    self._stats["last_error"] = _describe(err)
+            return
+        with self._lock:
+            self._beats_inflight = []
+            if not self._abandoned:
+                self._stats["heartbeats_sent"] += len(beats)
 
 
 # -- sending, shared by the sink and the spool's delivery ----------------------------------------------

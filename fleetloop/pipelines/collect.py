@@ -14,6 +14,7 @@ kill -9 test does).
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from fleetloop.pipelines.lake import Chunk
 from fleetloop.pipelines.lake_sink import LakeSink, StageReport
 from fleetloop.pipelines.stage_shell import Reject, ShellConfig, StopFlag, run_shell
 from fleetloop.platform.bus.schemas import TELEMETRY_FRAMES, BatchSchema
-from fleetloop.platform.bus.serde import FrameBatch
+from fleetloop.platform.bus.serde import FrameBatch, encode
 from fleetloop.platform.bus.topics import DEAD_LETTER, PIPELINE_EVENTS, TELEMETRY, Topic
 from fleetloop.platform.metrics import counter
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from fleetloop.platform.bus.consumer import Delivery
     from fleetloop.platform.settings import Settings
 
-__all__ = ["MAX_VEHICLE_ID_CHARS", "CollectState", "SeqSet", "collect", "run_collect"]
+__all__ = ["MAX_VEHICLE_ID_CHARS", "CollectState", "SeqSet", "batch_fault", "collect", "record_digest", "run_collect"]
 
 MAX_VEHICLE_ID_CHARS = 128  # vehicle ids name lake rows and Kafka keys; longer ones are a producer bug
 
@@ -99,11 +100,13 @@ class SeqSet:
 
 @dataclass
 class CollectState:
-    """What collect remembers between calls: per-vehicle seqs already collected, the Kafka offsets already in
-    the lake (only to tell a redelivery from a vehicle's own duplicate in the counts), the segments absorbed,
-    and running counts."""
+    """What collect remembers between calls: per-vehicle seqs and ticks already collected, the digests of the
+    records whose frames are in the lake (a byte-identical record again is a transport retry), the Kafka offsets
+    already in the lake (a record below them is a redelivery), the segments absorbed, and running counts."""
 
     seen: dict[str, SeqSet] = field(default_factory=dict)
+    ticks: dict[str, SeqSet] = field(default_factory=dict)
+    records: set[str] = field(default_factory=set)
     lake_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     segments: set[str] = field(default_factory=set)
     frames_in: int = 0
@@ -116,9 +119,10 @@ class CollectState:
         if manifest.segment_id in self.segments:
             return
         self.segments.add(manifest.segment_id)
-        for vid, intervals in manifest.vehicles.items():
-            seen = self.seen.setdefault(vid, SeqSet())
-            seen._merge(*np.asarray(intervals, dtype=np.int64).reshape(-1, 2).T)
+        for memory, by_vehicle in ((self.seen, manifest.vehicles), (self.ticks, manifest.ticks)):
+            for vid, intervals in by_vehicle.items():
+                memory.setdefault(vid, SeqSet())._merge(*np.asarray(intervals, dtype=np.int64).reshape(-1, 2).T)
+        self.records.update(manifest.records)
         for key, (_, hi) in manifest.offsets.items():
             topic, _, part = key.rpartition(":")
             tp = (topic, int(part))
@@ -133,7 +137,95 @@ def _reject_reason(delivery: Delivery, schema: BatchSchema) -> tuple[str, str] |
     vid = value.vehicle_id
     if len(vid) > MAX_VEHICLE_ID_CHARS or not vid.isprintable():
         return "bad_vehicle_id", f"vehicle id {vid[:40]!r}... is not a printable id of <= {MAX_VEHICLE_ID_CHARS} chars"
+    return batch_fault(value, schema)
+
+
+def batch_fault(batch: FrameBatch, schema: BatchSchema) -> tuple[str, str] | None:
+    """Why a frame batch is not internally consistent, as ``(reason, message)``; None if it is.
+
+    Every column of ``schema`` with its dtype and ``n_frames`` rows (``bad_columns``); no NaN / inf in the
+    columns marked ``finite`` (``not_finite``); seqs and ticks strictly increasing, so unique (``seq_order``,
+    ``tick_order``). A batch is one vehicle's upload, kept or refused whole (docs/adr/0074)."""
+    n = batch.n_frames
+    vid = batch.vehicle_id
+    for c in schema.columns:
+        arr = batch.columns.get(c.name)
+        if arr is None:
+            return "bad_columns", f"batch of vehicle {vid} has no column {c.name}"
+        if arr.dtype != c.np_dtype or arr.shape != (n, *c.shape):
+            return "bad_columns", f"column {c.name} is {arr.dtype.str}{arr.shape}, expected {c.dtype}{(n, *c.shape)}"
+        if c.finite and n:
+            ok = np.isfinite(arr.reshape(n, -1)).all(axis=1)
+            if not ok.all():
+                i = int(np.flatnonzero(~ok)[0])
+                return "not_finite", (
+                    f"vehicle {vid}: {int((~ok).sum())} frame(s) with NaN/inf in {c.name} (first at seq "
+                    f"{int(batch.seq[i])}: {arr[i]}); the loop needs a finite {c.name}"
+                )
+    for name in (schema.seq_column, "tick"):
+        if name not in schema.by_name or n < 2:
+            continue
+        v = batch.columns[name].astype(np.int64)
+        bad = np.flatnonzero(np.diff(v) <= 0)
+        if bad.size:
+            i = int(bad[0])
+            what = "repeats" if v[i + 1] == v[i] else "goes back from"
+            return f"{'seq' if name == schema.seq_column else name}_order", (
+                f"vehicle {vid}: {name} {what} {int(v[i])} to {int(v[i + 1])} at frame {i + 1} of {n} "
+                f"({bad.size} such step(s)); a batch's {name}s must be unique and increasing"
+            )
     return None
+
+
+def record_digest(delivery: Delivery) -> str:
+    """A short digest of the record's bytes: the same upload sent again (a transport retry) has the same one."""
+    raw = delivery.raw if delivery.raw is not None else encode(delivery.value)
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def _take_batch(state: CollectState, d: Delivery) -> Chunk | Reject | None:
+    """One valid batch: its new frames as a chunk (None if none), or a reject; ``state`` changes only at the
+    end, so an error midway leaves it as it was."""
+    batch: Any = d.value
+    n = batch.n_frames
+    if n == 0:
+        state.empty_records += 1
+        return None
+    vid = batch.vehicle_id
+    seq = batch.seq.astype(np.int64)  # unique and increasing (batch_fault)
+    seen = state.seen.get(vid, SeqSet())
+    new = ~seen.contains(seq)
+    tick = batch.columns["tick"].astype(np.int64)[new] if "tick" in batch.columns else None
+    ticks = state.ticks.get(vid, SeqSet())
+    if tick is not None and tick.size:
+        clash = ticks.contains(tick)
+        if clash.any():
+            return Reject(d, "tick_conflict", (
+                f"vehicle {vid}: new seq(s) {seq[new][clash][:5].tolist()} at tick(s) {tick[clash][:5].tolist()}, "
+                f"where frames of other seqs are already collected; the vehicle reused ticks or seqs"
+            ))  # fmt: skip
+    digest = record_digest(d)
+    dropped = n - int(new.sum())
+    if dropped:
+        if d.offset < state.lake_offsets.get((d.topic, d.partition), 0):
+            reason = "redelivered"  # Kafka delivered this record again (a crash or rebalance before a commit)
+        elif digest in state.records:
+            reason = "transport_retry"  # the same upload again at a new offset: a producer or outbox retry
+        else:
+            reason = "duplicate_seq"  # other bytes for seqs already collected: the vehicle repeated a seq
+        state.duplicates[reason] += dropped
+    state.frames_in += n
+    state.records.add(digest)
+    if dropped == n:
+        return None
+    state.seen[vid] = seen
+    seen.add_sorted_unique(seq[new])
+    if tick is not None:
+        state.ticks[vid] = ticks
+        ticks.add_sorted_unique(np.unique(tick))
+    cols = batch.columns if dropped == 0 else {k: v[new] for k, v in batch.columns.items()}
+    state.rows_out += n - dropped
+    return Chunk(vid, cols, d.topic, d.partition, d.offset, d.timestamp_ms, digest)
 
 
 def collect(
@@ -141,42 +233,24 @@ def collect(
 ) -> tuple[CollectState, list[Chunk], list[Reject]]:
     """Turn decoded deliveries into lake chunks, each frame ``(vehicle_id, seq)`` at most once.
 
-    Frames already in ``state`` are dropped and counted in ``state.duplicates`` as ``redelivered`` (the
-    record's offset is below what the lake holds for its partition) or ``duplicate_seq`` (the vehicle sent a
-    seq twice); deliveries that are not frame batches of ``schema`` or have a bad vehicle id are returned as
-    rejects. The order of frames is kept. ``state`` is updated in place and returned."""
+    A delivery that is not a consistent frame batch of ``schema`` (:func:`batch_fault`), has a bad vehicle
+    id, or brings new seqs at ticks already collected for its vehicle is returned as a reject with a
+    reason; so is one that trips an error in this function (``collect_error``): no record stops the stage.
+    Frames already in ``state`` are dropped and counted in ``state.duplicates`` by who repeated them
+    (``redelivered``: Kafka; ``transport_retry``: a byte-identical record at a new offset; ``duplicate_seq``:
+    the vehicle). The order of frames is kept. ``state`` is updated in place and returned."""
     chunks: list[Chunk] = []
     rejects: list[Reject] = []
     for d in deliveries:
-        why = _reject_reason(d, schema)
-        if why is not None:
-            rejects.append(Reject(d, *why))
-            continue
-        batch: Any = d.value
-        n = batch.n_frames
-        state.frames_in += n
-        if n == 0:
-            state.empty_records += 1
-            continue
-        seq = batch.seq.astype(np.int64)
-        uniq, first = np.unique(seq, return_index=True)
-        seen = state.seen.setdefault(batch.vehicle_id, SeqSet())
-        new = ~seen.contains(uniq)
-        keep = np.sort(first[new])
-        dropped = n - keep.size
-        if dropped:
-            within = n - uniq.size  # repeats inside this one record are the vehicle's duplicates
-            redelivered = d.offset < state.lake_offsets.get((d.topic, d.partition), 0)
-            if dropped > within:
-                state.duplicates["redelivered" if redelivered else "duplicate_seq"] += dropped - within
-            if within:
-                state.duplicates["duplicate_seq"] += within
-        if keep.size == 0:
-            continue
-        seen.add_sorted_unique(uniq[new])
-        cols = batch.columns if keep.size == n else {k: v[keep] for k, v in batch.columns.items()}
-        chunks.append(Chunk(batch.vehicle_id, cols, d.topic, d.partition, d.offset, d.timestamp_ms))
-        state.rows_out += keep.size
+        try:
+            why = _reject_reason(d, schema)
+            out = Reject(d, *why) if why is not None else _take_batch(state, d)
+        except Exception as e:  # a record must never crash-loop the stage: dead-letter it
+            out = Reject(d, "collect_error", f"{type(e).__name__}: {e}")
+        if isinstance(out, Reject):
+            rejects.append(out)
+        elif out is not None:
+            chunks.append(out)
     return state, chunks, rejects
 
 
@@ -195,12 +269,14 @@ def run_collect(
     dead_letter_topic: Topic | None = None,
     on_progress: Callable[[StageReport], None] | None = None,
     stop: StopFlag | None = None,
+    max_poll_records: int | None = None,
 ) -> StageReport:
     """Run collect as a consumer-group member until idle for ``idle_timeout_s`` (``None``: until SIGTERM/Ctrl-C).
 
     Segments are sealed every ``segment_rows`` rows or ``segment_age_s`` seconds, when a poll comes back empty,
     and on stop (``stop``: a :class:`~fleetloop.pipelines.stage_shell.StopFlag` to set from another thread);
-    each is announced as ``dataset.sealed`` on ``events_topic`` unless ``announce`` is False."""
+    each is announced as ``dataset.sealed`` on ``events_topic`` unless ``announce`` is False.
+    ``max_poll_records`` bounds the records one poll takes (None: the consumer default, 500)."""
 
     def step(state: CollectState, deliveries: Sequence[Delivery]) -> tuple[CollectState, list[Chunk], list[Reject]]:
         return collect(state, deliveries, schema)
@@ -223,8 +299,12 @@ def run_collect(
         group_id=group_id,
         dead_letter_topic=dead_letter_topic or DEAD_LETTER,
         idle_timeout_s=idle_timeout_s,
+        consumer_overrides={} if max_poll_records is None else {"max_poll_records": max_poll_records},
     )
-    run_shell(settings, sink, cfg, report, on_progress=on_progress, stop=stop)
+    try:
+        run_shell(settings, sink, cfg, report, on_progress=on_progress, stop=stop)
+    finally:
+        sink.close()
     report.frames_in = sink.state.frames_in
     report.duplicates_removed = dict(sink.state.duplicates)
     report.empty_records = sink.state.empty_records
@@ -251,6 +331,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--segment-age-s", type=float, default=5.0)
     p.add_argument("--events-topic", default=PIPELINE_EVENTS.name, help="where dataset.sealed goes")
     p.add_argument("--dead-letter-topic", default=DEAD_LETTER.name, help="where rejects go")
+    p.add_argument("--max-poll-records", type=int, default=None, help="records per poll (default 500)")
     args = p.parse_args(argv)
 
     def named(name: str, like: Topic) -> Topic:
@@ -268,6 +349,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         idle_timeout_s=args.idle_timeout_s,
         segment_rows=args.segment_rows,
         segment_age_s=args.segment_age_s,
+        max_poll_records=args.max_poll_records,
     )
     print(json.dumps(report.as_dict(), sort_keys=True))
     return 0

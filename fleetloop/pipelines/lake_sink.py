@@ -23,7 +23,9 @@ from typing import Any, Generic, Protocol, TypeVar
 from fleetloop.pipelines.lake import (
     Chunk,
     Manifest,
+    WriterLease,
     announce_pending,
+    live_writers,
     load_manifests,
     mark_announced,
     remove_orphans,
@@ -120,12 +122,23 @@ class LakeSink(Generic[S]):
         self.pending: list[Chunk] = []
         self.pending_rows = 0
         self.pending_since: float | None = None
+        self.lease: WriterLease | None = None
+
+    def close(self) -> None:
+        """Give the writer lease back (a process that dies gives it back too)."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     # -- the Sink protocol ----------------------------------------------------------------------------
 
     def start(self, producer: BusProducer) -> None:
-        """Delete crash orphans, rebuild the state from every manifest, announce what a crash left unannounced."""
-        self.report.orphans_removed = remove_orphans(self.state_dir, self.name)
+        """Take a writer lease, delete what dead writers left (never a live member's unfinished segment),
+        rebuild the state from every manifest, announce what a crash left unannounced."""
+        if self.lease is None:
+            self.lease = WriterLease(self.state_dir, self.name)
+        live = live_writers(self.state_dir, self.name)
+        self.report.orphans_removed = remove_orphans(self.state_dir, self.name, live)
         manifests = load_manifests(self.state_dir, self.name)
         self._absorb(manifests)
         self.unannounced = announce_pending(manifests) if self.events_topic is not None else []
@@ -171,7 +184,10 @@ class LakeSink(Generic[S]):
 
     def seal(self) -> list[Manifest]:
         """Write the pending chunks durably (one segment per hour partition); return the manifests."""
-        manifests = write_segments(self.state_dir, self.name, self.schema, self.pending) if self.pending else []
+        writer = self.lease.token if self.lease is not None else ""
+        manifests = (
+            write_segments(self.state_dir, self.name, self.schema, self.pending, writer=writer) if self.pending else []
+        )
         self.segment_ids.update(m.segment_id for m in manifests)
         self.pending, self.pending_rows, self.pending_since = [], 0, None
         return manifests

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.launcher import service_dir
+from fleetloop.platform.logs import bind_log_context, configure_logging
+from fleetloop.platform.metrics import start_exporter
 from fleetloop.platform.services.spec import Health, ServiceSpec
 
 if TYPE_CHECKING:
@@ -81,6 +83,8 @@ def serve_stage(settings: Settings, stage: str, *, min_new_frames: int | None = 
     """Run one stage until stopped (SIGTERM / Ctrl-C or ``stop``), beating the heartbeat; returns its report."""
     if stage not in SERVE_STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(SERVE_STAGES)}")
+    start_exporter(settings, service_name(stage), labels={"stage": stage})
+    bind_log_context(stage=stage)
     done = threading.Event()
     beat = threading.Thread(target=_beat, args=(heartbeat_path(settings, stage), done), daemon=True)
     beat.start()
@@ -155,6 +159,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("stage", choices=SERVE_STAGES)
     p.add_argument("--min-new-frames", type=int, default=None, help="train only once this many new labelled frames")
     args = p.parse_args(argv)
+    configure_logging(process=service_name(args.stage))  # FLEETLOOP_LOG_FORMAT, inherited from `fleetloop`
     report = serve_stage(load_settings(), args.stage, min_new_frames=args.min_new_frames)
     print(getattr(report, "as_dict", lambda: report)(), flush=True)
     return 0

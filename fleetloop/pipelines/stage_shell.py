@@ -14,8 +14,11 @@ validate). The shell knows nothing of either.
 Faults: a broker outage (polls, sends or commits raise ``ServiceUnavailable``) is waited out up to
 ``broker_outage_s``: what is pending stays uncommitted, a flush that failed is retried, and the stage resumes
 when the broker is back. A commit that fails is counted and skipped: the work is durable and the sinks drop
-what they already made durable when it is redelivered. SIGTERM and Ctrl-C stop after the current poll: what is
-pending is flushed and committed first.
+what they already made durable when it is redelivered. Before partitions leave this member (a rebalance), the
+sink is flushed, so their next owner drops what this member already wrote; a commit the group refuses while it
+rebalances is retried by the next poll (docs/adr/0075). Every record is processed or dead-lettered: the
+dead-letter path keeps a record too large to send again as a reference (docs/adr/0073). SIGTERM and Ctrl-C
+stop after the current poll: what is pending is flushed and committed first.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -116,6 +119,7 @@ class ShellConfig:
         commit_timeout_s: how long a commit may wait for the broker before it counts as failed [s].
         session_timeout_s: how long the group waits for a silent member (killed -9) before moving its
             partitions to the others; also how long a restarted member may wait for its partitions [s].
+        consumer_overrides: kafka-python consumer settings for experiments and tests (``max_poll_interval_ms``).
     """
 
     topic: Topic
@@ -127,6 +131,7 @@ class ShellConfig:
     broker_outage_s: float = 300.0
     commit_timeout_s: float = 30.0
     session_timeout_s: float = 10.0
+    consumer_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,7 +142,9 @@ class ShellReport:
     records: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
     commits: int = 0
+    commits_deferred: int = 0
     commit_failures: int = 0
+    rebalance_flushes: int = 0
     broker_outages: int = 0
     stopped_by: str = ""
     wall_s: float = 0.0
@@ -185,19 +192,36 @@ def run_shell(
     pending: list[Polled] = []  # polls whose records are taken but not yet durable
     counted: Counter[str] = Counter()  # dead letters already in the metric
 
-    with (
-        stop_on_signals(stop),
-        BusProducer(settings, client_id=f"{report.stage}-{sink.name}") as producer,
-        BusConsumer(
-            settings,
-            [cfg.topic],
-            cfg.group_id,
-            dead_letter_topic=cfg.dead_letter_topic,
-            client_id=report.stage,
-            session_timeout_ms=int(cfg.session_timeout_s * 1000),
-            heartbeat_interval_ms=max(100, int(cfg.session_timeout_s * 1000 / 3)),
-        ) as consumer,
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(stop_on_signals(stop))
+        producer = stack.enter_context(BusProducer(settings, client_id=f"{report.stage}-{sink.name}"))
+
+        def on_revoked(partitions: frozenset[tuple[str, int]]) -> None:
+            """Partitions are leaving this member: make the work on their records durable before the group
+            moves them, so their next owner's dedup sees it (docs/adr/0075). The offsets wait for the next
+            commit, which covers only partitions still ours; the rest are redelivered to the new owner and
+            dropped there."""
+            if not pending:
+                return
+            try:
+                sink.flush(producer)
+            except ServiceUnavailable:
+                return  # outputs kept; sent by the next flush (at-least-once, consumers drop repeats)
+            report.rebalance_flushes += 1
+
+        consumer = stack.enter_context(
+            BusConsumer(
+                settings,
+                [cfg.topic],
+                cfg.group_id,
+                dead_letter_topic=cfg.dead_letter_topic,
+                client_id=report.stage,
+                session_timeout_ms=int(cfg.session_timeout_s * 1000),
+                heartbeat_interval_ms=max(100, int(cfg.session_timeout_s * 1000 / 3)),
+                on_revoked=on_revoked,
+                **cfg.consumer_overrides,
+            )
+        )
 
         def count_dead_letters() -> None:
             for reason, n in list(consumer.counters.dead_lettered.items()):
@@ -217,8 +241,11 @@ def run_shell(
             offsets = Polled.merged(pending)
             pending = []
             try:
-                consumer.commit(offsets, cfg.commit_timeout_s)  # flushes the dead letters first
-                report.commits += 1
+                # Flushes the dead letters first; False: a rebalance is under way, retried by the next poll.
+                if consumer.commit(offsets, cfg.commit_timeout_s):
+                    report.commits += 1
+                else:
+                    report.commits_deferred += 1
             except ServiceUnavailable:
                 # Safe to go on: the work is durable and idempotent; a redelivery is dropped by the sink.
                 report.commit_failures += 1
@@ -261,6 +288,8 @@ def run_shell(
                     break
         while pending and not settle():
             time.sleep(_OUTAGE_RETRY_S)  # stopping: pending work is made durable (or the outage limit raises)
+        if consumer.has_deferred_commit and consumer.finish_commits(cfg.commit_timeout_s):
+            report.commits += 1  # a commit a rebalance refused, done before leaving
         if stop.is_set():
             report.stopped_by = "signal"
         count_dead_letters()

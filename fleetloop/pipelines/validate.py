@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import tempfile
 import time
@@ -44,6 +45,8 @@ from fleetloop.pipelines.suite import NCAP_CCR, HeldOutSuite, SuiteSlice, frozen
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.bus.events import ModelValidated
 from fleetloop.platform.errors import DataError, NotFoundError, UserInputError
+from fleetloop.platform.logs import log_context
+from fleetloop.platform.metrics import gauge
 from fleetloop.platform.registry import Stage, open_registry
 from fleetloop.platform.tracking import open_tracking
 
@@ -69,7 +72,13 @@ __all__ = [
     "validation_table",
 ]
 
+log = logging.getLogger(__name__)
 FALLBACK_ONLY = "fallback-only"
+VERDICTS = gauge(
+    "fleetloop_pipeline_validation_verdict_timestamp_seconds",
+    "Unix time a candidate version got its verdict (passed or rejected) from the validate stage.",
+    ["model", "version", "verdict"],
+)
 _LABEL = "model"  # the version label the runner gives the evaluated model
 VALIDATE_STEPS = ("verdict", "registered", "marked")
 """What ``validate_candidate``'s ``on_step`` hears, in order: the verdict is recorded in the report file (nothing in
@@ -246,6 +255,10 @@ def validate_candidate(
             tracking.set_tag(event.run_id, VALIDATION_TAG, "passed" if report["decision"]["passed"] else "rejected")
         step("marked")
     decision = report["decision"]
+    verdict = "passed" if decision["passed"] else "rejected"
+    VERDICTS.labels(model=event.model_name, version=str(info.version), verdict=verdict).set(time.time())
+    with log_context(model_version=f"{event.model_name}/{info.version}", dataset=",".join(event.dataset_ids) or None):
+        log.info("validation verdict: %s (%s)", verdict, "; ".join(decision["reasons"]) or "every gate passed")
     out.status = "validated"
     out.version = info.version
     out.stage = info.stage.value if info.stage is not None else None

@@ -22,6 +22,7 @@ import datetime as dt
 import enum
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import platform
@@ -39,7 +40,10 @@ from typing import Any, Literal
 import fleetloop
 from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.errors import NotFoundError, SetupError
+from fleetloop.platform.logs import log_context
 from fleetloop.platform.settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RUN_STATUSES",
@@ -343,27 +347,30 @@ def run_record(
     )
     rec.save(settings.state_dir)
     error: BaseException | None = None
-    try:
-        yield rec
-    except BaseException as e:
-        error = e
-        raise
-    finally:
-        rec.status = _outcome(error)
-        rec.ended_utc = _utc_iso(dt.datetime.now(dt.UTC))
-        rec.duration_s = round(time.monotonic() - t0, 6)
-        if error is not None and rec.status != "ok":
-            rec.error = {
-                "type": type(error).__name__,
-                "message": str(error),
-                "exit_code": getattr(error, "exit_code", None),
-            }
+    with log_context(run_id=rec.id, command=rec.command):
+        log.info("%s started", rec.command)
         try:
-            rec.save(settings.state_dir)
-        except SetupError:
-            # Never mask the run's own exception with a failure to record it.
-            if error is None:
-                raise
+            yield rec
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            rec.status = _outcome(error)
+            rec.ended_utc = _utc_iso(dt.datetime.now(dt.UTC))
+            rec.duration_s = round(time.monotonic() - t0, 6)
+            if error is not None and rec.status != "ok":
+                rec.error = {
+                    "type": type(error).__name__,
+                    "message": str(error),
+                    "exit_code": getattr(error, "exit_code", None),
+                }
+            try:
+                rec.save(settings.state_dir)
+            except SetupError:
+                # Never mask the run's own exception with a failure to record it.
+                if error is None:
+                    raise
+            log.info("%s finished: %s in %.1f s", rec.command, rec.status, rec.duration_s)
 
 
 @dataclass(frozen=True)

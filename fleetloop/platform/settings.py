@@ -18,7 +18,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -61,6 +61,9 @@ class Settings(BaseModel):
         description="Where services keep data, logs, pids, metrics targets and run records.",
     )
     host: str = Field("127.0.0.1", description="Address every server binds; loopback only by default.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: JSON lines with correlation ids on stderr (`fleetloop --log-format`)."
+    )
     # Kafka
     kafka_bootstrap: str | None = Field(
         None, description="An existing Kafka cluster (host:port,...); when set, `up` starts no broker."

@@ -68,6 +68,8 @@ class ActorSpec:
         brake_at_s, brake_decel_mps2: scripted braking to a stop from this scene time [s] at this rate [m/s²].
         move_at_s, to_lane, lateral_speed_mps: scripted lateral move (cut-in, pedestrian crossing) from this scene
             time [s] to the centre of ``to_lane`` at ``lateral_speed_mps`` [m/s].
+        y_offset_m: lateral offset of its start from the centre of ``lane`` [m] (+ left): the Euro NCAP overlaps
+            and impact positions (``fleetloop.sim.ncap``); it keeps the offset unless it moves to ``to_lane``.
     """
 
     kind: str = "vehicle"
@@ -80,6 +82,7 @@ class ActorSpec:
     move_at_s: float | None = None
     to_lane: int | None = None
     lateral_speed_mps: float = 0.0
+    y_offset_m: float = 0.0
 
     @property
     def size_m(self) -> tuple[float, float]:
@@ -127,7 +130,7 @@ class ScenarioSpec:
             for lane_name, lane in (("lane", a.lane), ("to_lane", a.to_lane)):
                 if lane is not None and not lo <= lane <= hi:
                     raise ScenarioError(f"{at}: {lane_name} {lane} is outside {lo}..{hi}")
-            for name in ("x_m", "speed_mps", "brake_decel_mps2", "lateral_speed_mps"):
+            for name in ("x_m", "speed_mps", "brake_decel_mps2", "lateral_speed_mps", "y_offset_m"):
                 value = getattr(a, name)
                 if not math.isfinite(value):
                     raise ScenarioError(f"{at}: {name} must be finite, got {value!r}")
@@ -141,7 +144,9 @@ class ScenarioSpec:
 
 
 def euro_ncap_matrix() -> list[ScenarioSpec]:
-    """Euro NCAP AEB car-to-car rear tests at 100 % overlap.
+    """The 24 Euro NCAP AEB car-to-car rear tests at 100 % overlap that the frozen held-out suite, the ``ccr*``
+    families and the fallback's claims are built on (kept as they are: the whole protocol matrix with its
+    offsets, pedestrians and scoring is ``fleetloop.sim.ncap.euro_ncap_protocol``).
 
     CCRs: stationary target, ego 10-50 km/h in 5 km/h steps. CCRm: target 20 km/h, ego 30-80 km/h in 5 km/h
     steps. CCRs/CCRm start at a time-to-collision of 5 s. CCRb: both 50 km/h, target brakes at 2 or 6 m/s² after

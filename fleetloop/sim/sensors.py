@@ -11,6 +11,9 @@ limits set by physics, and the ``Observation`` the vehicle receives (never the t
 - Radar [8 targets]: range, range-rate and azimuth with a validity mask. Fog- and night-proof, but pedestrians
   and debris reflect weakly (lower detection probability), rain adds clutter, and fixed road furniture (overhead
   signs, bridges: a field over road position) shows up as stationary ghost targets in the lane.
+- Occlusion: a pedestrian whose sight line from the ego's front centre passes through a vehicle (moving or
+  parked) is hidden from the camera and the radar (the Euro NCAP child stepping out from behind parked cars);
+  the lidar already returns only the nearest face per beam.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from fleetloop.sim import rng
 from fleetloop.sim.compile import compile_graph, const_table, materialize
-from fleetloop.sim.state import World, WorldState
+from fleetloop.sim.state import KIND_CODES, World, WorldState
 
 __all__ = [
     "CAMERA_COLS",
@@ -37,6 +40,7 @@ __all__ = [
     "RADAR_TARGETS",
     "Observation",
     "observe",
+    "pedestrians_occluded",
 ]
 
 CAMERA_ROWS, CAMERA_COLS = 8, 16
@@ -76,6 +80,31 @@ RADAR_FURNITURE_P = 0.6  # [-] per-tick probability it shows up as a target in t
 CAMERA_CONTRAST = (0.0, 0.8, 0.55, 0.8, 0.45, 0.9)
 LIDAR_REFLECTIVITY = (0.0, 1.0, 0.5, 1.0, 0.35, 0.8)
 RADAR_DETECT_P = (0.0, 0.98, 0.55, 0.95, 0.3, 0.8)
+VEHICLE, PEDESTRIAN, STOPPED = KIND_CODES["vehicle"], KIND_CODES["pedestrian"], KIND_CODES["stopped_vehicle"]
+
+
+def pedestrians_occluded(state: WorldState, rel_y: torch.Tensor) -> torch.Tensor:
+    """[B, K] bool: pedestrians hidden behind a vehicle (``rel_y`` [B, K]: lateral offsets from the ego, + left).
+
+    The sight line runs from the ego's front centre to the pedestrian's centre; it is blocked where it crosses a
+    vehicle's box (axis-aligned, so the line's lateral span over the box's longitudinal extent decides).
+    """
+    kind = state.actor_kind
+    ped = kind == PEDESTRIAN
+    occluder = (kind == VEHICLE) | (kind == STOPPED)
+    px = (state.actor_x_m - 0.5 * state.actor_len_m).unsqueeze(-1)  # [B, K, 1] target centre
+    py = rel_y.unsqueeze(-1)
+    x_lo = (state.actor_x_m - state.actor_len_m).unsqueeze(-2)  # [B, 1, K] occluder near face
+    x_hi = state.actor_x_m.unsqueeze(-2)
+    a = x_lo.clamp_min(0.0)
+    b = torch.minimum(x_hi, px)
+    slope = py / px.clamp_min(0.1)
+    y_a, y_b = slope * a, slope * b
+    half_w = 0.5 * state.actor_width_m.unsqueeze(-2)
+    oy = rel_y.unsqueeze(-2)
+    crosses = (torch.minimum(y_a, y_b) < oy + half_w) & (torch.maximum(y_a, y_b) > oy - half_w)
+    blocked = occluder.unsqueeze(-2) & (b > a) & crosses & (px > 0)
+    return ped & blocked.any(-1)
 
 
 @dataclass(frozen=True)
@@ -108,9 +137,15 @@ class Observation:
 
 
 def _camera(
-    world: World, state: WorldState, rel_y: torch.Tensor, noise: torch.Tensor, u_valid: torch.Tensor
+    world: World,
+    state: WorldState,
+    rel_y: torch.Tensor,
+    hidden: torch.Tensor,
+    noise: torch.Tensor,
+    u_valid: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """Camera grid and frame validity; ``noise`` [B, 128] unit noise per cell, ``u_valid`` [B] uniform."""
+    """Camera grid and frame validity; ``hidden`` [B, K] occluded actors, ``noise`` [B, 128] unit noise per cell,
+    ``u_valid`` [B] uniform."""
     b = state.actor_kind.shape[0]
     near = state.actor_x_m - state.actor_len_m  # [B, K] distance to the near face
     r = near.clamp_min(0.5)
@@ -121,7 +156,7 @@ def _camera(
     signal = contrast * torch.exp(-3.0 * r / vis) * lit * (1.0 - 0.2 * state.rain.unsqueeze(-1))
     edges = const_table(CAMERA_ROW_EDGES_M, r)
     row = torch.bucketize(near, edges, right=True) - 1  # [B, K]
-    in_view = (state.actor_kind > 0) & (near > 0) & (row >= 0) & (row < CAMERA_ROWS)
+    in_view = (state.actor_kind > 0) & (near > 0) & (row >= 0) & (row < CAMERA_ROWS) & ~hidden
     col_w = 2 * CAMERA_HALF_WIDTH_M / CAMERA_COLS
     half_w = 0.5 * state.actor_width_m
     c0 = torch.floor((rel_y - half_w + CAMERA_HALF_WIDTH_M) / col_w).to(torch.int64)
@@ -184,10 +219,17 @@ def _furniture_salt(seed: int) -> int:
 
 
 def _radar(
-    world: World, state: WorldState, rel_y: torch.Tensor, u: torch.Tensor, z: torch.Tensor, salt: int | torch.Tensor
+    world: World,
+    state: WorldState,
+    rel_y: torch.Tensor,
+    hidden: torch.Tensor,
+    u: torch.Tensor,
+    z: torch.Tensor,
+    salt: int | torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """Radar targets; ``u`` [B, K + 8] uniforms, ``z`` [B, 3 * (K + 2)] unit noise, ``salt`` the road furniture's
-    hash salt (``_furniture_salt(state.seed)``; a 0-d int64 tensor in the compiled graph)."""
+    """Radar targets; ``hidden`` [B, K] occluded actors, ``u`` [B, K + 8] uniforms, ``z`` [B, 3 * (K + 2)] unit
+    noise, ``salt`` the road furniture's hash salt (``_furniture_salt(state.seed)``; a 0-d int64 tensor in the
+    compiled graph)."""
     b, k = state.actor_kind.shape
     near = state.actor_x_m - state.actor_len_m
     rng_t = torch.sqrt(near * near + rel_y * rel_y)
@@ -196,7 +238,7 @@ def _radar(
     z = z.view(b, 3, k + 2)
     p = const_table(RADAR_DETECT_P, near)[state.actor_kind] * (1.0 - RADAR_RAIN_LOSS * state.rain.unsqueeze(-1))
     det = (state.actor_kind > 0) & (near > 0.3) & (rng_t < RADAR_MAX_RANGE_M) & (az.abs() < RADAR_FOV_RAD)
-    det = det & (u[:, :k] < p)
+    det = det & (u[:, :k] < p) & ~hidden
     extra = u[:, k:]
     # Overhead road furniture: a property of the road cell (shared by every vehicle), seen as a stationary target.
     # The cell of the ego and the two ahead, in one hash.
@@ -265,9 +307,10 @@ def _from_bits(
     n_noise = cells + n_radar_z + 2
     z = rng.bits_noise(bits[:, :n_noise])
     u = rng.bits_uniform(bits[:, n_noise:])
-    cam, cam_ok = _camera(world, state, rel_y, z[:, :cells], u[:, 0])
+    hidden = pedestrians_occluded(state, rel_y)
+    cam, cam_ok = _camera(world, state, rel_y, hidden, z[:, :cells], u[:, 0])
     lidar = _lidar(world, state, rel_y, u[:, 1 : 1 + n_lidar])
-    r, rr, az, ok = _radar(world, state, rel_y, u[:, 1 + n_lidar :], z[:, cells : cells + n_radar_z], salt)
+    r, rr, az, ok = _radar(world, state, rel_y, hidden, u[:, 1 + n_lidar :], z[:, cells : cells + n_radar_z], salt)
     odo = z[:, cells + n_radar_z :]
     ego_speed = (state.ego_v_mps + 0.05 * odo[:, 0]).clamp_min(0.0)
     return cam, cam_ok, lidar, r, rr, az, ok, ego_speed, state.ego_a_mps2 + 0.1 * odo[:, 1]

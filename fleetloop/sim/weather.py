@@ -9,7 +9,8 @@ Strengths map to physical quantities the sensors and tyres use:
 
 - visibility [m] (meteorological optical range, where contrast falls to 5 %): clear 10 km, thick fog 50 m,
   heavy rain 1.5 km; blended log-linearly.
-- friction coefficient mu [-]: dry asphalt 0.9, wet 0.5 (rain), fog dampens the road a little (-0.1).
+- friction coefficient mu [-]: dry asphalt 0.9, wet 0.5 (rain), fog dampens the road a little (-0.1); an icy
+  road (the "ice" kind: friction only, no effect on the sensors) pulls it towards 0.3.
 - light [0..1]: day 1.0, night 0.08 (headlights are modelled by the camera).
 - rain intensity [0..1]: radar clutter and a small camera / lidar penalty.
 
@@ -35,7 +36,7 @@ __all__ = [
     "weather_preset",
 ]
 
-KINDS = ("fog", "rain", "night")
+KINDS = ("fog", "rain", "night", "ice")
 PRESETS = ("clear", "fog", "rain", "night", "mixed")
 
 VISIBILITY_CLEAR_M = 10_000.0  # [m]
@@ -44,6 +45,7 @@ VISIBILITY_RAIN_M = 1_500.0  # [m] heavy rain
 FRICTION_DRY = 0.9  # [-] dry asphalt
 FRICTION_WET = 0.5  # [-] wet asphalt, heavy rain
 FRICTION_FOG_DAMP = 0.1  # [-] a fog-damp road loses this much
+FRICTION_ICE = 0.3  # [-] packed snow / ice at full strength
 LIGHT_NIGHT = 0.08  # [-] ambient light at night relative to day
 MIXED_CELL_M = 2_000.0  # [m] the "mixed" preset draws one weather per stretch of this length
 MIXED_EDGE_M = 300.0  # [m] transition length between stretches
@@ -54,7 +56,7 @@ class WeatherPatch:
     """One kind of weather over ``[start_m, end_m)`` of the road, from ``onset_s`` on.
 
     Attributes:
-        kind: "fog", "rain" or "night".
+        kind: "fog", "rain", "night" or "ice".
         start_m, end_m: road stretch [m]; ``end_m`` may be ``inf``.
         strength: 0..1, how thick the fog / heavy the rain / dark the night is at full onset.
         edge_m: length of the soft transition at each end [m] (0 for a hard edge).
@@ -158,7 +160,7 @@ def conditions_at(weather: Weather, road_s_m: torch.Tensor, time_s: float, road_
     if not weather.patches:
         strength_bp = torch.zeros_like(strength_bp)
     per_kind = [(strength_bp * (kind == i)).sum(-1).clamp(0.0, 1.0) for i in range(len(KINDS))]
-    fog, rain, night = (x.to(torch.float32) for x in per_kind)
+    fog, rain, night, ice = (x.to(torch.float32) for x in per_kind)
     log_vis = (
         math.log(VISIBILITY_CLEAR_M)
         + fog * (math.log(VISIBILITY_FOG_M) - math.log(VISIBILITY_CLEAR_M))
@@ -167,4 +169,6 @@ def conditions_at(weather: Weather, road_s_m: torch.Tensor, time_s: float, road_
     visibility = torch.exp(log_vis).clamp_min(VISIBILITY_FOG_M)
     friction = FRICTION_DRY - rain * (FRICTION_DRY - FRICTION_WET) - fog * FRICTION_FOG_DAMP
     light = 1.0 - night * (1.0 - LIGHT_NIGHT)
-    return Conditions(visibility_m=visibility, friction=friction.clamp_min(FRICTION_WET - 0.1), light=light, rain=rain)
+    friction = friction.clamp_min(FRICTION_WET - 0.1)
+    friction = friction - ice * (friction - FRICTION_ICE).clamp_min(0.0)
+    return Conditions(visibility_m=visibility, friction=friction, light=light, rain=rain)

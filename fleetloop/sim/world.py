@@ -93,7 +93,7 @@ def init_state(
         for j, act in enumerate(spec.actors):
             length, width = act.size_m
             kind[i, j] = KIND_CODES[act.kind]
-            y = float(world.lane_center_m(float(act.lane)))
+            y = float(world.lane_center_m(float(act.lane))) + act.y_offset_m
             a["x"][i, j], a["y"][i, j], a["v"][i, j] = act.x_m, y, act.speed_mps
             a["len"][i, j], a["width"][i, j] = length, width
             a["v0"][i, j] = act.speed_mps if act.desired_speed_mps is None else act.desired_speed_mps

@@ -23,7 +23,7 @@ def test_sharded_totals_equal_the_single_process_run(backend: str, single: dict[
     fleet = ShardedFleet(ShardSpec(CONFIG, IDS, torch_threads=1), 2, backend)
     try:
         part = fleet.advance(TICKS // 2)
-        fleet.advance(TICKS - TICKS // 2)
+        last = fleet.advance(TICKS - TICKS // 2)
         merged = fleet.close().to_dict()
     finally:
         if not fleet.closed:
@@ -33,6 +33,13 @@ def test_sharded_totals_equal_the_single_process_run(backend: str, single: dict[
         assert merged[key] == single[key], key
     assert merged["km"] == pytest.approx(single["km"], rel=1e-6)
     assert merged["counts"]["uploads"] == single["counts"]["uploads"]  # type: ignore[index]
+    # The live sums of the last chunk, by version and condition, are the run's own (what sim run's metrics export).
+    rows = [row for by_condition in last["groups"].values() for row in by_condition.values()]
+    assert sum(r["distance_m"] for r in rows) / 1000 == pytest.approx(merged["km"], rel=1e-9)
+    assert sum(r["collisions"] + r["near_misses"] for r in rows) == sum(
+        merged["events"][e]
+        for e in ("collisions", "near_misses")  # type: ignore[index]
+    )
 
 
 def test_split_ids_is_contiguous_and_complete() -> None:

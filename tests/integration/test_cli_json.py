@@ -92,7 +92,7 @@ def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -
 
     # a tiny fleet on the production model, and the Euro NCAP matrix
     assert cli.json("sim", "run", *TINY_FLEET)["vehicles"] == 4
-    assert len(cli.json("sim", "euroncap")["tests"]) == 24
+    assert len(cli.json("sim", "euroncap", "--conditions", "dry")["tests"]) == 156
 
     # the demo, while there is no candidate to validate (its validate stage then has nothing to do)
     demo = cli.json("demo", "--vehicles", "4", "--minutes", "0.1", "--seed", "1")

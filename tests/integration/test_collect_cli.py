@@ -29,6 +29,7 @@ def test_pipeline_run_collect_then_lake_inspect(
     ensure_topics(stack_settings, [TELEMETRY])
     cols = TELEMETRY_FRAMES.zeros(300)
     cols["seq"] = np.arange(300, dtype=np.uint32)
+    cols["tick"] = cols["seq"]  # collect refuses a batch whose ticks repeat
     cols["est_visibility_m"][:] = 30.0  # dense fog
     cols["trigger_flags"][:100] = int(TriggerFlag.NEAR_MISS)
     with BusProducer(stack_settings) as p:

@@ -27,7 +27,7 @@ ABSENT = {"prometheus_executable": "no-prometheus-here", "alertmanager_executabl
 
 def test_a_machine_without_prometheus_leaves_it_out_of_a_plain_up_and_says_how_to_install_it(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, **ABSENT)
-    assert [s.name for s in services_to_start(settings=settings)] == ["kafka", "mlflow"]
+    assert [s.name for s in services_to_start(settings=settings)] == ["kafka", "mlflow", "ota-repo"]
     status = not_installed(settings, prometheus.SPEC)
     assert status is not None and status.state == NOT_INSTALLED and not status.required
     assert "no `no-prometheus-here` on PATH" in status.detail and "make prometheus" in status.detail

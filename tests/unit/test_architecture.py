@@ -42,6 +42,7 @@ EDGE_NUMERIC_CORE = frozenset(
         "imitation",
         "inference",
         "labeller",
+        "ncap_scoring",
         "ota_client",
         "policy",
         "summary",

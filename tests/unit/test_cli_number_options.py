@@ -54,9 +54,15 @@ def fleetloop(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str
 
 
 def _bad(path: tuple[str, ...], param: click.Parameter, value: str) -> list[str]:
-    # Only the bad value on the line: click converts it first, in command-line order, before checking what is
-    # missing, so the command itself never runs.
-    return [*path, value] if isinstance(param, click.Argument) else [*path, param.opts[0], value]
+    # Only the bad value on the line (after placeholders for the arguments before it): click converts it first, in
+    # command-line order, before checking what is missing, so the command itself never runs.
+    if not isinstance(param, click.Argument):
+        return [*path, param.opts[0], value]
+    cmd = ROOT
+    for name in path:
+        cmd = cmd.commands[name]  # type: ignore[attr-defined]
+    before = [p for p in cmd.params[: cmd.params.index(param)] if isinstance(p, click.Argument)]
+    return [*path, *("x" for _ in before), value]
 
 
 def _named(param: click.Parameter, output: str) -> bool:

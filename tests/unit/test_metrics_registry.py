@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetloop.platform.metrics import REGISTRY, counter
+from fleetloop.platform.metrics import REGISTRY, counter, gauge, histogram
 from fleetloop.platform.metrics.registry import MetricsRegistry
 
 
@@ -102,3 +105,24 @@ def test_the_process_registry_has_process_metrics_and_module_helpers_use_it() ->
     text = REGISTRY.exposition().decode()
     assert "process_cpu_seconds_total" in text
     assert "fleetloop_test_module_helper_total" in REGISTRY.names()
+
+
+@pytest.mark.parametrize(
+    ("declare", "name", "why"),
+    [
+        (counter, "sim_collisions_total", "must start with 'fleetloop_'"),
+        (counter, "fleetloop_test_collisions", "must end in '_total'"),
+        (gauge, "fleetloop_test_queue_total", "kept for counters"),
+        (histogram, "fleetloop_test_upload_kb", "measure in bytes"),
+        (gauge, "fleetloop_Test_depth", "snake case"),
+        (counter, "fleetloop_test_rows_count", "reserves"),
+    ],
+)
+def test_a_name_that_breaks_the_rules_is_refused_at_registration_and_never_exported(
+    declare: Callable[[str, str], object], name: str, why: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        declare(name, "A metric with a bad name.")
+    assert name not in REGISTRY.names()
+    exported = {family.name for family in text_string_to_metric_families(REGISTRY.exposition().decode())}
+    assert name.removesuffix("_total") not in exported and name not in exported

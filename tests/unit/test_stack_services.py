@@ -10,10 +10,10 @@ from fleetloop.platform import launcher
 from fleetloop.platform.errors import NotFoundError
 
 
-def test_kafka_starts_first_then_mlflow_then_the_release_server_then_prometheus_then_the_stages() -> None:
+def test_kafka_starts_first_then_mlflow_the_release_server_prometheus_the_stages_then_the_controller() -> None:
     names = [s.name for s in stack_services()]
     expected = ["kafka", "mlflow", "ota-repo", "alertmanager", "prometheus"]
-    assert names == [*expected, *(f"pipeline-{st}" for st in SERVE_STAGES)]
+    assert names == [*expected, *(f"pipeline-{st}" for st in SERVE_STAGES), "ota-controller"]
     assert len(set(names)) == len(names)  # a name is a folder under services/: two specs must not share one
 
 

@@ -9,7 +9,8 @@ Layout (docs/adr/0070-lake-layout-and-segments.md says why hours, not vehicle bu
 By concern: :mod:`.segments` (what a segment is; write, list, recover, read), :mod:`.parquet` (the columns'
 encoding), :mod:`.durable` (crash-safe file writes), :mod:`.retention` (``fleetloop lake prune``),
 :mod:`.inspection` (``fleetloop lake inspect``), :mod:`.quarantine` (segments a stage set aside, and
-``fleetloop lake quarantine``). The names below are the lake's public API.
+``fleetloop lake quarantine``), :mod:`.writers` (which collect members write now). The names below are the lake's
+public API.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from fleetloop.pipelines.lake.segments import (
     table_dir,
     write_segments,
 )
+from fleetloop.pipelines.lake.writers import WriterLease, live_writers
 
 __all__ = [
     "LAKE_DIRNAME",
@@ -52,12 +54,14 @@ __all__ = [
     "QuarantineRecord",
     "QuarantineStore",
     "SeqIntervals",
+    "WriterLease",
     "announce_pending",
     "frame_bytes_of",
     "inspect_lake",
     "isolate_failures",
     "lake_quarantine",
     "lake_root",
+    "live_writers",
     "load_manifests",
     "mark_announced",
     "path_of_uri",

@@ -94,6 +94,7 @@ class Chunk:
     partition: int
     offset: int
     timestamp_ms: int
+    record_digest: str = ""  # of the Kafka record's bytes: tells a transport retry from a vehicle's repeat
 
     @property
     def n(self) -> int:
@@ -117,6 +118,8 @@ class Manifest:
     offsets: dict[str, list[int]]  # "topic:partition" -> [first offset, last offset + 1)
     vehicles: SeqIntervals
     summary: dict[str, Any] = field(default_factory=dict)
+    ticks: SeqIntervals = field(default_factory=dict)  # vehicle id -> tick intervals (collect's tick check)
+    records: list[str] = field(default_factory=list)  # digests of the Kafka records whose frames are here
     path: Path | None = field(default=None, compare=False)  # where it was read from (not stored)
 
     @property
@@ -191,35 +194,48 @@ def write_segments(
     chunks: Sequence[Chunk],
     *,
     compression: str = "zstd",
+    writer: str = "",
 ) -> list[Manifest]:
     """Write ``chunks`` as one segment per hour partition they touch; return the manifests, all durable.
 
     Each segment is independently atomic (Parquet first, then its manifest), so a crash between two
-    segments leaves the first complete and the second absent, never half written."""
+    segments leaves the first complete and the second absent, never half written. ``writer`` (a
+    :class:`~fleetloop.pipelines.lake.writers.WriterLease` token) goes into the segment ids, so that
+    :func:`remove_orphans` leaves a live writer's unfinished files alone."""
     by_partition: dict[str, list[Chunk]] = {}
     for ch in chunks:
         if ch.n:
             by_partition.setdefault(_hour_partition(ch.timestamp_ms), []).append(ch)
     out = []
     for partition, part_chunks in sorted(by_partition.items()):
-        out.append(_write_one(state_dir, table, schema, partition, part_chunks, compression))
+        out.append(_write_one(state_dir, table, schema, partition, part_chunks, compression, writer))
     return out
 
 
 def _write_one(
-    state_dir: Path, table: str, schema: BatchSchema, partition: str, chunks: Sequence[Chunk], compression: str
+    state_dir: Path,
+    table: str,
+    schema: BatchSchema,
+    partition: str,
+    chunks: Sequence[Chunk],
+    compression: str,
+    writer: str,
 ) -> Manifest:
     arrow, cols, ts = arrow_table(schema, chunks)
     data = parquet_bytes(arrow, schema, compression)
     folder = table_dir(state_dir, table) / partition
     mkdirs_durably(folder)
-    segment_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    segment_id = f"{stamp}-{writer}-{uuid.uuid4().hex[:8]}" if writer else f"{stamp}-{uuid.uuid4().hex[:12]}"
     name = f"part-{segment_id}.parquet"
     write_bytes_atomic(folder / name, data)
     seqs: dict[str, list[np.ndarray]] = {}
+    ticks: dict[str, list[np.ndarray]] = {}
     offsets: dict[str, list[int]] = {}
     for ch in chunks:
         seqs.setdefault(ch.vehicle_id, []).append(ch.columns[schema.seq_column])
+        if "tick" in ch.columns:
+            ticks.setdefault(ch.vehicle_id, []).append(ch.columns["tick"])
         key = f"{ch.topic}:{ch.partition}"
         lo, hi = offsets.get(key, [ch.offset, ch.offset + 1])
         offsets[key] = [min(lo, ch.offset), max(hi, ch.offset + 1)]
@@ -238,6 +254,8 @@ def _write_one(
         offsets=offsets,
         vehicles=vehicles,
         summary=_summary(schema, cols, ts),
+        ticks={v: _runs(np.unique(np.concatenate(t).astype(np.int64))) for v, t in ticks.items()},
+        records=sorted({ch.record_digest for ch in chunks if ch.record_digest}),
     )
     mpath = folder / f"part-{segment_id}{_MANIFEST_SUFFIX}"
     write_bytes_atomic(mpath, manifest.to_json())  # the commit point of the segment
@@ -269,11 +287,21 @@ def load_manifests(state_dir: Path, table: str, skip: Iterable[str] = ()) -> lis
     return out
 
 
-def remove_orphans(state_dir: Path, table: str) -> int:
-    """Delete Parquet files without a manifest and stale temp files (left by a crash); return how many."""
+_WRITER_RE = re.compile(r"part-\d{8}T\d{6}-([0-9a-f]{8})-[0-9a-f]{8}\.")
+
+
+def remove_orphans(state_dir: Path, table: str, live_writers: Iterable[str] = ()) -> int:
+    """Delete Parquet files without a manifest and stale temp files (left by a crash); return how many.
+
+    Files of a writer in ``live_writers`` (tokens in their segment ids) are never touched: they may be a
+    segment another collect member is writing right now."""
+    live = set(live_writers)
     removed = 0
     for h in _partition_dirs(table_dir(state_dir, table)):
         for p in h.iterdir():
+            owner = _WRITER_RE.search(p.name)
+            if owner is not None and owner.group(1) in live:
+                continue
             orphan = p.name.endswith(".tmp") or (
                 p.suffix == ".parquet" and not p.with_name(p.name[: -len(".parquet")] + _MANIFEST_SUFFIX).exists()
             )

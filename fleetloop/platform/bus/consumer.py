@@ -13,15 +13,16 @@ committed only after every dead letter sent before is acknowledged, so nothing i
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleetloop.platform.bus import _kafka_speedups
 from fleetloop.platform.bus._kafka import BrokerTarget, bootstrap_of, kafka_errors_as_ours
 from fleetloop.platform.bus.counters import BusCounters
-from fleetloop.platform.bus.deadletter import DeadLetter
+from fleetloop.platform.bus.deadletter import KEPT_REFERENCE, REFERENCE_PREFIX_BYTES, DeadLetter
 from fleetloop.platform.bus.events import Event
 from fleetloop.platform.bus.producer import BusProducer
 from fleetloop.platform.bus.serde import (
@@ -89,6 +90,16 @@ class Polled:
         return out
 
 
+@dataclass
+class _Letter:
+    """A dead letter on its way: the rejected record, what is sent for it (the record or a reference), and the
+    client's future of the last send (None: to be sent again)."""
+
+    original: DeadLetter
+    sent: DeadLetter
+    future: Any = None
+
+
 class BusConsumer:
     """A consumer-group member on catalogue topics; see the module docstring for the commit contract."""
 
@@ -102,6 +113,7 @@ class BusConsumer:
         dead_letter_topic: Topic = DEAD_LETTER,
         client_id: str = "fleetloop",
         counters: BusCounters | None = None,
+        on_revoked: Callable[[frozenset[tuple[str, int]]], None] | None = None,
         **overrides: Any,
     ) -> None:
         from kafka import KafkaConsumer
@@ -119,10 +131,12 @@ class BusConsumer:
         self._topics = {t.name: t for t in topics}
         self._dead_letter_topic = dead_letter_topic
         self._dlq: BusProducer | None = None
-        self._unacked: list[DeadLetter] = []  # dead letters sent since the last acknowledged flush
-        self._resend = False  # a flush failed: send the unacknowledged letters again before the next one
+        self._unacked: list[_Letter] = []  # dead letters sent since the last acknowledged flush
         self._client_id = client_id
         self._committed: dict[tuple[str, int], int] = {}
+        self._deferred: dict[tuple[str, int], int] = {}  # offsets a rebalance refused; retried after a poll
+        self._listener_error: BaseException | None = None
+        self._on_revoked = on_revoked
         config = {**CONSUMER_DEFAULTS, **overrides}
         with kafka_errors_as_ours("starting a consumer", self.bootstrap):
             self._consumer = KafkaConsumer(
@@ -133,14 +147,50 @@ class BusConsumer:
             # follows once the metadata arrives can stall, leaving the member without partitions.
             for name in self._topics:
                 self._consumer.partitions_for_topic(name)
-            self._consumer.subscribe(list(self._topics))
+            self._consumer.subscribe(list(self._topics), listener=self._listener())
 
     # -- reading -----------------------------------------------------------------------------------
 
+    def _listener(self) -> Any:
+        """The rebalance listener: before partitions leave this member (a rebalance, or closing), the owner's
+        ``on_revoked`` makes the work on their records durable, so the next owner finds it in the sink's own
+        dedup state (docs/adr/0075). It runs on the client's IO thread: an error is kept and raised by ``poll``."""
+        from kafka import ConsumerRebalanceListener
+
+        consumer = self
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                consumer._revoked(revoked)
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                consumer._revoked(lost)  # a zombie's last chance: its records go elsewhere (ADR 0071)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                pass
+
+        return _Listener()
+
+    def _revoked(self, partitions: Any) -> None:
+        tps = frozenset((tp.topic, tp.partition) for tp in partitions)
+        if not tps or self._on_revoked is None:
+            return
+        try:
+            self._on_revoked(tps)
+        except BaseException as e:  # raised by the next poll(), in the caller's thread
+            self._listener_error = e
+
     def poll(self, timeout_s: float = 1.0) -> Polled:
-        """Fetch what is available within ``timeout_s``: decoded deliveries plus offsets to commit later."""
+        """Fetch what is available within ``timeout_s``: decoded deliveries plus offsets to commit later.
+
+        A commit a rebalance refused (see :meth:`commit`) is retried here, for the partitions still ours."""
         with kafka_errors_as_ours("polling", self.bootstrap):
             fetched = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        if self._listener_error is not None:
+            error, self._listener_error = self._listener_error, None
+            raise error
+        if self._deferred:
+            self._retry_deferred()
         out = Polled()
         for tp, records in fetched.items():
             topic = self._topics.get(tp.topic)
@@ -196,56 +246,142 @@ class BusConsumer:
         )
 
     def _send_dead_letter(self, letter: DeadLetter) -> None:
-        if self._dlq is None:
-            self._dlq = BusProducer(self.bootstrap, client_id=f"{self._client_id}-deadletter")
-        self._dlq.send_raw(self._dead_letter_topic.name, letter.value, letter.key, letter.headers())
-        self._unacked.append(letter)
+        fitted = letter.fitted()
+        if fitted.kept == KEPT_REFERENCE:
+            self.counters.add(dead_letter_references=1)
+        pending = _Letter(letter, fitted)
+        self._send_letter(pending)
+        self._unacked.append(pending)
         self.counters.add_reason("dead_lettered", letter.reason)
 
+    def _send_letter(self, p: _Letter) -> None:
+        if self._dlq is None:
+            self._dlq = BusProducer(self.bootstrap, client_id=f"{self._client_id}-deadletter")
+        p.future = self._dlq.send_raw(self._dead_letter_topic.name, p.sent.value, p.sent.key, p.sent.headers())
+
     def _flush_dead_letters(self) -> None:
-        """Block until every dead letter sent is acknowledged; after a failed flush (broker down) they are sent
-        again, so a record is never committed without its letter (a letter may then be kept twice)."""
+        """Block until every dead letter sent is acknowledged, so a record is never committed without its
+        letter. After a failed flush (broker down) the letters not acknowledged are sent again at the next one
+        (a letter may then be kept twice); one the broker refused as too large is sent again at once as a
+        reference (4 KiB of prefix, then none)."""
         if self._dlq is None or not self._unacked:
             return
-        if self._resend:
-            for letter in self._unacked:
-                self._dlq.send_raw(self._dead_letter_topic.name, letter.value, letter.key, letter.headers())
-        try:
-            self._dlq.flush()
-        except ServiceUnavailable:
-            self._resend = True
-            raise
-        self._unacked, self._resend = [], False
+        for _ in range(3):  # full -> reference -> reference without prefix
+            for p in self._unacked:
+                if p.future is None:
+                    self._send_letter(p)
+            try:
+                self._dlq.flush()
+            except ServiceUnavailable:
+                shrunk = self._keep_unacknowledged()
+                if not shrunk:
+                    raise
+                continue
+            self._unacked = []
+            return
+        raise ServiceUnavailable(
+            f"the dead-letter topic {self._dead_letter_topic.name} at {self.bootstrap} refuses even a "
+            "reference letter of a few hundred bytes as too large; raise its max.message.bytes"
+        )
+
+    def _keep_unacknowledged(self) -> bool:
+        """After a failed flush: keep the letters not acknowledged, to be sent again; those refused as too
+        large become references. Returns whether any did."""
+        from kafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+
+        shrunk = False
+        still: list[_Letter] = []
+        for p in self._unacked:
+            f = p.future
+            if f is not None and f.is_done and f.exception is None:
+                continue  # acknowledged before the failure
+            refused = f is not None and f.is_done and f.exception is not None
+            if refused and isinstance(f.exception, MessageSizeTooLargeError | RecordListTooLargeError):
+                prefix = 0 if p.sent.kept == KEPT_REFERENCE else REFERENCE_PREFIX_BYTES
+                if p.sent.kept != KEPT_REFERENCE:
+                    self.counters.add(dead_letter_references=1)
+                p.sent = p.original.as_reference(prefix)
+                shrunk = True
+            p.future = None
+            still.append(p)
+        self._unacked = still
+        return shrunk
 
     # -- committing ----------------------------------------------------------------------------------
 
-    def commit(self, polled: Polled, timeout_s: float | None = None) -> None:
+    def commit(self, polled: Polled, timeout_s: float | None = None) -> bool:
         """Commit the offsets of ``polled``: call it only once the work on its deliveries is durable.
 
         Dead letters are flushed first, so a record is never committed before it is either processed by the
-        caller or kept on the dead-letter topic. Offsets never move backwards. Raises ``ServiceUnavailable`` if
-        the broker did not take the commit within ``timeout_s`` (None: the client's request timeout, 30 s) or
-        the group moved a partition away meanwhile (its records are then redelivered)."""
-        from kafka.errors import KafkaError
+        caller or kept on the dead-letter topic. Offsets never move backwards, and only partitions this member
+        holds are committed (a partition that moved away is the new owner's; its records are redelivered
+        there and the sink's dedup drops them).
+
+        Returns False when the group is rebalancing (``RebalanceInProgressError``, ``CommitFailedError``): the
+        offsets are kept and committed by the next :meth:`poll` that finds the group stable, for the
+        partitions still ours. Raises ``ServiceUnavailable`` if the broker did not take the commit within
+        ``timeout_s`` (None: the client's request timeout, 30 s)."""
+        self._flush_dead_letters()
+        for tp, nxt in polled.offsets.items():
+            self._deferred[tp] = max(nxt, self._deferred.get(tp, 0))
+        return self._commit_deferred(timeout_s)
+
+    @property
+    def has_deferred_commit(self) -> bool:
+        """Whether offsets a rebalance refused are still waiting to be committed."""
+        return bool(self._deferred)
+
+    def finish_commits(self, timeout_s: float) -> bool:
+        """Before leaving: complete a rebalance under way (polls whose records are dropped unread: uncommitted,
+        they are redelivered to the next owner) and commit the deferred offsets. Returns whether none is left."""
+        deadline = time.monotonic() + timeout_s
+        while self._deferred and time.monotonic() < deadline:
+            with contextlib.suppress(ServiceUnavailable), kafka_errors_as_ours("polling", self.bootstrap):
+                self._consumer.poll(timeout_ms=200)  # the group is joined inside poll
+            self._retry_deferred()
+        return not self._deferred
+
+    def _retry_deferred(self) -> None:
+        with contextlib.suppress(ServiceUnavailable):  # the broker is away: the next commit covers them
+            self._commit_deferred(None)
+
+    def _commit_deferred(self, timeout_s: float | None) -> bool:
+        from kafka.errors import (
+            CommitFailedError,
+            IllegalGenerationError,
+            KafkaError,
+            RebalanceInProgressError,
+            UnknownMemberIdError,
+        )
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        self._flush_dead_letters()
-        offsets = {}
-        for (topic, partition), nxt in polled.offsets.items():
-            if nxt > self._committed.get((topic, partition), -1):
-                offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(nxt, "", -1)
+        mine = self.assignment()
+        if not mine:
+            return False  # out of the group (or not yet in): keep them until it gives us partitions again
+        offsets = {
+            TopicPartition(*tp): OffsetAndMetadata(nxt, "", -1)
+            for tp, nxt in self._deferred.items()
+            if tp in mine and nxt > self._committed.get(tp, -1)
+        }
         if not offsets:
-            return
+            self._deferred = {}
+            return True
         try:
             self._consumer.commit(offsets, timeout_ms=None if timeout_s is None else int(timeout_s * 1000))
-        except KafkaError as e:  # broker down, or a rebalance moved a partition away (CommitFailedError)
+        except (RebalanceInProgressError, CommitFailedError, IllegalGenerationError, UnknownMemberIdError):
+            self.counters.add(commit_retries=1)
+            return False  # kept in _deferred: the next poll completes the rebalance and retries
+        except KafkaError as e:  # the broker is down or did not answer in time
+            self._deferred = {}  # later commits move past these offsets; a restart redelivers them
             raise ServiceUnavailable(
                 f"committing offsets of group {self.group_id} to Kafka at {self.bootstrap} failed "
                 f"({type(e).__name__}: {e}); the records are redelivered, so make the work on them idempotent"
             ) from e
         for tp, om in offsets.items():
             self._committed[(tp.topic, tp.partition)] = om.offset
+        self._deferred = {}
         self.counters.add(commits=1)
+        return True
 
     def close(self) -> None:
         """Leave the group without committing anything not already committed; flush pending dead letters."""

@@ -24,6 +24,8 @@ class BusCounters:
     frames_received: int = 0
     bytes_received: int = 0
     commits: int = 0
+    commit_retries: int = 0
+    dead_letter_references: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     send_failures: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -51,6 +53,8 @@ class BusCounters:
                 "frames_received": self.frames_received,
                 "bytes_received": self.bytes_received,
                 "commits": self.commits,
+                "commit_retries": self.commit_retries,
+                "dead_letter_references": self.dead_letter_references,
                 "dead_lettered": dict(self.dead_lettered),
                 "send_failures": dict(self.send_failures),
             }

@@ -89,9 +89,10 @@ class BusProducer:
 
     def send_raw(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
-    ) -> None:
-        """Send bytes as they are (dead letters, baselines); no schema check."""
-        self._send(topic, value, key, list(headers), frames=0)
+    ) -> Any:
+        """Send bytes as they are (dead letters, baselines); no schema check. Returns the client's future (its
+        ``exception`` says why the broker refused this one record, once :meth:`flush` has returned)."""
+        return self._send(topic, value, key, list(headers), frames=0)
 
     def _check_schema(self, topic: Topic, schema: str) -> None:
         if topic.schemas is not None and schema not in topic.schemas:
@@ -99,11 +100,21 @@ class BusProducer:
 
     def _send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]], frames: int
-    ) -> None:
-        with kafka_errors_as_ours(f"sending to {topic}", self.bootstrap):
-            future = self._producer.send(topic, value=value, key=key, headers=headers)
+    ) -> Any:
+        from kafka.errors import MessageSizeTooLargeError
+
+        try:
+            with kafka_errors_as_ours(f"sending to {topic}", self.bootstrap):
+                future = self._producer.send(topic, value=value, key=key, headers=headers)
+        except MessageSizeTooLargeError as e:
+            self.counters.add_reason("send_failures", type(e).__name__)
+            raise DataError(
+                f"a {len(value or b''):,}-byte message for {topic} is over this producer's request limit "
+                f"({e}); split it (frame batches: frames_per_message) or send a reference to it"
+            ) from e
         future.add_errback(self._on_error, topic)
         self.counters.add(messages_sent=1, frames_sent=frames, bytes_sent=len(value or b""))
+        return future
 
     def _on_error(self, topic: str, exc: BaseException) -> None:
         reason = type(exc).__name__

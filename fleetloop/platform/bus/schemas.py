@@ -86,7 +86,8 @@ class Column:
 
     ``dtype`` is a little-endian numpy dtype string (``"<f2"``); ``shape`` is the per-frame shape
     (``()`` for a scalar per frame); ``since_minor`` is the minor version that added the column and
-    ``default`` the value readers fill in for payloads older than that.
+    ``default`` the value readers fill in for payloads older than that; ``finite`` marks a float column the
+    loop cannot use with NaN or inf in it (the vehicle's own motion), which collect checks.
     """
 
     name: str
@@ -95,6 +96,7 @@ class Column:
     doc: str = ""
     since_minor: int = 0
     default: float = 0
+    finite: bool = False  # every value must be finite (collect dead-letters a batch with NaN / inf here)
 
     def __post_init__(self) -> None:
         dt = np.dtype(self.dtype)
@@ -163,16 +165,16 @@ _TELEMETRY_COLUMNS = (
     Column("seq", "<u4", doc="per-vehicle frame sequence number, +1 per frame, never reused"),
     Column("tick", "<u4", doc="simulation tick of the frame; time_s = tick * header tick_period_s"),
     Column("model_version", "<u2", doc="registry version of the model on board; 0 = none"),
-    Column("road_pos_m", "<f4", doc="position along the shared road network, as the vehicle locates itself"),
+    Column("road_pos_m", "<f4", doc="position along the shared road, as the vehicle locates itself", finite=True),
     Column("camera", "<u1", (CAMERA_ROWS, CAMERA_COLS), doc="camera grid, brightness 0-255 per cell"),
     Column("lidar_range_m", "<f2", (LIDAR_BEAMS,), doc="lidar range per beam; inf = no return"),
     Column("radar_range_m", "<f2", (RADAR_TARGETS,), doc="radar target range; see radar_valid_bits"),
     Column("radar_range_rate_mps", "<f2", (RADAR_TARGETS,), doc="radar target range rate, + = opening"),
     Column("radar_azimuth_rad", "<f2", (RADAR_TARGETS,), doc="radar target azimuth, + = left"),
     Column("radar_valid_bits", "<u1", doc="bit i set = radar target i is valid (see radar_valid())"),
-    Column("ego_speed_mps", "<f2", doc="ego speed"),
-    Column("ego_accel_mps2", "<f2", doc="ego acceleration measured on board"),
-    Column("command_accel_mps2", "<f2", doc="longitudinal command applied this tick"),
+    Column("ego_speed_mps", "<f2", doc="ego speed", finite=True),
+    Column("ego_accel_mps2", "<f2", doc="ego acceleration measured on board", finite=True),
+    Column("command_accel_mps2", "<f2", doc="longitudinal command applied this tick", finite=True),
     Column("driver", "<u1", doc="Driver code: who produced the applied command"),
     Column("fallback_reason", "<u1", doc="FallbackReason code; NONE when the model drove"),
     Column("hazard_prob", "<f2", doc="model's hazard probability; NaN when no model ran"),

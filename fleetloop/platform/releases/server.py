@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fleetloop.platform.errors import SetupError
+from fleetloop.platform.logs import configure_logging
 
 __all__ = ["RangeRequestHandler", "Unsatisfiable", "main", "make_server", "parse_range", "start_in_thread"]
 
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s ota-repo %(message)s")
+    if configure_logging(process="ota-repo") == "text":  # FLEETLOOP_LOG_FORMAT, inherited from `fleetloop`
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s ota-repo %(message)s")
     server = make_server(args.dir, args.port, args.host)
     log.info("serving %s on http://%s:%d", args.dir, args.host, args.port)
     try:

@@ -6,4 +6,4 @@ nothing: a spec is a value that the CLI puts in the stack's list (``fleetloop.cl
 import registers.
 """
 
-__all__ = ["kafka", "mlflow_server", "ota_repo", "spec"]
+__all__ = ["kafka", "mlflow_server", "ota_controller", "ota_repo", "spec"]

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fleetloop.platform.errors import FleetloopError, SetupError
+from fleetloop.platform.logs import configure_logging
 from fleetloop.platform.metrics import counter, gauge, start_exporter
 from fleetloop.platform.releases import api
 from fleetloop.platform.releases.keys import keys_dir
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         help="how often to check whether the timestamp is due (default: a sixth of its refresh margin)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s ota-repo %(message)s")
+    if configure_logging(process="ota-repo") == "text":  # FLEETLOOP_LOG_FORMAT, inherited from `fleetloop`
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s ota-repo %(message)s")
     state_dir = Path(args.state_dir)
     signal.signal(signal.SIGTERM, _interrupt)
     server = make_server(repo_dir(state_dir), args.port, args.host)

@@ -1,0 +1,121 @@
+"""The rollout controller of the local stack (``ota-controller``): canary rollouts judged on the fleet's heartbeats.
+
+One process (``python -m fleetloop.platform.services.ota_controller``) runs
+:class:`~fleetloop.platform.canary.service.ControllerService` against the stack's Kafka and MLflow and the release
+repository under the state directory, until SIGTERM (``fleetloop down``): the cycle in hand finishes, its records
+are written and its offsets committed. Started on demand (``fleetloop up ota-controller``, or by
+``fleetloop ota rollout``), not by a plain ``fleetloop up``.
+
+Health is a heartbeat file: the process rewrites ``<state>/services/ota-controller/heartbeat`` every
+``BEAT_S`` from a thread of its own; healthy while it is younger than ``STALE_S``. Metrics go to a free loopback
+port registered under ``<state_dir>/metrics/targets`` (``fleetloop_rollout_*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fleetloop.platform.atomic import write_text_atomic
+from fleetloop.platform.canary.service import ControllerConfig, ControllerService
+from fleetloop.platform.launcher import service_dir
+from fleetloop.platform.metrics import start_exporter
+from fleetloop.platform.registry import open_registry
+from fleetloop.platform.services.spec import Health, ServiceSpec
+from fleetloop.platform.settings import Settings, load_settings
+
+__all__ = ["BEAT_S", "NAME", "SPEC", "STALE_S", "controller_health", "main"]
+
+log = logging.getLogger(__name__)
+NAME = "ota-controller"
+BEAT_S = 2.0  # [s] how often the process rewrites its heartbeat file
+STALE_S = 15.0  # [s] older than this: unhealthy
+_MARKER = "fleetloop.platform.services.ota_controller"
+
+
+def beat_path(settings: Settings) -> Path:
+    return service_dir(settings, NAME) / "heartbeat"
+
+
+def controller_health(settings: Settings) -> Health:
+    """Healthy while the process's heartbeat file is younger than ``STALE_S``."""
+    path = beat_path(settings)
+    try:
+        age_s = time.time() - path.stat().st_mtime
+    except OSError:
+        return Health(False, f"no heartbeat yet at {path}")
+    if age_s > STALE_S:
+        return Health(False, f"heartbeat {age_s:.0f} s old (stale after {STALE_S:.0f} s)")
+    return Health(True, f"heartbeat {age_s:.1f} s ago")
+
+
+def _command(settings: Settings, folder: Path) -> list[str]:
+    return [sys.executable, "-m", _MARKER]
+
+
+def _stack_env(settings: Settings) -> dict[str, str]:
+    """The controller talks to the same broker and tracking server as the settings that started it."""
+    return {
+        "FLEETLOOP_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
+        "FLEETLOOP_MLFLOW_TRACKING_URI": settings.tracking_uri,
+    }
+
+
+SPEC = ServiceSpec(
+    name=NAME,
+    description="canary rollout controller (judges waves on the fleet's heartbeats; signs waves, rolls back)",
+    address=lambda s: "consumer group fleetloop-ota-controller",
+    is_external=lambda s: False,
+    ports=lambda s: [],
+    command=_command,
+    health=controller_health,
+    cmdline_marker=_MARKER,
+    extra_env=_stack_env,
+    autostart=False,  # started by `fleetloop ota rollout` or `fleetloop up ota-controller`
+)
+
+
+def _beat(path: Path, stop: threading.Event) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while not stop.is_set():
+        write_text_atomic(path, f"{os.getpid()} {time.time():.3f}\n")
+        stop.wait(BEAT_S)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the controller until SIGTERM / Ctrl-C (settings from the environment)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {_MARKER}", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--evaluate-every-s",
+        type=float,
+        default=ControllerConfig.evaluate_every_s,
+        help="wall seconds between evaluations (default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s ota-controller %(message)s")
+    settings = load_settings()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    beat = threading.Thread(target=_beat, args=(beat_path(settings), stop), daemon=True)
+    beat.start()
+    exporter = start_exporter(settings, NAME)
+    service = ControllerService(
+        settings, open_registry(settings), ControllerConfig(evaluate_every_s=args.evaluate_every_s)
+    )
+    log.info("judging rollouts from %s; metrics at %s", settings.bootstrap_servers, exporter.url)
+    try:
+        service.run(stop)
+    finally:
+        stop.set()
+        exporter.close()
+
+
+if __name__ == "__main__":
+    main()
