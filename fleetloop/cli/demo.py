@@ -85,11 +85,14 @@ STORY: dict[str, tuple[str, str]] = {
     ),
 }
 
-_NO_CONTROLLER = "the canary rollout controller (`fleetloop ota rollout`) is not in this build"
+_NO_CONTROLLER = (
+    "the demo does not drive the canary rollout controller yet; roll a release out in waves with "
+    "`fleetloop ota rollout` (docs/canary.md)"
+)
 _SAME_MODEL = "production did not change, and the same seed on the same model repeats step 3 exactly"
 _NO_BUFFERS = (
     "the vehicles' persisted on-board buffers (`sim run --buffer-seconds`) and validate's pickup of federated "
-    "candidates are not in this build"
+    "candidates are not in this build yet"
 )
 
 

@@ -372,8 +372,8 @@ def step_release(
     if controller:  # pragma: no cover - the canary controller joins in a later build
         raise NotImplementedError
     reason = (
-        f"demo: validate passed v{version}, the better candidate by the rule ({BETTER_CANDIDATE_RULE}); the canary "
-        "rollout controller is not in this build, so this is an operator's forced promotion"
+        f"demo: validate passed v{version}, the better candidate by the rule ({BETTER_CANDIDATE_RULE}); the demo "
+        "does not drive the canary rollout controller yet, so this is an operator's forced promotion"
     )
     say(f"v{version}: staging -> canary -> production (audited)")
     records = reg.promote(name, version, Stage.CANARY, reason=reason, actor=ACTOR)
@@ -395,6 +395,7 @@ def step_release(
         "transitions": [{"from": r.from_stage, "to": r.to_stage, "forced": r.forced} for r in records],
         **rel,
         "line": f"v{version} ({best['origin']}) is production through the registry's audited transitions ({moves}; "
-        f"recorded as forced with the reason, since no canary controller runs in this build); signed as release "
+        f"recorded as forced with the reason, since the demo does not drive the canary controller yet); signed as "
+        "release "
         f"{rel['release']} for 100 % of the fleet, install commands sent to {len(sent['vehicles'])} vehicles",
     }
