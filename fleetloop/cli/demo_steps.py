@@ -129,7 +129,14 @@ def step_genesis(settings: Settings, plan: DemoPlan, seed: int, say: Say) -> dic
     say(f"signing v{version} as a release for the whole fleet")
     rel = _release_to_fleet(settings, version)
     m = out.get("metrics") or {}
+    # Imported here: edge_agent loads torch (~6 s measured); bootstrap has loaded it by now.
+    from fleetloop.edge_agent.bootstrap import BootstrapConfig
+
     how = "trained now" if out["changed"] else "already in production from an earlier run"
+    epochs, recipe_epochs = m.get("epochs_done"), BootstrapConfig().imitation.epochs
+    if out["changed"] and isinstance(epochs, int | float) and epochs < recipe_epochs:
+        # A wall-clock budget makes the model depend on the machine's speed: say so where it cut training short.
+        how += f", training cut at its {plan.bootstrap_train_s:g} s budget after {epochs:.1f} of {recipe_epochs} epochs"
     quality = (
         f" (held-out accel correlation {m['val_accel_corr']:.2f}, hazard accuracy {m['val_hazard_acc']:.0%})"
         if "val_accel_corr" in m and "val_hazard_acc" in m
