@@ -391,7 +391,7 @@ def step_release(
     sent = send_install(
         settings, name, version, rel["release"], fleet_size=plan.vehicles, rollout_id=f"demo-release-{rel['release']}"
     )
-    moves = ", ".join(f"{r.from_stage or 'registered'} -> {r.to_stage}" for r in records) or "already production"
+    moves = ", ".join(f"v{r.version} {r.from_stage or 'registered'} -> {r.to_stage}" for r in records) or "none new"
     return {
         "promoted": version,
         "previous": previous,
