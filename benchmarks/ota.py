@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/ota.py                         # 10,000 vehicles, a 20-tick health window
     python benchmarks/ota.py --vehicles 200 --window 5
+    python benchmarks/ota.py --shadow                # the tick with and without a shadow group, 10,000 vehicles
 
 One process: a fresh signed repository (python-tuf) in a temporary folder, the release server on 127.0.0.1 (a
 thread, bytes counted), one fleet shard (``FleetRunner``) with the OTA client as its tick hook; commands and
@@ -14,12 +15,18 @@ shard's metadata refresh, every vehicle's own verdict, one verified download, th
 (wall and ticks: activation at a safe tick plus the health window); CPU seconds of verification per vehicle (the
 worker thread's own CPU time). Baseline in the same run: the same fleet, the new model loaded from memory and
 switched in with no verification, driven through the same ticks.
+
+``--shadow``: two shards of the same vehicles and seed, each with the OTA client; one gets a shadow command for
+every vehicle (the candidate verified, loaded and run beside the active model: one more batched ``infer`` group),
+the other none. Once every vehicle shadows, the two are stepped in turn (so load on the machine hits both alike)
+and the median tick time of each is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -68,21 +75,18 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=20, help="health window [ticks]")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--max-ticks", type=int, default=400)
+    parser.add_argument("--shadow", action="store_true", help="time the tick with and without a shadow group")
+    parser.add_argument("--ticks", type=int, default=7, help="--shadow: timed ticks of each shard")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.shadow:
+        shadow_cost(args.vehicles, args.ticks)
+        return
     n = args.vehicles
     with tempfile.TemporaryDirectory(prefix="fleetloop-bench-ota-") as tmp:
         root = Path(tmp)
-        repo = ReleaseRepository.initialise(root / "state", utc_now())
-        model = policy(2)
-        meta = ArtifactMetadata(architecture=ARCHITECTURE, hyperparameters=model.config.to_dict())
-        artifact = save_artifact(root / "policy-2.safetensors", model, meta)
-        signed = {"run_id": "", "input_schema_version": 1, "parent_version": "1", "validation_report_sha256": ""}
-        t0 = time.perf_counter()
-        fields = repo.publish(MODEL, "2", artifact, signed, utc_now())
-        publish_s = time.perf_counter() - t0
-        repo.assign_wave(fields.release, 1, HashRange(0, DEFAULT_BUCKETS), utc_now())
+        repo, release, publish_s = release_to_everyone(root)
         server, url = start_in_thread(repo.root_dir, handler=CountingHandler)
         try:
             health = HealthConfig(window_ticks=args.window)
@@ -92,7 +96,7 @@ def main() -> None:
             runner = fleet(n, [agent])
             runner.step()
             bus.inbox = [
-                OtaCommand(rollout_id="bench", vehicle_id=str(v), model_name=MODEL, version=2, release=fields.release)
+                OtaCommand(rollout_id="bench", vehicle_id=str(v), model_name=MODEL, version=2, release=release)
                 for v in range(n)
             ]
             t_cmd = time.perf_counter()
@@ -141,6 +145,62 @@ def main() -> None:
     print(f"| command to last vehicle installed | {verify_wall_s:,.2f} s | {swap_s:,.2f} s (load + set_model) |")
     print(f"| command to last vehicle committed | {ota_s:,.2f} s, {ota_ticks} ticks | {base_s:,.2f} s, same ticks |")
     print(f"| cost of security | {ota_s - base_s:+,.2f} s ({(ota_s / base_s - 1) * 100:+.0f} %) | baseline |")
+
+
+def release_to_everyone(root: Path) -> tuple[ReleaseRepository, int, float]:
+    """A fresh repository under ``root`` with version 2 signed for every vehicle; (repository, release number,
+    publish time [s])."""
+    repo = ReleaseRepository.initialise(root / "state", utc_now())
+    model = policy(2)
+    meta = ArtifactMetadata(architecture=ARCHITECTURE, hyperparameters=model.config.to_dict())
+    artifact = save_artifact(root / "policy-2.safetensors", model, meta)
+    signed = {"run_id": "", "input_schema_version": 1, "parent_version": "1", "validation_report_sha256": ""}
+    t0 = time.perf_counter()
+    fields = repo.publish(MODEL, "2", artifact, signed, utc_now())
+    publish_s = time.perf_counter() - t0
+    repo.assign_wave(fields.release, 1, HashRange(0, DEFAULT_BUCKETS), utc_now())
+    return repo, fields.release, publish_s
+
+
+def shadow_cost(n: int, ticks: int) -> None:
+    """Median tick time of a shard whose every vehicle runs a candidate in shadow mode, and of one without."""
+    with tempfile.TemporaryDirectory(prefix="fleetloop-bench-shadow-") as tmp:
+        root = Path(tmp)
+        repo, _, _ = release_to_everyone(root)
+        server, url = start_in_thread(repo.root_dir)
+        try:
+            runners, buses = [], []
+            for name in ("plain", "shadow"):
+                spec = OtaSpec(MODEL, url, repo.trusted_root(), str(root / name))
+                buses.append(MemoryTransport())
+                runners.append(fleet(n, [OtaAgent(spec, range(n), buses[-1])]))
+            plain, shadowed = runners
+            buses[1].inbox = [
+                OtaCommand(rollout_id="bench", vehicle_id=str(v), model_name=MODEL, version=2, action="shadow")
+                for v in range(n)
+            ]
+            while [s.state for s in buses[1].sent].count("shadow_started") < n:
+                shadowed.step()
+                plain.step()
+            times: dict[str, list[float]] = {"plain": [], "shadow": []}
+            for _ in range(ticks):
+                for name, runner in (("plain", plain), ("shadow", shadowed)):
+                    t0 = time.perf_counter()
+                    runner.step()
+                    times[name].append(time.perf_counter() - t0)
+            same = torch.equal(plain.last_tick.command_mps2, shadowed.last_tick.command_mps2)  # type: ignore[union-attr]
+        finally:
+            server.shutdown()
+            server.server_close()
+    base, shadow = (statistics.median(times[k]) * 1000 for k in ("plain", "shadow"))
+    print(
+        f"\n{n:,} vehicles, CPU, {torch.get_num_threads()} torch threads, load {os.getloadavg()[0]:.1f}, "
+        f"median of {ticks} ticks each, stepped in turn\n"
+    )
+    print("| tick | without shadow | every vehicle shadowing a candidate |")
+    print("|---|---|---|")
+    print(f"| wall time per tick | {base:,.0f} ms | {shadow:,.0f} ms ({(shadow / base - 1) * 100:+.0f} %) |")
+    print(f"| actuated commands of the last tick identical | - | {same} |")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     fleetloop ota publish NAME VERSION [--rollback]  sign a validated registry version as a release
     fleetloop ota assign RELEASE --wave N (--vehicles 0-99 | --share 0.1)   which vehicles may install it
     fleetloop ota install NAME VERSION --release R   send the install command to the wave's vehicles (Kafka)
+    fleetloop ota install ... --shadow               the same vehicles run it beside their model, never acting
     fleetloop ota releases                           what is signed, with its waves
     fleetloop ota verify PATH                        the vehicle's full check of a file, offline
     fleetloop ota refresh                            re-sign what is near expiry (the ota-repo service does it too)
@@ -327,8 +328,10 @@ def send_install(
     vehicles: str | None = None,
     fleet_size: int | None = None,
     rollout_id: str | None = None,
+    shadow: bool = False,
 ) -> dict[str, Any]:
-    """Send release ``release`` (``name`` v``version``)'s install command to its wave's vehicles (or ``vehicles``)."""
+    """Send release ``release`` (``name`` v``version``)'s install (or ``shadow``) command to its wave's vehicles
+    (or ``vehicles``)."""
     found = [s for s in api.list_releases(settings.state_dir) if s.fields.release == release]
     if not found or (found[0].fields.model_name, found[0].fields.version) != (name, version):
         what = "no such release" if not found else f"it is {found[0].fields.model_name} v{found[0].fields.version}"
@@ -347,6 +350,7 @@ def send_install(
                     model_name=name,
                     version=int(version),
                     release=release,
+                    action="shadow" if shadow else "install",
                     source="fleetloop ota install",
                 ),
             )
@@ -356,6 +360,7 @@ def send_install(
         "model_name": name,
         "version": version,
         "rollout_id": rollout,
+        "action": "shadow" if shadow else "install",
         "vehicles": list(targets),
     }
     return data
@@ -379,11 +384,18 @@ def install_cmd(
         help="Vehicle ids 0..N-1 to pick a share-of-the-fleet wave's vehicles from.",
     ),
     rollout_id: str | None = typer.Option(None, "--rollout-id", help="Names the rollout in the vehicles' statuses."),
+    shadow: bool = typer.Option(
+        False,
+        "--shadow",
+        help="Shadow mode: the vehicles verify and load the release the same way, run it beside their active model "
+        "without acting on it and report how far the two disagree (state shadow_report on fleetloop.ota-status).",
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Send the install command of a signed release to its wave's vehicles on fleetloop.ota-commands.
 
-    A command authorises nothing: each vehicle installs only what the signed waves assign to it."""
+    A command authorises nothing: each vehicle installs only what the signed waves assign to it. With --shadow the
+    command's action is "shadow"; a later install command of the same release promotes it without a new download."""
     data = send_install(
         load_settings(),
         name,
@@ -393,13 +405,14 @@ def install_cmd(
         vehicles=vehicles,
         fleet_size=fleet_size,
         rollout_id=rollout_id,
+        shadow=shadow,
     )
     rollout = data["rollout_id"]
     _emit_text(
         data,
         as_json,
         lambda d: (
-            f"sent {len(d['vehicles']):,} install command(s) for release {release} ({name} v{version}) to "
+            f"sent {len(d['vehicles']):,} {d['action']} command(s) for release {release} ({name} v{version}) to "
             f"{OTA_COMMANDS.name}, rollout {rollout}: vehicles {_ids_text(d['vehicles'])}"
         ),
     )

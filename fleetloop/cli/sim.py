@@ -21,6 +21,7 @@ from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
 from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
+from fleetloop.edge_agent.ota_shadow import shadow_rates
 from fleetloop.edge_agent.telemetry import deliver_spooled
 from fleetloop.edge_agent.telemetry_spool import TelemetrySpool
 from fleetloop.platform.errors import DataError, NotFoundError, ServiceUnavailable, SetupError, UserInputError
@@ -242,6 +243,9 @@ def simulate(
         "wall_s": wall,
         "vehicle_steps_per_s": out["vehicle_steps"] / wall if wall > 0 else None,
     }
+    shadow = out["counts"].get("ota", {}).get("shadow", {})
+    if shadow.get("vehicle_ticks"):  # shadow mode's shares and means per condition class (sums: counts.ota.shadow)
+        out["ota_shadow"] = shadow_rates(shadow)
     if telemetry:
         out["telemetry_delivery"] = delivery_report(settings, out["counts"].get("telemetry", {}), backlog)
     return out
@@ -291,6 +295,34 @@ def _render_ota(ota: dict[str, Any]) -> None:
         f"{f.get('vehicles_verified', 0):,} vehicles verified",
         highlight=False,
     )
+    shadow = ota.get("shadow", {})
+    if shadow.get("vehicle_ticks"):
+        _render_shadow(shadow, ota.get("shadow_ended", {}))
+
+
+def _render_shadow(shadow: dict[str, Any], ended_by: dict[str, int]) -> None:
+    """Shadow mode's disagreement per condition class of the vehicles' own estimate."""
+    per = shadow_rates(shadow)  # what --json carries as ota_shadow
+    ended = ", ".join(f"ended {k} {v:,}" for k, v in sorted(ended_by.items()))
+    console.print(
+        f"ota shadow: {shadow['vehicle_ticks']:,} vehicle-ticks in shadow mode "
+        f"({shadow.get('uncompared_vehicle_ticks', 0):,} with no model run to compare){'; ' + ended if ended else ''}",
+        highlight=False,
+    )
+    table = Table(title="shadow mode: candidate vs active model, by the vehicles' own condition estimate")
+    for col in ("condition", "compared ticks", "commands differ", "mean |Δaccel| m/s²", "mean |Δhazard|", "invalid"):
+        table.add_column(col, justify="left" if col == "condition" else "right")
+    for cond, r in per.items():
+        if r["compared_ticks"] or cond == "all":
+            table.add_row(
+                cond,
+                f"{int(r['compared_ticks']):,}",
+                f"{r['differ_share']:.1%}",
+                f"{r['accel_mae_mps2']:.3f}",
+                f"{r['hazard_mae']:.3f}",
+                f"{int(r['invalid_ticks']):,}",
+            )
+    console.print(table)
 
 
 def _sum_reports(reports: list[Any]) -> dict[str, int]:

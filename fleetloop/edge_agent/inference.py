@@ -200,6 +200,7 @@ class InferenceEngine:
         self._history_tick: int | None = None
         self._wall_s: deque[float] = deque(maxlen=self.config.wall_window)
         self._staging: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+        self._tick_inputs: PolicyInputs | None = None  # what the last ``tick``'s outputs acted on
 
     # --- models -------------------------------------------------------------------------------------------
     def add_model(self, version: str, model: nn.Module) -> int:
@@ -361,6 +362,7 @@ class InferenceEngine:
         eff = inputs
         if bool((age > 0).any()):
             eff = _gather_history(list(self._history), age)
+        self._tick_inputs = eff
         res = self.infer(eff, slots)
         status = torch.where(missed & (res.status == STATUS_OK), STATUS_DEADLINE_MISSED, res.status).to(torch.int8)
         valid = status == STATUS_OK
@@ -375,6 +377,12 @@ class InferenceEngine:
             obs_age_ticks=age,
             failures=res.failures,
         )
+
+    def take_tick_inputs(self) -> PolicyInputs | None:
+        """The inputs the last ``tick``'s outputs acted on (stale ones included), once; None when no tick ran since
+        the last call. Shadow mode runs a candidate on exactly these: one more ``infer`` over its vehicles."""
+        out, self._tick_inputs = self._tick_inputs, None
+        return out
 
     # --- wall clock ---------------------------------------------------------------------------------------
     def wall_latency_stats(self) -> dict[str, float]:

@@ -15,6 +15,16 @@ driving while the release server is slow or down; its result is picked up at the
 the verified file deserialised (``model_artifact.load_artifact``) into the engine as the version's model, for the
 vehicles that accepted it: a vehicle never loads bytes the signed metadata does not vouch for.
 
+Shadow mode (a command with action "shadow"): the candidate comes through the same fetch, verification and load,
+then runs beside the active model and never acts. At each tick boundary the engine hands over the inputs its tick
+acted on (``InferenceEngine.take_tick_inputs``); the candidate runs on those rows only, one more batched ``infer``
+(one more version group, not a second fleet), and the two outputs are compared per vehicle and per condition class
+of the vehicle's own estimate (:mod:`fleetloop.edge_agent.ota_shadow`). Each shadowing vehicle sends a
+"shadow_report" status every ``ShadowConfig.report_every_ticks`` and when its shadow ends (promoted by an install
+command, superseded by another command, the run's end); the shard's sums join ``counts()["ota"]["shadow"]``.
+Nothing of it reaches the actuators: the commands and the world's events are the same, bit for bit, with and
+without a shadow (tests/edge_agent/test_ota_shadow.py).
+
 Vehicle ids on the OTA topics are the runner's integer ids as strings ("17"), the ids ``fleetloop ota assign
 --vehicles`` signs. A command for another model name, for a vehicle of another shard, or older than
 ``command_max_age_s`` is not for these vehicles: counted under ``ota.commands``, not followed.
@@ -36,11 +46,13 @@ import torch
 
 from fleetloop.edge_agent.arbiter import DRIVER_FALLBACK, REASON_CODES
 from fleetloop.edge_agent.fallback import STAGE_NONE
-from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
+from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION, PolicyInputs
 from fleetloop.edge_agent.fleet import FleetRunner, TickReport
+from fleetloop.edge_agent.heartbeat import CONDITION_CLASSES, HeartbeatConfig, condition_class_codes
 from fleetloop.edge_agent.inference import STATUS_INVALID_OUTPUT, STATUS_MODEL_FAILURE
 from fleetloop.edge_agent.model_artifact import ArtifactError, load_artifact
 from fleetloop.edge_agent.ota_client import (
+    NO_VERSION,
     Command,
     FetchOutcome,
     FetchRequest,
@@ -51,6 +63,7 @@ from fleetloop.edge_agent.ota_client import (
     TickSignals,
     ota_step,
 )
+from fleetloop.edge_agent.ota_shadow import SHADOW_SUMS, ShadowConfig, ShadowTally, ShadowTick, accumulate, rates
 from fleetloop.edge_agent.ota_verify import OtaClientConfig, download_verified, refresh_release, vehicle_verdict
 from fleetloop.edge_agent.summary import NO_MODEL_LABEL
 from fleetloop.edge_agent.vehicle_step import VehicleTick
@@ -67,9 +80,19 @@ from fleetloop.platform.releases.errors import (
     UnsupportedSchema,
 )
 
-__all__ = ["OtaAgent", "OtaSpec", "OtaTransport", "rejection_reason", "supported_input_schemas", "tick_signals"]
+__all__ = [
+    "SHADOW_ACTIONS",
+    "OtaAgent",
+    "OtaSpec",
+    "OtaTransport",
+    "rejection_reason",
+    "supported_input_schemas",
+    "tick_signals",
+]
 
 log = logging.getLogger(__name__)
+SHADOW_ACTIONS = ("install", "rollback", "shadow")  # OtaCommand actions a vehicle follows
+_CONDITION_CUTS = HeartbeatConfig()  # shadow numbers use the heartbeat's condition classes of the own estimate
 _REASONS: tuple[tuple[type[Exception], str], ...] = (  # subclasses before their parents
     (BadHash, "bad_hash"),
     (ExpiredMetadata, "expired_metadata"),
@@ -103,6 +126,7 @@ class OtaSpec:
         work_dir: the fleet's OTA folder; each shard keeps its trusted metadata and artifact cache in
             ``shard-<first vehicle id>/`` under it.
         health: activation, health window and retry thresholds.
+        shadow: the disagreement threshold and report period of shadow mode.
         bus: ``Settings.model_dump()`` of the Kafka the commands and statuses travel on (None: the caller passes
             an ``OtaTransport``).
         group_tag: names the shard's consumer group (``ota-vehicles-<tag>-<first id>``; the run id).
@@ -116,6 +140,7 @@ class OtaSpec:
     trusted_root: bytes
     work_dir: str
     health: HealthConfig = field(default_factory=HealthConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     bus: dict[str, Any] | None = None
     group_tag: str = ""
     command_max_age_s: float = 600.0
@@ -196,8 +221,13 @@ class OtaAgent:
         self.verified: set[str] = set()  # labels whose verified file is loaded in the engine
         self.jobs: list[_Job] = []
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ota-fetch")
-        self.tally: dict[str, Counter[str]] = {k: Counter() for k in ("status", "rejected", "rolled_back", "commands")}
+        kinds = ("status", "rejected", "rolled_back", "commands", "shadow_ended")
+        self.tally: dict[str, Counter[str]] = {k: Counter() for k in kinds}
         self.fetch = {"jobs": 0, "unavailable": 0, "verify_cpu_s": 0.0, "verify_wall_s": 0.0, "vehicles_verified": 0}
+        self.shadow = ShadowTally.init(len(ids), len(CONDITION_CLASSES))  # the current shadow episode's sums
+        self.shadow_ticks = np.zeros(len(ids), dtype=np.int64)  # ticks in shadow mode, compared or not
+        self.shadow_done = {name: np.zeros(len(CONDITION_CLASSES)) for name in SHADOW_SUMS}  # ended episodes
+        self.shadow_uncompared = 0  # vehicle-ticks in shadow mode on which no vehicle of the shard ran a model
 
     # -- the tick boundary ---------------------------------------------------------------------------
 
@@ -211,13 +241,24 @@ class OtaAgent:
         fetched = self._collect(runner)
         vt = runner.last_tick
         assert vt is not None  # after a tick
+        tick_inputs = runner.engine.take_tick_inputs() if runner.engine is not None else None
+        shadowing = np.nonzero(self.state.shadow_version() != NO_VERSION)[0]
+        if shadowing.size:
+            self._shadow_tick(runner, vt, tick_inputs, shadowing)
         inputs = OtaInputs(runner.ticks, tick_signals(vt, self.spec.health.braking_mps2), commands, fetched)
         self.state, actions = ota_step(self.spec.health, self.state, inputs)
+        for end in actions.shadow_ends:
+            self._shadow_report(end.row, end.version, end.release, end.rollout_id, end.reason, now_s, final=True)
         for sw in actions.switches:
             label = self.labels[sw.version]
             runner.set_model(self.ids[list(sw.rows)].tolist(), None if label == NO_MODEL_LABEL else label)
         for st in actions.statuses:
             self._report(st, now_s)
+            if st.state == "shadow_started":
+                self.shadow = self.shadow.reset([st.row])
+                self.shadow_ticks[st.row] = 0
+        if runner.ticks % self.spec.shadow.report_every_ticks == 0:
+            self._shadow_reports("periodic", now_s, final=False)
         self._submit(actions.fetch)
 
     def _version_id(self, label: str) -> int:
@@ -235,12 +276,89 @@ class OtaAgent:
                 self.tally["commands"]["other_vehicles"] += 1
             elif now_s - c.emitted_at_s > self.spec.command_max_age_s:
                 self.tally["commands"]["stale"] += 1
+            elif c.action not in SHADOW_ACTIONS:
+                self.tally["commands"]["unknown_action"] += 1
+                log.warning("OTA command action %r not followed (valid: %s)", c.action, ", ".join(SHADOW_ACTIONS))
             else:
                 self.tally["commands"]["followed"] += 1
-                out.append(Command(row, self._version_id(str(c.version)), c.release, c.rollout_id))
+                version = self._version_id(str(c.version))
+                out.append(Command(row, version, c.release, c.rollout_id, shadow=c.action == "shadow"))
         return out
 
-    def _report(self, st: StatusReport, now_s: float) -> None:
+    # -- shadow mode ---------------------------------------------------------------------------------------
+
+    def _shadow_tick(self, runner: FleetRunner, vt: VehicleTick, inputs: PolicyInputs | None, rows: np.ndarray) -> None:
+        """Run the candidates on the inputs the tick acted on, for the shadowing rows only; add the comparison."""
+        assert self.state is not None
+        self.shadow_ticks[rows] += 1
+        if inputs is None or runner.engine is None:  # no vehicle of the shard ran a model this tick
+            self.shadow_uncompared += int(rows.size)
+            return
+        engine = runner.engine
+        versions = self.state.shadow_version()[rows]
+        slot_of = {v: engine.slot(self.labels[v]) for v in set(versions.tolist())}
+        dev = inputs.device
+        idx = torch.from_numpy(rows).to(dev)
+        slots = torch.tensor([slot_of[v] for v in versions.tolist()], dtype=torch.int64, device=dev)
+        every = rows.size == len(self.ids)  # the whole shard shadows: no gather of its inputs and outputs
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t if every else t[idx]
+
+        cand = engine.infer(inputs if every else inputs.index(idx), slots)
+        p, est = vt.policy, vt.estimate
+        cond = condition_class_codes(_CONDITION_CUTS, pick(est.visibility_m), pick(est.light), pick(est.friction))
+        cols = [cond, pick(p.accel_mps2), cand.accel_mps2, pick(p.hazard_prob), cand.hazard_prob, pick(p.valid)]
+        host = torch.stack([c.to(torch.float64) for c in [*cols, cand.valid]]).cpu().numpy()  # one transfer
+        tick = ShadowTick(
+            rows=rows,
+            condition=host[0].astype(np.int64),
+            active_accel_mps2=host[1],
+            shadow_accel_mps2=host[2],
+            active_hazard=host[3],
+            shadow_hazard=host[4],
+            active_valid=host[5] > 0,
+            shadow_valid=host[6] > 0,
+        )
+        self.shadow = accumulate(self.spec.shadow, self.shadow, tick)
+
+    def _shadow_reports(self, reason: str, now_s: float, *, final: bool) -> None:
+        """A "shadow_report" status of every vehicle in shadow mode."""
+        if self.state is None:
+            return
+        versions = self.state.shadow_version()
+        for r in np.nonzero(versions != NO_VERSION)[0].tolist():
+            release = int(self.state.slot_release[r, 1 - self.state.active[r]])
+            self._shadow_report(r, int(versions[r]), release, str(self.state.rollout[r]), reason, now_s, final=final)
+
+    def _shadow_report(
+        self, r: int, version: int, release: int, rollout: str, reason: str, now_s: float, *, final: bool
+    ) -> None:
+        sums = self.shadow.row(r)
+        per = rates(sums, CONDITION_CLASSES)
+        a, thr = per["all"], self.spec.shadow.differ_mps2
+        detail = (
+            f"v{self.labels[version]} in shadow mode for {int(self.shadow_ticks[r])} ticks: commands differ by more "
+            f"than {thr:g} m/s² on {a['differ_share']:.1%} of {int(a['compared_ticks'])} compared ticks, mean "
+            f"|Δaccel| {a['accel_mae_mps2']:.3f} m/s², mean |Δhazard| {a['hazard_mae']:.3f}; "
+            f"{int(a['invalid_ticks'])} ticks of invalid candidate output"
+        )
+        conds = CONDITION_CLASSES
+        self._report(
+            StatusReport(r, "shadow_report", version, release, rollout, reason, detail),
+            now_s,
+            shadow_ticks={c: int(per[c]["compared_ticks"]) for c in conds},
+            shadow_differ_share={c: per[c]["differ_share"] for c in conds},
+            shadow_accel_mae_mps2={c: per[c]["accel_mae_mps2"] for c in conds},
+            shadow_hazard_mae={c: per[c]["hazard_mae"] for c in conds},
+        )
+        if final:
+            for name in SHADOW_SUMS:
+                self.shadow_done[name] += sums[name]
+            self.shadow = self.shadow.reset([r])
+            self.tally["shadow_ended"][reason] += 1
+
+    def _report(self, st: StatusReport, now_s: float, **shadow: Any) -> None:
         self.tally["status"][st.state] += 1
         if st.state in ("rejected", "rolled_back"):
             self.tally[st.state][st.reason] += 1
@@ -257,6 +375,7 @@ class OtaAgent:
                 reason=st.reason,
                 source="ota-client",
                 emitted_at_s=now_s,
+                **shadow,
             )
         )
 
@@ -302,11 +421,21 @@ class OtaAgent:
     # -- the hook's ends ----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, Any]:
-        """Numbers that merge across shards: statuses, refusals and rollbacks by reason, commands, fetches."""
-        return {"ota": {**{k: dict(v) for k, v in self.tally.items()}, "fetch": dict(self.fetch)}}
+        """Numbers that merge across shards: statuses, refusals and rollbacks by reason, commands, fetches, and
+        shadow mode's sums per condition class (``ota_shadow.shadow_rates`` turns them into shares and means)."""
+        live = self.shadow.total()
+        shadow: dict[str, Any] = {
+            name: {c: float(self.shadow_done[name][i] + live[name][i]) for i, c in enumerate(CONDITION_CLASSES)}
+            for name in SHADOW_SUMS
+        }
+        shadow["vehicle_ticks"] = int(self.shadow_ticks.sum())
+        shadow["uncompared_vehicle_ticks"] = self.shadow_uncompared
+        return {"ota": {**{k: dict(v) for k, v in self.tally.items()}, "fetch": dict(self.fetch), "shadow": shadow}}
 
     def close(self, timeout_s: float) -> None:
-        """Stop the worker thread (a fetch in flight is abandoned) and deliver the statuses sent so far."""
+        """Send every shadowing vehicle's final report, stop the worker thread (a fetch in flight is abandoned) and
+        deliver the statuses sent so far."""
+        self._shadow_reports("end_of_run", time.time(), final=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.transport.close(timeout_s)
 

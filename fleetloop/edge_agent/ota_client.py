@@ -22,6 +22,17 @@ Per vehicle (rows of the arrays), two model slots, A and B; one is active::
   vehicle's own recent rates (exponential averages over ``baseline_ticks`` while it is not on trial). Over any
   limit, the vehicle switches back to the other slot at once and reports why; a full healthy window commits.
 
+Shadow mode (a command with action ``shadow``)::
+
+    idle --shadow command--> fetching --verified + loaded--> shadow --install command, same version--> staged
+                                                               '--another command / the run ends--> (report) idle
+
+The candidate comes through the same fetch and verification as an install, into the inactive slot, and is never
+activated: the vehicle runs it beside the active model, and the shell compares their outputs
+(:mod:`fleetloop.edge_agent.ota_shadow`). An install command of the shadowed version promotes it (already
+verified: no second download) to staged; any other command ends the shadow first. Each end is a
+:class:`ShadowEnd` in the actions, for the shell's final report.
+
 Every state change is a :class:`StatusReport` in the actions (downloaded, verified, installed, activated,
 committed, rolled_back, rejected with a reason code); the shell sends them to ``fleetloop.ota-status``.
 Imports numpy only.
@@ -40,6 +51,7 @@ from fleetloop.platform.errors import FleetConfigError
 __all__ = [
     "NO_VERSION",
     "PHASE_NAMES",
+    "PHASE_SHADOW",
     "Command",
     "FetchOutcome",
     "FetchRequest",
@@ -47,14 +59,15 @@ __all__ = [
     "OtaActions",
     "OtaInputs",
     "OtaState",
+    "ShadowEnd",
     "StatusReport",
     "Switch",
     "TickSignals",
     "ota_step",
 ]
 
-PHASE_IDLE, PHASE_FETCHING, PHASE_STAGED, PHASE_TRIAL = 0, 1, 2, 3
-PHASE_NAMES = ("idle", "fetching", "staged", "trial")
+PHASE_IDLE, PHASE_FETCHING, PHASE_STAGED, PHASE_TRIAL, PHASE_SHADOW = 0, 1, 2, 3, 4
+PHASE_NAMES = ("idle", "fetching", "staged", "trial", "shadow")
 NO_VERSION = -1  # a slot that holds no model
 _NEVER = np.iinfo(np.int64).max  # retry_at of a vehicle whose fetch is in flight
 
@@ -123,6 +136,7 @@ class OtaState:
     base_deadline_share: np.ndarray  # float64, own recent share of ticks with a deadline miss
     base_fallback_per_tick: np.ndarray  # float64, own recent fallback activations per tick
     refused_release: np.ndarray  # int64, the last release this vehicle rolled back (not installed again)
+    target_shadow: np.ndarray  # bool, the fetch in flight is for shadow mode
 
     @staticmethod
     def init(initial_versions: Sequence[int] | np.ndarray) -> OtaState:
@@ -149,6 +163,7 @@ class OtaState:
             base_deadline_share=zf.copy(),
             base_fallback_per_tick=zf.copy(),
             refused_release=zl.copy(),
+            target_shadow=np.zeros(b, dtype=bool),
         )
 
     def copy(self) -> OtaState:
@@ -162,6 +177,11 @@ class OtaState:
     def active_release(self) -> np.ndarray:
         """[B] the release number of the active slot (0: not installed from a release)."""
         return self.slot_release[np.arange(self.phase.shape[0]), self.active]
+
+    def shadow_version(self) -> np.ndarray:
+        """[B] the version id running in shadow mode (the inactive slot's), NO_VERSION where none does."""
+        inactive = self.slot_version[np.arange(self.phase.shape[0]), 1 - self.active]
+        return np.where(self.phase == PHASE_SHADOW, inactive, NO_VERSION)
 
 
 @dataclass(frozen=True)
@@ -182,6 +202,7 @@ class Command:
     version: int
     release: int = 0  # the release number the command names (0: whichever signs the version)
     rollout_id: str = ""
+    shadow: bool = False  # run the version beside the active one, never acting (shadow mode)
 
 
 @dataclass(frozen=True)
@@ -238,12 +259,24 @@ class Switch:
 
 
 @dataclass(frozen=True)
+class ShadowEnd:
+    """The vehicle in ``row`` stopped running ``version`` in shadow mode (``promoted`` or ``superseded``)."""
+
+    row: int
+    version: int
+    release: int
+    rollout_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class OtaActions:
-    """What the shell carries out, in this order: switches, then statuses, then fetch requests."""
+    """What the shell carries out, in this order: shadow ends, switches, statuses, fetch requests."""
 
     switches: list[Switch] = field(default_factory=list)
     statuses: list[StatusReport] = field(default_factory=list)
     fetch: list[FetchRequest] = field(default_factory=list)
+    shadow_ends: list[ShadowEnd] = field(default_factory=list)
 
 
 def ota_step(cfg: HealthConfig, state: OtaState, inp: OtaInputs) -> tuple[OtaState, OtaActions]:
@@ -336,6 +369,15 @@ def _on_fetched(cfg: HealthConfig, s: OtaState, f: FetchOutcome, tick: int, out:
         wait = min(cfg.retry_initial_ticks * 2 ** (int(s.attempts[r]) - 1), cfg.retry_max_ticks)
         s.retry_at[r] = tick + wait
         return
+    if f.kind == "installed" and s.target_shadow[r]:  # verified and loaded: runs beside the active model
+        slot = 1 - int(s.active[r])
+        s.slot_version[r, slot] = f.version
+        s.slot_release[r, slot] = f.release
+        s.phase[r] = PHASE_SHADOW
+        detail = f"{f.detail}; slot {'AB'[slot]} runs in shadow mode, never acting"
+        for st in ("downloaded", "verified", "shadow_started"):
+            out.statuses.append(StatusReport(r, st, f.version, f.release, rollout, "", detail))
+        return
     if f.kind == "installed" and f.release == s.refused_release[r]:
         detail = f"release {f.release} failed its health window here before; not activated again"
         out.statuses.append(StatusReport(r, "rejected", f.version, f.release, rollout, "rolled_back_before", detail))
@@ -378,11 +420,13 @@ def _activate(s: OtaState, safe: np.ndarray, out: OtaActions) -> None:
 def _on_command(s: OtaState, c: Command, tick: int, out: OtaActions) -> None:
     r = c.row
     refusal = detail = ""
+    if s.phase[r] == PHASE_SHADOW and _end_shadow(s, c, out):
+        return
     if s.phase[r] != PHASE_IDLE:
         refusal, detail = "busy", f"already updating (state {PHASE_NAMES[s.phase[r]]}); send the command again later"
     elif s.slot_version[r, s.active[r]] == c.version:
         refusal, detail = "already_installed", "this version is already the active one"
-    elif c.release and c.release == s.refused_release[r]:
+    elif c.release and c.release == s.refused_release[r] and not c.shadow:  # shadow mode never acts: allowed
         refusal, detail = "rolled_back_before", f"release {c.release} failed its health window here before"
     if refusal:
         out.statuses.append(StatusReport(r, "rejected", c.version, c.release, c.rollout_id, refusal, detail))
@@ -393,3 +437,29 @@ def _on_command(s: OtaState, c: Command, tick: int, out: OtaActions) -> None:
     s.rollout[r] = c.rollout_id
     s.attempts[r] = 0
     s.retry_at[r] = tick
+    s.target_shadow[r] = c.shadow
+
+
+def _end_shadow(s: OtaState, c: Command, out: OtaActions) -> bool:
+    """A command reaches a vehicle in shadow mode: the same version again is refused, an install of it promotes
+    it (True: handled), anything else ends the shadow and is then followed like a command to an idle vehicle."""
+    r = c.row
+    slot = 1 - int(s.active[r])
+    version, release = int(s.slot_version[r, slot]), int(s.slot_release[r, slot])
+    if c.version == version and c.shadow:
+        detail = f"already running v{version} in shadow mode"
+        out.statuses.append(StatusReport(r, "rejected", c.version, c.release, c.rollout_id, "busy", detail))
+        return True
+    promote = c.version == version and (not c.release or c.release == release) and release != s.refused_release[r]
+    out.shadow_ends.append(ShadowEnd(r, version, release, str(s.rollout[r]), "promoted" if promote else "superseded"))
+    s.phase[r] = PHASE_IDLE
+    s.target_shadow[r] = False
+    if not promote:
+        return False
+    s.phase[r] = PHASE_STAGED
+    s.target_version[r] = version
+    s.target_release[r] = release
+    s.rollout[r] = c.rollout_id
+    detail = f"promoted from shadow mode: release {release} was verified into slot {'AB'[slot]}"
+    out.statuses.append(StatusReport(r, "installed", version, release, c.rollout_id, "", detail))
+    return True

@@ -206,3 +206,9 @@ def test_ota_prints_the_signed_update_beside_the_in_memory_swap() -> None:
     for row in ("publish one release", "vehicles committed", "vehicles verified per second", "cost of security"):
         assert table_rows(out, row), out
     assert "| vehicles committed | 20 of 20 |" in out
+
+
+def test_ota_shadow_prints_the_tick_with_and_without_a_shadow_group() -> None:
+    out = run_benchmark("ota.py", "--shadow", "--vehicles", "20", "--ticks", "2")
+    assert table_rows(out, "wall time per tick"), out
+    assert "| actuated commands of the last tick identical | - | True |" in out

@@ -44,6 +44,7 @@ EDGE_NUMERIC_CORE = frozenset(
         "labeller",
         "ncap_scoring",
         "ota_client",
+        "ota_shadow",
         "policy",
         "summary",
         "triggers",

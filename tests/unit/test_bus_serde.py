@@ -124,6 +124,8 @@ def _event_strategy(cls: type[Event]) -> st.SearchStrategy[Event]:
         "float": st.floats(allow_nan=False),
         "bool": st.booleans(),
         "tuple[str, ...]": st.lists(text, max_size=4).map(tuple),
+        "dict[str, int]": st.dictionaries(text, st.integers(-(2**53), 2**53), max_size=4),
+        "dict[str, float]": st.dictionaries(text, st.floats(allow_nan=False), max_size=4),
     }
     kwargs = {f.name: by_type[str(f.type)] for f in dataclasses.fields(cls)}
     return st.builds(cls, **kwargs)

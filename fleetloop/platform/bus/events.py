@@ -107,7 +107,9 @@ class OtaCommand(Event):
     ``action`` "rollback" is an install of an authorised rollback release (a version re-published under a new
     release number); the vehicle treats it like "install". 1.1 added ``release``: the signed release number the
     command is for (0: whatever release signs this model version); a vehicle refuses a command whose number
-    differs from the signed one.
+    differs from the signed one. ``action`` "shadow" (no schema change: the field is a free string) asks the
+    vehicle to fetch and verify the release the same way, then run it beside its active model without ever acting
+    on it, and report how far the two disagree (``OtaStatus`` state "shadow_report").
     """
 
     SCHEMA: ClassVar[str] = "ota.command"
@@ -116,9 +118,12 @@ class OtaCommand(Event):
     vehicle_id: str
     model_name: str
     version: int
-    action: str = "install"  # "install" or "rollback"
+    action: str = "install"  # "install", "rollback" or "shadow"
     artifact_uri: str = ""
     release: int = field(default=0, metadata={"since_minor": 1})
+
+
+_SINCE_2 = {"since_minor": 2}  # OtaStatus fields added in 1.2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,10 +134,16 @@ class OtaStatus(Event):
     1.1 added ``model_name``, ``release`` (the signed release number, 0 before it is known) and ``reason``
     (a code: for "rejected" e.g. "bad_hash", "not_assigned", "unsupported_schema", "busy"; for "rolled_back"
     "invalid_output", "deadline_surge" or "fallback_surge"); ``detail`` says the same for people.
+    1.2 added shadow mode: states "shadow_started" and "shadow_report" (``version``: the candidate; ``reason``
+    "periodic", "promoted", "superseded" or "end_of_run") with, per condition class of the vehicle's own estimate
+    ("clear", "fog", "night", "wet"), since the shadow started: ``shadow_ticks`` (ticks both models gave a valid
+    output), ``shadow_differ_share`` (share of those where the commanded accelerations differ by more than the
+    vehicle's threshold), ``shadow_accel_mae_mps2`` and ``shadow_hazard_mae`` (mean absolute differences of the
+    commanded acceleration [m/s²] and of the hazard probability).
     """
 
     SCHEMA: ClassVar[str] = "ota.status"
-    MINOR: ClassVar[int] = 1
+    MINOR: ClassVar[int] = 2
     rollout_id: str
     vehicle_id: str
     version: int
@@ -141,6 +152,10 @@ class OtaStatus(Event):
     model_name: str = field(default="", metadata={"since_minor": 1})
     release: int = field(default=0, metadata={"since_minor": 1})
     reason: str = field(default="", metadata={"since_minor": 1})
+    shadow_ticks: dict[str, int] = field(default_factory=dict, hash=False, metadata=_SINCE_2)
+    shadow_differ_share: dict[str, float] = field(default_factory=dict, hash=False, metadata=_SINCE_2)
+    shadow_accel_mae_mps2: dict[str, float] = field(default_factory=dict, hash=False, metadata=_SINCE_2)
+    shadow_hazard_mae: dict[str, float] = field(default_factory=dict, hash=False, metadata=_SINCE_2)
 
 
 # -- fleet ---------------------------------------------------------------------------------------------
