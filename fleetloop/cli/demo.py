@@ -1,133 +1,237 @@
-"""`fleetloop demo`: the whole loop once, composed of the same step functions the commands use.
+"""`fleetloop demo`: the fleet's story once, told by the same step functions the commands use (cli/demo_steps.py).
 
-Each step returns a JSON-ready summary; the demo prints them as it goes and one summary at the end.
+    fleetloop demo [--quick] [--seed N] [--json]
+
+Each step says what it does and why, shows progress while it runs and ends with one line for people. Libraries'
+chatter goes to ``<state_dir>/logs/demo.log``. ``--json`` prints one JSON document; the same ``--seed`` on a fresh
+state directory gives the same numbers. A failing step stops the demo with the error's message and exit code;
+the stack stays up either way (`fleetloop down` stops it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from fleetloop.cli.model_bootstrap import bootstrap
-from fleetloop.cli.output import console, emit
-from fleetloop.cli.pipeline import STAGES
-from fleetloop.cli.services import services_to_start
-from fleetloop.cli.sim import simulate
-from fleetloop.cli.validate_args import ANY_INT, POSITIVE_INT, at_least
-from fleetloop.platform import launcher
-from fleetloop.platform.errors import NotFoundError
-from fleetloop.platform.registry import open_registry
+from fleetloop.cli.demo_report import before_after, render_before_after, where_next
+from fleetloop.cli.demo_steps import (
+    BETTER_CANDIDATE_RULE,
+    DemoPlan,
+    plan_for,
+    skipped,
+    step_data_loop,
+    step_drive,
+    step_genesis,
+    step_release,
+    step_stack,
+)
+from fleetloop.cli.demo_timeline import plot_timeline
+from fleetloop.cli.output import emit
+from fleetloop.cli.validate_args import ANY_INT, NON_NEGATIVE_FLOAT, POSITIVE_INT, at_least
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = [
-    "app",
-    "step_fleet",
-    "step_genesis_model",
-    "step_models",
-    "step_pipeline",
-    "step_stack_up",
-]
+__all__ = ["STORY", "app"]
 
 app = typer.Typer()
 
+# key -> (title, what it does and why: one sentence)
+STORY: dict[str, tuple[str, str]] = {
+    "stack": (
+        "Start the stack",
+        "Kafka carries the fleet's uploads, MLflow tracks runs and models, ota-repo serves signed releases.",
+    ),
+    "genesis": (
+        "Release the genesis model to the fleet",
+        "The fleet needs a first model: imitation of the expert in clear weather, signed and assigned to every "
+        "vehicle through OTA.",
+    ),
+    "before": (
+        "The fleet drives into fog",
+        "Clear weather first, then a fog bank rolls in: the genesis model never saw fog; the vehicles upload what "
+        "surprised them (near misses, fallback activations) through Kafka.",
+    ),
+    "data loop": (
+        "The data loop turns",
+        "The uploads become hindsight-labelled data, a fine-tuned candidate learns from the fog, and validate "
+        "judges it against production on the frozen held-out suite.",
+    ),
+    "federated": (
+        "A federated round",
+        "The vehicles train on their own on-board buffers and the server aggregates a second candidate, validated "
+        "the same way.",
+    ),
+    "release": (
+        "The better candidate to production",
+        f"The rule: {BETTER_CANDIDATE_RULE}; it goes to production and is signed for the whole fleet.",
+    ),
+    "after": (
+        "The fleet drives again",
+        "Same seed, same fog: the vehicles start on the old model, install the new release over the air, and "
+        "drive on it: what the loop changed on the road.",
+    ),
+    "degraded": (
+        "A degraded model is rolled back",
+        "A model worse in fog only goes out in canary waves; the controller must notice and roll it back.",
+    ),
+}
 
-def step_stack_up(settings: Settings) -> dict[str, Any]:
-    """Start (or find) Kafka and MLflow; the catalogue's topics are created by Kafka's post-start step."""
-    t0 = time.monotonic()
-    with console.status("starting Kafka (KRaft) and MLflow..."):
-        results = launcher.up(settings, services_to_start(settings=settings))
+_NO_CONTROLLER = (
+    "the demo does not drive the canary rollout controller yet; roll a release out in waves with "
+    "`fleetloop ota rollout` (docs/canary.md)"
+)
+_SAME_MODEL = "production did not change, and the same seed on the same model repeats step 3 exactly"
+_NO_BUFFERS = (
+    "the vehicles' persisted on-board buffers (`sim run --buffer-seconds`) and validate's pickup of federated "
+    "candidates are not in this build yet"
+)
+
+
+class _Teller:
+    """Runs the story's steps: the header, a transient progress line on stderr, the closing line."""
+
+    def __init__(self, out: Console, err: Console, quiet: bool, t0: float) -> None:
+        self.out, self.err, self.quiet, self.t0 = out, err, quiet, t0
+        self.results: dict[str, dict[str, Any]] = {}
+        self.spans: list[dict[str, Any]] = []
+
+    def step(self, key: str, fn: Callable[[Callable[[str], None], Callable[[int, int], None]], dict[str, Any]]) -> Any:
+        title, why = STORY[key]
+        n = list(STORY).index(key) + 1
+        if not self.quiet:
+            self.out.print(f"\n[bold]{n}. {title}[/]  [dim]{why}[/]", highlight=False)
+        start = time.monotonic()
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self.err, transient=True, disable=self.quiet) as progress:
+            task = progress.add_task(title, total=None)
+
+            def say(msg: str) -> None:
+                progress.update(task, description=msg)
+
+            def on_tick(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total, description=f"{title}: tick {done:,} of {total:,}")
+
+            try:
+                result = fn(say, on_tick)
+            except BaseException:
+                if not self.quiet:
+                    self.out.print(f"   [red]x {title} failed[/] after {time.monotonic() - start:.0f} s")
+                raise
+        end = time.monotonic()
+        result["seconds"] = round(end - start, 1)
+        self.results[key] = result
+        self.spans.append(
+            {"title": title, "start_s": start - self.t0, "end_s": end - self.t0, "skipped": bool(result.get("skipped"))}
+        )
+        if not self.quiet:
+            mark = "[dim]-[/]" if result.get("skipped") else "[green]ok[/]"
+            self.out.print(f"   {mark} {result['line']} [dim]({end - start:.0f} s)[/]", highlight=False)
+        return result
+
+
+@contextlib.contextmanager
+def _chatter_to(log_path: Path) -> Iterator[None]:
+    """Libraries' prints, logging and warnings go to ``log_path`` for the block; the demo's consoles keep theirs."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    with open(log_path, "a", encoding="utf-8") as log:
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        saved = root.handlers[:], root.level
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            logging.captureWarnings(False)
+            root.handlers[:], _ = saved
+            root.setLevel(saved[1])
+
+
+def tell_story(settings: Settings, plan: DemoPlan, seed: int, run_id: str, teller: _Teller) -> dict[str, Any]:
+    """The story, step by step; returns the machine form (also the run record's summary)."""
+    t = teller
+    t.step("stack", lambda say, _tick: step_stack(settings, say))
+    genesis = t.step("genesis", lambda say, _tick: step_genesis(settings, plan, seed, say))
+    before = t.step("before", lambda _say, tick: step_drive(settings, plan, seed, f"{run_id}-before", tick))
+    loop = t.step("data loop", lambda say, _tick: step_data_loop(settings, plan, seed, say))
+    t.step("federated", lambda _say, _tick: skipped("no federated candidate this time", _NO_BUFFERS))
+    release = t.step("release", lambda say, _tick: step_release(settings, plan, loop["candidates"], False, say))
+    if release["promoted"] is None:  # the same seed on the same model would drive step 3 again, event for event
+        t.step("after", lambda _say, _tick: skipped("no second drive", _SAME_MODEL))
+        after = before
+    else:
+        after = t.step(
+            "after",
+            lambda _say, tick: step_drive(
+                settings,
+                plan,
+                seed,
+                f"{run_id}-after",
+                tick,
+                start_version=release["previous"],
+                installs=release["promoted"],
+            ),
+        )
+    t.step("degraded", lambda _say, _tick: skipped("no degraded rollout this time", _NO_CONTROLLER))
+    drives = {"before": before} if after is before else {"before": before, "after": after}
+    png = plot_timeline(Path(settings.state_dir) / "demo" / "timeline.png", t.spans, drives)
     return {
-        "services": {r.name: {"state": r.state, "address": r.address} for r in results},
-        "seconds": round(time.monotonic() - t0, 1),
+        "plan": plan.__dict__,
+        "steps": t.results,
+        "before_after": before_after(before, after),
+        "production": {"before": genesis["production"], "after": release["promoted"] or genesis["production"]},
+        "timeline_png": str(png),
     }
 
 
-def step_genesis_model(settings: Settings) -> dict[str, Any]:
-    """The fleet's initial model: bootstrapped by imitation on clear weather and released as genesis, once."""
-    out = bootstrap(settings, vehicles=512, ticks=300, max_train_s=30.0, actor="demo")
-    metrics = out.get("metrics") or {}
-    return {
-        "production": out.get("production"),
-        "trained_now": out.get("changed"),
-        "genesis": out.get("genesis", "earlier"),
-        **{k: round(float(metrics[k]), 3) for k in ("val_accel_corr", "val_hazard_acc") if k in metrics},
-    }
-
-
-def step_fleet(settings: Settings, vehicles: int, minutes: float, weather: str, seed: int) -> dict[str, Any]:
-    """A fleet on the production model, streaming its triggered uploads through Kafka."""
-    out = simulate(
-        settings, vehicles=vehicles, minutes=minutes, scenario="mixed", weather=weather, seed=seed, fleet_tag="demo"
-    )
-    events = out.get("events", {})
-    return {
-        "km": round(float(out.get("km", 0.0)), 1),
-        **{k: events[k] for k in ("collisions", "near_misses") if k in events},
-        "collisions_plus_near_misses_per_1000_km": round(
-            float(out.get("collisions_plus_near_misses_per_1000_km", 0.0)), 1
-        ),
-        "counts": {k: v for k, v in out.get("counts", {}).items() if "upload" in k or "telemetry" in k},
-    }
-
-
-def step_pipeline(settings: Settings) -> dict[str, Any]:
-    """Every pipeline stage once over what arrived: collect, ground truth, label, train, validate."""
-    out: dict[str, Any] = {}
-    for name, stage in STAGES.items():
-        summary = stage.run(settings, lambda msg: None)
-        flat = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
-        out[name] = ", ".join(f"{k}={v}" for k, v in list(flat.items())[:4])
-    return out
-
-
-def step_models(settings: Settings) -> dict[str, Any]:
-    """The fleet policy's versions and stages in the registry."""
-    reg = open_registry(settings)
-    try:
-        versions = reg.list_versions(settings.model_name)
-    except NotFoundError:
-        versions = []
-    return {
-        "model": settings.model_name,
-        "versions": {v.version: v.stage.value if v.stage else None for v in versions},
-    }
-
-
-def _render(d: dict[str, Any]) -> None:
-    table = Table(title="fleetloop demo")
-    table.add_column("step")
-    table.add_column("result")
-    for step, result in d["steps"].items():
-        table.add_row(step, ", ".join(f"{k}={v}" for k, v in result.items()))
-    console.print(table)
-    console.print("The stack stays up: `fleetloop status`, `fleetloop model list`, `fleetloop down` to stop.")
+def _render(d: dict[str, Any], out: Console, settings: Settings) -> None:
+    out.print()
+    render_before_after(out, d["before_after"], d["production"]["before"], d["production"]["after"])
+    out.print(f"timeline of the story: {d['timeline_png']}", highlight=False)
+    out.print(f"the demo took {d['wall_s']:.0f} s; libraries' messages: {d['log']}", highlight=False)
+    out.print("where to look next:")
+    for line in where_next(settings):
+        out.print(f"  {line}", highlight=False)
 
 
 @app.callback(invoke_without_command=True)
 def demo(
-    vehicles: int = typer.Option(100, click_type=POSITIVE_INT, help="Fleet vehicles driving into fog."),
-    minutes: float = typer.Option(1.0, click_type=at_least(0.1, float), help="Simulated minutes of fleet driving."),
-    weather: str = typer.Option("fog", help="Weather preset of the fleet run."),
-    seed: int = typer.Option(0, click_type=ANY_INT, help="Seed of the fleet run."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    quick: bool = typer.Option(False, "--quick", help="A reduced story: small fleet, short drives, tiny suite."),
+    vehicles: int | None = typer.Option(None, click_type=POSITIVE_INT, help="Vehicles of each drive."),
+    minutes: float | None = typer.Option(None, click_type=at_least(0.1, float), help="Simulated minutes a drive."),
+    fog_onset: float | None = typer.Option(
+        None, "--fog-onset", click_type=NON_NEGATIVE_FLOAT, help="When the fog rolls in [simulated s] (half-way)."
+    ),
+    seed: int = typer.Option(0, click_type=ANY_INT, help="Seed of every step (same seed, same numbers)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """See the whole loop once on the embedded defaults: local Kafka, MLflow on SQLite."""
+    """See the fleet's story once on the embedded defaults: genesis, fog, the data loop, a better model."""
     settings = load_settings()
-    params = {"vehicles": vehicles, "minutes": minutes, "weather": weather}
-    with run_record(settings, command="demo", params=params, seed=seed) as rec:
-        steps: dict[str, Any] = {}
-        t0 = time.monotonic()
-        steps["stack"] = step_stack_up(settings)
-        with console.status("genesis model: imitation of the expert on clear weather..."):
-            steps["genesis model"] = step_genesis_model(settings)
-        steps["fleet"] = step_fleet(settings, vehicles, minutes, weather, seed)
-        with console.status("data loop: collect, label, train, validate..."):
-            steps.update({f"pipeline {k}": {"summary": v} for k, v in step_pipeline(settings).items()})
-        steps["registry"] = step_models(settings)
-        steps["registry"]["demo_seconds"] = round(time.monotonic() - t0, 1)
-        rec.summary = {"steps": steps}
-    emit({"run_id": rec.id, "steps": steps}, as_json, _render)
+    plan = plan_for(quick, vehicles, minutes, fog_onset)
+    out, err = Console(file=sys.stdout, soft_wrap=True), Console(file=sys.stderr)
+    log_path = Path(settings.state_dir) / "logs" / "demo.log"
+    t0 = time.monotonic()
+    with run_record(settings, command="demo", params={**plan.__dict__}, seed=seed) as rec:
+        if not as_json:
+            out.print(
+                f"[bold]fleetloop demo[/] ({'quick' if quick else 'full'}: {plan.vehicles} vehicles, "
+                f"{plan.minutes:g} simulated min a drive, fog at {plan.fog_onset_s:g} s, seed {seed})",
+                highlight=False,
+            )
+        with _chatter_to(log_path):
+            d = tell_story(settings, plan, seed, rec.id, _Teller(out, err, as_json, t0))
+        d.update(run_id=rec.id, seed=seed, log=str(log_path), wall_s=round(time.monotonic() - t0, 1))
+        rec.summary = {k: v for k, v in d.items() if k != "steps"}
+    emit(d, as_json, lambda x: _render(x, out, settings))

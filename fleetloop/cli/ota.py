@@ -59,9 +59,9 @@ from fleetloop.platform.releases.fields import ReleaseFields
 from fleetloop.platform.releases.keys import ONLINE_ROLES, ROOT_KEY_COUNT, ROOT_THRESHOLD, keys_dir
 from fleetloop.platform.releases.repository import ReleaseSummary, repo_dir
 from fleetloop.platform.services import ota_controller
-from fleetloop.platform.settings import load_settings
+from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = ["app", "cohort_rule", "install_targets", "parse_vehicle_ids"]
+__all__ = ["app", "cohort_rule", "install_targets", "parse_vehicle_ids", "publish_release", "send_install"]
 
 app = typer.Typer(no_args_is_help=True)
 keys_app = typer.Typer(no_args_is_help=True)
@@ -230,17 +230,8 @@ def _latest(releases: list[ReleaseSummary], name: str, version: str) -> ReleaseF
     return found[-1] if found else None
 
 
-@app.command("publish")
-def publish_cmd(
-    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
-    version: str = typer.Argument(..., help="Registry version (staging, canary or production)."),
-    rollback: bool = typer.Option(
-        False, "--rollback", help="Authorised rollback: sign this (archived or earlier) version as a new release."
-    ),
-    as_json: bool = _JSON,
-) -> None:
-    """Sign a validated registry version as a release (model file, run, schema, lineage, validation report)."""
-    settings = load_settings()
+def publish_release(settings: Settings, name: str, version: str, *, rollback: bool = False) -> dict[str, Any]:
+    """Sign registry version ``version`` of ``name`` as a release (once; again only as a ``rollback``)."""
     signed = api.list_releases(settings.state_dir)  # no repository: say so before downloading anything
     registry = open_registry(settings)
     with tempfile.TemporaryDirectory(prefix="fleetloop-publish-") as tmp:
@@ -264,6 +255,20 @@ def publish_cmd(
         "changed": changed,
         "notes": source.notes,
     }
+    return data
+
+
+@app.command("publish")
+def publish_cmd(
+    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
+    version: str = typer.Argument(..., help="Registry version (staging, canary or production)."),
+    rollback: bool = typer.Option(
+        False, "--rollback", help="Authorised rollback: sign this (archived or earlier) version as a new release."
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """Sign a validated registry version as a release (model file, run, schema, lineage, validation report)."""
+    data = publish_release(load_settings(), name, version, rollback=rollback)
 
     def render(d: dict[str, Any]) -> None:
         f = d["release"]
@@ -313,37 +318,20 @@ def assign_cmd(
     )
 
 
-@app.command("install")
-def install_cmd(
-    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
-    version: str = typer.Argument(..., help="Registry version of the release."),
-    release: int = typer.Option(
-        ..., "--release", click_type=POSITIVE_INT, help="The signed release number (`fleetloop ota releases`)."
-    ),
-    wave: int | None = typer.Option(
-        None, "--wave", click_type=POSITIVE_INT, help="Only this wave's vehicles (default: every wave's)."
-    ),
-    vehicles: str | None = typer.Option(None, "--vehicles", help="Send to these ids instead, e.g. 0-9 (not signed)."),
-    fleet_size: int | None = typer.Option(
-        None,
-        "--fleet-size",
-        click_type=POSITIVE_INT,
-        help="Vehicle ids 0..N-1 to pick a share-of-the-fleet wave's vehicles from.",
-    ),
-    rollout_id: str | None = typer.Option(None, "--rollout-id", help="Names the rollout in the vehicles' statuses."),
-    shadow: bool = typer.Option(
-        False,
-        "--shadow",
-        help="Shadow mode: the vehicles verify and load the release the same way, run it beside their active model "
-        "without acting on it and report how far the two disagree (state shadow_report on fleetloop.ota-status).",
-    ),
-    as_json: bool = _JSON,
-) -> None:
-    """Send the install command of a signed release to its wave's vehicles on fleetloop.ota-commands.
-
-    A command authorises nothing: each vehicle installs only what the signed waves assign to it. With --shadow the
-    command's action is "shadow"; a later install command of the same release promotes it without a new download."""
-    settings = load_settings()
+def send_install(
+    settings: Settings,
+    name: str,
+    version: str,
+    release: int,
+    *,
+    wave: int | None = None,
+    vehicles: str | None = None,
+    fleet_size: int | None = None,
+    rollout_id: str | None = None,
+    shadow: bool = False,
+) -> dict[str, Any]:
+    """Send release ``release`` (``name`` v``version``)'s install (or ``shadow``) command to its wave's vehicles
+    (or ``vehicles``)."""
     found = [s for s in api.list_releases(settings.state_dir) if s.fields.release == release]
     if not found or (found[0].fields.model_name, found[0].fields.version) != (name, version):
         what = "no such release" if not found else f"it is {found[0].fields.model_name} v{found[0].fields.version}"
@@ -375,6 +363,51 @@ def install_cmd(
         "action": "shadow" if shadow else "install",
         "vehicles": list(targets),
     }
+    return data
+
+
+@app.command("install")
+def install_cmd(
+    name: str = typer.Argument(..., help="Registered model, e.g. fleet-policy."),
+    version: str = typer.Argument(..., help="Registry version of the release."),
+    release: int = typer.Option(
+        ..., "--release", click_type=POSITIVE_INT, help="The signed release number (`fleetloop ota releases`)."
+    ),
+    wave: int | None = typer.Option(
+        None, "--wave", click_type=POSITIVE_INT, help="Only this wave's vehicles (default: every wave's)."
+    ),
+    vehicles: str | None = typer.Option(None, "--vehicles", help="Send to these ids instead, e.g. 0-9 (not signed)."),
+    fleet_size: int | None = typer.Option(
+        None,
+        "--fleet-size",
+        click_type=POSITIVE_INT,
+        help="Vehicle ids 0..N-1 to pick a share-of-the-fleet wave's vehicles from.",
+    ),
+    rollout_id: str | None = typer.Option(None, "--rollout-id", help="Names the rollout in the vehicles' statuses."),
+    shadow: bool = typer.Option(
+        False,
+        "--shadow",
+        help="Shadow mode: the vehicles verify and load the release the same way, run it beside their active model "
+        "without acting on it and report how far the two disagree (state shadow_report on fleetloop.ota-status).",
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """Send the install command of a signed release to its wave's vehicles on fleetloop.ota-commands.
+
+    A command authorises nothing: each vehicle installs only what the signed waves assign to it. With --shadow the
+    command's action is "shadow"; a later install command of the same release promotes it without a new download."""
+    data = send_install(
+        load_settings(),
+        name,
+        version,
+        release,
+        wave=wave,
+        vehicles=vehicles,
+        fleet_size=fleet_size,
+        rollout_id=rollout_id,
+        shadow=shadow,
+    )
+    rollout = data["rollout_id"]
     _emit_text(
         data,
         as_json,

@@ -19,7 +19,7 @@ from fleetloop.cli.pipeline import Progress, StageCommand
 from fleetloop.platform.settings import Settings
 from fleetloop.platform.tracking import Tracking, open_tracking, say_on_stderr
 
-__all__ = ["STAGE_COMMANDS", "register"]
+__all__ = ["STAGE_COMMANDS", "register", "train_stage", "validate_stage"]
 
 
 def _run_label(settings: Settings, progress: Progress) -> dict[str, Any]:
@@ -66,12 +66,13 @@ def _tracking(settings: Settings, progress: Progress) -> Tracking:
     return open_tracking(settings, check=False, on_retry=on_retry)
 
 
-def _run_train(settings: Settings, progress: Progress) -> dict[str, Any]:
+def train_stage(settings: Settings, progress: Progress, cfg: Any = None) -> dict[str, Any]:
+    """The train stage once (``cfg``: a ``TrainConfig``, default the stage's own)."""
     from fleetloop.pipelines.train import run_train
 
     progress("train: fine-tuning on new labelled data")
     tracking = _tracking(settings, progress)
-    out = run_train(settings, tracking=tracking, on_step=_steps(progress, _TRAIN_STEPS))
+    out = run_train(settings, cfg, tracking=tracking, on_step=_steps(progress, _TRAIN_STEPS))
     if out.events:
         from fleetloop.platform.bus.producer import BusProducer
         from fleetloop.platform.bus.topics import PIPELINE_EVENTS
@@ -83,7 +84,8 @@ def _run_train(settings: Settings, progress: Progress) -> dict[str, Any]:
     return out.as_dict()
 
 
-def _run_validate(settings: Settings, progress: Progress) -> dict[str, Any]:
+def validate_stage(settings: Settings, progress: Progress, cfg: Any = None) -> dict[str, Any]:
+    """Validate every unvalidated candidate once (``cfg``: a ``ValidateConfig``, default the stage's own)."""
     from fleetloop.pipelines.models import unvalidated_candidates
     from fleetloop.pipelines.validate import validate_candidate
 
@@ -97,7 +99,7 @@ def _run_validate(settings: Settings, progress: Progress) -> dict[str, Any]:
             progress(f"validate {r[:8]}: {slice_name} seed {seed}")
 
         on_step = _steps(progress, _VALIDATE_STEPS, f"validate {ev.run_id[:8]}: ")
-        out = validate_candidate(settings, ev, tracking=tracking, on_run=on_run, on_step=on_step)
+        out = validate_candidate(settings, ev, cfg, tracking=tracking, on_run=on_run, on_step=on_step)
         results.append(out.as_dict())
     return {"validated": results, "candidates": len(results)}
 
@@ -172,9 +174,9 @@ def _render_validate(d: dict[str, Any]) -> None:
 
 STAGE_COMMANDS: tuple[StageCommand, ...] = (
     StageCommand("label", "hindsight labels over the lake, audited against ground truth", _run_label, _render_label),
-    StageCommand("train", "fine-tune production on new labelled data (MLflow run)", _run_train, _render_train),
+    StageCommand("train", "fine-tune production on new labelled data (MLflow run)", train_stage, _render_train),
     StageCommand(
-        "validate", "held-out suite, gates, registration as staging / rejected", _run_validate, _render_validate
+        "validate", "held-out suite, gates, registration as staging / rejected", validate_stage, _render_validate
     ),
 )
 

@@ -96,7 +96,7 @@ def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -
 
     # the demo, while there is no candidate to validate (its validate stage then has nothing to do)
     demo = cli.json("demo", "--vehicles", "4", "--minutes", "0.1", "--seed", "1")
-    assert demo["steps"]["genesis model"]["trained_now"] is False
+    assert demo["steps"]["genesis"]["trained_now"] is False
 
     # the pipeline: every stage once, then a real training run (an MLflow run that ends during the command)
     stages = cli.json("pipeline", "run")

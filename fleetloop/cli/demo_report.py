@@ -1,0 +1,72 @@
+"""The demo's closing report: before/after per condition, and where to look next."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from fleetloop.platform.settings import Settings
+
+__all__ = ["REPORT_COLUMNS", "before_after", "render_before_after", "where_next"]
+
+REPORT_COLUMNS = {  # key in a drive's by_condition row -> column heading
+    "collisions_per_1000_km": "collisions",
+    "near_misses_per_1000_km": "near misses",
+    "phantom_brakes_per_1000_km": "phantom brakes",
+    "fallback_activations_per_1000_km": "fallback acts",
+    "progress_vs_expert": "progress",
+}
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per condition both drives met: each column's value before and after."""
+    rows = []
+    for cond in before["by_condition"]:
+        if cond not in after["by_condition"]:
+            continue
+        b, a = before["by_condition"][cond], after["by_condition"][cond]
+        rows.append({"condition": cond, **{k: {"before": b[k], "after": a[k]} for k in REPORT_COLUMNS}})
+    return rows
+
+
+def _num(x: float, key: str) -> str:
+    if math.isnan(x):
+        return "-"
+    return f"{x:.3f}" if key == "progress_vs_expert" else f"{x:,.0f}"
+
+
+def render_before_after(console: Console, rows: list[dict[str, Any]], before_v: str, after_v: str) -> None:
+    """The table: per condition, rates per 1,000 km and progress against the expert, before and after (one row
+    per condition when production did not change)."""
+    t = Table(
+        title="the fleet before and after, per 1,000 km (progress: share of the expert's distance)", box=box.SIMPLE_HEAD
+    )
+    t.add_column("condition")
+    t.add_column("model")
+    for heading in REPORT_COLUMNS.values():
+        t.add_column(heading, justify="right")
+    sides = (("before", before_v), ("after", after_v)) if before_v != after_v else (("before", before_v),)
+    for r in rows:
+        for side, v in sides:
+            t.add_row(
+                r["condition"] if side == "before" else "",
+                f"{side} v{v}",
+                *(_num(r[k][side], k) for k in REPORT_COLUMNS),
+            )
+    console.print(t)
+
+
+def where_next(settings: Settings) -> list[str]:
+    """Where to look next, with this stack's addresses."""
+    name = settings.model_name
+    return [
+        "`fleetloop status` — the stack; `fleetloop down` stops it",
+        f"MLflow: {settings.tracking_uri} — the training and validation runs",
+        f"Prometheus: {settings.prometheus_uri} — the fleet's metrics (where installed)",
+        f"`fleetloop model history {name}` — every stage transition with who, when and why",
+        "`fleetloop ota releases` — the signed releases and their waves",
+    ]

@@ -1,0 +1,408 @@
+"""The demo's steps: each composes the step functions the commands themselves call, and returns a JSON-ready
+summary with a ``line`` for people (numbers with units, verdicts in words).
+
+    stack      `fleetloop up`                               launcher.up over the stack's services
+    genesis    `fleetloop model bootstrap`, `ota publish`,   bootstrap, publish_release, api.assign_wave
+               `ota assign --share 1`
+    drive      `fleetloop sim run`                          simulate (clear weather, then a fog bank rolls in)
+    data loop  `fleetloop pipeline run`                     the pipeline's stage table, train and validate
+    release    `fleetloop model promote`, `ota publish`     the registry's audited transitions, publish_release
+
+Steps a later build adds (federated candidates, canary waves, rollback of a degraded model) say plainly that they
+are skipped and why (:func:`skipped`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fleetloop.cli.model_bootstrap import bootstrap
+from fleetloop.cli.ota import cohort_rule, publish_release, send_install
+from fleetloop.cli.pipeline import STAGES
+from fleetloop.cli.pipeline_stages import train_stage, validate_stage
+from fleetloop.cli.services import services_to_start
+from fleetloop.cli.sim import simulate
+from fleetloop.platform import launcher
+from fleetloop.platform.registry import Stage, open_registry
+from fleetloop.platform.releases import api
+from fleetloop.platform.settings import Settings
+
+__all__ = [
+    "BETTER_CANDIDATE_RULE",
+    "DemoPlan",
+    "better_candidate",
+    "plan_for",
+    "skipped",
+    "step_data_loop",
+    "step_drive",
+    "step_genesis",
+    "step_release",
+    "step_stack",
+]
+
+Say = Callable[[str], None]  # a step's progress line (spinner text)
+
+ACTOR = "demo"
+TIMELINE_BIN_S = 10.0  # simulated seconds per point of the safety-rate timeline
+BETTER_CANDIDATE_RULE = (
+    "of the candidates validate passed, the one with the fewest collisions + near misses per 1,000 km summed over "
+    "the fog slices of the held-out suite"
+)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How big the demo is: the full story or ``--quick`` (small fleet, short drives, the tiny held-out suite)."""
+
+    quick: bool
+    vehicles: int
+    """Vehicles of each fleet drive."""
+    minutes: float
+    """Simulated minutes of each fleet drive."""
+    fog_onset_s: float
+    """Simulated time at which the fog bank rolls in [s]."""
+    bootstrap_vehicles: int
+    """Vehicles the expert drives to collect the genesis model's imitation data."""
+    bootstrap_ticks: int
+    """Ticks (0.1 s) of expert driving for the genesis model."""
+    bootstrap_train_s: float
+    """Wall-clock budget of the genesis model's training [s]."""
+
+
+def plan_for(quick: bool, vehicles: int | None, minutes: float | None, fog_onset_s: float | None) -> DemoPlan:
+    """The full or quick plan, with the sizes the user gave in place of the defaults (fog: early enough that
+    the bank is thick for the drive's second half)."""
+    v = vehicles or (16 if quick else 64)
+    m = minutes or (1.0 if quick else 2.0)
+    return DemoPlan(
+        quick=quick,
+        vehicles=v,
+        minutes=m,
+        # The bank thickens over 60 s (weather_preset's ramp) and counts as fog below 1 km visibility after ~26 s.
+        fog_onset_s=min(30.0, m * 10.0) if fog_onset_s is None else fog_onset_s,
+        bootstrap_vehicles=64 if quick else 512,
+        bootstrap_ticks=200 if quick else 300,
+        bootstrap_train_s=20.0 if quick else 30.0,
+    )
+
+
+def skipped(what: str, why: str) -> dict[str, Any]:
+    """A step this build cannot run yet: says so, and why, instead of pretending."""
+    return {"skipped": True, "why": why, "line": f"skipped: {what} — {why}"}
+
+
+def step_stack(settings: Settings, say: Say) -> dict[str, Any]:
+    """Start (or find) the stack's services, as `fleetloop up` does."""
+    t0 = time.monotonic()
+    results = launcher.up(settings, services_to_start(settings=settings), on_event=lambda n, s: say(f"{n}: {s}"))
+    services = {r.name: {"state": r.state, "address": r.address} for r in results}
+    up = ", ".join(f"{n} at {s['address']}" for n, s in services.items())
+    return {"services": services, "seconds": round(time.monotonic() - t0, 1), "line": f"running: {up}"}
+
+
+def _release_to_fleet(settings: Settings, version: str) -> dict[str, Any]:
+    """Sign ``version`` as a release and assign it to the whole fleet in one wave (`ota publish` + `ota assign`)."""
+    pub = publish_release(settings, settings.model_name, version)
+    number = int(pub["release"]["release"])
+    signed = api.list_releases(settings.state_dir)
+    waves = next((s.waves for s in signed if s.fields.release == number), ())
+    if not waves:  # a release signed by an earlier demo keeps its wave
+        api.assign_wave(settings.state_dir, number, 1, cohort_rule(None, 1.0))
+    return {"release": number, "newly_signed": pub["changed"], "sha256": pub["release"]["sha256"]}
+
+
+def step_genesis(settings: Settings, plan: DemoPlan, seed: int, say: Say) -> dict[str, Any]:
+    """The genesis model (imitation of the expert in clear weather), released to the whole fleet through OTA."""
+    say("training the genesis model by imitation of the expert in clear weather")
+    out = bootstrap(
+        settings,
+        seed=seed,
+        vehicles=plan.bootstrap_vehicles,
+        ticks=plan.bootstrap_ticks,
+        max_train_s=plan.bootstrap_train_s,
+        actor=ACTOR,
+    )
+    version = str(out["production"])
+    say(f"signing v{version} as a release for the whole fleet")
+    rel = _release_to_fleet(settings, version)
+    m = out.get("metrics") or {}
+    # Imported here: edge_agent loads torch (~6 s measured); bootstrap has loaded it by now.
+    from fleetloop.edge_agent.bootstrap import BootstrapConfig
+
+    how = "trained now" if out["changed"] else "already in production from an earlier run"
+    epochs, recipe_epochs = m.get("epochs_done"), BootstrapConfig().imitation.epochs
+    if out["changed"] and isinstance(epochs, int | float) and epochs < recipe_epochs:
+        # A wall-clock budget makes the model depend on the machine's speed: say so where it cut training short.
+        how += f", training cut at its {plan.bootstrap_train_s:g} s budget after {epochs:.1f} of {recipe_epochs} epochs"
+    quality = (
+        f" (held-out accel correlation {m['val_accel_corr']:.2f}, hazard accuracy {m['val_hazard_acc']:.0%})"
+        if "val_accel_corr" in m and "val_hazard_acc" in m
+        else ""
+    )
+    return {
+        "production": version,
+        "trained_now": out["changed"],
+        "metrics": {k: float(v) for k, v in m.items() if isinstance(v, int | float)},
+        **rel,
+        "line": f"{settings.model_name} v{version} is production, {how}{quality}; signed as release "
+        f"{rel['release']} and assigned to 100 % of the fleet (wave 1)",
+    }
+
+
+def _timeline(chunks: list[tuple[int, dict[str, int]]], dt_s: float) -> list[dict[str, float]]:
+    """Per-chunk tick reports binned by simulated time: events per simulated vehicle-hour in each bin."""
+    bins: dict[int, dict[str, float]] = {}
+    for ticks, part in chunks:
+        b = bins.setdefault(
+            int((ticks - part["ticks"]) * dt_s // TIMELINE_BIN_S), {"vehicle_h": 0.0, "cnm": 0.0, "fallback": 0.0}
+        )
+        b["vehicle_h"] += part["vehicle_steps"] * dt_s / 3600.0
+        b["cnm"] += part["collisions"] + part["near_misses"]
+        b["fallback"] += part["fallback_activations"]
+    return [
+        {
+            "t_s": (k + 0.5) * TIMELINE_BIN_S,  # the bin's middle
+            "collisions_plus_near_misses_per_vehicle_h": b["cnm"] / b["vehicle_h"],
+            "fallback_activations_per_vehicle_h": b["fallback"] / b["vehicle_h"],
+        }
+        for k, b in sorted(bins.items())
+        if b["vehicle_h"] > 0
+    ]
+
+
+CONDITION_COLUMNS = ("collisions", "near_misses", "phantom_brakes")
+
+
+def _conditions(d: dict[str, Any], version: str | None = None) -> dict[str, dict[str, float]]:
+    """Per condition (of the vehicle-ticks on ``version`` only, when given): the safety rates per 1,000 km,
+    fallback activations per 1,000 km, progress vs the expert."""
+    out = {}
+    groups = d["by_condition"]
+    if version is not None:
+        prefix = f"{version}/"
+        groups = {k.removeprefix(prefix): g for k, g in d["by_version_condition"].items() if k.startswith(prefix)}
+    for cond, g in groups.items():
+        row = {f"{k}_per_1000_km": float(g["per_1000_km"][k]) for k in CONDITION_COLUMNS}
+        row["fallback_activations_per_1000_km"] = float(g["fallback_activations_per_1000_km"])
+        row["progress_vs_expert"] = float(g["progress_vs_expert"])
+        row["km"] = float(g["km"])
+        out[cond] = row
+    return out
+
+
+def _cnm(row: dict[str, float]) -> str:
+    return f"{row['collisions_per_1000_km'] + row['near_misses_per_1000_km']:,.0f}"
+
+
+def step_drive(
+    settings: Settings,
+    plan: DemoPlan,
+    seed: int,
+    fleet_tag: str,
+    on_tick: Callable[[int, int], None],
+    *,
+    start_version: str | None = None,
+    installs: str | None = None,
+) -> dict[str, Any]:
+    """The fleet (`sim run`): clear weather, then the fog bank at ``plan.fog_onset_s``.
+
+    The vehicles start on production, or on ``start_version``; with ``installs`` (a version sent to them as an
+    OTA install command) they follow OTA commands (`sim run --ota`) and the per-condition rates are those of the
+    vehicle-ticks on ``installs``. ``on_tick(done, total)`` follows the ticks; the summary keeps the safety rates
+    per condition and over time."""
+    chunks: list[tuple[int, dict[str, int]]] = []  # (ticks done, the chunk's summed tick reports)
+    state = {"ticks": 0, "total": 1}
+
+    def on_start(ticks: int) -> None:
+        state["total"] = ticks
+        on_tick(0, ticks)
+
+    def on_progress(part: dict[str, int]) -> None:
+        state["ticks"] += part["ticks"]
+        chunks.append((state["ticks"], part))
+        on_tick(state["ticks"], state["total"])
+
+    out = simulate(
+        settings,
+        vehicles=plan.vehicles,
+        minutes=plan.minutes,
+        weather="clear",
+        fog_onset_s=plan.fog_onset_s,
+        seed=seed,
+        model=start_version,
+        ota=installs is not None,
+        fleet_tag=fleet_tag,
+        on_start=on_start,
+        on_progress=on_progress,
+    )
+    dt_s = float(out["simulated_s"]) / max(state["ticks"], 1)  # the world's tick
+    conditions = _conditions(out, installs)
+    fog = conditions.get("fog")
+    fog_text = (
+        f"in fog {_cnm(fog)} collisions + near misses and {fog['fallback_activations_per_1000_km']:,.0f} fallback "
+        "activations per 1,000 km"
+        if fog
+        else "no fog reached the fleet"
+    )
+    clear = conditions.get("clear")
+    clear_text = (
+        f"in clear weather {_cnm(clear)} and {clear['fallback_activations_per_1000_km']:,.0f}, " if clear else ""
+    )
+    up = out["counts"].get("uploads", {}).get("frames_uploaded", 0)
+    ota = out["counts"].get("ota", {}).get("status", {})
+    ota_text = (
+        f"{ota.get('activated', 0)} of {plan.vehicles} vehicles installed and activated v{installs} over the air "
+        f"(signed and verified), {ota.get('committed', 0)} committed it after its health window; on v{installs}: "
+        if installs is not None
+        else ""
+    )
+    return {
+        "model": out["run"]["model"] if installs is None else installs,
+        "ota_statuses": ota,
+        "km": round(float(out["km"]), 1),
+        "vehicles": plan.vehicles,
+        "simulated_s": float(out["simulated_s"]),
+        "fog_onset_s": plan.fog_onset_s,
+        "by_condition": conditions,
+        "timeline": _timeline(chunks, dt_s),
+        "uploaded_frames": int(up),
+        "line": f"{plan.vehicles} vehicles on model {out['run']['model']} drove {out['km']:,.1f} km: {ota_text}"
+        f"{clear_text}{fog_text}; {up:,} frames uploaded through Kafka",
+    }
+
+
+def _fog_rate(row_side: dict[str, Any]) -> float | None:
+    return row_side["collisions_plus_near_misses"]["per_1000_km"]
+
+
+def _fog_summary(table: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Collisions + near misses per 1,000 km summed over the fog slices, candidate and baseline."""
+    rows = [r for r in table if "fog" in r["slice"]]
+    sums: dict[str, float | None] = {}
+    for side in ("candidate", "baseline"):
+        rates = [_fog_rate(r[side]) for r in rows]
+        sums[side] = None if not rows or any(x is None for x in rates) else sum(x for x in rates if x is not None)
+    return sums
+
+
+def step_data_loop(settings: Settings, plan: DemoPlan, seed: int, say: Say) -> dict[str, Any]:
+    """Every pipeline stage once over what arrived (`pipeline run`): collect, ground truth, label, train, validate.
+
+    Validate judges on the tiny held-out suite (CCR in clear weather and fog 0.8, two seeds: seconds, where the
+    full suite takes the better part of an hour on a small CPU); the quick plan also trains one short epoch."""
+    # Imported when the loop runs: pipelines.train / validate load torch (~6 s measured) for every `fleetloop` start.
+    from fleetloop.pipelines.suite import tiny_suite
+    from fleetloop.pipelines.train import TrainConfig
+    from fleetloop.pipelines.validate import ValidateConfig
+
+    quick_train = TrainConfig(seed=seed, epochs=1, max_seconds=60.0, min_frames=64, torch_threads=1)
+    train_cfg = quick_train if plan.quick else TrainConfig(seed=seed)
+    validate_cfg = ValidateConfig(suite=tiny_suite(), min_train_frames=train_cfg.min_frames)
+    stages: dict[str, dict[str, Any]] = {}
+    for name in ("collect", "groundtruth", "label"):
+        say(f"{name}: starting")
+        stages[name] = STAGES[name].run(settings, say)
+    stages["train"] = train_stage(settings, say, train_cfg)
+    stages["validate"] = validate_stage(settings, say, validate_cfg)
+    candidates = []
+    for v in stages["validate"]["validated"]:
+        fog = _fog_summary(v["table"])
+        candidates.append(
+            {
+                "origin": "data loop",
+                "version": v["version"],
+                "status": v["status"],
+                "passed": bool(v["passed"]),
+                "stage": v["stage"],
+                "suite": v["suite_name"],
+                "reasons": v["reasons"] or ([v["reason"]] if v["reason"] else []),
+                "fog_cnm_per_1000_km": fog,
+                "table": v["table"],
+            }
+        )
+    t = stages["train"]
+    rows = stages["collect"].get("rows_collected", 0)
+    labelled = stages["label"].get("labelled_valid", 0)
+    if not candidates:
+        why = t.get("reason") or "no candidate to validate"
+        verdict = f"no candidate this turn: {why}"
+    else:
+        verdict = "; ".join(_verdict_text(c) for c in candidates)
+    return {
+        "stages": {k: {kk: vv for kk, vv in v.items() if kk != "table"} for k, v in stages.items()},
+        "candidates": candidates,
+        "line": f"{rows:,} frames collected into the lake, {labelled:,} valid labels; {verdict}",
+    }
+
+
+def _verdict_text(c: dict[str, Any]) -> str:
+    if c["status"] != "validated":
+        return f"candidate not validated ({'; '.join(c['reasons']) or c['status']})"
+    fog = c["fog_cnm_per_1000_km"]
+    rates = (
+        f" (fog slices of {c['suite']}: {fog['candidate']:,.0f} vs production's {fog['baseline']:,.0f} collisions "
+        "+ near misses per 1,000 km)"
+        if fog["candidate"] is not None and fog["baseline"] is not None
+        else ""
+    )
+    if c["passed"]:
+        return f"candidate v{c['version']} PASSED every gate{rates} and is staged"
+    return f"candidate v{c['version']} was REJECTED{rates}: {'; '.join(c['reasons'])}"
+
+
+def better_candidate(candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The candidate :data:`BETTER_CANDIDATE_RULE` picks (None: no candidate passed)."""
+    passed = [c for c in candidates if c["passed"] and c["fog_cnm_per_1000_km"]["candidate"] is not None]
+    return min(passed, key=lambda c: c["fog_cnm_per_1000_km"]["candidate"], default=None)
+
+
+def step_release(
+    settings: Settings, plan: DemoPlan, candidates: list[dict[str, Any]], controller: bool, say: Say
+) -> dict[str, Any]:
+    """The better candidate to production and to the fleet (signed, assigned, install commands sent to every
+    vehicle); without the canary controller through the registry's audited transitions (staging -> canary ->
+    production, forced, with the reason recorded)."""
+    best = better_candidate(candidates)
+    if best is None:
+        return {
+            "promoted": None,
+            "rule": BETTER_CANDIDATE_RULE,
+            "line": "no candidate passed validation: production stays as it is",
+        }
+    version = str(best["version"])
+    reg = open_registry(settings)
+    name = settings.model_name
+    previous = reg.production(name).version
+    if controller:  # pragma: no cover - the canary controller joins in a later build
+        raise NotImplementedError
+    reason = (
+        f"demo: validate passed v{version}, the better candidate by the rule ({BETTER_CANDIDATE_RULE}); the demo "
+        "does not drive the canary rollout controller yet, so this is an operator's forced promotion"
+    )
+    say(f"v{version}: staging -> canary -> production (audited)")
+    records = reg.promote(name, version, Stage.CANARY, reason=reason, actor=ACTOR)
+    records += reg.promote(name, version, Stage.PRODUCTION, reason=reason, force=True, actor=ACTOR)
+    say(f"signing v{version} as a release for the whole fleet")
+    rel = _release_to_fleet(settings, version)
+    say(f"sending release {rel['release']}'s install command to the fleet's vehicles")
+    sent = send_install(
+        settings, name, version, rel["release"], fleet_size=plan.vehicles, rollout_id=f"demo-release-{rel['release']}"
+    )
+    moves = ", ".join(f"v{r.version} {r.from_stage or 'registered'} -> {r.to_stage}" for r in records) or "none new"
+    return {
+        "promoted": version,
+        "previous": previous,
+        "install_commands": len(sent["vehicles"]),
+        "origin": best["origin"],
+        "rule": BETTER_CANDIDATE_RULE,
+        "through": "registry transition (forced, reason recorded)",
+        "transitions": [{"from": r.from_stage, "to": r.to_stage, "forced": r.forced} for r in records],
+        **rel,
+        "line": f"v{version} ({best['origin']}) is production through the registry's audited transitions ({moves}; "
+        f"recorded as forced with the reason, since the demo does not drive the canary controller yet); signed as "
+        "release "
+        f"{rel['release']} for 100 % of the fleet, install commands sent to {len(sent['vehicles'])} vehicles",
+    }
