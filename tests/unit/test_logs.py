@@ -5,10 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
 
 import pytest
 
+from fleetloop.platform import logs
 from fleetloop.platform.logs import JsonFormatter, bind_log_context, current_log_context, log_context
+
+
+@pytest.fixture(autouse=True)
+def no_ids_bound_yet() -> Iterator[None]:
+    """Each test starts with no ids bound: a command run in this process earlier (the CLI tests call ``main()``)
+    may have bound some for the rest of its context."""
+    token = logs._context.set({})
+    yield
+    logs._context.reset(token)
 
 
 def _line(message: str) -> dict[str, object]:
