@@ -91,8 +91,8 @@ _NO_CONTROLLER = (
 )
 _SAME_MODEL = "production did not change, and the same seed on the same model repeats step 3 exactly"
 _NO_BUFFERS = (
-    "the vehicles' persisted on-board buffers (`sim run --buffer-seconds`) and validate's pickup of federated "
-    "candidates are not in this build yet"
+    "the demo does not run a federated round yet: `fleetloop sim run --buffer-seconds 25` then `fleetloop fl round` "
+    "do, and validate judges their candidate like any other (docs/federation.md)"
 )
 
 

@@ -104,7 +104,7 @@ def test_a_passed_candidate_becomes_production_by_an_audited_transition(quick_de
 
 
 def test_steps_of_a_later_build_say_they_are_skipped_and_why(quick_demo: dict[str, Any]) -> None:
-    assert "not in this build" in quick_demo["steps"]["federated"]["why"]
+    assert "`fleetloop fl round`" in quick_demo["steps"]["federated"]["why"]
     assert "`fleetloop ota rollout`" in quick_demo["steps"]["degraded"]["why"]
     for key in ("federated", "degraded"):
         step = quick_demo["steps"][key]
