@@ -30,7 +30,7 @@ from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.launcher import service_dir
 from fleetloop.platform.logs import bind_log_context, configure_logging
 from fleetloop.platform.metrics import start_exporter
-from fleetloop.platform.services.spec import Health, ServiceSpec
+from fleetloop.platform.services.spec import Health, ServiceSpec, heartbeat_file_health
 
 if TYPE_CHECKING:
     from fleetloop.platform.settings import Settings
@@ -69,14 +69,7 @@ def _beat(path: Path, stop: threading.Event) -> None:
 
 def heartbeat_health(settings: Settings, stage: str) -> Health:
     """Healthy when the stage's heartbeat is younger than ``STALE_S``."""
-    path = heartbeat_path(settings, stage)
-    try:
-        age_s = time.time() - path.stat().st_mtime
-    except OSError:
-        return Health(False, f"no heartbeat yet at {path}")
-    if age_s > STALE_S:
-        return Health(False, f"heartbeat {age_s:.0f} s old (stale after {STALE_S:.0f} s)")
-    return Health(True, f"heartbeat {age_s:.1f} s ago")
+    return heartbeat_file_health(heartbeat_path(settings, stage), STALE_S)
 
 
 def serve_stage(settings: Settings, stage: str, *, min_new_frames: int | None = None, stop: Any = None) -> Any:

@@ -27,7 +27,7 @@ from fleetloop.platform.canary.service import ControllerConfig, ControllerServic
 from fleetloop.platform.launcher import service_dir
 from fleetloop.platform.metrics import start_exporter
 from fleetloop.platform.registry import open_registry
-from fleetloop.platform.services.spec import Health, ServiceSpec
+from fleetloop.platform.services.spec import Health, ServiceSpec, heartbeat_file_health
 from fleetloop.platform.settings import Settings, load_settings
 
 __all__ = ["BEAT_S", "NAME", "SPEC", "STALE_S", "controller_health", "main"]
@@ -45,14 +45,7 @@ def beat_path(settings: Settings) -> Path:
 
 def controller_health(settings: Settings) -> Health:
     """Healthy while the process's heartbeat file is younger than ``STALE_S``."""
-    path = beat_path(settings)
-    try:
-        age_s = time.time() - path.stat().st_mtime
-    except OSError:
-        return Health(False, f"no heartbeat yet at {path}")
-    if age_s > STALE_S:
-        return Health(False, f"heartbeat {age_s:.0f} s old (stale after {STALE_S:.0f} s)")
-    return Health(True, f"heartbeat {age_s:.1f} s ago")
+    return heartbeat_file_health(beat_path(settings), STALE_S)
 
 
 def _command(settings: Settings, folder: Path) -> list[str]:

@@ -7,6 +7,7 @@ validated settings (and the service's folder), so one spec serves any settings, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fleetloop.platform.settings import Settings
 
-__all__ = ["Health", "ServiceSpec"]
+__all__ = ["Health", "ServiceSpec", "heartbeat_file_health"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,17 @@ class Health:
 
     ok: bool
     detail: str
+
+
+def heartbeat_file_health(path: Path, stale_s: float) -> Health:
+    """Healthy while the heartbeat file a service process touches is younger than ``stale_s`` [s]."""
+    try:
+        age_s = time.time() - path.stat().st_mtime
+    except OSError:
+        return Health(False, f"no heartbeat yet at {path}")
+    if age_s > stale_s:
+        return Health(False, f"heartbeat {age_s:.0f} s old (stale after {stale_s:.0f} s)")
+    return Health(True, f"heartbeat {age_s:.1f} s ago")
 
 
 def _no_metrics_port(settings: Settings) -> int | None:
