@@ -168,8 +168,28 @@ def _render_validate(d: dict[str, Any]) -> None:
             pc, pb = c["progress_vs_expert"]["mean"], b["progress_vs_expert"]["mean"]
             t.add_row(row["slice"], _fmt(c), _fmt(b), f"{pc or 0:.3f} / {pb or 0:.3f}")
         console.print(t)
+        _render_ncap_points(out.get("ncap_table", []), out["baseline"])
         for r in out["reasons"] or ([out["reason"]] if out["reason"] else []):
             console.print(f"  [red]x[/] {r}")
+
+
+def _render_ncap_points(rows: list[dict[str, Any]], baseline: str) -> None:
+    """Euro NCAP points, candidate / baseline, one row per condition, one column per group; a loss in red."""
+    if not rows:
+        return
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    t = Table(title=f"Euro NCAP points, candidate / {baseline}", box=box.SIMPLE_HEAD)
+    t.add_column("condition")
+    for g in groups:
+        t.add_column(f"{g} (of {next(r['max_points'] for r in rows if r['group'] == g):g})", justify="right")
+    for cond in dict.fromkeys(r["condition"] for r in rows):
+        cells = []
+        for g in groups:
+            r = next(r for r in rows if r["condition"] == cond and r["group"] == g)
+            cell = f"{r['candidate']:g} / {r['baseline']:g}"
+            cells.append(f"[red]{cell}[/]" if r["candidate"] < r["baseline"] else cell)
+        t.add_row(cond, *cells)
+    console.print(t)
 
 
 STAGE_COMMANDS: tuple[StageCommand, ...] = (

@@ -737,7 +737,7 @@ def run_cmd(
 # -- Euro NCAP --------------------------------------------------------------------------------------
 
 NCAP_OFFICIAL = "dry"  # the protocol's condition: dry daylight
-NCAP_TOTALS = (("car-to-car", ("CCRs", "CCRm", "CCRb")), ("pedestrian", ("CPNA", "CPFA", "CPNC", "CPLA")))
+NCAP_TOTAL_NAMES = ("car-to-car", "pedestrian")  # the totals ``score_conditions`` adds after the groups
 
 
 def parse_conditions(text: str) -> tuple[str, ...]:
@@ -766,86 +766,18 @@ def euroncap(
 ) -> dict[str, Any]:
     """Drive the whole Euro NCAP AEB matrix in every condition as one batched fleet (one vehicle per test and
     condition), score it per group and condition, and report every test. ``on_tick(done, total)`` follows the run."""
-    import torch
-
-    from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
     from fleetloop.edge_agent.model_artifact import load_artifact
-    from fleetloop.edge_agent.ncap_scoring import TestResult, score_groups, score_test
-    from fleetloop.sim.ncap import CONDITIONS, euro_ncap_protocol, ncap_layout
+    from fleetloop.edge_agent.ncap_run import drive_ncap_matrix, score_conditions
+    from fleetloop.sim.ncap import CONDITIONS, euro_ncap_protocol
 
     conds = tuple(CONDITIONS) if conditions is None else conditions
-    tests = euro_ncap_protocol()
     resolved = resolve_model(settings, model, fallback_only, Path(settings.state_dir) / "sim" / "models")
-    models = {} if resolved is None else {resolved[0]: load_artifact(resolved[1]).model}
-    world = FleetConfig().world()
-    layout = ncap_layout(len(tests), conds, world.scene_spacing_m, world.road_length_m)
-    ids = [i for per_cond in layout.vehicle_ids for i in per_cond]
-    # fixed scenes are cycled by vehicle id: this table gives every id its test
-    by_id = {vid: t.spec for per_cond in layout.vehicle_ids for vid, t in zip(per_cond, tests, strict=True)}
-    scenes = tuple(by_id.get(i, tests[0].spec) for i in range(max(ids) + 1))
-    config = FleetConfig(scenario=scenes, weather=layout.weather, respawn=False, progress_reference=False)
-    runner = FleetRunner(config, ids, models, None if resolved is None else resolved[0])
-    n = len(ids)
-    test_kmh = torch.tensor([t.test_kmh for t in tests] * len(conds))
-    impact = torch.zeros(n)
-    hit = torch.zeros(n, dtype=torch.bool)
-    ended = torch.zeros(n, dtype=torch.bool)
-    closing_seen = torch.zeros(n, dtype=torch.bool)
-    max_kmh = test_kmh.clone()
-    warn_ttc = torch.full((n,), math.nan)
-    ticks = round(max(t.spec.duration_s for t in tests) / runner.world.dt_s)
-    for tick in range(ticks):
-        runner.step()
-        vt, ev, ttc = runner.last_tick, runner.last_events, runner.last_true_ttc_s
-        assert vt is not None and ev is not None and ttc is not None
-        first_warn = (vt.fallback.stage >= 1) & torch.isnan(warn_ttc) & ~hit & ~ended
-        warn_ttc = torch.where(first_warn, ttc.float().cpu(), warn_ttc)
-        new_hit = ev.collision.cpu() & ~hit & ~ended
-        impact = torch.where(new_hit, ev.impact_speed_mps.cpu() * 3.6, impact)
-        hit |= new_hit
-        ego, target = runner.state.ego_v_mps.cpu(), runner.state.actor_v_mps[:, 0].cpu()
-        max_kmh = torch.where(hit | ended, max_kmh, torch.maximum(max_kmh, ego * 3.6))
-        # the protocol's end: the ego stands, or is slower than a target it was closing on; or contact
-        closing_seen |= ego > target + 1.0 / 3.6
-        ended |= hit | (ego < 0.01) | (closing_seen & (ego < target))
-        if on_tick is not None:
-            on_tick(tick + 1, ticks)
-    rows: list[dict[str, Any]] = []
-    for c, cond in enumerate(conds):
-        for i, t in enumerate(tests):
-            k = c * len(tests) + i
-            res = TestResult(t.group, t.test_kmh, round(float(impact[k]), 1), round(float(max_kmh[k]), 2))
-            sc = score_test(res)
-            rows.append(
-                {
-                    "test": t.name,
-                    "group": t.group,
-                    "condition": cond,
-                    "test_kmh": t.test_kmh,
-                    "target_kmh": t.target_kmh,
-                    "overlap_pct": t.overlap_pct,
-                    "unbraked_impact_kmh": round(t.unbraked_impact_kmh, 1),
-                    "collided": bool(hit[k]),
-                    "impact_kmh": res.impact_kmh,
-                    "max_speed_kmh": res.max_speed_kmh,
-                    "valid": sc.valid,
-                    "points": sc.points,
-                    "band": sc.band,
-                    "band_source": sc.source,
-                    "ttc_at_warning_s": None if math.isnan(float(warn_ttc[k])) else round(float(warn_ttc[k]), 2),
-                    "vehicle_id": ids[k],
-                }
-            )
-    scores: dict[str, Any] = {}
-    for cond in conds:
-        results = [
-            TestResult(r["group"], r["test_kmh"], r["impact_kmh"], r["max_speed_kmh"])
-            for r in rows
-            if r["condition"] == cond
-        ]
-        scores[cond] = {
-            name: {**vars(g), "percent": round(g.percent, 1)} for name, g in score_groups(results, NCAP_TOTALS).items()
-        }
+    policy = None if resolved is None else load_artifact(resolved[1])
+    rows = drive_ncap_matrix(policy, conds, on_tick=on_tick)
+    scores = {
+        cond: {name: {**vars(g), "percent": round(g.percent, 1)} for name, g in groups.items()}
+        for cond, groups in score_conditions(rows).items()
+    }
     ccrs_40 = [
         r
         for r in rows
@@ -859,8 +791,8 @@ def euroncap(
         "scores": scores,
         "avoided": sum(not r["collided"] for r in rows),
         "total": len(rows),
-        "vehicles": n,
-        "simulated_s": round(ticks * runner.world.dt_s, 1),
+        "vehicles": len(rows),
+        "simulated_s": max(t.spec.duration_s for t in euro_ncap_protocol()),
         "ccrs_up_to_40_kmh_avoided": all(not r["collided"] for r in ccrs_40) if ccrs_40 else None,
     }
 
@@ -881,7 +813,7 @@ def _render_ncap(d: dict[str, Any]) -> None:
             g = d["scores"][c][name]
             bad = f", {g['invalid']} invalid" if g["invalid"] else ""
             cells.append(f"{g['points']:.1f}/{g['max_points']:.0f} {g['percent']:.0f}%{bad}")
-        bold = name in dict(NCAP_TOTALS)
+        bold = name in NCAP_TOTAL_NAMES
         table.add_row(f"[bold]{name}[/]" if bold else name, *cells)
     console.print(table)
     official = d["official_condition"] or conds[0]

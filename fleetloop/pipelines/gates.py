@@ -20,12 +20,15 @@ The decision (:func:`decide`) is a pure function of the candidate's and the base
 3. **counter-metrics not worse**, over the whole suite: phantom braking, harsh jerk and fallback activations by
    the same rule as 1 (their own margins); progress against the expert at least the baseline's minus
    ``progress_margin``;
-4. **latency**: the candidate's simulated inference latency p99 within ``latency_budget_s`` (the per-tick budget).
+4. **latency**: the candidate's simulated inference latency p99 within ``latency_budget_s`` (the per-tick budget);
+5. **Euro NCAP points not lost** (when the matrix was driven, :func:`ncap_checks`): in every condition and every
+   group of the whole Euro NCAP AEB matrix, the candidate's points at least the baseline's minus
+   ``ncap_points_margin``; fog is among the conditions the validate stage drives it in (docs/adr/0117).
 
 Every check reports its numbers and intervals; a failed check adds a reason that says what was worse and by
 how much. Check names (``GateCheck.name``, ``GateDecision.failed_checks``) are stable, the reasons' wording is
 not: ``suite_size``, ``slice <slice>``, ``improvement``, ``counter <phantom_brakes|harsh_jerks|
-fallback_activations|progress_vs_expert>``, ``latency``.
+fallback_activations|progress_vs_expert>``, ``latency``, ``ncap <condition> <group>``.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ __all__ = [
     "GateConfig",
     "GateDecision",
     "MeanEstimate",
+    "NcapScores",
     "RateEstimate",
     "RunMetrics",
     "SliceMetrics",
     "SuiteMetrics",
     "decide",
     "mean_ci",
+    "ncap_checks",
     "poisson_ci",
     "rate_per_1000km",
     "rate_ratio_ci",
@@ -292,6 +297,67 @@ class SuiteMetrics:
         return max(lat) if lat else None
 
 
+@dataclass(frozen=True)
+class NcapScores:
+    """A model's Euro NCAP AEB points over the whole matrix, per condition and group.
+
+    Attributes:
+        label: which model (as in ``SuiteMetrics.label``).
+        points: condition -> group -> points earned [points].
+        max_points: group -> points available in each condition (one per test) [points].
+    """
+
+    label: str
+    points: Mapping[str, Mapping[str, float]]
+    max_points: Mapping[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "points": {c: dict(g) for c, g in self.points.items()},
+            "max_points": dict(self.max_points),
+        }
+
+
+_POINTS_EPS = 1e-9  # points are sums of quarter points: exact in floats; this only absorbs a margin's rounding
+
+
+def ncap_checks(candidate: NcapScores, baseline: NcapScores, margin_points: float = 0.0) -> list[GateCheck]:
+    """One check per condition x group of the matrix: the candidate's points at least the baseline's minus
+    ``margin_points``; a loss names the group, the condition and the points. Raises ``ValueError`` when the two
+    were not scored on the same conditions and groups."""
+    shape_c = {c: sorted(g) for c, g in candidate.points.items()}
+    shape_b = {c: sorted(g) for c, g in baseline.points.items()}
+    if shape_c != shape_b or not shape_b:
+        raise ValueError(
+            "candidate and baseline must be scored on the same Euro NCAP conditions and groups "
+            f"(candidate {shape_c}, baseline {shape_b})"
+        )
+    checks = []
+    for cond, groups in baseline.points.items():
+        for group, base in groups.items():
+            cand = candidate.points[cond][group]
+            available = baseline.max_points.get(group, math.nan)
+            ok = cand >= base - margin_points - _POINTS_EPS
+            name = f"ncap {cond} {group}"
+            detail = {
+                "condition": cond,
+                "group": group,
+                "candidate_points": cand,
+                "baseline_points": base,
+                "max_points": available,
+                "margin_points": margin_points,
+            }
+            reason = (
+                ""
+                if ok
+                else f"{name}: Euro NCAP points lost in {cond}, {group}: {cand:g} of {available:g} vs {base:g} for "
+                f"the baseline ({cand - base:+g} points; allowed loss {margin_points:g})"
+            )
+            checks.append(GateCheck(name, ok, detail, reason))
+    return checks
+
+
 # -- the decision -----------------------------------------------------------------------------------------------
 
 
@@ -309,6 +375,7 @@ class GateConfig:
         progress_margin: allowed drop of mean progress against the expert [-] (0.02 = 2 percentage points).
         latency_budget_s: the per-tick simulated inference latency budget (p99) [s].
         min_km: a suite with less candidate distance than this is too small to judge [km].
+        ncap_points_margin: allowed loss of Euro NCAP points per group and condition [points] (0: any loss fails).
     """
 
     safety_rel_margin: float = 0.10
@@ -320,6 +387,7 @@ class GateConfig:
     progress_margin: float = 0.02
     latency_budget_s: float = 0.1
     min_km: float = 0.5
+    ncap_points_margin: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -393,8 +461,11 @@ def decide(
     baseline: SuiteMetrics,
     target_conditions: Sequence[str],
     cfg: GateConfig | None = None,
+    ncap: tuple[NcapScores, NcapScores] | None = None,
 ) -> GateDecision:
-    """Pass / fail of ``candidate`` against ``baseline`` (production, or the fallback alone) on the same suite."""
+    """Pass / fail of ``candidate`` against ``baseline`` (production, or the fallback alone) on the same suite;
+    ``ncap``: (candidate, baseline) points on the Euro NCAP matrix, gated by :func:`ncap_checks` (None: not
+    driven, said in the notes)."""
     cfg = cfg or GateConfig()
     names_c = [s.slice for s in candidate.slices]
     if names_c != [s.slice for s in baseline.slices]:
@@ -499,4 +570,9 @@ def decide(
         reason = "" if ok else f"latency: simulated inference p99 {p99 * 1000:.1f} ms over the "
         reason += "" if ok else f"{cfg.latency_budget_s * 1000:.0f} ms per-tick budget"
         checks.append(GateCheck("latency", ok, {"simulated_p99_s": p99, "budget_s": cfg.latency_budget_s}, reason))
+    # 5. Euro NCAP points, every condition x group
+    if ncap is None:
+        notes.append("Euro NCAP matrix not driven: no points gate")
+    else:
+        checks.extend(ncap_checks(ncap[0], ncap[1], cfg.ncap_points_margin))
     return GateDecision(all(c.passed for c in checks), tuple(checks), tuple(notes))

@@ -4,7 +4,8 @@ the gates, and registration with lineage.
     model.trained -> candidate artifact (MLflow run artifact or a file) -> verified load (schema, NaN)
     baseline: the production model (alias ``production``), or the fallback alone when there is none
     every slice x seed of the suite, both models, through the fleet runner (no telemetry sink)
-    gates.decide(candidate, baseline, target conditions)  (pure)
+    the whole Euro NCAP AEB matrix in every condition of the suite, both models (one batched run each)
+    gates.decide(candidate, baseline, target conditions, NCAP points)  (pure)
     the verdict recorded: ``<state_dir>/pipelines/validation/<run>.json`` (decision, table, the registration)
     register the candidate once per training run (metrics, lineage: training run, dataset hashes, parent
     version, suite hash) -> stage ``staging`` when it passed, else ``rejected`` with the reasons
@@ -35,6 +36,7 @@ from fleetloop.pipelines.gates import (
     EVENT_KEYS,
     GateConfig,
     GateDecision,
+    NcapScores,
     RunMetrics,
     SliceMetrics,
     SuiteMetrics,
@@ -49,6 +51,7 @@ from fleetloop.platform.logs import log_context
 from fleetloop.platform.metrics import gauge
 from fleetloop.platform.registry import Stage, open_registry
 from fleetloop.platform.tracking import open_tracking
+from fleetloop.sim.ncap import GROUPS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,6 +69,8 @@ __all__ = [
     "ValidateConfig",
     "ValidationOutcome",
     "evaluate_on_suite",
+    "ncap_on_suite",
+    "ncap_table",
     "run_slice",
     "run_validate_stage",
     "validate_candidate",
@@ -96,6 +101,8 @@ class ValidateConfig:
         device: torch device of the closed-loop runs.
         torch_threads: intra-op threads (1 is fastest for the small batches of a suite on a shared CPU).
         min_train_frames: a central candidate trained on fewer frames is not validated, nor registered.
+        ncap: drive the whole Euro NCAP AEB matrix in every condition of the suite for both models and gate on
+            its points per group and condition (docs/adr/0117); False leaves that gate out (said in the notes).
     """
 
     gates: GateConfig = field(default_factory=GateConfig)
@@ -103,6 +110,7 @@ class ValidateConfig:
     device: str = "cpu"
     torch_threads: int = 1
     min_train_frames: int = 512
+    ncap: bool = True
 
 
 def run_slice(
@@ -163,6 +171,36 @@ def evaluate_on_suite(
     return SuiteMetrics(label, tuple(slices))
 
 
+def ncap_on_suite(policy: LoadedPolicy | None, label: str, suite: HeldOutSuite, device: str = "cpu") -> NcapScores:
+    """The whole Euro NCAP AEB matrix in every condition of ``suite`` (one batched run, the suite's first seed)
+    for one policy (None: the fallback alone; the arbiter calibrated to the policy): its points per condition and
+    group."""
+    # torch and the fleet runner load only when a validation runs (as in run_slice)
+    from fleetloop.edge_agent.ncap_run import drive_ncap_matrix, score_conditions
+
+    catalogue = {s.condition.name: s.condition.patches for s in suite.slices}
+    rows = drive_ncap_matrix(policy, tuple(catalogue), catalogue=catalogue, seed=suite.seeds[0], device=device)
+    scores = score_conditions(rows, totals=())
+    points = {cond: {g: groups[g].points for g in GROUPS} for cond, groups in scores.items()}
+    first = next(iter(scores.values()))
+    return NcapScores(label, points, {g: first[g].max_points for g in GROUPS})
+
+
+def ncap_table(candidate: NcapScores, baseline: NcapScores) -> list[dict[str, Any]]:
+    """One row per condition x group: the candidate's and the baseline's Euro NCAP points."""
+    return [
+        {
+            "condition": cond,
+            "group": group,
+            "candidate": candidate.points[cond][group],
+            "baseline": base,
+            "max_points": baseline.max_points[group],
+        }
+        for cond, groups in baseline.points.items()
+        for group, base in groups.items()
+    ]
+
+
 def validation_table(candidate: SuiteMetrics, baseline: SuiteMetrics) -> list[dict[str, Any]]:
     """One row per slice: candidate vs baseline rates with 95 % intervals, progress, impact speed."""
     rows = []
@@ -188,6 +226,7 @@ class ValidationOutcome:
     target_conditions: list[str] = field(default_factory=list)
     report_path: str | None = None
     table: list[dict[str, Any]] = field(default_factory=list)
+    ncap_table: list[dict[str, Any]] = field(default_factory=list)
     decision: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     event: ModelValidated | None = None
@@ -268,6 +307,7 @@ def validate_candidate(
     out.target_conditions = list(report["target_conditions"])
     out.report_path = str(report_path)
     out.table = report["table"]
+    out.ncap_table = report.get("ncap_table", [])
     out.decision = decision
     out.wall_s = time.perf_counter() - t0
     out.event = ModelValidated(
@@ -337,6 +377,15 @@ def _judge(
         b_model = None if prod is None else prod.model
         b_thr = None if prod is None else ArbiterConfig.for_model(prod.metadata).max_uncertainty
         b_metrics = evaluate_on_suite(b_model, b_label, suite, cfg.device, on_run, b_thr)
+        ncap = None
+        if cfg.ncap:
+            c_ncap = ncap_on_suite(cand, "candidate", suite, cfg.device)
+            if on_run is not None:
+                on_run("euro ncap matrix, candidate", suite.seeds[0])
+            b_ncap = ncap_on_suite(prod, b_label, suite, cfg.device)
+            if on_run is not None:
+                on_run(f"euro ncap matrix, {b_label}", suite.seeds[0])
+            ncap = (c_ncap, b_ncap)
     finally:
         torch.set_num_threads(old_threads)
     targets = [c for c in meta.notes.get("target_conditions", "").split(",") if c] or [
@@ -345,9 +394,9 @@ def _judge(
         "rain",
         "night",
     ]
-    decision = decide(c_metrics, b_metrics, targets, cfg.gates)
+    decision = decide(c_metrics, b_metrics, targets, cfg.gates, ncap)
     registration = {
-        "metadata": _registry_metadata(meta, event, suite, decision, b_label, c_metrics, b_metrics),
+        "metadata": _registry_metadata(meta, event, suite, decision, b_label, c_metrics, b_metrics, ncap),
         "stage": (Stage.STAGING if decision.passed else Stage.REJECTED).value,
         "reason": f"passed the gates on {suite.name}" if decision.passed else "; ".join(decision.reasons)[:2000],
     }
@@ -361,6 +410,7 @@ def _judge(
         "target_conditions": targets,
         "decision": decision.as_dict(),
         "table": validation_table(c_metrics, b_metrics),
+        "ncap_table": [] if ncap is None else ncap_table(*ncap),
         "registration": registration,
     }
 
@@ -393,6 +443,7 @@ def _registry_metadata(
     baseline: str,
     cand: SuiteMetrics,
     base: SuiteMetrics,
+    ncap: tuple[NcapScores, NcapScores] | None = None,
 ) -> dict[str, Any]:
     def rate(m: SuiteMetrics, keys: Sequence[str]) -> float | None:
         km = m.km
@@ -418,6 +469,11 @@ def _registry_metadata(
             "baseline": rate(base, ("phantom_brakes",)),
         },
     }
+    if ncap is not None:  # every group's points summed, per condition: the gate itself is per group
+        out["validation"]["euro_ncap_points"] = {
+            cond: {"candidate": sum(ncap[0].points[cond].values()), "baseline": sum(groups.values())}
+            for cond, groups in ncap[1].points.items()
+        }
     out["train_metrics"] = {k: v for k, v in meta.metrics.items() if isinstance(v, float) and math.isfinite(v)}
     return out
 

@@ -15,7 +15,7 @@ one fleet run drives the whole matrix in every condition (ADR 0115).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fleetloop.sim.errors import ScenarioError
@@ -221,20 +221,23 @@ def ncap_layout(
     scene_spacing_m: float = 150.0,
     road_length_m: float = 50_000.0,
     travel_m: float = 400.0,
+    catalogue: Mapping[str, tuple[tuple[str, float], ...]] = CONDITIONS,
 ) -> NcapLayout:
     """Place ``n_tests`` tests in each of ``conditions`` on the shared road (ADR 0115).
 
-    Condition c of ``CONDITIONS`` holds the stretch ``[c L, (c + 1) L)`` of the road, L = road length / number of
-    ``CONDITIONS``, whichever conditions are asked for (so a test in "dry" drives the same vehicle id, the same
-    sensor noise and road furniture, in every run). Vehicle
+    ``catalogue`` names every condition a run may ask for, each as weather patches (kind, strength): by default
+    ``CONDITIONS``; the validate stage passes its suite's conditions. Condition c of ``catalogue`` holds the
+    stretch ``[c L, (c + 1) L)`` of the road, L = road length / number of conditions in ``catalogue``, whichever
+    conditions are asked for (so a test in "dry" drives the same vehicle id, the same sensor noise and road
+    furniture, in every run). Vehicle
     id i starts at ``i * scene_spacing_m`` (wrapped), so ids whose positions lie inside a stretch, at least
     ``travel_m`` before its end, are used, and positions repeat every ``road_length_m / gcd(spacing, length)`` ids:
     scenes may share a position (each ego's traffic is its own), never a condition.
     """
-    unknown = [c for c in conditions if c not in CONDITIONS]
+    unknown = [c for c in conditions if c not in catalogue]
     if unknown or not conditions:
         raise ScenarioError(
-            f"unknown condition(s) {', '.join(unknown) or '(none given)'}; valid conditions: {', '.join(CONDITIONS)}"
+            f"unknown condition(s) {', '.join(unknown) or '(none given)'}; valid conditions: {', '.join(catalogue)}"
         )
     if len(set(conditions)) != len(conditions):
         raise ScenarioError("each condition may be given once")
@@ -242,17 +245,17 @@ def ncap_layout(
     if spacing != scene_spacing_m or length != road_length_m or spacing <= 0:
         raise ScenarioError("the layout needs a whole-metre scene spacing and road length")
     period = length // math.gcd(spacing, length)  # ids this far apart share a position
-    stretch = road_length_m / len(CONDITIONS)
+    stretch = road_length_m / len(catalogue)
     ids: list[tuple[int, ...]] = []
     patches: list[WeatherPatch] = []
     for name in conditions:
-        c = list(CONDITIONS).index(name)
+        c = list(catalogue).index(name)
         lo, hi = c * stretch + 1.0, (c + 1) * stretch - travel_m - 1.0
         first, last = math.ceil(lo / spacing), math.floor(hi / spacing)
         slots = last - first + 1
         if slots < 1:
-            raise ScenarioError(f"{len(CONDITIONS)} conditions leave no room on a {road_length_m:g} m road")
+            raise ScenarioError(f"{len(catalogue)} conditions leave no room on a {road_length_m:g} m road")
         ids.append(tuple(first + (i % slots) + (i // slots) * period for i in range(n_tests)))
-        for kind, strength in CONDITIONS[name]:
+        for kind, strength in catalogue[name]:
             patches.append(WeatherPatch(kind=kind, start_m=c * stretch, end_m=(c + 1) * stretch, strength=strength))
     return NcapLayout(tuple(ids), Weather(patches=tuple(patches), name="ncap:" + ",".join(conditions)), stretch)

@@ -1,5 +1,6 @@
 """label -> train -> validate against a real MLflow: lineage in the registry, a known verdict decided by a named
-gate and recorded with its reason; an empty dataset stops cleanly with nothing registered."""
+gate and recorded with its reason; a candidate that loses Euro NCAP points is rejected with the loss named; an
+empty dataset stops cleanly with nothing registered."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def test_a_fine_tune_that_does_not_cut_fog_events_by_90_percent_is_rejected_by_t
         assert again.status == "skipped"
 
         gates = GateConfig(min_improvement=0.9)
-        cfg = ValidateConfig(gates=gates, suite=tiny_suite(), min_train_frames=64)
+        # the Euro NCAP gate has its own test below (here it would reject too: this fine-tune loses points)
+        cfg = ValidateConfig(gates=gates, suite=tiny_suite(), min_train_frames=64, ncap=False)
         out = validate_candidate(settings, trained.event, cfg, registry=reg)
     finally:
         torch.set_num_threads(threads)
@@ -100,3 +102,39 @@ def test_a_candidate_trained_on_too_few_frames_is_not_validated(
     assert out.status == "skipped" and "nothing registered" in out.reason
     with pytest.raises(NotFoundError):
         open_registry(settings).list_versions("small-policy")
+
+
+def test_a_candidate_that_loses_euro_ncap_points_does_not_reach_staging_and_the_loss_is_named(
+    stack_settings: Settings, mlflow_uri: str, tmp_path: Path
+) -> None:
+    """No production yet, so the baseline is the fallback alone, which holds every test speed; a barely trained
+    model drives most of every test (the arbiter calibrated to it) and loses points somewhere in the whole matrix,
+    driven in both of the suite's conditions (clear, fog 0.8). Seeded and single-threaded: the verdict is known."""
+    from fleetloop.platform.bus.events import ModelTrained
+
+    settings = stack_settings.model_copy(update={"state_dir": tmp_path / "s", "model_name": "ncap-policy"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        boot = BootstrapConfig(vehicles=32, ticks=60, imitation=ImitationConfig(epochs=1), output_dir=tmp_path)
+        path, _ = bootstrap_initial_model(boot)
+        ev = ModelTrained(model_name="ncap-policy", run_id="", artifact_uri=str(path), origin="federated")
+        out = validate_candidate(settings, ev, ValidateConfig(suite=tiny_suite(), min_train_frames=64))
+    finally:
+        torch.set_num_threads(threads)
+    assert (out.status, out.passed, out.stage, out.baseline) == ("validated", False, "rejected", "fallback-only")
+    assert [(r["condition"], r["group"]) for r in out.ncap_table][:2] == [("clear", "CCRs"), ("clear", "CCRm")]
+    assert len(out.ncap_table) == 2 * 7 and {r["condition"] for r in out.ncap_table} == {"clear", "fog_0.8"}
+    lost = [c for c in out.decision["checks"] if c["name"].startswith("ncap ") and not c["passed"]]
+    assert lost, out.ncap_table
+    for c in lost:
+        d = c["detail"]
+        assert d["candidate_points"] < d["baseline_points"]
+        assert c["name"] == f"ncap {d['condition']} {d['group']}"
+        assert f"{d['condition']}, {d['group']}: {d['candidate_points']:g} of {d['max_points']:g} vs " in c["reason"]
+        assert c["reason"] in out.reasons
+    info = open_registry(settings).get("ncap-policy", out.version or "")
+    assert info.stage is Stage.REJECTED
+    points = info.metadata["validation"]["euro_ncap_points"]
+    assert list(points) == ["clear", "fog_0.8"]
+    assert points["clear"]["candidate"] == sum(r["candidate"] for r in out.ncap_table if r["condition"] == "clear")

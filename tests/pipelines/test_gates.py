@@ -8,11 +8,13 @@ import pytest
 
 from fleetloop.pipelines.gates import (
     GateConfig,
+    NcapScores,
     RunMetrics,
     SliceMetrics,
     SuiteMetrics,
     decide,
     mean_ci,
+    ncap_checks,
     poisson_ci,
     rate_per_1000km,
     rate_ratio_ci,
@@ -115,3 +117,62 @@ def test_every_failed_check_gives_a_reason_in_words() -> None:
     d = decide(cand, BASE, ["fog"])
     assert len(d.failed_checks) == len(d.reasons) >= 3
     assert all(r.strip() for r in d.reasons), d.reasons
+
+
+# -- the Euro NCAP points gate ----------------------------------------------------------------------------------
+
+NCAP_MAX = {"CCRs": 45.0, "CPNC": 11.0}
+NCAP_BASE = NcapScores("v1", {"clear": {"CCRs": 45.0, "CPNC": 5.5}, "fog_0.8": {"CCRs": 44.25, "CPNC": 5.0}}, NCAP_MAX)
+
+
+def ncap(clear_ccrs: float, clear_cpnc: float, fog_ccrs: float, fog_cpnc: float) -> NcapScores:
+    return NcapScores(
+        "c",
+        {"clear": {"CCRs": clear_ccrs, "CPNC": clear_cpnc}, "fog_0.8": {"CCRs": fog_ccrs, "CPNC": fog_cpnc}},
+        NCAP_MAX,
+    )
+
+
+def test_a_quarter_point_lost_in_fog_fails_naming_the_group_the_condition_and_the_points() -> None:
+    checks = ncap_checks(ncap(45.0, 5.5, 44.25, 4.75), NCAP_BASE)
+    assert [c.name for c in checks] == ["ncap clear CCRs", "ncap clear CPNC", "ncap fog_0.8 CCRs", "ncap fog_0.8 CPNC"]
+    assert [c.passed for c in checks] == [True, True, True, False]
+    assert checks[3].reason == (
+        "ncap fog_0.8 CPNC: Euro NCAP points lost in fog_0.8, CPNC: 4.75 of 11 vs 5 for the baseline (-0.25 points; "
+        "allowed loss 0)"
+    )
+    assert checks[3].detail["candidate_points"] == 4.75 and checks[3].detail["baseline_points"] == 5.0
+
+
+def test_points_gained_in_one_group_do_not_buy_back_a_loss_in_another() -> None:
+    checks = ncap_checks(ncap(45.0, 11.0, 44.0, 11.0), NCAP_BASE)  # +11.5 points in all, -0.25 in fog CCRs
+    assert [c.name for c in checks if not c.passed] == ["ncap fog_0.8 CCRs"]
+
+
+def test_equal_points_pass_and_the_margin_allows_exactly_its_points() -> None:
+    assert all(c.passed for c in ncap_checks(ncap(45.0, 5.5, 44.25, 5.0), NCAP_BASE))
+    lost_quarter, lost_half = ncap(45.0, 5.5, 44.25, 4.75), ncap(45.0, 5.5, 44.25, 4.5)
+    assert all(c.passed for c in ncap_checks(lost_quarter, NCAP_BASE, margin_points=0.25))
+    assert not ncap_checks(lost_half, NCAP_BASE, margin_points=0.25)[3].passed
+
+
+def test_ncap_scores_of_other_conditions_are_refused() -> None:
+    other = NcapScores("c", {"clear": {"CCRs": 45.0, "CPNC": 5.5}}, NCAP_MAX)
+    with pytest.raises(ValueError, match="same Euro NCAP conditions and groups"):
+        ncap_checks(other, NCAP_BASE)
+
+
+def test_decide_fails_a_candidate_that_loses_ncap_points_and_names_the_check() -> None:
+    cand = suite("c", run(collisions=1), run(collisions=2, near_misses=1))  # passes every other gate
+    d = decide(cand, BASE, ["fog"], ncap=(ncap(45.0, 5.5, 42.0, 5.0), NCAP_BASE))
+    assert not d.passed and d.failed_checks == ("ncap fog_0.8 CCRs",), d.reasons
+    assert "42 of 45 vs 44.25" in d.reasons[0]
+    passed = decide(cand, BASE, ["fog"], ncap=(NCAP_BASE, NCAP_BASE))
+    assert passed.passed and sum(c.name.startswith("ncap ") for c in passed.checks) == 4
+
+
+def test_without_the_matrix_the_decision_says_no_ncap_gate_ran() -> None:
+    cand = suite("c", run(collisions=1), run(collisions=2, near_misses=1))
+    d = decide(cand, BASE, ["fog"])
+    assert d.passed and not any(c.name.startswith("ncap") for c in d.checks)
+    assert any("Euro NCAP matrix not driven" in n for n in d.notes)

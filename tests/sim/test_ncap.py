@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -107,9 +108,13 @@ def test_parked_cars_hide_the_child_until_it_steps_out() -> None:
     assert not any(h[1] for h in hidden)  # nothing hides the nearside adult
 
 
-def test_each_condition_drives_on_its_own_stretch_of_weather() -> None:
-    conds = tuple(CONDITIONS)
-    layout = ncap_layout(156, conds)
+SUITE_LIKE = {"clear": (), "fog_0.8": (("fog", 0.8),), "night_fog_0.9": (("night", 1.0), ("fog", 0.9))}
+
+
+@pytest.mark.parametrize("catalogue", [CONDITIONS, SUITE_LIKE], ids=["ncap", "suite-like"])
+def test_each_condition_drives_on_its_own_stretch_of_weather(catalogue: dict[str, Any]) -> None:
+    conds = tuple(catalogue)
+    layout = ncap_layout(156, conds, catalogue=catalogue)
     ids = [i for per in layout.vehicle_ids for i in per]
     assert len(set(ids)) == len(ids) == 156 * len(conds)
     world = World(weather=layout.weather)
@@ -118,12 +123,18 @@ def test_each_condition_drives_on_its_own_stretch_of_weather() -> None:
         for travel_m in (0.0, 400.0):  # the whole of every test stays inside its condition
             got = conditions_at(layout.weather, start + travel_m, 5.0, world.road_length_m)
             want = conditions_at(
-                Weather(tuple(WeatherPatch(k, strength=s) for k, s in CONDITIONS[name])), start, 5.0, 50_000.0
+                Weather(tuple(WeatherPatch(k, strength=s) for k, s in catalogue[name])), start, 5.0, 50_000.0
             )
             for field in ("friction", "visibility_m", "light", "rain"):
                 assert torch.allclose(getattr(got, field), getattr(want, field)), (name, field)
     with pytest.raises(ScenarioError, match="valid conditions"):
-        ncap_layout(10, ["dry", "snow"])
+        ncap_layout(10, ["dry", "snow"], catalogue=catalogue)
+
+
+def test_a_condition_drives_the_same_vehicles_whichever_others_are_asked_for() -> None:
+    alone = ncap_layout(156, ["fog_0.8"], catalogue=SUITE_LIKE)
+    together = ncap_layout(156, list(SUITE_LIKE), catalogue=SUITE_LIKE)
+    assert alone.vehicle_ids[0] == together.vehicle_ids[1]
 
 
 def test_ice_lowers_friction_only() -> None:

@@ -58,6 +58,7 @@ EDGE_SHELL = frozenset(
         "buffer_store",
         "fleet",
         "model_artifact",
+        "ncap_run",
         "ota_agent",
         "ota_bus",
         "ota_download",
