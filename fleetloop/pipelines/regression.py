@@ -133,7 +133,7 @@ def _condition_code(condition: str) -> int:
 @torch.no_grad()
 def record_frames(parent: FusionPolicy, config: RecordConfig, seed: int) -> SliceFrames:
     """Drive ``parent`` (model + fallback) and keep every ``keep_every``-th tick's policy inputs and the vehicle's
-    own condition class (no ground truth, no expert)."""
+    own condition class (no ground truth, no expert), on ``config.device``."""
     fleet = FleetConfig(
         scenario=config.scenario,
         weather=config.weather,
@@ -153,9 +153,9 @@ def record_frames(parent: FusionPolicy, config: RecordConfig, seed: int) -> Slic
         vt = runner.last_tick
         if vt is None or t % config.keep_every:
             continue
-        parts.append(features_from_observation(vt.obs).to("cpu"))
+        parts.append(features_from_observation(vt.obs))
         est = vt.estimate
-        codes.append(condition_class_codes(hb, est.visibility_m, est.light, est.friction).cpu())
+        codes.append(condition_class_codes(hb, est.visibility_m, est.light, est.friction))
     return SliceFrames(PolicyInputs.concat(parts), torch.cat(codes))
 
 
@@ -166,10 +166,10 @@ def slice_targets(
     """Per-head targets [N, M]: the parent's command, log-variance and hazard probability, with the braking and the
     hazard probability scaled down in ``condition`` frames only."""
     code = _condition_code(condition)
-    parent.eval()
+    teacher = copy.deepcopy(parent).to(frames.inputs.device).eval()
     tensors = frames.inputs.tensors()
     n = frames.inputs.batch
-    heads = torch.cat([parent.forward_heads(*(t[i : i + 8192] for t in tensors)) for i in range(0, n, 8192)])
+    heads = torch.cat([teacher.forward_heads(*(t[i : i + 8192] for t in tensors)) for i in range(0, n, 8192)])
     mean, logvar, hazard = heads.unbind(-1)
     in_slice = (frames.condition == code).unsqueeze(-1)
     braking = in_slice & (mean < 0)
@@ -183,15 +183,17 @@ def distill(
     parent: FusionPolicy, frames: SliceFrames, targets: dict[str, torch.Tensor], config: RegressionConfig, seed: int
 ) -> tuple[FusionPolicy, dict[str, float]]:
     """Fine-tune a copy of ``parent`` toward ``targets`` (deterministic for a seed on one device and thread count);
-    returns the copy (eval mode) and the mean loss of the first and last epoch."""
-    model = copy.deepcopy(parent).train().requires_grad_(True)
+    returns the copy (eval mode, on the CPU) and the mean loss of the first and last epoch. Trains on the frames'
+    device."""
+    device = frames.inputs.device
+    model = copy.deepcopy(parent).to(device).train().requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(seed)
     tensors = frames.inputs.tensors()
     n = frames.inputs.batch
     losses: list[float] = []
     for _ in range(config.epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).to(device)
         total, steps = 0.0, 0
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
@@ -207,7 +209,7 @@ def distill(
             total += float(loss.detach())
             steps += 1
         losses.append(total / max(steps, 1))
-    return model.eval(), {"distill_loss_first": losses[0], "distill_loss_last": losses[-1]}
+    return model.cpu().eval(), {"distill_loss_first": losses[0], "distill_loss_last": losses[-1]}
 
 
 def one_slice_regression(
