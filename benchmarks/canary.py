@@ -217,6 +217,7 @@ class Outcome:
     verdict_s: float = math.nan
     candidate_km: float = 0.0  # km driven on the candidate until the verdict (to the horizon if undecided)
     holds: int = 0
+    reasons: list[str] = field(default_factory=list)  # why the verdict (the controller's decisive reasons)
 
 
 @dataclass
@@ -411,6 +412,10 @@ def run_rollouts(a: argparse.Namespace, models: dict[str, LoadedPolicy], thresho
         )
         if all(ro.done for ro in rollouts):
             break
+        if time.monotonic() - t0 > a.max_wall_s:
+            log(f"stopping at {now_s:g} s simulated: --max-wall-s {a.max_wall_s:g} reached (undecided are reported)")
+            break
+    a.horizon_s = tick * 0.1
     return rollouts
 
 
@@ -456,9 +461,11 @@ def _advance(ro: Rollout, beats: list[FleetHealth], now_s: float, runner: FleetR
         for act in ro.impl.feed(beats, now_s):
             if isinstance(act, ctl.RecordDecision) and act.decision.verdict.value == "hold":
                 ro.outcome.holds += 1
+                ro.outcome.reasons = list(act.decision.reasons)
             if isinstance(act, ctl.AssignWave):
                 runner.set_model([int(v) for v in act.canary], ro.version)
             elif isinstance(act, ctl.RollBack):
+                ro.outcome.reasons = [act.reason]
                 _finish(ro, "rolled_back", wave, now_s, runner)
             elif isinstance(act, ctl.Promote):
                 _finish(ro, "promoted", wave, now_s, runner)
@@ -535,7 +542,12 @@ def render(result: dict[str, Any]) -> str:
                 "-" if r["per_1000_km"] is None else f"{r['per_1000_km']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
             )
             lines.append(f"| {name} | {cond} | {v['km']:,.0f} | {v['count']} | {rate} | {rt} |")
-    lines += ["", "judges (the same sub-fleets; good = control candidate, regression = 2x in fog):", ""]
+    lines += [
+        "",
+        f"judges (the same sub-fleets, {result['horizon_s']:g} s simulated; good = the control candidate, regression ="
+        " fog poisoned):",
+        "",
+    ]
     lines += [
         "| judge | false rollbacks (good) | good promoted / undecided | time to promotion, median s "
         "| regressions caught | caught in wave 0 / 1 / 2 | bad-model km before rollback, mean (median) "
@@ -569,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--rollouts", type=int, default=50, help="rollouts per candidate and judge")
     p.add_argument("--vehicles", type=int, default=200, help="vehicles per rollout (one sub-fleet)")
     p.add_argument("--minutes", type=float, default=10.0, help="simulated horizon of every rollout [min]")
+    p.add_argument("--max-wall-s", type=float, default=math.inf, help="stop the rollouts after this wall time [s]")
     p.add_argument("--beat-s", type=float, default=10.0, help="heartbeat period = evaluation interval [s]")
     p.add_argument("--waves", type=float, nargs="+", default=[0.05, 0.2, 0.5, 1.0], help="canary share per wave")
     p.add_argument("--min-exposure-km", type=float, default=20.0, help="canary km per wave before any verdict")
@@ -597,12 +610,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out-dir", default=".canary-bench", help="where made models are written")
     p.add_argument("--json", metavar="FILE", help="write the result as one JSON document ('-': stdout)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke size")
+    if p.parse_known_args(argv)[0].quick:  # tiny sizes, unless given on the command line
+        p.set_defaults(
+            rollouts=2,
+            vehicles=40,
+            minutes=1.0,
+            min_exposure_km=1.0,
+            eval_vehicles=32,
+            eval_ticks=100,
+            bootstrap_vehicles=64,
+            bootstrap_ticks=40,
+            bootstrap_train_s=5.0,
+            bootstrap_epochs=1,
+            record_vehicles=32,
+            record_ticks=50,
+        )
     a = p.parse_args(argv)
-    if a.quick:
-        a.rollouts, a.vehicles, a.minutes, a.beat_s = 2, 40, 1.0, 10.0
-        a.min_exposure_km, a.eval_vehicles, a.eval_ticks = 1.0, 32, 100
-        a.bootstrap_vehicles, a.bootstrap_ticks, a.bootstrap_train_s, a.bootstrap_epochs = 64, 40, 5.0, 1
-        a.record_vehicles, a.record_ticks = 32, 50
     torch.set_num_threads(a.threads)
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -624,6 +647,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t_roll = time.monotonic()
     result = {
         "sizes": sizes,
+        "horizon_s": a.horizon_s,
         "args": {k: v for k, v in vars(a).items()},
         "true_rates": rates,
         "thresholds_per_1000_km": {m: 1000 * v for m, v in thresholds.items()},
