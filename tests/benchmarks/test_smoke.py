@@ -124,6 +124,16 @@ def test_claims_print_the_rows_and_a_verdict_per_claim(tiny_models: dict[str, Pa
     assert "(d) fallback alone, CCRs:" in out, out
 
 
+def test_canary_prints_true_rates_and_every_judge(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    fused = str(tiny_models["fused"])
+    args = ("--quick", "--production", fused, "--device", "cpu", "--out-dir", str(tmp_path), "--minutes", "0.5")
+    out = run_benchmark("canary.py", *args)
+    assert len(table_rows(out, "regression |")) == 5, out  # four true conditions and all
+    for judge in ("controller", "install", "threshold", "mann_whitney"):
+        assert table_rows(out, f"{judge} |"), f"no {judge} row\n{out}"
+    assert "controller targets: false rollbacks <= 5 %" in out, out
+
+
 def test_multi_gpu_on_cpu_processes_prints_strong_scaling() -> None:
     args = ("--device", "cpu", "--counts", "1", "2", "--modes", "strong", "--total", "16", "--ticks", "2")
     out = run_benchmark("multi_gpu.py", *args, "--warmup", "1")
