@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from fleetloop.platform.metrics import MetricsRegistry
 from fleetloop.platform.metrics.query import (
+    COLLISION_RATE_BY_MODEL_VERSION,
     HISTORY_QUERIES,
     Sample,
     TargetHealth,
@@ -149,3 +151,9 @@ def test_every_history_query_fills_its_rate_window_and_keeps_its_selectors() -> 
     safety = HISTORY_QUERIES["collisions + near misses per 1,000 km"][0].format(w="60s", ws="300s")
     assert "[300s]" in safety
     assert '{event=~"collision|near_miss"}' in safety and "* 1e6" in safety  # events per metre -> per 1,000 km
+
+
+def test_the_readme_and_the_docs_quote_the_collision_rate_query_as_the_code_has_it() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    for doc in ("README.md", "docs/observability.md"):
+        assert f"```promql\n{COLLISION_RATE_BY_MODEL_VERSION}\n```" in (repo / doc).read_text(), doc
