@@ -153,7 +153,8 @@ def plot_history(history: History, path: Path) -> None:
             ax.text(0.5, 0.5, "no data in this window", transform=ax.transAxes, ha="center", color="grey")
         elif set(lines) != {"total"}:
             ax.legend(fontsize=7, loc="upper left", ncol=2)
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
+    short = history.end_s - history.start_s <= 600  # [s] minutes alone would repeat on the ticks of a short span
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S" if short else "%H:%M", tz=UTC))
     axes[-1, 0].set_xlabel("time (UTC)")
     minutes = (history.end_s - history.start_s) / 60
     fig.suptitle(
