@@ -39,9 +39,11 @@ $FLEETLOOP up
 $FLEETLOOP model bootstrap --ticks 100 --max-train-seconds 20
 $FLEETLOOP pipeline serve --stage collect
 fault_tick=300 # 30 simulated seconds of a healthy model first
+set -m         # the fleet in a job of its own: a script's background job would ignore the Ctrl-C that ends it
 $FLEETLOOP sim run --vehicles "$VEHICLES" --minutes "$MINUTES" --weather fog --seed 7 \
   --inject "latency_spike:p=0.3,ms=300,start=$fault_tick" --json >/dev/null &
 sim_pid=$!
+set +m
 sleep "$SHOT_AFTER_S"
 kill -0 "$sim_pid" # still running: the screenshot shows it live
 $FLEETLOOP watch --svg "$OUT/watch-terminal.svg"
