@@ -28,8 +28,12 @@ export MLFLOW_DISABLE_TELEMETRY=true FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDAT
 
 sim_pid=""
 cleanup() {
-  [ -n "$sim_pid" ] && kill -INT "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
-  $FLEETLOOP down >/dev/null 2>&1 || true
+  set +e # take everything down whatever fails on the way
+  if [ -n "$sim_pid" ]; then
+    kill -INT "$sim_pid" 2>/dev/null
+    wait "$sim_pid" 2>/dev/null
+  fi
+  $FLEETLOOP down >/dev/null 2>&1
   rm -rf "$FLEETLOOP_STATE_DIR"
 }
 trap cleanup EXIT
