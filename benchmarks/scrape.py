@@ -1,7 +1,8 @@
 """Scrape cost: what watching the fleet with Prometheus costs the fleet, how many series the stack exports, and what
 a real Prometheus holding them takes in memory. Prints one table.
 
-1. Throughput with and without the exporter scraped every second, in the same process: a fleet (``--vehicles``,
+1. Throughput with and without the exporter scraped every second, in the same process and before the stack of part 2
+   starts (so nothing else scrapes the unscraped blocks): a fleet (``--vehicles``,
    a freshly initialised policy, no telemetry) updates its metrics after every chunk of ticks exactly as
    ``fleetloop sim run`` does, in blocks of ``--block-chunks`` chunks, alternately unscraped and scraped (ABBA
    order, ``--reps`` pairs). The scraper is a separate process doing ``GET /metrics`` every ``--interval-s``, so
@@ -17,6 +18,7 @@ a real Prometheus holding them takes in memory. Prints one table.
 
     python benchmarks/scrape.py                 # about 10 min of CPU on a 2-core machine
     python benchmarks/scrape.py --quick         # seconds: tiny fleet, no Kafka / MLflow / stages, 20 s of Prometheus
+    python benchmarks/scrape.py --throughput-only --vehicles 1000   # part 1 alone
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prom-minutes", type=float, default=3.0, help="how long Prometheus scrapes before measuring")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--quick", action="store_true", help="tiny sizes; Prometheus only (if installed), no stack")
+    ap.add_argument("--throughput-only", action="store_true", help="part 1 only: no stack, no series, no Prometheus")
     args = ap.parse_args(argv)
     if args.quick:
         args.vehicles, args.block_chunks, args.reps = 50, 1, 1
@@ -199,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.quick
             else [s for s in services_to_start(None, settings) if s.missing(settings) is None] + stage_specs()
         )
-        if args.quick and not have_prometheus:
+        if (args.quick and not have_prometheus) or args.throughput_only:
             specs = []
-        launcher.up(settings, specs)
         try:
+            # Part 1 before the stack starts: no Prometheus may scrape the unscraped blocks.
             update = sim_cli._metrics(settings)  # the "sim" exporter, registered like `sim run`'s
             (sim,) = [t for t in list_targets(settings.state_dir).targets if t.name == "sim"]
             url = f"http://{sim.address}/metrics"
@@ -213,14 +216,22 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(args.reps):
                 order = (False, True) if rep % 2 == 0 else (True, False)
                 for scraped in order:
-                    blocks.append(measure_block(runner, update, args.block_chunks, url if scraped else None, 1.0))
+                    b = measure_block(runner, update, args.block_chunks, url if scraped else None, args.interval_s)
+                    blocks.append(b)
+                    print(f"block {len(blocks)}: {'scraped' if scraped else 'unscraped'}, {b.steps_per_s:,.0f} "
+                          f"vehicle-steps/s", file=sys.stderr, flush=True)  # fmt: skip
             runner.close()
+            launcher.up(settings, specs)
 
-            big = make_runner(args.series_vehicles, model, seed=2)
-            t0 = time.perf_counter()
-            run_chunks(big, update, max(1, args.series_ticks // sim_cli.CHUNK_TICKS))
-            series_tick_s = (time.perf_counter() - t0) / max(1, args.series_ticks)
-            per_target = scrape_targets(settings.state_dir)
+            per_target: list[tuple[str, int, int]] = []
+            series_tick_s = float("nan")
+            if not args.throughput_only:
+                big = make_runner(args.series_vehicles, model, seed=2)
+                t0 = time.perf_counter()
+                run_chunks(big, update, max(1, args.series_ticks // sim_cli.CHUNK_TICKS))
+                series_tick_s = (time.perf_counter() - t0) / max(1, args.series_ticks)
+                per_target = scrape_targets(settings.state_dir)
+                print(f"{args.series_vehicles:,} vehicles: {series_tick_s:.2f} s per tick", file=sys.stderr)
 
             prom: dict[str, Any] = {}
             if prometheus.SPEC in specs:
@@ -233,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
                     "fleetloop_job_series": prom_query(settings, 'count({job="fleetloop"})'),
                     "targets_up": prom_query(settings, 'sum(up{job="fleetloop"})'),
                 }
-            big.close()
         finally:
             launcher.down(settings, specs)
 
@@ -257,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         pages = max(b.page_bytes for b in on)
         print(f"| scrapes: count, time per scrape ms, page bytes | {len(scrape_ms)}, {_spread(scrape_ms, '.1f')}, "
               f"{pages:,} |")  # fmt: skip
+    if args.throughput_only:
+        return 0
     print(f"| series fleet: {args.series_vehicles:,} vehicles, s per tick | {series_tick_s:.2f} |")
     for name, n_all, n_ours in per_target:
         print(f"| series of {name}: all / fleetloop_* | {n_all:,} / {n_ours:,} |")
