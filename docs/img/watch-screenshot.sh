@@ -31,6 +31,8 @@ cleanup() {
   set +e # take everything down whatever fails on the way
   if [ -n "$sim_pid" ]; then
     kill -INT "$sim_pid" 2>/dev/null
+    for _ in $(seq 60); do kill -0 "$sim_pid" 2>/dev/null || break; sleep 1; done
+    kill -TERM "$sim_pid" 2>/dev/null # still closing after a minute: the state directory goes anyway
     wait "$sim_pid" 2>/dev/null
   fi
   $FLEETLOOP down >/dev/null 2>&1
@@ -43,11 +45,12 @@ $FLEETLOOP up
 $FLEETLOOP model bootstrap --ticks 100 --max-train-seconds 20
 $FLEETLOOP pipeline serve --stage collect
 fault_tick=300 # 30 simulated seconds of a healthy model first
-set -m         # the fleet in a job of its own: a script's background job would ignore the Ctrl-C that ends it
-$FLEETLOOP sim run --vehicles "$VEHICLES" --minutes "$MINUTES" --weather fog --seed 7 \
+# A background job of a script ignores Ctrl-C (SIGINT), and so does a script itself started in the background: the
+# fleet starts with SIGINT restored, so the Ctrl-C that ends it after the pictures reaches it (sim run stops cleanly).
+"$PY" -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
+  $FLEETLOOP sim run --vehicles "$VEHICLES" --minutes "$MINUTES" --weather fog --seed 7 \
   --inject "latency_spike:p=0.3,ms=300,start=$fault_tick" --json >/dev/null &
 sim_pid=$!
-set +m
 sleep "$SHOT_AFTER_S"
 kill -0 "$sim_pid" # still running: the screenshot shows it live
 $FLEETLOOP watch --svg "$OUT/watch-terminal.svg"
