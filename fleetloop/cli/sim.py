@@ -222,7 +222,7 @@ def simulate(
             reports = [runner.step() for _ in range(n)]
             done += runner.ticks - before
             if on_progress:
-                on_progress({**_sum_reports(reports), "groups": runner.group_sums()})
+                on_progress({**_sum_reports(reports), "groups": runner.group_sums(), "hooks": runner.hook_counts()})
         summary = runner.close()
     else:
         fleet = ShardedFleet(spec, shards, backend, ray_address, devices=devices)
@@ -612,7 +612,7 @@ def _plot(d: dict[str, Any], path: Path) -> None:
 
 def _metrics(settings: Settings) -> Callable[[dict[str, Any]], None]:
     """Start the process's exporter; returns the per-chunk updater of the sim's counters."""
-    from fleetloop.cli.sim_metrics import GroupCounters
+    from fleetloop.cli.sim_metrics import GroupCounters, ShadowCounters
     from fleetloop.platform.metrics import counter, gauge, start_exporter
 
     start_exporter(settings, "sim")
@@ -622,6 +622,7 @@ def _metrics(settings: Settings) -> Callable[[dict[str, Any]], None]:
     uploads = counter("fleetloop_sim_uploaded_frames_total", "Frames the vehicles chose to upload.")
     rate = gauge("fleetloop_sim_vehicle_steps_per_second", "Vehicle-steps per wall-clock second (last chunk).")
     by_group = GroupCounters()
+    shadow = ShadowCounters()
     last = [time.monotonic()]
 
     def update(part: dict[str, Any]) -> None:
@@ -632,6 +633,7 @@ def _metrics(settings: Settings) -> Callable[[dict[str, Any]], None]:
         acts.inc(part["fallback_activations"])
         uploads.inc(part["uploaded_frames"])
         by_group.update(part.get("groups", {}))
+        shadow.update(part.get("hooks", {}).get("ota", {}).get("shadow", {}))
         if now > last[0]:
             rate.set(part["vehicle_steps"] / (now - last[0]))
         last[0] = now

@@ -2,12 +2,13 @@
 
 It reads Prometheus' HTTP API when a Prometheus answers, else every registered exporter directly
 (:mod:`fleetloop.platform.metrics.query`); this module only renders. ``--once`` shows one snapshot
-(``--json``: one JSON document), ``--plot FILE.png`` draws the last ``--minutes`` of the main series from
-Prometheus' history.
+(``--json``: one JSON document), ``--svg FILE.svg`` saves one as a terminal screenshot, ``--plot FILE.png`` draws
+the last ``--minutes`` of the main series from Prometheus' history.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import typer
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -26,7 +27,7 @@ from fleetloop.platform.errors import ServiceUnavailable, UserInputError
 from fleetloop.platform.metrics.query import HISTORY_QUERIES, History, Snapshot, Watcher, query_history
 from fleetloop.platform.settings import load_settings
 
-__all__ = ["plot_history", "render_snapshot", "watch_cmd"]
+__all__ = ["plot_history", "render_snapshot", "save_svg", "watch_cmd"]
 
 SOURCES = ("auto", "prometheus", "exporters")
 
@@ -120,6 +121,13 @@ def render_snapshot(s: Snapshot) -> RenderableType:
     return Group(*parts)
 
 
+def save_svg(snapshot: Snapshot, path: Path, width: int = 112) -> None:
+    """The dashboard of ``snapshot`` as a terminal screenshot (SVG), as ``fleetloop watch`` draws it."""
+    recorder = Console(record=True, width=width, file=io.StringIO(), force_terminal=True, color_system="truecolor")
+    recorder.print(render_snapshot(snapshot))
+    recorder.save_svg(str(path), title="fleetloop watch")
+
+
 def plot_history(history: History, path: Path) -> None:
     """One PNG: a panel per series of ``HISTORY_QUERIES`` that has data, over the history's time span (the panels
     without data are named under the figure)."""
@@ -145,7 +153,8 @@ def plot_history(history: History, path: Path) -> None:
             ax.text(0.5, 0.5, "no data in this window", transform=ax.transAxes, ha="center", color="grey")
         elif set(lines) != {"total"}:
             ax.legend(fontsize=7, loc="upper left", ncol=2)
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
+    short = history.end_s - history.start_s <= 600  # [s] minutes alone would repeat on the ticks of a short span
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S" if short else "%H:%M", tz=UTC))
     axes[-1, 0].set_xlabel("time (UTC)")
     minutes = (history.end_s - history.start_s) / 60
     fig.suptitle(
@@ -165,6 +174,7 @@ def watch_cmd(
     once: bool = typer.Option(False, "--once", help="Show one snapshot and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print one snapshot as one JSON document (implies --once)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the last --minutes here (needs Prometheus)."),
+    svg: Path | None = typer.Option(None, "--svg", help="Write one snapshot here as a terminal screenshot (SVG)."),
     minutes: float = typer.Option(15.0, "--minutes", click_type=POSITIVE_FLOAT, help="Minutes --plot covers."),
     interval_s: float = typer.Option(
         2.0, "--interval", click_type=POSITIVE_FLOAT, help="Seconds between refreshes of the live dashboard."
@@ -187,6 +197,14 @@ def watch_cmd(
         emit(summary, as_json, lambda d: console.print(f"wrote {d['plot']}: {d['lines']} lines over {minutes:g} min"))
         return
     watcher = Watcher(settings, source)  # type: ignore[arg-type]  # checked against SOURCES above
+    if svg is not None:
+        if svg.suffix.lower() != ".svg":
+            raise UserInputError(f"--svg writes an SVG; give a file name ending in .svg, not {svg.name!r}")
+        shot = watcher.poll()
+        save_svg(shot, svg)
+        written = {"svg": str(svg), "source": shot.source, "targets": len(shot.targets)}
+        emit(written, as_json, lambda d: console.print(f"wrote {d['svg']} (a snapshot from {d['source']})"))
+        return
     if once or as_json:
         snapshot = watcher.poll()
         emit(snapshot.to_dict(), as_json, lambda _d: console.print(render_snapshot(snapshot)))

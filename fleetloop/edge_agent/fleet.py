@@ -665,6 +665,12 @@ class FleetRunner:
             out["model_failures"] = {v: 1 for v in self.failures}
         if self.sink is not None:
             out["telemetry"] = _numeric(self.sink.stats())
+        out.update(self.hook_counts())
+        return out
+
+    def hook_counts(self) -> dict[str, Any]:
+        """The hooks' counts so far (with OTA: statuses, fetches, shadow mode's sums), for live metrics."""
+        out: dict[str, Any] = {}
         for hook in self.hooks:
             out.update(hook.counts())
         return out

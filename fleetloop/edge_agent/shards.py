@@ -122,7 +122,8 @@ class _Worker:
 
     def advance(self, ticks: int) -> dict[str, Any]:
         """The summed tick reports of ``ticks`` ticks, plus ``busy_s``: this shard's own seconds for them (every
-        tick ends in a device sync, so the time is complete), and the shard's ``groups`` so far (live metrics)."""
+        tick ends in a device sync, so the time is complete), and the shard's ``groups`` and ``hooks`` counts so far
+        (live metrics)."""
         t0 = time.perf_counter()
         totals = {"ticks": 0, "vehicle_steps": 0, "collisions": 0, "near_misses": 0, "fallback_activations": 0}
         totals["uploaded_frames"] = 0
@@ -138,7 +139,7 @@ class _Worker:
         for _ in range(ticks):
             add(self.runner.step())
         busy_s = time.perf_counter() - t0
-        return {**totals, "busy_s": busy_s, "groups": self.runner.group_sums()}
+        return {**totals, "busy_s": busy_s, "groups": self.runner.group_sums(), "hooks": self.runner.hook_counts()}
 
     def set_model(self, vehicle_ids: list[int], version: str | None) -> int:
         return self.runner.set_model(vehicle_ids, version)

@@ -36,7 +36,7 @@ from fleetloop.platform.bus.consumer import BusConsumer, Delivery, Polled
 from fleetloop.platform.bus.producer import BusProducer
 from fleetloop.platform.bus.topics import Topic
 from fleetloop.platform.errors import ServiceUnavailable
-from fleetloop.platform.metrics import counter
+from fleetloop.platform.metrics import CONSUMER_LAG, counter
 from fleetloop.platform.settings import Settings
 
 __all__ = [
@@ -254,6 +254,16 @@ def run_shell(
                 on_progress(report)
             return True
 
+        lag_exported = False
+
+        def export_lag() -> None:
+            """The stage's lag on its topic, summed over the partitions it holds (0 once it holds none)."""
+            nonlocal lag_exported
+            lags = consumer.lag_records()
+            if lags or lag_exported:
+                CONSUMER_LAG.labels(report.stage, cfg.topic.name).set(sum(lags.values()))
+                lag_exported = True
+
         with contextlib.suppress(ServiceUnavailable):
             sink.start(producer)  # a failed start (recovery announcements) is retried by the first flush
 
@@ -267,6 +277,7 @@ def run_shell(
                 stop.wait(_OUTAGE_RETRY_S)
                 continue
             outage.over()
+            export_lag()
             now = time.monotonic()
             if polled.n_records:
                 last_record = now

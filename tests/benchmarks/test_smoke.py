@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,14 @@ def test_federation_prints_a_round_beside_central_training_on_the_same_frames() 
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "3", row  # every client's update aggregated
     assert float(cells[3].replace(",", "")) > float(cells[7].replace(",", "")), row  # Ray's processes cost memory
+
+
+def test_scrape_prints_throughput_with_and_without_scrapes_the_series_and_prometheus_memory() -> None:
+    # --quick: a tiny fleet, no Kafka / MLflow / stages; Prometheus (where installed) scrapes it for 20 s.
+    out = run_benchmark("scrape.py", "--quick", timeout_s=420.0)
+    for row in ("unscraped: vehicle-steps/s", "scraped every 1 s: vehicle-steps/s", "scrapes: count", "series of sim"):
+        assert table_rows(out, row), out
+    (series,) = table_rows(out, "series of sim: all / fleetloop_*")
+    assert int(series.split("|")[2].split("/")[1].replace(",", "")) > 10, series  # the fleet's own series
+    if shutil.which("prometheus"):
+        assert table_rows(out, "Prometheus after") and table_rows(out, "Prometheus: head series"), out

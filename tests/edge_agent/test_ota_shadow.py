@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fleetloop.cli.sim_metrics import SHADOW_COMPARED_METRIC, ShadowCounters
 from fleetloop.edge_agent.fleet import FleetConfig, FleetRunner
 from fleetloop.edge_agent.ota_agent import OtaAgent, OtaSpec
 from fleetloop.edge_agent.ota_bus import MemoryTransport
@@ -29,6 +30,7 @@ from fleetloop.edge_agent.policy import FusionPolicy
 from fleetloop.platform.bus.events import OtaCommand, OtaStatus
 from fleetloop.platform.bus.serde import decode, encode
 from fleetloop.platform.errors import FleetConfigError
+from fleetloop.platform.metrics import REGISTRY
 from fleetloop.platform.releases.repository import ReleaseRepository
 from tests.edge_agent.test_ota_client import CFG, NEW, OLD, signals
 from tests.edge_agent.test_ota_fleet import ASSIGNED, FLEET, HEALTH, MODEL, Fleet, publish, repo, server
@@ -155,6 +157,10 @@ def test_shadow_leaves_every_command_and_event_bit_identical_and_reports_disagre
             assert same_bits(getattr(a.last_events, f.name), getattr(b.last_events, f.name)), (t, f.name)
     assert "2" in shadowed.runner.labels and shadowed.versions() == ["1"] * FLEET  # loaded, never driving
     assert plain.model_switches() == shadowed.model_switches() == 0
+    live = shadowed.runner.hook_counts()["ota"]["shadow"]  # what `sim run` exports after each chunk
+    ShadowCounters().update(live)
+    compared_live = REGISTRY.collector_registry.get_sample_value(SHADOW_COMPARED_METRIC, {"condition": "clear"})
+    assert compared_live == live["compared_ticks"]["clear"] and sum(live["compared_ticks"].values()) > 0
     shadowed.runner.close(5.0)
     for v in ASSIGNED:
         states = shadowed.states(v)

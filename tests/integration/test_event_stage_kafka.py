@@ -29,6 +29,7 @@ from fleetloop.platform.bus import (
 from fleetloop.platform.bus.admin import ensure_topics
 from fleetloop.platform.bus.serde import encode_event
 from fleetloop.platform.errors import DataError
+from fleetloop.platform.metrics import REGISTRY
 from fleetloop.platform.settings import Settings
 from tests.integration.private_kafka import private_kafka
 
@@ -186,3 +187,29 @@ def test_an_event_stage_waits_out_a_broker_restart_and_handles_every_event(
         assert not worker.is_alive() and report.stopped_by == "signal" and report.dead_lettered == {}
         want = {f"before-{i}" for i in range(5)} | {f"after-{i}" for i in range(5)}
         assert {e.dataset_id for e in read_events(private, t.out, 10)} == want
+
+
+def test_the_lag_a_stage_exports_counts_the_records_it_has_yet_to_read_and_ends_at_zero(
+    stack_settings: Settings, kafka_bootstrap: str
+) -> None:
+    t = fresh_topics(stack_settings)
+    send_events(stack_settings, t.source, [sealed(f"seg-{i}") for i in range(30)])
+    series = {"stage": "label", "topic": t.source.name}
+
+    def lag() -> float | None:
+        return REGISTRY.collector_registry.get_sample_value("fleetloop_pipeline_consumer_lag_records", series)
+
+    seen: list[float | None] = []
+
+    def stage(events: Sequence[Event]) -> list[Event]:
+        seen.append(lag())
+        return []
+
+    report = EventStageReport(stage="label")
+    sink = EventSink(stage, report, wants=("dataset.sealed",), events_topic=t.out, batched=True)
+    cfg = ShellConfig(t.source, f"g-{uuid.uuid4().hex}", t.dead, consumer_overrides={"max_poll_records": 5})
+    run_shell(stack_settings, sink, cfg, report)
+    assert report.records == 30 and len(seen) == 6
+    assert seen[0] == 25  # the first poll took 5 of the 30: the gauge was set before the stage ran on them
+    assert seen == sorted(seen, reverse=True)  # it falls as the stage reads
+    assert lag() == 0

@@ -14,6 +14,7 @@ import pytest
 from fleetloop.edge_agent.ota_verify import OtaClientConfig, fetch_verified_release
 from fleetloop.platform import launcher
 from fleetloop.platform.metrics import list_targets
+from fleetloop.platform.metrics.query import scrape_exporters
 from fleetloop.platform.releases import api
 from fleetloop.platform.releases.cohorts import VehicleList
 from fleetloop.platform.releases.repository import ReleaseRepository
@@ -23,6 +24,7 @@ from tests.conftest import free_port
 from tests.platform.release_data import SCHEMA, release_meta
 
 pytestmark = pytest.mark.integration
+RELEASE_EXPIRY_METRIC = "fleetloop_release_metadata_expiry_timestamp_seconds"
 
 
 @pytest.fixture
@@ -75,3 +77,14 @@ def test_service_resigns_a_timestamp_about_to_expire(settings: Settings) -> None
     assert health.ok and health.detail.startswith(f"timestamp v{before.version + 1},")
     assert after.version == before.version + 1
     assert after.expires - api.utc_now() > timedelta(hours=23)
+    # What it exports is the expiry the alert rule reads, for the re-signed timestamp and the other roles.
+    deadline = time.monotonic() + 20
+    while True:
+        samples, _health, _ = scrape_exporters(settings.state_dir)
+        expiry = {s.labels["role"]: s.value for s in samples if s.name == RELEASE_EXPIRY_METRIC}
+        if expiry.get("timestamp") == after.expires.timestamp() or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert expiry["timestamp"] == after.expires.timestamp()
+    assert set(expiry) == {"root", "targets", "snapshot", "timestamp"}
+    assert expiry["root"] == repo.load("root").signed.expires.timestamp()

@@ -24,6 +24,7 @@ import pytest
 from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
 from fleetloop.edge_agent.imitation import ImitationConfig
 from fleetloop.platform import launcher
+from fleetloop.platform.metrics.query import COLLISION_RATE_BY_MODEL_VERSION
 from fleetloop.platform.services import alertmanager, prometheus
 from fleetloop.platform.services.alertmanager import DEPLOY_DIR, get_json
 from fleetloop.platform.settings import Settings
@@ -43,6 +44,7 @@ FAULT_TICK = 100  # [ticks] 10 simulated seconds of a healthy model first
 # the fallback, thousands of times per vehicle-hour against the healthy model's hundred or two.
 FAULT = f"latency_spike:p=0.3,ms=300,start={FAULT_TICK}"
 SURGE = "FleetloopFallbackActivationSurge"
+DISTANCE_BY_VERSION = "sum by (model_version) (fleetloop_sim_distance_meters_total)"
 T = TypeVar("T")
 
 
@@ -116,6 +118,18 @@ def test_a_latency_fault_fires_the_fallback_surge_alert_and_a_killed_fleet_the_e
         )
         assert steps[0]["metric"]["pid"] == str(proc.pid)
         assert _query(monitored, f'up{{job="fleetloop",process="sim",pid="{proc.pid}"}} == 1')
+
+        # The collision rate by model version that the README and docs/observability.md give: one series per
+        # version that drove (0 where it has had no collision yet), and only those.
+        rates = _wait_for(
+            "the collision rate by model version",
+            lambda: _query(monitored, COLLISION_RATE_BY_MODEL_VERSION),
+            60,
+            proc,
+        )
+        driven = {s["metric"]["model_version"] for s in _query(monitored, DISTANCE_BY_VERSION)}
+        assert sorted(r["metric"]["model_version"] for r in rates) == sorted(driven) and driven
+        assert all(set(r["metric"]) == {"model_version"} and float(r["value"][1]) >= 0 for r in rates)
         before_fault = float(steps[0]["value"][1]) < FAULT_TICK * VEHICLES
         if before_fault:  # (a machine slow to start Prometheus' first scrape may already be past the fault)
             assert _alerts(monitored, SURGE, "firing") == [] and _alerts(monitored, SURGE, "pending") == []
@@ -148,6 +162,9 @@ def test_a_latency_fault_fires_the_fallback_surge_alert_and_a_killed_fleet_the_e
             None,
         )
         assert down["labels"]["process"] == "sim"
+        # Nothing else breaks: Prometheus still scrapes itself and answers, and only that target is down.
+        assert _query(monitored, 'up{job="prometheus"} == 1')
+        assert [a["labels"]["pid"] for a in _alerts(monitored, "FleetloopExporterDown")] == [str(proc.pid)]
     finally:
         if proc.poll() is None:
             proc.kill()

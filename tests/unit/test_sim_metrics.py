@@ -6,8 +6,11 @@ from fleetloop.cli.sim_metrics import (
     ACTIVATIONS_BY_REASON_METRIC,
     DISTANCE_METRIC,
     EVENTS_BY_CONDITION_METRIC,
+    SHADOW_DIFFERING_METRIC,
     GroupCounters,
+    ShadowCounters,
     group_deltas,
+    shadow_deltas,
 )
 from fleetloop.platform.metrics import REGISTRY
 
@@ -38,3 +41,15 @@ def test_the_counters_end_at_the_run_totals_after_several_chunks() -> None:
     c = REGISTRY.collector_registry
     assert c.get_sample_value(DISTANCE_METRIC, labels) == 3000.0
     assert c.get_sample_value(EVENTS_BY_CONDITION_METRIC, {**labels, "event": "collision"}) == 3.0
+
+
+def test_shadow_counters_add_what_the_shadow_sums_grew_by_per_condition() -> None:
+    before = {"compared_ticks": {"fog": 10.0, "clear": 4.0}, "differ_ticks": {"fog": 2.0}, "vehicle_ticks": 20}
+    now = {"compared_ticks": {"fog": 15.0, "clear": 4.0}, "differ_ticks": {"fog": 2.0, "wet": 1.0}, "vehicle_ticks": 30}
+    assert sorted(shadow_deltas(before, now)) == [("compared_ticks", "fog", 5.0), ("differ_ticks", "wet", 1.0)]
+    counters = ShadowCounters()
+    c = REGISTRY.collector_registry
+    start = c.get_sample_value(SHADOW_DIFFERING_METRIC, {"condition": "night"}) or 0.0
+    counters.update({"differ_ticks": {"night": 3.0}, "compared_ticks": {"night": 9.0}})
+    counters.update({"differ_ticks": {"night": 5.0}, "compared_ticks": {"night": 9.0}})
+    assert c.get_sample_value(SHADOW_DIFFERING_METRIC, {"condition": "night"}) == start + 5.0

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from fleetloop.platform.metrics import MetricsRegistry
 from fleetloop.platform.metrics.query import (
+    COLLISION_RATE_BY_MODEL_VERSION,
     HISTORY_QUERIES,
     Sample,
     TargetHealth,
@@ -149,3 +153,30 @@ def test_every_history_query_fills_its_rate_window_and_keeps_its_selectors() -> 
     safety = HISTORY_QUERIES["collisions + near misses per 1,000 km"][0].format(w="60s", ws="300s")
     assert "[300s]" in safety
     assert '{event=~"collision|near_miss"}' in safety and "* 1e6" in safety  # events per metre -> per 1,000 km
+
+
+def test_the_readme_and_the_docs_quote_the_collision_rate_query_as_the_code_has_it() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    for doc in ("README.md", "docs/observability.md"):
+        assert f"```promql\n{COLLISION_RATE_BY_MODEL_VERSION}\n```" in (repo / doc).read_text(), doc
+
+
+def test_a_snapshot_saved_as_svg_is_the_dashboard_as_the_terminal_shows_it(tmp_path: Path) -> None:
+    from fleetloop.cli.watch import save_svg
+
+    d, ev = "fleetloop_sim_distance_meters_total", "fleetloop_sim_condition_events_total"
+    snap = _snapshot(
+        [
+            _s(d, 10_000.0, model_version="v3", condition="fog"),
+            _s(ev, 1, model_version="v3", condition="fog", event="collision"),
+            _s("fleetloop_pipeline_consumer_lag_records", 40, stage="collect", topic="fleetloop.telemetry"),
+        ]
+    )
+    path = tmp_path / "watch.svg"
+    save_svg(snap, path)
+    svg = path.read_text()
+    assert svg.startswith("<svg")
+    # rich writes each run of text as an element of its own, with &#160; for spaces: join the runs of the page
+    text = html.unescape("".join(re.findall(r">([^<]*)</text>", svg))).replace("\xa0", " ")
+    for shown in ("fleetloop watch", "v3 / fog", "100.0", "lag: collect/fleetloop.telemetry"):
+        assert shown in text, shown

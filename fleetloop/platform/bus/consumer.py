@@ -231,6 +231,26 @@ class BusConsumer:
         """The ``(topic, partition)`` pairs this member holds now; empty until the group has assigned it some."""
         return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
+    def lag_records(self) -> dict[tuple[str, int], int]:
+        """Records behind the end of each partition this member holds: the partition's end offset minus the
+        position the next poll reads from. The end offset is the high watermark of the partition's last fetch
+        response (what ``end_offsets`` would ask the broker for; no request is made), so a partition not fetched
+        yet, or without a position yet, is left out."""
+        from kafka.errors import KafkaError
+
+        out: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=0)  # known after a fetch: no request
+            except KafkaError:
+                continue
+            if position is not None:
+                out[(tp.topic, tp.partition)] = max(0, int(end) - int(position))
+        return out
+
     # -- dead letters --------------------------------------------------------------------------------
 
     def dead_letter(self, delivery: Delivery, reason: str, error: str) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from fleetloop.platform.metrics.catalogue import (
     CONSUMER_LAG,
-    RELEASE_TIME_TO_EXPIRY,
+    RELEASE_EXPIRY,
     ROLLOUT_WAVE,
     ROLLOUT_WAVE_STARTED,
 )
@@ -54,7 +54,7 @@ __all__ = [
     "DEFAULT_BUCKETS_S",
     "METRIC_PREFIX",
     "REGISTRY",
-    "RELEASE_TIME_TO_EXPIRY",
+    "RELEASE_EXPIRY",
     "ROLLOUT_WAVE",
     "ROLLOUT_WAVE_STARTED",
     "ExporterHandle",

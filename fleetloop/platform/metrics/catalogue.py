@@ -2,11 +2,12 @@
 
 Most metrics are declared beside the code that sets them (``fleetloop_sim_*`` in ``fleetloop.cli.sim``,
 ``fleetloop_pipeline_*`` in ``fleetloop.pipelines``). These are declared here instead: the alert rules in
-``deploy/prometheus/rules`` need registered names, and the processes that set them may live in several modules
-(or are still to be written). Each help text says who sets the metric and when.
+``deploy/prometheus/rules`` need registered names, and the code that sets them lives elsewhere (the rollout
+controller, the ota-repo service, the pipeline stage shell). Each help text says who sets the metric and when;
+tests/prometheus/test_metrics_set.py checks, from the source, that something does.
 
 All are labelled, so a process that imports this module but sets none of them exports no sample of them (an
-unlabelled gauge would export 0, which an alert on "seconds to expiry" would read as "expired").
+unlabelled gauge would export 0, which an alert on an expiry time would read as "expired long ago").
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fleetloop.platform.metrics.registry import gauge
 
 __all__ = [
     "CONSUMER_LAG",
-    "RELEASE_TIME_TO_EXPIRY",
+    "RELEASE_EXPIRY",
     "ROLLOUT_WAVE",
     "ROLLOUT_WAVE_STARTED",
 ]
@@ -31,11 +32,11 @@ ROLLOUT_WAVE_STARTED = gauge(
     "Unix time the current wave of a model rollout began. Set and removed with fleetloop_rollout_wave.",
     ["model", "version"],
 )
-RELEASE_TIME_TO_EXPIRY = gauge(
-    "fleetloop_release_metadata_time_to_expiry_seconds",
-    "Seconds until the signed release metadata of a role (timestamp, snapshot, targets, root) expires; "
-    "negative once expired. Set by the process that serves or refreshes the release repository, after each refresh "
-    "and at least once a minute.",
+RELEASE_EXPIRY = gauge(
+    "fleetloop_release_metadata_expiry_timestamp_seconds",
+    "Unix time at which the signed release metadata of a role (root, targets, snapshot, timestamp) expires; "
+    "vehicles refuse every release once the timestamp role has expired. Set by the ota-repo service after each "
+    "refresh check (the alert rule subtracts time(), so the value stays true between checks).",
     ["role"],
 )
 CONSUMER_LAG = gauge(

@@ -36,6 +36,7 @@ from fleetloop.platform.metrics.targets import Target, list_targets
 from fleetloop.platform.settings import Settings
 
 __all__ = [
+    "COLLISION_RATE_BY_MODEL_VERSION",
     "HISTORY_QUERIES",
     "WATCHED_METRICS",
     "Alert",
@@ -443,6 +444,15 @@ HISTORY_QUERIES: dict[str, tuple[str, str, str]] = {
 }
 """The plotted panels: their PromQL (``{w}``: the rate window; ``{ws}``: the safety rate's, a fifth of the plotted
 span, since events are rare), the label that names a line, the unit."""
+
+COLLISION_RATE_BY_MODEL_VERSION = (
+    f'(sum by (model_version) (increase({CONDITION_EVENTS}{{event="collision"}}[10m]))'
+    f" or 0 * sum by (model_version) (increase({DISTANCE}[10m])))"
+    f" / (sum by (model_version) (increase({DISTANCE}[10m])) > 0) * 1e6"
+)
+"""The fleet's collisions per 1,000 km by model version over the last 10 minutes, for Prometheus' UI or API (the
+README and docs/observability.md quote it): a version that drove without a collision has no collision series yet,
+so its rate is 0 from the distance term, not missing; a version that drove no distance has no rate."""
 
 
 @dataclass(frozen=True)

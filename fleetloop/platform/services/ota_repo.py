@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fleetloop.platform.errors import FleetloopError, SetupError
 from fleetloop.platform.logs import configure_logging
-from fleetloop.platform.metrics import counter, gauge, start_exporter
+from fleetloop.platform.metrics import RELEASE_EXPIRY, counter, start_exporter
 from fleetloop.platform.releases import api
 from fleetloop.platform.releases.keys import keys_dir
 from fleetloop.platform.releases.refresher import TimestampRefresher, check_period_s
@@ -39,6 +39,8 @@ __all__ = ["SPEC", "main", "ota_repo_health", "ota_repo_url", "repository_state"
 
 log = logging.getLogger(__name__)
 _MARKER = "fleetloop.platform.services.ota_repo"
+# The top-level roles whose expiry the server exports (RELEASE_EXPIRY; an alert fires before the timestamp's).
+_EXPIRING_ROLES = ("root", "targets", "snapshot", "timestamp")
 
 
 def ota_repo_url(settings: Settings) -> str:
@@ -135,22 +137,21 @@ SPEC = ServiceSpec(
 
 
 def _record(state_dir: Path, result: list[str] | FleetloopError) -> None:
-    """Count a refresh check and export the expiry of the timestamp now served (metrics of the server process)."""
+    """Count a refresh check and export when each role's metadata now served expires (metrics of the server)."""
     outcome = "failed" if isinstance(result, FleetloopError) else ("resigned" if result else "not_due")
     counter(
         "fleetloop_ota_timestamp_refreshes_total",
         "Timestamp refresh checks of the release server, by outcome (resigned, not_due, failed).",
         ["outcome"],
     ).labels(outcome=outcome).inc()
-    try:
-        expires = ReleaseRepository(state_dir).load("timestamp").signed.expires
-    except (FleetloopError, OSError, ValueError) as exc:
-        log.warning("cannot read the timestamp's expiry: %s", exc)
-        return
-    gauge(
-        "fleetloop_ota_timestamp_expiry_timestamp_seconds",
-        "When the served timestamp metadata expires (Unix time); vehicles refuse every release after it.",
-    ).set(expires.timestamp())
+    repository = ReleaseRepository(state_dir)
+    for role in _EXPIRING_ROLES:
+        try:
+            expires = repository.load(role).signed.expires
+        except (FleetloopError, OSError, ValueError) as exc:
+            log.warning("cannot read the %s metadata's expiry: %s", role, exc)
+            continue
+        RELEASE_EXPIRY.labels(role=role).set(expires.timestamp())
 
 
 def _interrupt(signum: int, frame: object) -> None:
