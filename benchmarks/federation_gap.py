@@ -49,7 +49,6 @@ from typing import Any
 import torch
 from loop_efficacy import _ci, _per_km, _safety, arm_settings, evaluate, run_arm, stack_settings, validate_suite
 
-from fleetloop.cli.model_bootstrap import bootstrap
 from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
 from fleetloop.edge_agent.buffer_store import fleet_buffer_dir
 from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
@@ -57,7 +56,6 @@ from fleetloop.edge_agent.model_artifact import ArtifactMetadata, LoadedPolicy, 
 from fleetloop.edge_agent.policy import ARCHITECTURE
 from fleetloop.federation.buffers import scan_buffers, vehicle_frames
 from fleetloop.federation.config import STRATEGIES, ClientTrainConfig, RoundsConfig
-from fleetloop.federation.runner import run_rounds
 from fleetloop.federation.task import labelled_data
 from fleetloop.pipelines.gates import mean_ci
 from fleetloop.pipelines.label import data_conditions
@@ -69,7 +67,7 @@ from fleetloop.platform.services.kafka import SPEC as KAFKA
 from fleetloop.platform.services.mlflow_server import SPEC as MLFLOW
 from fleetloop.platform.settings import Settings
 
-ARMS = ("central-2%", "federated", "central-all")
+ARMS = ("central-2%", "federated", "fedprox", "central-all")  # fedprox: only with --prox-mu
 MODELS = ("initial", *ARMS, "reference")
 TARGET_GAP_SHARE = 0.8  # (b) must close at least this share of the fog gap
 
@@ -87,15 +85,18 @@ def validate(s: Settings, event: ModelTrained, seed: int, a: argparse.Namespace)
     return {"version": val.version, "stage": val.stage, "passed": val.passed, "gate_reasons": val.reasons}
 
 
-def run_federated(s: Settings, initial: Path, seed: int, a: argparse.Namespace, log: Any) -> dict[str, Any]:
+def run_federated(
+    s: Settings, initial: Path, seed: int, a: argparse.Namespace, log: Any, strategy: str, mu: float
+) -> dict[str, Any]:
     """(b): federated rounds on the vehicles' saved buffers of the loop turn's drive, then validate."""
-    local = ClientTrainConfig(
-        epochs=a.local_epochs, lr=a.local_lr, max_seconds=a.local_max_s, proximal_weight=a.proximal_weight
-    )
+    # Flower, Ray and gRPC load only here: --evaluate-saved runs on a GPU box with torch, numpy and pydantic alone.
+    from fleetloop.federation.runner import run_rounds
+
+    local = ClientTrainConfig(epochs=a.local_epochs, lr=a.local_lr, max_seconds=a.local_max_s, proximal_weight=mu)
     cfg = RoundsConfig(
         rounds=a.rounds,
         clients=a.vehicles,
-        strategy=a.strategy,
+        strategy=strategy,
         fraction=a.fraction,
         min_replies=2,
         holdout_vehicles=a.holdout,
@@ -107,7 +108,7 @@ def run_federated(s: Settings, initial: Path, seed: int, a: argparse.Namespace, 
         restart=True,
     )
     t0 = time.monotonic()
-    res = run_rounds(s, cfg, on_round=lambda r: log(f"seed {seed} federated round {r.server_round}: {r.heldout}"))
+    res = run_rounds(s, cfg, on_round=lambda r: log(f"seed {seed} {strategy} round {r.server_round}: {r.heldout}"))
     t_rounds = time.monotonic() - t0
     out: dict[str, Any] = {
         "rounds": len(res.rounds),
@@ -123,7 +124,7 @@ def run_federated(s: Settings, initial: Path, seed: int, a: argparse.Namespace, 
     }
     assert res.event is not None  # run_rounds always announces its candidate
     out.update(validate(s, res.event, seed, a))
-    log(f"seed {seed} federated: v{out['version']} {out['stage']} ({'; '.join(out['gate_reasons'])[:200]})")
+    log(f"seed {seed} {strategy}: v{out['version']} {out['stage']} ({'; '.join(out['gate_reasons'])[:200]})")
     return out
 
 
@@ -299,22 +300,29 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-max-s", type=float, default=60.0, help="(a) and (c): wall-clock training budget [s]")
     p.add_argument("--anchor-weight", type=float, default=TrainConfig().anchor_weight, help="(a), (c): pull to parent")
     p.add_argument("--no-balance", action="store_true", help="(a), (c): do not balance hazard and normal frames")
-    p.add_argument("--rounds", type=int, default=5, help="(b): federated rounds")
+    p.add_argument("--rounds", type=int, default=20, help="(b): federated rounds")
     p.add_argument("--strategy", choices=STRATEGIES, default="fedavg", help="(b): aggregation")
     p.add_argument("--fraction", type=float, default=0.5, help="(b): share of the vehicles sampled per round")
     p.add_argument("--local-epochs", type=int, default=2, help="(b): local passes over a vehicle's buffer")
     p.add_argument("--local-lr", type=float, default=1e-3, help="(b): local AdamW learning rate")
     p.add_argument("--local-max-s", type=float, default=60.0, help="(b): wall-clock budget of one local update [s]")
-    p.add_argument("--proximal-weight", type=float, default=0.0, help="(b): FedProx mu (anchor to the global model)")
+    p.add_argument("--proximal-weight", type=float, default=0.0, help="(b): the vehicles' anchor to the global model")
+    p.add_argument("--prox-mu", type=float, default=None, help="also (b'): FedProx with this mu, same rounds")
     p.add_argument("--holdout", type=int, default=2, help="(b): vehicles kept as the server's held-out set")
     p.add_argument("--validate-vehicles", type=int, default=48)
     p.add_argument("--validate-ticks", type=int, default=200)
     p.add_argument("--eval-vehicles", type=int, default=64)
     p.add_argument("--eval-ticks", type=int, default=200)
+    p.add_argument("--device", default="cpu", help="evaluation device (cpu, cuda)")
     p.add_argument("--bootstrap-vehicles", type=int, default=768)
     p.add_argument("--bootstrap-ticks", type=int, default=300)
     p.add_argument("--bootstrap-train-s", type=float, default=120.0, help="bootstrap training cap [s]")
     p.add_argument("--bootstrap-epochs", type=int, default=0, help="bootstrap epochs (0: the cap decides)")
+    p.add_argument("--save-models", type=Path, default=None, help="keep every model and the drive's record here")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation (with --save-models: evaluate later)")
+    p.add_argument(
+        "--evaluate-saved", type=Path, default=None, help="only evaluate the models a --save-models run kept there"
+    )
     p.add_argument("--quick", action="store_true", help="smoke version: 1 seed, tiny fleet, suites and rounds")
     p.add_argument("--json", type=Path, default=None, help="write every number here (rewritten after each seed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary state directory")
@@ -327,24 +335,60 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse(argv)
-    torch.set_num_threads(1)
-    ring_s = buffer_seconds(a)
-    sizes = (
+def describe(a: argparse.Namespace) -> str:
+    prox = f" and fedprox mu {a.prox_mu:g}" if a.prox_mu is not None else ""
+    return (
         f"{a.seeds} seed(s); fleet {a.vehicles} vehicles x {a.minutes:g} min, fog from {a.fog_onset_s:g} s, budget "
-        f"{a.budget:g}, on-board ring {ring_s:g} s; (b) {a.strategy} {a.rounds} rounds x {a.fraction:g} of the "
-        f"vehicles, {a.local_epochs} local epoch(s), lr {a.local_lr:g}, mu {a.proximal_weight:g}; (a), (c) "
-        f"{a.train_epochs} epochs <= {a.train_max_s:g} s; eval {a.eval_vehicles} vehicles x {a.eval_ticks / 10:g} s "
-        f"per model x condition x seed; validate {a.validate_vehicles} x {a.validate_ticks / 10:g} s x 3 slices; "
-        f"bootstrap {a.bootstrap_vehicles} x {a.bootstrap_ticks} ticks, "
+        f"{a.budget:g}, on-board ring {buffer_seconds(a):g} s; (b) {a.strategy}{prox}, {a.rounds} rounds x "
+        f"{a.fraction:g} of the vehicles, {a.local_epochs} local epoch(s), lr {a.local_lr:g}; (a), (c) "
+        f"{a.train_epochs} epochs <= {a.train_max_s:g} s; validate {a.validate_vehicles} x {a.validate_ticks / 10:g} s "
+        f"x 3 slices; bootstrap {a.bootstrap_vehicles} x {a.bootstrap_ticks} ticks, "
         + (f"{a.bootstrap_epochs} epochs" if a.bootstrap_epochs else f"{a.bootstrap_train_s:g} s training")
     )
+
+
+def keep_models(directory: Path, entry: dict[str, Any], paths: dict[str, str]) -> None:
+    """Copy the seed's model files under ``directory`` (initial and reference once) and point the entry at them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entry["model_files"] = {}
+    for label, src in paths.items():
+        shared = label in ("initial", "reference")
+        name = f"{label}.safetensors" if shared else f"seed{entry['seed']}-{label}.safetensors"
+        if not (directory / name).exists():
+            shutil.copyfile(src, directory / name)
+        entry["model_files"][label] = name
+
+
+def evaluate_saved(a: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """Only step 3, on the models and drive record a ``--save-models`` run kept (e.g. on a GPU: ``--device cuda``)."""
+    record = json.loads((a.evaluate_saved / "drive.json").read_text())
+    sizes = (
+        f"{record['sizes']}; eval {a.eval_vehicles} vehicles x {a.eval_ticks / 10:g} s per model x condition x seed "
+        f"on {a.device}"
+    )
+    out: dict[str, Any] = {"sizes": sizes, "drive_wall_s": record.get("wall_s"), "seeds": []}
+    t0 = time.monotonic()
+    for entry in record["seeds"]:
+        models = {k: load_artifact(a.evaluate_saved / f) for k, f in entry["model_files"].items()}
+        entry["eval"] = evaluate(models, entry["seed"], a, log)
+        out["seeds"].append(entry)
+        out["summary"] = summarize(out["seeds"])
+        out["eval_wall_s"] = time.monotonic() - t0
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=1, default=str))
+        print(render(out["summary"], f"{sizes}; {entry['seed']} seed(s) done"), flush=True)
+    return out
+
+
+def drive_and_train(a: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """Steps 1-2 on a private stack, and step 3 unless ``--no-eval``."""
+    # Typer and rich load only here, with the stack: --evaluate-saved runs on a bare GPU box.
+    from fleetloop.cli.model_bootstrap import bootstrap
+
+    sizes = describe(a)
+    if not a.no_eval:
+        sizes += f"; eval {a.eval_vehicles} vehicles x {a.eval_ticks / 10:g} s per model x condition x seed"
     t_start = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
-
     root = Path(tempfile.mkdtemp(prefix="fleetloop-fl-gap-"))
     stack = stack_settings(root)
     log(f"{sizes}; state in {root}")
@@ -374,43 +418,72 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
         )
-        initial, reference = load_artifact(init["artifact"]), load_artifact(ref_path)
+        initial = load_artifact(init["artifact"])
         results["bootstrap_wall_s"] = time.monotonic() - t_start
-        tcfg_base = {"epochs": a.train_epochs, "max_seconds": a.train_max_s, "torch_threads": 1}
+        variants = [("federated", a.strategy, a.proximal_weight)]
+        if a.prox_mu is not None:
+            variants.append(("fedprox", "fedprox", a.prox_mu))
         for seed in range(1, a.seeds + 1):
             entry: dict[str, Any] = {"seed": seed, "arms": {}, "eval": {}}
-            models: dict[str, Any] = {"initial": initial, "reference": reference}
-            turn = run_arm(stack, root, seed, "triggers", a, log, buffer_seconds=ring_s)
+            paths = {"initial": str(init["artifact"]), "reference": str(ref_path)}
+            turn = run_arm(stack, root, seed, "triggers", a, log, buffer_seconds=buffer_seconds(a))
             entry["arms"]["central-2%"] = turn
             if "candidate_path" in turn:
-                models["central-2%"] = load_artifact(turn["candidate_path"])
+                paths["central-2%"] = turn["candidate_path"]
             s = arm_settings(stack, root, seed, "triggers")  # the loop turn's lake, with the saved buffers
-            fed = run_federated(s, Path(init["artifact"]), seed, a, log)
-            entry["arms"]["federated"] = fed
-            models["federated"] = load_artifact(fed["candidate_path"])
+            for label, strategy, mu in variants:
+                fed = run_federated(s, Path(init["artifact"]), seed, a, log, strategy, mu)
+                entry["arms"][label] = fed
+                paths[label] = fed["candidate_path"]
             tcfg = TrainConfig(
-                seed=seed, anchor_weight=a.anchor_weight, balance_hazard=not a.no_balance, **tcfg_base
+                seed=seed,
+                epochs=a.train_epochs,
+                max_seconds=a.train_max_s,
+                torch_threads=1,
+                anchor_weight=a.anchor_weight,
+                balance_hazard=not a.no_balance,
             )  # as run_arm trains (a)
             everything = run_central_all(stack, root, initial, fleet_buffer_dir(s.state_dir), seed, tcfg, a)
             entry["arms"]["central-all"] = everything
-            models["central-all"] = load_artifact(everything["candidate_path"])
+            paths["central-all"] = everything["candidate_path"]
             log(
                 f"seed {seed}: (a) {turn['train_status']} on {turn['train_frames']} uploaded frames, "
-                f"(b) {fed['examples']:.0f} "
-                f"examples over {fed['rounds']} rounds, (c) {everything['train_frames']} of "
-                f"{everything['frames_seen']} frames seen"
+                f"(b) {fed['examples']:.0f} examples over {fed['rounds']} rounds, (c) {everything['train_frames']} "
+                f"of {everything['frames_seen']} frames seen"
             )
-            entry["eval"] = evaluate(models, seed, a, log)
+            if a.save_models:
+                keep_models(a.save_models, entry, paths)
+            if not a.no_eval:
+                models = {k: load_artifact(p) for k, p in paths.items()}
+                entry["eval"] = evaluate(models, seed, a, log)
             results["seeds"].append(entry)
-            results["summary"] = summarize(results["seeds"])
             results["wall_s"] = time.monotonic() - t_start
+            if a.save_models:
+                (a.save_models / "drive.json").write_text(json.dumps(results, indent=1, default=str))
+            if not a.no_eval:
+                results["summary"] = summarize(results["seeds"])
+                print(render(results["summary"], f"{sizes}; {seed} seed(s) done"), flush=True)
             if a.json:
                 a.json.write_text(json.dumps(results, indent=1, default=str))
-            print(render(results["summary"], f"{sizes}; {seed} seed(s) done"), flush=True)
     finally:
         launcher.down(stack, [KAFKA, MLFLOW])
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    torch.set_num_threads(1)
+    t_start = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    if a.evaluate_saved is not None:
+        evaluate_saved(a, log)
+    else:
+        drive_and_train(a, log)
     log(f"done in {time.monotonic() - t_start:.0f} s")
     return 0
 

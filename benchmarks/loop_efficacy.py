@@ -235,7 +235,8 @@ def evaluate(models: dict[str, Any], seed: int, a: argparse.Namespace, log: Any)
         sl = SuiteSlice("mixed", CONDITIONS[cname], a.eval_vehicles, a.eval_ticks)
         for label, model in models.items():
             threshold = ArbiterConfig.for_model(model.metadata).max_uncertainty
-            r = run_slice(model.model, sl, HELD_OUT_SEED_BASE + EVAL_SEED_OFFSET + seed, max_uncertainty_mps2=threshold)
+            seed_ = HELD_OUT_SEED_BASE + EVAL_SEED_OFFSET + seed
+            r = run_slice(model.model, sl, seed_, getattr(a, "device", "cpu"), max_uncertainty_mps2=threshold)
             out[f"{label}|{cond}"] = {"km": r.km, "expert_km": r.expert_km, "counts": dict(r.counts)}
         log(f"seed {seed} evaluated in {cond}")
     return out
