@@ -68,7 +68,11 @@ from fleetloop.platform.services.mlflow_server import SPEC as MLFLOW
 from fleetloop.platform.settings import Settings
 
 ARMS = ("central-2%", "federated", "fedprox", "central-all")  # fedprox: only with --prox-mu
-MODELS = ("initial", *ARMS, "reference")
+# Diagnostics (--parent-threshold): a federated candidate with its parent's hand-over calibration (see
+# with_parent_threshold); not a candidate of any stage, so no gate verdict.
+PARENT_THRESHOLD = {"federated": "federated@parent-thr", "fedprox": "fedprox@parent-thr"}
+GAP_ROWS = (*ARMS, *PARENT_THRESHOLD.values())
+MODELS = ("initial", *GAP_ROWS, "reference")
 TARGET_GAP_SHARE = 0.8  # (b) must close at least this share of the fog gap
 
 
@@ -213,7 +217,7 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             if turns:  # the arm trained no candidate in any seed (too few uploads): say so in the table
                 rows[m] = {"no_candidate": [t.get("train_reason", "") for t in turns]}
             continue
-        if m in ARMS:
+        if m in GAP_ROWS:
             gaps = []
             for s in seeds:
                 ev = s["eval"]
@@ -230,7 +234,7 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"models": rows}
     if "initial" in rows and "reference" in rows:
         pooled_gap = rows["initial"]["fog"]["coll_nm"]["rate"] - rows["reference"]["fog"]["coll_nm"]["rate"]
-        for m in ARMS:
+        for m in GAP_ROWS:
             if "fog" in rows.get(m, {}):
                 closed = rows["initial"]["fog"]["coll_nm"]["rate"] - rows[m]["fog"]["coll_nm"]["rate"]
                 rows[m]["gap_closed_pooled"] = closed / pooled_gap if pooled_gap > 0 else math.nan
@@ -264,7 +268,7 @@ def render(summary: dict[str, Any], sizes: str) -> str:
         pooled = r.get("gap_closed_pooled")
         gap = "-" if pooled is None or not math.isfinite(pooled) else f"{pooled:.2f}"
         per_seed = _ci(r["gap_closed"], 2) if "gap_closed" in r else "-"
-        gates = f"{r['passed_gates']}/{r['candidates']} pass" if "candidates" in r else "-"
+        gates = f"{r['passed_gates']}/{r['candidates']} pass" if r.get("candidates") else "-"
         phantom = f"{_ci(fog['phantom'])} / {_ci(clear['phantom']) if clear else '-'}"
         progress = f"{_ci(fog['progress'], 3)} / {_ci(clear['progress'], 3) if clear else '-'}"
         lines.append(
@@ -323,6 +327,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--evaluate-saved", type=Path, default=None, help="only evaluate the models a --save-models run kept there"
     )
+    p.add_argument(
+        "--parent-threshold",
+        action="store_true",
+        help="with --evaluate-saved: also each federated candidate with the initial model's hand-over threshold",
+    )
     p.add_argument("--quick", action="store_true", help="smoke version: 1 seed, tiny fleet, suites and rounds")
     p.add_argument("--json", type=Path, default=None, help="write every number here (rewritten after each seed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary state directory")
@@ -353,10 +362,20 @@ def keep_models(directory: Path, entry: dict[str, Any], paths: dict[str, str]) -
     entry["model_files"] = {}
     for label, src in paths.items():
         shared = label in ("initial", "reference")
-        name = f"{label}.safetensors" if shared else f"seed{entry['seed']}-{label}.safetensors"
+        stem = label.replace("%", "pct")  # file names in letters, digits, '.', '_' and '-' only
+        name = f"{stem}.safetensors" if shared else f"seed{entry['seed']}-{stem}.safetensors"
         if not (directory / name).exists():
             shutil.copyfile(src, directory / name)
         entry["model_files"][label] = name
+
+
+def with_parent_threshold(candidate: LoadedPolicy, parent: LoadedPolicy) -> LoadedPolicy:
+    """``candidate`` with ``parent``'s uncertainty calibration (``val_uncertainty_p*``), so the arbiter hands over
+    to the fallback where it would for the parent. A federated candidate carries no calibration and gets the
+    arbiter's default threshold; the train stage carries its parent's over (``uncertainty_calibration``)."""
+    cal = {k: v for k, v in parent.metadata.metrics.items() if k.startswith("val_uncertainty_p")}
+    meta = dataclasses.replace(candidate.metadata, metrics={**candidate.metadata.metrics, **cal})
+    return dataclasses.replace(candidate, metadata=meta)
 
 
 def evaluate_saved(a: argparse.Namespace, log: Any) -> dict[str, Any]:
@@ -370,6 +389,10 @@ def evaluate_saved(a: argparse.Namespace, log: Any) -> dict[str, Any]:
     t0 = time.monotonic()
     for entry in record["seeds"]:
         models = {k: load_artifact(a.evaluate_saved / f) for k, f in entry["model_files"].items()}
+        if a.parent_threshold:
+            for arm, label in PARENT_THRESHOLD.items():
+                if arm in models:
+                    models[label] = with_parent_threshold(models[arm], models["initial"])
         entry["eval"] = evaluate(models, entry["seed"], a, log)
         out["seeds"].append(entry)
         out["summary"] = summarize(out["seeds"])
