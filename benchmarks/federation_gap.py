@@ -30,7 +30,11 @@ with a Student-t 95 % interval) and of the pooled rates. Target (issue 18): (b) 
 than (a), with candidates that pass the gates.
 
     python benchmarks/federation_gap.py --quick           # a smoke version (1 seed, tiny sizes)
-    python benchmarks/federation_gap.py --seeds 2         # the BENCHMARKS.md row (sizes there)
+    python benchmarks/federation_gap.py --seeds 2         # everything on the CPU (small evaluation)
+    # the BENCHMARKS.md row: train on the CPU, evaluate on a GPU (torch, numpy and pydantic suffice there)
+    python benchmarks/federation_gap.py --seeds 2 --rounds 10 --prox-mu 30 --save-models M --no-eval
+    python benchmarks/federation_gap.py --evaluate-saved M --device cuda --eval-vehicles 2048 --eval-ticks 250 \
+        --parent-threshold
 """
 
 from __future__ import annotations
@@ -114,6 +118,8 @@ def run_federated(
     t0 = time.monotonic()
     res = run_rounds(s, cfg, on_round=lambda r: log(f"seed {seed} {strategy} round {r.server_round}: {r.heldout}"))
     t_rounds = time.monotonic() - t0
+    # run_rounds writes round-<n>/ of the model's federation: a second arm of as many rounds would overwrite it.
+    kept = s.state_dir / f"cand-{seed}-{strategy}-{mu:g}.safetensors"
     out: dict[str, Any] = {
         "rounds": len(res.rounds),
         "participants": len(res.participants),
@@ -124,7 +130,7 @@ def run_federated(
         "heldout_before": res.heldout_before,
         "heldout_after": res.heldout_after,
         "rounds_wall_s": t_rounds,
-        "candidate_path": res.artifact_path,
+        "candidate_path": str(shutil.copy(res.artifact_path, kept)),
     }
     assert res.event is not None  # run_rounds always announces its candidate
     out.update(validate(s, res.event, seed, a))
