@@ -108,9 +108,19 @@ def validate_suite(seed: int, vehicles: int, ticks: int) -> HeldOutSuite:
 
 
 def run_arm(
-    stack: Settings, root: Path, seed: int, arm: str, a: argparse.Namespace, log: Any, match_share: float | None = None
+    stack: Settings,
+    root: Path,
+    seed: int,
+    arm: str,
+    a: argparse.Namespace,
+    log: Any,
+    match_share: float | None = None,
+    buffer_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """One loop turn: fleet into fog -> broker -> collect -> ground truth -> label -> train -> validate."""
+    """One loop turn: fleet into fog -> broker -> collect -> ground truth -> label -> train -> validate.
+
+    ``buffer_seconds``: the vehicles' on-board rings are this long and saved for federated rounds, as
+    ``sim run --buffer-seconds`` does (benchmarks/federation_gap.py); None: the default ring, nothing saved."""
     from fleetloop.cli.sim import simulate
     from fleetloop.pipelines.collect import run_collect
     from fleetloop.pipelines.ground_truth import run_ground_truth
@@ -140,6 +150,7 @@ def run_arm(
         on_progress=progress,
         fog_onset_s=a.fog_onset_s,
         triggers=trigger_config(arm, a.budget, match_share),
+        buffer_seconds=buffer_seconds,
     )
     t_fleet = time.monotonic()
     onset = onset_wall[0] if onset_wall else t0
@@ -224,7 +235,8 @@ def evaluate(models: dict[str, Any], seed: int, a: argparse.Namespace, log: Any)
         sl = SuiteSlice("mixed", CONDITIONS[cname], a.eval_vehicles, a.eval_ticks)
         for label, model in models.items():
             threshold = ArbiterConfig.for_model(model.metadata).max_uncertainty
-            r = run_slice(model.model, sl, HELD_OUT_SEED_BASE + EVAL_SEED_OFFSET + seed, max_uncertainty_mps2=threshold)
+            seed_ = HELD_OUT_SEED_BASE + EVAL_SEED_OFFSET + seed
+            r = run_slice(model.model, sl, seed_, getattr(a, "device", "cpu"), max_uncertainty_mps2=threshold)
             out[f"{label}|{cond}"] = {"km": r.km, "expert_km": r.expert_km, "counts": dict(r.counts)}
         log(f"seed {seed} evaluated in {cond}")
     return out

@@ -244,3 +244,17 @@ def test_scrape_prints_throughput_with_and_without_scrapes_the_series_and_promet
     assert int(series.split("|")[2].split("/")[1].replace(",", "")) > 10, series  # the fleet's own series
     if shutil.which("prometheus"):
         assert table_rows(out, "Prometheus after") and table_rows(out, "Prometheus: head series"), out
+
+
+@pytest.mark.integration
+def test_federation_gap_turns_all_three_arms_from_one_drive_and_prints_the_table() -> None:
+    # Starts its own Kafka, MLflow and Ray (~3.5 min on the shared 2-core machine): one tiny fog drive keeps its
+    # buffers; a federated round and central training on everything seen each give a candidate through validate.
+    out = run_benchmark("federation_gap.py", "--quick", timeout_s=600.0)
+    for model in ("initial", "reference"):
+        assert len(table_rows(out, f"{model} |")) == 1, f"no row for {model}\n{out}"
+    for arm in ("federated", "central-all"):  # the central turn's few uploads may train nothing: its row says so
+        (row,) = table_rows(out, f"{arm} |")
+        assert re.search(r"\| [01]/1 pass \|$", row), row
+    assert table_rows(out, "central-2% |"), out
+    assert re.search(r"^target: federated closes .* -> (MET|NOT MET)$", out, re.MULTILINE), out
