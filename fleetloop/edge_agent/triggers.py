@@ -22,16 +22,19 @@ interval that only grows forward: a clip that overlaps the one being uploaded pa
 
 The budget is a per-vehicle token bucket filled at ``budget_fraction`` per tick, holding at most
 ``capacity_frames``. The last ``reserve_clips`` clips of it are kept for the severe triggers (``severe_mask``, by
-default a near miss): other clips and the random sample spend only what lies above that reserve (ADR 0114). At 2 %
-a vehicle refills one clip in 255 s, so without the reserve its first trigger of the day, whatever it was, would
-take the budget that a near miss in fog a minute later needs. The bucket starts with room for one clip above the
-reserve and the reserve itself (the first event of a run is not lost, nor the first severe one), so a vehicle
-uploads at most ``budget_fraction`` x frames + ``1 + reserve_clips`` clips: the long-run share is at most
-``budget_fraction``. A clip the bucket cannot pay for in full is refused whole; its frames stay in the buffer.
-Refusals are counted per clip and per frame, by primary reason (the lowest bit set; the bit order is the
-priority order). ``trigger_mask`` selects which bits may ask for an upload (the others are still recorded in
-``trigger_flags``): random-only uploads are ``trigger_mask=RANDOM_SAMPLE``. The last ``pre_ticks`` frames of a
-run are never decided (they stay buffered).
+default a near miss): other clips and the random sample spend only what lies above that reserve (ADR 0114). At 2 % a
+vehicle refills one clip in 255 s, so without the reserve its first trigger of the day, whatever it was, would take
+the budget that a near miss in fog a minute later needs. The bucket starts with room for one clip above the reserve
+and the reserve itself (the first event of a run is not lost, nor the first severe one), but those starting tokens
+are an advance on the refill, not a gift: the bucket refills only once the vehicle has driven the frames that earn
+them (``advance_ticks``, 5,100 ticks = 8.5 min at the defaults). Up to tick t a vehicle can spend at most
+max(``initial_frames``, ``budget_fraction`` x (t + 1)) frames, so every run of ``advance_ticks`` or more (any run of
+ten minutes at the defaults) uploads at most ``budget_fraction`` of its frames (before ADR 0121 the advance came on
+top, and a 10-minute run could upload 3.7 %). A clip the bucket cannot pay for in full is refused whole; its frames
+stay in the buffer. Refusals are counted per clip and per frame, by primary reason (the lowest bit set; the bit
+order is the priority order). ``trigger_mask`` selects which bits may ask for an upload (the others are still
+recorded in ``trigger_flags``): random-only uploads are ``trigger_mask=RANDOM_SAMPLE``. The last ``pre_ticks``
+frames of a run are never decided (they stay buffered).
 """
 
 from __future__ import annotations
@@ -146,6 +149,12 @@ class TriggerConfig:
     def initial_frames(self) -> float:
         """Tokens a fresh bucket holds [frames]: one trigger clip above the reserve, and the reserve."""
         return self.clip_frames + self.reserve_frames
+
+    @property
+    def advance_ticks(self) -> float:
+        """Ticks a vehicle drives to earn its starting tokens [ticks]; the bucket refills only after them, so a run
+        at least this long uploads at most ``budget_fraction`` of its frames (ADR 0121)."""
+        return self.initial_frames / self.budget_fraction if self.budget_fraction > 0 else math.inf
 
     @property
     def capacity_frames(self) -> float:
@@ -301,11 +310,16 @@ def _record(
     cfg: TriggerConfig, state: TriggerState, now_bits: torch.Tensor, tick: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every tick's bookkeeping: the bits that fired [B, N_BITS], the last tick each fired (``tick`` a 0-d int64
-    tensor) and the bucket refilled. Returns (fired, last_fired, tokens)."""
+    tensor) and the bucket refilled. Returns (fired, last_fired, tokens).
+
+    The refill repays the starting tokens first (ADR 0121): what ticks 0..tick earned, ``budget_fraction`` x
+    (tick + 1), less the advance, is what reaches the bucket, one tick's share at a time."""
     shifts = torch.arange(N_BITS, device=now_bits.device)
     fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
     last = torch.where(fired, tick, state.last_fired)
-    return fired, last, (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
+    earned = (tick + 1).to(state.tokens.dtype) * cfg.budget_fraction - cfg.initial_frames
+    refill = earned.clamp(min=0.0, max=cfg.budget_fraction)
+    return fired, last, (state.tokens + refill).clamp(max=cfg.capacity_frames)
 
 
 def _decide(

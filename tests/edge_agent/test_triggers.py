@@ -89,7 +89,9 @@ def test_a_clip_over_budget_is_refused_whole_not_cut() -> None:
     assert tot["clips_refused_by_budget"]["hard_brake"] == 1
     assert tot["refused_by_budget"]["hard_brake"] == cfg.clip_frames  # every frame it wanted is counted, stays on board
     # Once the bucket holds a clip again, the next event goes up whole.
-    s, uploaded = _drive(cfg, {0: [100, 100 + 50 + round(cfg.clip_frames / cfg.budget_fraction)]}, 3000)
+    # (The starting tokens are an advance: the refill of a clip begins after advance_ticks.)
+    again = 100 + 50 + round((cfg.initial_frames + cfg.clip_frames) / cfg.budget_fraction)
+    s, uploaded = _drive(cfg, {0: [100, again]}, again + cfg.post_ticks + cfg.pre_ticks + 1)
     assert len(uploaded) == 2 * cfg.clip_frames
 
 
@@ -164,11 +166,12 @@ def test_the_reserve_is_checked() -> None:
 
 def test_overlapping_triggers_extend_the_clip_and_pay_only_for_added_frames() -> None:
     cfg = TriggerConfig(sample_rate=0.0)
-    s, uploaded = _drive(cfg, {0: [100, 101, 102]}, 200)
-    ticks = [t for _, t, _ in uploaded]
+    # Near misses, which may spend the reserve: the extensions are paid from it (the refill repays the advance).
+    s, ticks = _drive_events(cfg, {100: "near", 101: "near", 102: "near"}, 200)
     assert ticks == list(range(100 - cfg.pre_ticks, 102 + cfg.post_ticks + 1))
-    # The starting tokens plus 200 ticks of refill, less the clip and the two frames the extensions added.
-    assert abs(float(s.tokens[0]) - (cfg.initial_frames + 200 * cfg.budget_fraction - cfg.clip_frames - 2)) < 1e-6
+    # The starting tokens (200 ticks refill none of them: they repay the advance) less the clip and the two frames
+    # the extensions added.
+    assert abs(float(s.tokens[0]) - (cfg.initial_frames - cfg.clip_frames - 2)) < 1e-6
 
 
 def test_budget_holds_over_a_long_run_and_drops_are_counted() -> None:
@@ -190,6 +193,40 @@ def test_budget_holds_over_a_long_run_and_drops_are_counted() -> None:
     assert tot["refused_by_budget"]["hard_brake"] > 0 and tot["clips_refused_by_budget"]["hard_brake"] > 0
     assert sum(tot["uploaded"].values()) == int(uploads.sum())
     assert tot["decided"]["frames"] == b * (ticks - cfg.pre_ticks)
+
+
+def _storm(cfg: TriggerConfig, b: int, ticks: int) -> torch.Tensor:
+    """Frames uploaded per vehicle [b] under a constant storm: every trigger fires on every tick, and the random
+    sample draws every frame."""
+    s = TriggerState.init(b, cfg=cfg)
+    ids = torch.arange(b)
+    storm = _inp(
+        b,
+        fallback_started=torch.ones(b, dtype=torch.bool),
+        ego_accel_mps2=torch.full((b,), -6.0),
+        perceived_ttc_s=torch.full((b,), 0.5),
+        model_accel_mps2=torch.full((b,), 2.0),
+        fallback_accel_mps2=torch.full((b,), -4.0),
+        uncertainty=torch.full((b,), 0.9),
+    )
+    uploads = torch.zeros(b)
+    for tick in range(ticks):
+        s, d = triggers_step(cfg, s, storm, ids, tick, seed=3)
+        uploads += d.upload
+    return uploads
+
+
+def test_a_ten_minute_trigger_storm_uploads_at_most_the_budget_share() -> None:
+    cfg = TriggerConfig(sample_rate=1.0)
+    ticks = round(600.0 / cfg.dt_s)  # ten minutes
+    assert cfg.advance_ticks <= ticks
+    uploads = _storm(cfg, 2, ticks)
+    assert float(uploads.max()) <= cfg.budget_fraction * ticks  # every vehicle, not only the fleet on average
+    # The storm spends the advance and what the refill brings in whole clips (a clip never goes up cut).
+    assert float(uploads.min()) >= cfg.initial_frames
+    # The first event of a run still goes up whole at once: the advance is spent in the first ticks.
+    early = _storm(cfg, 1, cfg.pre_ticks + cfg.clip_frames)
+    assert float(early[0]) >= cfg.clip_frames
 
 
 def test_random_only_uploads_ignore_triggers() -> None:
