@@ -308,3 +308,69 @@ def test_compiled_decisions_equal_eager_ones() -> None:
     for name in ("last_fired", "tokens", "clip_until", "uploaded", "refused", "clips", "clips_refused", "decided"):
         assert torch.equal(getattr(states[0], name), getattr(states[1], name)), name
     assert int(states[0].uploaded.sum()) > 0 and int(states[0].refused.sum()) > 0  # both paths were exercised
+
+
+def _drive_valued(cfg: TriggerConfig, ticks: int, fog_from: list[int], events: dict[int, str]) -> TriggerState:
+    """Vehicle v drives in fog (own visibility 100 m) from tick ``fog_from[v]``; at tick t every vehicle perceives
+    a TTC of 0.5 s (``events[t] == "near"``), the model and the fallback disagree by 5 m/s² (``"disagree"``), or it
+    brakes hard with the model uncertain (``"hard"``)."""
+    b = len(fog_from)
+    s = TriggerState.init(b, cfg=cfg)
+    ids = torch.arange(b)
+    for tick in range(ticks):
+        kind = events.get(tick)
+        inp = _inp(
+            b,
+            perceived_ttc_s=torch.full((b,), 0.5 if kind == "near" else float("inf")),
+            model_accel_mps2=torch.full((b,), 2.0 if kind == "disagree" else 0.0),
+            fallback_accel_mps2=torch.full((b,), -3.0 if kind == "disagree" else 0.0),
+            ego_accel_mps2=torch.full((b,), -6.0 if kind == "hard" else 0.0),
+            uncertainty=torch.full((b,), 0.9 if kind == "hard" else 0.0),
+            visibility_m=torch.tensor([100.0 if tick >= f else 2000.0 for f in fog_from]),
+            friction=torch.full((b,), 0.9),
+        )
+        s, _ = triggers_step(cfg, s, inp, ids, tick, seed=0)
+    return s
+
+
+def test_valued_selection_asks_for_disagreement_only_where_the_uploads_lack_the_condition() -> None:
+    cfg = TriggerConfig.valued(sample_rate=0.0)  # counts a clip of clear driving as known (the bootstrap's)
+    # Vehicle 0 drives in clear weather, vehicle 1 into fog from tick 150. A disagreement at tick 300 teaches
+    # vehicle 0 nothing new (clear, as the model knows): it does not ask; vehicle 1 (fog, none uploaded) uploads it.
+    # A near miss later goes up from both, whatever the condition.
+    s = _drive_valued(cfg, 500, [10_000, 150], {300: "disagree", 400: "near"})
+    assert s.clips[:, 3].tolist() == [0, 1] and s.clips_refused[:, 3].tolist() == [0, 0]
+    assert s.clips[:, 2].tolist() == [1, 1]
+    assert s.totals()["uploaded_by_condition"]["fog"] > 0
+    assert int(s.class_uploaded.sum()) == int(s.uploaded.sum())  # every uploaded frame has a condition
+    # Without the known clear frames nothing counts as uploaded: rarity 1, fog is not yet rare, neither asks.
+    s = _drive_valued(dataclasses.replace(cfg, known_frames=(0.0, 0.0, 0.0)), 500, [10_000, 150], {300: "disagree"})
+    assert s.clips[:, 3].tolist() == [0, 0] and s.clips_refused[:, 3].tolist() == [0, 0]
+
+
+def test_valued_selection_records_hard_braking_and_uncertainty_without_spending_the_budget() -> None:
+    cfg = TriggerConfig.valued(sample_rate=0.0)
+    s = _drive_valued(cfg, 200, [0], {50: "hard"})
+    assert int(s.uploaded.sum()) == 0 and int(s.clips_refused.sum()) == 0
+    s = _drive_valued(TriggerConfig(sample_rate=0.0), 200, [0], {50: "hard"})
+    assert int(s.clips[0, 1]) == 1  # the plain triggers upload it
+
+
+def test_valued_random_sample_fills_the_budget_and_follows_the_conditions_driven() -> None:
+    cfg = TriggerConfig.valued()
+    assert cfg.sample_rate > TriggerConfig().sample_rate and cfg.value_weighting
+    # 64 vehicles, a minute of clear then two of fog: the sample goes where the uploads lack frames, and the whole
+    # fleet stays within what the advance and the budget allow.
+    s = _drive_valued(cfg, 1800, [600] * 64, {})
+    by = s.totals()["uploaded_by_condition"]
+    assert by["fog"] > by["clear"] > 0
+    assert float(s.uploaded.sum(-1).max()) <= max(cfg.initial_frames, cfg.budget_fraction * 1800)
+
+
+def test_value_weighting_settings_are_checked() -> None:
+    with pytest.raises(FleetConfigError, match="rarity_max"):
+        TriggerConfig(rarity_max=0.5)
+    with pytest.raises(FleetConfigError, match="known_frames"):
+        TriggerConfig(known_frames=(1.0, -1.0, 0.0))
+    with pytest.raises(FleetConfigError, match="rare_mask"):
+        TriggerConfig(rare_mask=TRIGGER_BITS["random_sample"])
