@@ -4,8 +4,9 @@ One private stack (real Kafka broker and MLflow, started through the launcher in
 
 1. the initial model: ``model bootstrap`` (clear weather), registered and released as production (genesis);
    the all-conditions reference (``BootstrapConfig(weather="all")``): trained the same way, never registered;
-2. per seed and per upload policy (``triggers``: the vehicles' triggers within the budget; ``random``: only the
-   random sample, tuned to fill the same budget): a fleet on the production model drives ``mixed`` scenes in clear
+2. per seed and per upload policy (``triggers``: the vehicles' triggers within the budget; ``value``: the safety
+   triggers and a sample weighted by what a clip would teach, ADR 0122; ``random``: only the random sample, tuned to
+   fill the same budget as the arm before it): a fleet on the production model drives ``mixed`` scenes in clear
    weather into a fog bank that rolls in at ``--fog-onset-s``; its uploads go through the broker (``sim.simulate``)
    -> collect -> ground truth -> label -> train (fine-tunes production, MLflow run) -> validate (gates on a small
    held-out suite, registered as ``staging`` or ``rejected``); each policy has its own lake (state directory) and
@@ -15,10 +16,12 @@ One private stack (real Kafka broker and MLflow, started through the launcher in
    and in clear weather.
 
 Rates are per 1,000 km with exact Poisson 95 % intervals over all seeds pooled (``gates.rate_per_1000km``); the
-share of the gap closed and times are means over seeds with Student-t 95 % intervals (``gates.mean_ci``).
+share of the gap closed and times are means over seeds with Student-t 95 % intervals (``gates.mean_ci``). Every arm
+is judged on every seed: a turn that produced no candidate leaves the fleet on the initial model, and counts so.
 
     python benchmarks/loop_efficacy.py --quick            # a small smoke version (1 seed)
     python benchmarks/loop_efficacy.py --seeds 5          # the benchmark (see BENCHMARKS.md for sizes)
+    python benchmarks/loop_efficacy.py --seeds 5 --seed-base 11   # seeds 11-15: a block nobody tuned on
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ from fleetloop.pipelines.suite import CONDITIONS, HELD_OUT_SEED_BASE, HeldOutSui
 from fleetloop.pipelines.train import TrainConfig
 from fleetloop.platform.settings import Settings
 
-ARMS = ("triggers", "random")
-MODELS = ("initial", "candidate:triggers", "candidate:random", "reference")
+ARMS = ("triggers", "value", "random")
+MODELS = ("initial", "candidate:triggers", "candidate:value", "candidate:random", "reference")
 EVAL_CONDITIONS = {"fog": "fog_0.8", "clear": "clear"}
 EVAL_SEED_OFFSET = 500  # held-out evaluation seeds: HELD_OUT_SEED_BASE + this + seed
 VALIDATE_SEED_OFFSET = 200  # the validate stage's suite seeds: HELD_OUT_SEED_BASE + this + seed
@@ -93,6 +96,8 @@ def trigger_config(arm: str, budget: float, match_share: float | None = None) ->
     base = TriggerConfig(dt_s=DT_S, budget_fraction=budget)
     if arm == "triggers":
         return base
+    if arm == "value":
+        return TriggerConfig.valued(dt_s=DT_S, budget_fraction=budget)
     share = budget if match_share is None else match_share
     return dataclasses.replace(
         base,
@@ -254,8 +259,15 @@ def _per_km(runs: list[dict[str, Any]], count: Any) -> dict[str, float]:
     return {"rate": r.per_1000_km, "lo": r.ci_low, "hi": r.ci_high, "count": r.count, "km": r.km}
 
 
-def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pooled rates with exact intervals, and per-seed shares with t intervals."""
+def _as_deployed(ev: dict[str, Any], arm: str, cond: str) -> dict[str, Any]:
+    """The fleet after an arm's turn: its candidate, or the initial model when the turn produced none."""
+    return ev.get(f"candidate:{arm}|{cond}", ev[f"initial|{cond}"])
+
+
+def summarize(seeds: list[dict[str, Any]], budget: float | None = None) -> dict[str, Any]:
+    """Pooled rates with exact intervals, and per-seed shares with t intervals. Each arm's gap and counter-metrics
+    are over every seed (a seed without a candidate keeps the initial model); ``budget``: the upload share the
+    arms were given, reported beside what they uploaded."""
     models: dict[str, Any] = {}
     for m in MODELS:
         for cond in EVAL_CONDITIONS:
@@ -275,22 +287,40 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         if not turns:
             continue
         gaps = []
-        for s in seeds:
+        judged = [s for s in seeds if arm in s["arms"] and "initial|fog" in s["eval"]]
+        for s in judged:
             ev = s["eval"]
-            key = f"candidate:{arm}|fog"
-            if key not in ev:
-                continue
             rate = {m: 1000.0 * _safety(ev[f"{m}|fog"]) / ev[f"{m}|fog"]["km"] for m in ("initial", "reference")}
-            cand = 1000.0 * _safety(ev[key]) / ev[key]["km"]
+            dep = _as_deployed(ev, arm, "fog")
+            cand = 1000.0 * _safety(dep) / dep["km"]
             gap = rate["initial"] - rate["reference"]
             gaps.append((rate["initial"] - cand) / gap if gap > 0 else math.nan)
         pooled = {}
-        for m in ("initial", f"candidate:{arm}", "reference"):
-            pooled[m] = models.get(f"{m}|fog", {}).get("coll_nm", {}).get("rate", math.nan)
+        for m in ("initial", "reference"):
+            pooled[m] = _per_km([s["eval"][f"{m}|fog"] for s in judged], _safety)["rate"] if judged else math.nan
+        deployed = {c: [_as_deployed(s["eval"], arm, c) for s in judged] for c in EVAL_CONDITIONS}
+        pooled[f"candidate:{arm}"] = _per_km(deployed["fog"], _safety)["rate"] if judged else math.nan
         pooled_gap = pooled["initial"] - pooled["reference"]
+        counter: dict[str, Any] = {}
+        for c in EVAL_CONDITIONS:
+            init_runs = [s["eval"][f"initial|{c}"] for s in judged]
+            if not init_runs:
+                continue
+            phantom = lambda x: x["counts"]["phantom_brakes"]  # noqa: E731
+            counter[c] = {
+                "coll_nm": _per_km(deployed[c], _safety)["rate"],
+                "initial_coll_nm": _per_km(init_runs, _safety)["rate"],
+                "phantom": _per_km(deployed[c], phantom)["rate"],
+                "initial_phantom": _per_km(init_runs, phantom)["rate"],
+            }
+        share = mean_ci(t["frames_uploaded"] / t["frames_written"] for t in turns)
         arms[arm] = {
             "turns": len(turns),
-            "upload_share": dataclasses.asdict(mean_ci(t["frames_uploaded"] / t["frames_written"] for t in turns)),
+            "upload_share": dataclasses.asdict(share),
+            "budget": budget,
+            "upload_share_of_budget": share.mean / budget if budget else math.nan,
+            "no_candidate": sum("candidate_path" not in t for t in turns),
+            "deployed_vs_initial": counter,
             "valid_labels": dataclasses.asdict(mean_ci(t["labelled_valid"] for t in turns)),
             "fog_share_of_labels": dataclasses.asdict(
                 mean_ci(
@@ -334,16 +364,34 @@ def render(summary: dict[str, Any], sizes: str) -> str:
         )
     lines += [
         "",
-        "| uploads | turns | share of frames uploaded | valid labels | fog share of labels | gap closed in fog "
-        "(mean over seeds) | gap closed (pooled rates) | passed gates | fog onset -> validated [s] |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| uploads | turns | share of frames uploaded | of the budget | valid labels | fog share of labels "
+        "| gap closed in fog (mean over seeds) | gap closed (pooled rates) | passed gates | no candidate "
+        "| fog onset -> validated [s] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, d in summary["arms"].items():
+        of_budget = d.get("upload_share_of_budget", math.nan)
+        budget_cell = f"{of_budget:.2f} of {d['budget']:g}" if math.isfinite(of_budget) else "-"
         lines.append(
-            f"| {arm} | {d['turns']} | {_ci(d['upload_share'], 4)} | {_ci(d['valid_labels'])} "
-            f"| {_ci(d['fog_share_of_labels'], 2)} | {_ci(d['gap_closed'], 2)} | {d['gap_closed_pooled']:.2f} "
-            f"| {d['passed_gates']}/{d['turns']} | {_ci(d['onset_to_validated_s'])} |"
+            f"| {arm} | {d['turns']} | {_ci(d['upload_share'], 4)} "
+            f"| {budget_cell} "
+            f"| {_ci(d['valid_labels'])} | {_ci(d['fog_share_of_labels'], 2)} | {_ci(d['gap_closed'], 2)} "
+            f"| {d['gap_closed_pooled']:.2f} | {d['passed_gates']}/{d['turns']} | {d.get('no_candidate', 0)} "
+            f"| {_ci(d['onset_to_validated_s'])} |"
         )
+    counter = [(arm, c, v) for arm, d in summary["arms"].items() for c, v in d.get("deployed_vs_initial", {}).items()]
+    if counter:
+        lines += [
+            "",
+            "| after the turn (every seed; no candidate = initial) | condition | (coll+nm)/1000 km vs initial "
+            "| phantom/1000 km vs initial |",
+            "|---|---|---:|---:|",
+        ]
+        lines += [
+            f"| {arm} | {c} | {v['coll_nm']:,.0f} vs {v['initial_coll_nm']:,.0f} "
+            f"| {v['phantom']:,.0f} vs {v['initial_phantom']:,.0f} |"
+            for arm, c, v in counter
+        ]
     return "\n".join(lines)
 
 
@@ -352,7 +400,9 @@ def render(summary: dict[str, Any], sizes: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=5, help="loop turns (fleet seeds 1..N) and evaluation seeds")
+    p.add_argument("--seeds", type=int, default=5, help="loop turns (fleet seeds base..base+N-1) and evaluation seeds")
+    p.add_argument("--seed-base", type=int, default=1, help="the first seed of the block (e.g. 11: seeds 11..15)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"upload policies to run, of {', '.join(ARMS)}")
     p.add_argument("--vehicles", type=int, default=256, help="fleet vehicles driving into fog")
     p.add_argument("--minutes", type=float, default=10.0, help="simulated minutes of the fleet run")
     p.add_argument("--fog-onset-s", type=float, default=5.0, help="simulated time the fog bank starts forming [s]")
@@ -379,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write every number here (rewritten after each seed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     a = p.parse_args(argv)
+    arms = tuple(x.strip() for x in a.arms.split(",") if x.strip())
+    if not arms or any(x not in ARMS for x in arms):
+        p.error(f"--arms: name upload policies of {', '.join(ARMS)} separated by commas, got {a.arms!r}")
+    if a.no_random:
+        arms = tuple(x for x in arms if x != "random")
     if a.quick:
         a.seeds, a.vehicles, a.minutes, a.fog_onset_s = 1, 32, 1.0, 5.0
         a.validate_vehicles, a.validate_ticks, a.eval_vehicles, a.eval_ticks = 32, 100, 32, 100
@@ -386,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         a.bootstrap_epochs = 0  # the 10 s cap decides
     torch.set_num_threads(1)
     sizes = (
-        f"{a.seeds} seed(s); fleet {a.vehicles} vehicles x {a.minutes:g} min, fog from {a.fog_onset_s:g} s, budget "
+        f"{a.seeds} seed(s) from {a.seed_base}; arms {', '.join(arms)}; fleet {a.vehicles} vehicles x "
+        f"{a.minutes:g} min, fog from {a.fog_onset_s:g} s, budget "
         f"{a.budget:g}; eval {a.eval_vehicles} vehicles x {a.eval_ticks * DT_S:g} s per model x condition x seed; "
         f"validate {a.validate_vehicles} x {a.validate_ticks * DT_S:g} s x 3 slices (clear, fog, rain); bootstrap "
         f"{a.bootstrap_vehicles} x {a.bootstrap_ticks} ticks, "
@@ -437,11 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         initial = load_artifact(init["artifact"])
         reference = load_artifact(ref_path)
         results["bootstrap_wall_s"] = time.monotonic() - t_start
-        for seed in range(1, a.seeds + 1):
+        for seed in range(a.seed_base, a.seed_base + a.seeds):
             entry: dict[str, Any] = {"seed": seed, "arms": {}, "eval": {}}
             models: dict[str, Any] = {"initial": initial, "reference": reference}
             share = None
-            for arm in ARMS[:1] if a.no_random else ARMS:
+            for arm in arms:
                 turn = run_arm(stack, root, seed, arm, a, log, share)
                 share = turn["frames_uploaded"] / max(1, turn["frames_written"])
                 entry["arms"][arm] = turn
@@ -449,11 +505,11 @@ def main(argv: list[str] | None = None) -> int:
                     models[f"candidate:{arm}"] = load_artifact(turn["candidate_path"])
             entry["eval"] = evaluate(models, seed, a, log)
             results["seeds"].append(entry)
-            results["summary"] = summarize(results["seeds"])
+            results["summary"] = summarize(results["seeds"], a.budget)
             results["wall_s"] = time.monotonic() - t_start
             if a.json:
                 a.json.write_text(json.dumps(results, indent=1, default=str))
-            print(render(results["summary"], f"{sizes}; {seed} seed(s) done"), flush=True)
+            print(render(results["summary"], f"{sizes}; {len(results['seeds'])} seed(s) done"), flush=True)
     finally:
         launcher.down(stack, [KAFKA, MLFLOW])
         if not a.keep:

@@ -22,16 +22,32 @@ interval that only grows forward: a clip that overlaps the one being uploaded pa
 
 The budget is a per-vehicle token bucket filled at ``budget_fraction`` per tick, holding at most
 ``capacity_frames``. The last ``reserve_clips`` clips of it are kept for the severe triggers (``severe_mask``, by
-default a near miss): other clips and the random sample spend only what lies above that reserve (ADR 0114). At 2 %
-a vehicle refills one clip in 255 s, so without the reserve its first trigger of the day, whatever it was, would
-take the budget that a near miss in fog a minute later needs. The bucket starts with room for one clip above the
-reserve and the reserve itself (the first event of a run is not lost, nor the first severe one), so a vehicle
-uploads at most ``budget_fraction`` x frames + ``1 + reserve_clips`` clips: the long-run share is at most
-``budget_fraction``. A clip the bucket cannot pay for in full is refused whole; its frames stay in the buffer.
-Refusals are counted per clip and per frame, by primary reason (the lowest bit set; the bit order is the
-priority order). ``trigger_mask`` selects which bits may ask for an upload (the others are still recorded in
-``trigger_flags``): random-only uploads are ``trigger_mask=RANDOM_SAMPLE``. The last ``pre_ticks`` frames of a
-run are never decided (they stay buffered).
+default a near miss): other clips and the random sample spend only what lies above that reserve (ADR 0114). At 2 % a
+vehicle refills one clip in 255 s, so without the reserve its first trigger of the day, whatever it was, would take
+the budget that a near miss in fog a minute later needs. The bucket starts with room for one clip above the reserve
+and the reserve itself (the first event of a run is not lost, nor the first severe one), but those starting tokens
+are an advance on the refill, not a gift: the bucket refills only once the vehicle has driven the frames that earn
+them (``advance_ticks``, 5,100 ticks = 8.5 min at the defaults). Up to tick t a vehicle can spend at most
+max(``initial_frames``, ``budget_fraction`` x (t + 1)) frames, so every run of ``advance_ticks`` or more (any run of
+ten minutes at the defaults) uploads at most ``budget_fraction`` of its frames (before ADR 0121 the advance came on
+top, and a 10-minute run could upload 3.7 %). A clip the bucket cannot pay for in full is refused whole; its frames
+stay in the buffer. Refusals are counted per clip and per frame, by primary reason (the lowest bit set; the bit
+order is the priority order). ``trigger_mask`` selects which bits may ask for an upload (the others are still
+recorded in ``trigger_flags``): random-only uploads are ``trigger_mask=RANDOM_SAMPLE``. The last ``pre_ticks``
+frames of a run are never decided (they stay buffered).
+
+Value weighting (``value_weighting``; the preset ``TriggerConfig.valued``, ADR 0122): a clip is worth what it would
+teach, and a vehicle knows what it already sent. Each vehicle counts the frames it drove and the frames it uploaded
+per condition class of its own estimate (``CONDITION_NAMES``: clear, fog below ``fog_visibility_m``, wet below
+``wet_friction``). The rarity of the condition it is in now is its share of the driving over its share of the
+uploads (at most ``rarity_max``, at least its inverse; 1 before anything was uploaded). ``known_frames`` counts, per
+class, frames the fleet's model already learnt from as if uploaded (the preset: one clip of clear driving, the
+conditions of the clear-weather bootstrap), so a vehicle does not spend its first clip on what the model knows. The
+random sample is drawn at ``sample_rate`` x rarity, so uploads follow the conditions driven instead of the start of
+the run, and the bits of ``rare_mask`` (the preset: model / fallback disagreement) ask for a clip only while the
+condition is under-represented in the uploads (rarity above 1). The safety triggers (a near miss with its reserve,
+the fallback taking over) ask as always. An uploaded frame is counted in the condition of the tick that decides it,
+``pre_s`` later (the estimate is smoothed over 5 s).
 """
 
 from __future__ import annotations
@@ -47,11 +63,13 @@ from fleetloop.sim import rng
 from fleetloop.sim.compile import compile_graph
 
 __all__ = [
+    "CONDITION_NAMES",
     "TRIGGER_BITS",
     "TriggerConfig",
     "TriggerInputs",
     "TriggerState",
     "UploadDecision",
+    "condition_classes",
     "trigger_bits",
     "triggers_step",
 ]
@@ -65,6 +83,7 @@ TRIGGER_BITS = {
     "random_sample": 1 << 5,
 }
 N_BITS = len(TRIGGER_BITS)
+CONDITION_NAMES = ("clear", "fog", "wet")  # the condition classes of the vehicle's own estimate (value weighting)
 _STREAM_SAMPLE = 0x5452  # "TR": the random sample's counter-based stream, apart from the sim's
 _NEVER = -(1 << 40)
 
@@ -89,6 +108,15 @@ class TriggerConfig:
         severe_mask: the bits whose clips may spend the reserve (default: a near miss as the vehicle perceives it,
             the rarest and most severe trigger, 88 % of first near misses in fog in the loop benchmark's fleet).
         reserve_clips: trigger clips of the bucket kept for the severe bits [clips] (0: first come, first served).
+        value_weighting: weight the random sample by the rarity of the current condition in this vehicle's uploads
+            (module docstring; ADR 0122).
+        rare_mask: bits that ask for a clip only while the current condition is under-represented in the uploads
+            (with ``value_weighting``).
+        rarity_max: the rarity weight's cap [-] (its inverse is the floor).
+        fog_visibility_m: own visibility estimate below this: the fog class [m] (the label stage's threshold).
+        wet_friction: own friction estimate below this (and not fog): the wet class [-].
+        known_frames: per class of ``CONDITION_NAMES``, frames counted as already uploaded (what the model learnt
+            before) when the rarity is computed [frames].
     """
 
     pre_s: float = 2.0
@@ -105,6 +133,32 @@ class TriggerConfig:
     trigger_mask: int = (1 << 6) - 1
     severe_mask: int = 1 << 2
     reserve_clips: float = 1.0
+    value_weighting: bool = False
+    rare_mask: int = 0
+    rarity_max: float = 4.0
+    fog_visibility_m: float = 200.0
+    wet_friction: float = 0.7
+    known_frames: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @classmethod
+    def valued(cls, **overrides: float) -> TriggerConfig:
+        """Selection by what a clip would teach (ADR 0122): the safety triggers (fallback engaged, near miss with
+        the reserve), model / fallback disagreement only in conditions rare in the uploads, and a rarity-weighted
+        random sample drawn to fill the rest of the budget; hard braking and high uncertainty are recorded, not
+        uploaded for themselves. ``overrides``: any other field (``dt_s``, ``budget_fraction``, ...)."""
+        plain = cls(**overrides)  # type: ignore[arg-type]
+        bits = TRIGGER_BITS
+        fields = {
+            "trigger_mask": bits["fallback_engaged"] | bits["near_miss"] | bits["disagreement"] | bits["random_sample"],
+            "rare_mask": bits["disagreement"],
+            "value_weighting": True,
+            # About 1.6 random clips drawn per clip the budget pays for (a draw inside an admitted clip adds nothing).
+            "sample_rate": 1.6 * plain.budget_fraction / (plain.sample_ticks + 1),
+            # The clear-weather bootstrap already taught clear driving: one clip's worth of it counts as uploaded.
+            "known_frames": (float(plain.clip_frames), 0.0, 0.0),
+        }
+        fields.update({k: v for k, v in overrides.items() if k in fields})
+        return dataclasses.replace(plain, **fields)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         for name in ("pre_s", "post_s", "sample_rate", "sample_clip_s", "budget_fraction", "reserve_clips"):
@@ -114,6 +168,19 @@ class TriggerConfig:
             raise FleetConfigError("TriggerConfig needs dt_s > 0 and bucket_frames >= 1")
         if not 0 <= self.trigger_mask < (1 << N_BITS):
             raise FleetConfigError(f"TriggerConfig.trigger_mask must be a set of the {N_BITS} trigger bits")
+        if not (math.isfinite(self.rarity_max) and self.rarity_max >= 1.0):
+            raise FleetConfigError(f"TriggerConfig.rarity_max must be a finite number >= 1, got {self.rarity_max}")
+        if len(self.known_frames) != len(CONDITION_NAMES) or not all(
+            math.isfinite(x) and x >= 0 for x in self.known_frames
+        ):
+            raise FleetConfigError(
+                f"TriggerConfig.known_frames must be {len(CONDITION_NAMES)} finite numbers >= 0 (frames per class "
+                f"of {', '.join(CONDITION_NAMES)}), got {self.known_frames}"
+            )
+        if not 0 <= self.rare_mask < (1 << (N_BITS - 1)):
+            raise FleetConfigError(
+                f"TriggerConfig.rare_mask must be a set of the {N_BITS - 1} trigger bits (not random)"
+            )
         if not 0 <= self.severe_mask < (1 << (N_BITS - 1)):
             raise FleetConfigError(
                 f"TriggerConfig.severe_mask must be a set of the {N_BITS - 1} trigger bits (not random)"
@@ -148,6 +215,12 @@ class TriggerConfig:
         return self.clip_frames + self.reserve_frames
 
     @property
+    def advance_ticks(self) -> float:
+        """Ticks a vehicle drives to earn its starting tokens [ticks]; the bucket refills only after them, so a run
+        at least this long uploads at most ``budget_fraction`` of its frames (ADR 0121)."""
+        return self.initial_frames / self.budget_fraction if self.budget_fraction > 0 else math.inf
+
+    @property
     def capacity_frames(self) -> float:
         """Token bucket capacity [frames]: at least one whole clip (or random clip) above the reserve."""
         return max(self.bucket_frames, self.initial_frames, self.sample_ticks + 1 + self.reserve_frames)
@@ -164,13 +237,29 @@ class TriggerInputs:
     fallback_accel_mps2: torch.Tensor
     model_valid: torch.Tensor
     uncertainty: torch.Tensor
+    visibility_m: torch.Tensor | None = None
+    """The vehicle's own visibility estimate [m] (value weighting; None: clear)."""
+    friction: torch.Tensor | None = None
+    """The vehicle's own friction estimate [-] (value weighting; None: dry)."""
+
+
+def condition_classes(cfg: TriggerConfig, inp: TriggerInputs) -> torch.Tensor:
+    """[B] int64 index into ``CONDITION_NAMES`` of the vehicle's own estimate: fog, else wet, else clear."""
+    b, dev = inp.ego_accel_mps2.shape[0], inp.ego_accel_mps2.device
+    code = torch.zeros(b, dtype=torch.int64, device=dev)
+    if inp.friction is not None:
+        code = torch.where(inp.friction < cfg.wet_friction, torch.full_like(code, 2), code)
+    if inp.visibility_m is not None:
+        code = torch.where(inp.visibility_m < cfg.fog_visibility_m, torch.full_like(code, 1), code)
+    return code
 
 
 @dataclass(frozen=True)
 class TriggerState:
     """Per vehicle: the last tick each trigger bit fired (the random bit: the last sampled frame) [B, N_BITS],
     bucket tokens [B], the last frame of the admitted clips [B], counters [B, N_BITS] by primary reason: frames
-    uploaded and frames wanted but refused, clips admitted and clips refused; plus frames decided [B]."""
+    uploaded and frames wanted but refused, clips admitted and clips refused; plus frames decided [B]; frames driven
+    and frames uploaded per condition class of the vehicle's estimate [B, len(CONDITION_NAMES)] (value weighting)."""
 
     last_fired: torch.Tensor
     tokens: torch.Tensor
@@ -180,6 +269,8 @@ class TriggerState:
     clips: torch.Tensor
     clips_refused: torch.Tensor
     decided: torch.Tensor
+    class_driven: torch.Tensor
+    class_uploaded: torch.Tensor
 
     @staticmethod
     def init(batch: int, device: torch.device | str = "cpu", cfg: TriggerConfig | None = None) -> TriggerState:
@@ -195,6 +286,8 @@ class TriggerState:
             clips=zb.clone(),
             clips_refused=zb.clone(),
             decided=torch.zeros(batch, dtype=torch.int64, device=device),
+            class_driven=torch.zeros(batch, len(CONDITION_NAMES), dtype=torch.int64, device=device),
+            class_uploaded=torch.zeros(batch, len(CONDITION_NAMES), dtype=torch.int64, device=device),
         )
 
     def totals(self) -> dict[str, dict[str, int]]:
@@ -210,6 +303,7 @@ class TriggerState:
             "clips_uploaded": per(self.clips),
             "clips_refused_by_budget": per(self.clips_refused),
             "decided": {"frames": int(self.decided.sum())},
+            "uploaded_by_condition": dict(zip(CONDITION_NAMES, self.class_uploaded.sum(0).tolist(), strict=True)),
         }
 
 
@@ -281,6 +375,7 @@ def triggers_step(
     graph for every tick but the first decided one); the same integers as eager."""
     if now_bits is None:
         now_bits = trigger_bits(cfg, inp)
+    cond = condition_classes(cfg, inp)
     dev = now_bits.device
     f = tick - cfg.pre_ticks
     tick_t = torch.tensor(tick, dtype=torch.int64, device=dev)
@@ -288,12 +383,13 @@ def triggers_step(
         # Clips of the run's first ticks are cut at frame 0; they are decided (and paid for) from tick pre_ticks on.
         _, last, tokens = _record(cfg, state, now_bits, tick_t)
         none = torch.zeros(now_bits.shape[0], dtype=torch.bool, device=dev)
-        new = dataclasses.replace(state, last_fired=last, tokens=tokens)
+        driven = _count_class(state.class_driven, cond, torch.ones_like(none))
+        new = dataclasses.replace(state, last_fired=last, tokens=tokens, class_driven=driven)
         return new, UploadDecision(f, none, torch.zeros_like(now_bits), none, now_bits)
     # The random sample's key: vehicle_keys caches its tick-independent part per vehicle-id tensor.
     base = rng.base_keys(seed, vehicle_ids, (_STREAM_SAMPLE,))
     decide = compile_graph(_decide) if compiled else _decide
-    new, upload, bits, refused = decide(cfg, state, now_bits, base, tick_t, f == 0)
+    new, upload, bits, refused = decide(cfg, state, now_bits, base, tick_t, f == 0, cond)
     return new, UploadDecision(f, upload, bits, refused, now_bits)
 
 
@@ -301,11 +397,33 @@ def _record(
     cfg: TriggerConfig, state: TriggerState, now_bits: torch.Tensor, tick: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every tick's bookkeeping: the bits that fired [B, N_BITS], the last tick each fired (``tick`` a 0-d int64
-    tensor) and the bucket refilled. Returns (fired, last_fired, tokens)."""
+    tensor) and the bucket refilled. Returns (fired, last_fired, tokens).
+
+    The refill repays the starting tokens first (ADR 0121): what ticks 0..tick earned, ``budget_fraction`` x
+    (tick + 1), less the advance, is what reaches the bucket, one tick's share at a time."""
     shifts = torch.arange(N_BITS, device=now_bits.device)
     fired = ((now_bits.unsqueeze(-1) >> shifts) & 1).bool()
     last = torch.where(fired, tick, state.last_fired)
-    return fired, last, (state.tokens + cfg.budget_fraction).clamp(max=cfg.capacity_frames)
+    earned = (tick + 1).to(state.tokens.dtype) * cfg.budget_fraction - cfg.initial_frames
+    refill = earned.clamp(min=0.0, max=cfg.budget_fraction)
+    return fired, last, (state.tokens + refill).clamp(max=cfg.capacity_frames)
+
+
+def _count_class(counts: torch.Tensor, cond: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``counts`` [B, C] plus one in column ``cond`` [B] of the rows ``where`` [B] (bool)."""
+    return counts + torch.nn.functional.one_hot(cond, counts.shape[-1]) * where.unsqueeze(-1)
+
+
+def _rarity(cfg: TriggerConfig, driven: torch.Tensor, uploaded: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """[B] the current condition's share of the frames driven over its share of the frames uploaded (with
+    ``known_frames``), clamped to [1 / rarity_max, rarity_max] (1 while nothing counts as uploaded)."""
+    pick = cond.unsqueeze(-1)
+    d = driven.gather(-1, pick).squeeze(-1).double() / driven.sum(-1).clamp(min=1).double()
+    up = uploaded.double() + torch.tensor(cfg.known_frames, dtype=torch.float64, device=uploaded.device)
+    u_total = up.sum(-1)
+    u = up.gather(-1, pick).squeeze(-1) / u_total.clamp(min=1.0)
+    r = torch.where(u_total > 0, d / u.clamp(min=1e-9), torch.ones_like(d))
+    return r.clamp(min=1.0 / cfg.rarity_max, max=cfg.rarity_max)
 
 
 def _decide(
@@ -315,17 +433,25 @@ def _decide(
     base: torch.Tensor,
     tick: torch.Tensor,
     first: bool,
+    cond: torch.Tensor,
 ) -> tuple[TriggerState, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``triggers_step`` from the first decided frame on: ``base`` the sample stream's base keys [B, 1], ``tick`` a
-    0-d int64 tensor, ``first``: frame 0 is being decided. Returns (state, upload, bits, refused)."""
+    0-d int64 tensor, ``first``: frame 0 is being decided, ``cond`` the condition class now [B]. Returns (state,
+    upload, bits, refused)."""
     shifts = torch.arange(N_BITS, device=now_bits.device)
     fired, last, tokens = _record(cfg, state, now_bits, tick)
+    driven = _count_class(state.class_driven, cond, torch.ones_like(cond, dtype=torch.bool))
+    rarity = _rarity(cfg, driven, state.class_uploaded, cond)
     f = tick - cfg.pre_ticks
     until = state.clip_until
     one_hot = torch.nn.functional.one_hot
     # Trigger clips asked for at this tick, or, on the first decided frame, at any earlier tick that covers it.
     live = (last[:, : N_BITS - 1] >= f - cfg.post_ticks) & first | fired[:, : N_BITS - 1]
     live = live & ((cfg.trigger_mask >> shifts[: N_BITS - 1]) & 1).bool()
+    if cfg.value_weighting:
+        # The rare bits ask only while the condition is under-represented in this vehicle's uploads.
+        rare = ((cfg.rare_mask >> shifts[: N_BITS - 1]) & 1).bool()
+        live = live & (~rare | (rarity > 1.0).unsqueeze(-1))
     want_t = live.any(-1)
     end_t = torch.where(fired[:, : N_BITS - 1].any(-1), tick, last[:, : N_BITS - 1].max(-1).values) + cfg.post_ticks
     severe = (live & ((cfg.severe_mask >> shifts[: N_BITS - 1]) & 1).bool()).any(-1)
@@ -334,7 +460,8 @@ def _decide(
     reason_t = one_hot(live.to(torch.int64).argmax(-1), N_BITS) * want_t.unsqueeze(-1)
     # The random sample: frame f starts a random clip [f, f + sample_ticks].
     key = rng.tick_keys(base, f.to(torch.int32))[:, 0]  # = vehicle_keys(seed, ids, f, stream): f >= 0 fits int32
-    sample = rng.uniform(key, (1,)).squeeze(-1) < cfg.sample_rate
+    u = rng.uniform(key, (1,)).squeeze(-1)
+    sample = u < (cfg.sample_rate * rarity).to(u.dtype) if cfg.value_weighting else u < cfg.sample_rate
     sample = sample & bool((cfg.trigger_mask >> (N_BITS - 1)) & 1)
     last[:, N_BITS - 1] = torch.where(sample, f, last[:, N_BITS - 1])
     end_s = torch.zeros_like(until) + (f + cfg.sample_ticks)
@@ -360,5 +487,7 @@ def _decide(
         + reason_t * (want_t & ~ok_t).unsqueeze(-1)
         + reason_s * (sample & ~ok_s).unsqueeze(-1),
         decided=state.decided + 1,
+        class_driven=driven,
+        class_uploaded=_count_class(state.class_uploaded, cond, upload),
     )
     return new, upload, bits, refused

@@ -258,6 +258,8 @@ def vehicle_step(
             fallback_accel_mps2=fb.accel_mps2,
             model_valid=policy.valid,
             uncertainty=policy.uncertainty_mps2,
+            visibility_m=estimate.visibility_m,
+            friction=estimate.friction,
         ),
         ids,
         tick,

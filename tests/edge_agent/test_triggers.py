@@ -89,7 +89,9 @@ def test_a_clip_over_budget_is_refused_whole_not_cut() -> None:
     assert tot["clips_refused_by_budget"]["hard_brake"] == 1
     assert tot["refused_by_budget"]["hard_brake"] == cfg.clip_frames  # every frame it wanted is counted, stays on board
     # Once the bucket holds a clip again, the next event goes up whole.
-    s, uploaded = _drive(cfg, {0: [100, 100 + 50 + round(cfg.clip_frames / cfg.budget_fraction)]}, 3000)
+    # (The starting tokens are an advance: the refill of a clip begins after advance_ticks.)
+    again = 100 + 50 + round((cfg.initial_frames + cfg.clip_frames) / cfg.budget_fraction)
+    s, uploaded = _drive(cfg, {0: [100, again]}, again + cfg.post_ticks + cfg.pre_ticks + 1)
     assert len(uploaded) == 2 * cfg.clip_frames
 
 
@@ -164,11 +166,12 @@ def test_the_reserve_is_checked() -> None:
 
 def test_overlapping_triggers_extend_the_clip_and_pay_only_for_added_frames() -> None:
     cfg = TriggerConfig(sample_rate=0.0)
-    s, uploaded = _drive(cfg, {0: [100, 101, 102]}, 200)
-    ticks = [t for _, t, _ in uploaded]
+    # Near misses, which may spend the reserve: the extensions are paid from it (the refill repays the advance).
+    s, ticks = _drive_events(cfg, {100: "near", 101: "near", 102: "near"}, 200)
     assert ticks == list(range(100 - cfg.pre_ticks, 102 + cfg.post_ticks + 1))
-    # The starting tokens plus 200 ticks of refill, less the clip and the two frames the extensions added.
-    assert abs(float(s.tokens[0]) - (cfg.initial_frames + 200 * cfg.budget_fraction - cfg.clip_frames - 2)) < 1e-6
+    # The starting tokens (200 ticks refill none of them: they repay the advance) less the clip and the two frames
+    # the extensions added.
+    assert abs(float(s.tokens[0]) - (cfg.initial_frames - cfg.clip_frames - 2)) < 1e-6
 
 
 def test_budget_holds_over_a_long_run_and_drops_are_counted() -> None:
@@ -190,6 +193,40 @@ def test_budget_holds_over_a_long_run_and_drops_are_counted() -> None:
     assert tot["refused_by_budget"]["hard_brake"] > 0 and tot["clips_refused_by_budget"]["hard_brake"] > 0
     assert sum(tot["uploaded"].values()) == int(uploads.sum())
     assert tot["decided"]["frames"] == b * (ticks - cfg.pre_ticks)
+
+
+def _storm(cfg: TriggerConfig, b: int, ticks: int) -> torch.Tensor:
+    """Frames uploaded per vehicle [b] under a constant storm: every trigger fires on every tick, and the random
+    sample draws every frame."""
+    s = TriggerState.init(b, cfg=cfg)
+    ids = torch.arange(b)
+    storm = _inp(
+        b,
+        fallback_started=torch.ones(b, dtype=torch.bool),
+        ego_accel_mps2=torch.full((b,), -6.0),
+        perceived_ttc_s=torch.full((b,), 0.5),
+        model_accel_mps2=torch.full((b,), 2.0),
+        fallback_accel_mps2=torch.full((b,), -4.0),
+        uncertainty=torch.full((b,), 0.9),
+    )
+    uploads = torch.zeros(b)
+    for tick in range(ticks):
+        s, d = triggers_step(cfg, s, storm, ids, tick, seed=3)
+        uploads += d.upload
+    return uploads
+
+
+def test_a_ten_minute_trigger_storm_uploads_at_most_the_budget_share() -> None:
+    cfg = TriggerConfig(sample_rate=1.0)
+    ticks = round(600.0 / cfg.dt_s)  # ten minutes
+    assert cfg.advance_ticks <= ticks
+    uploads = _storm(cfg, 2, ticks)
+    assert float(uploads.max()) <= cfg.budget_fraction * ticks  # every vehicle, not only the fleet on average
+    # The storm spends the advance and what the refill brings in whole clips (a clip never goes up cut).
+    assert float(uploads.min()) >= cfg.initial_frames
+    # The first event of a run still goes up whole at once: the advance is spent in the first ticks.
+    early = _storm(cfg, 1, cfg.pre_ticks + cfg.clip_frames)
+    assert float(early[0]) >= cfg.clip_frames
 
 
 def test_random_only_uploads_ignore_triggers() -> None:
@@ -271,3 +308,69 @@ def test_compiled_decisions_equal_eager_ones() -> None:
     for name in ("last_fired", "tokens", "clip_until", "uploaded", "refused", "clips", "clips_refused", "decided"):
         assert torch.equal(getattr(states[0], name), getattr(states[1], name)), name
     assert int(states[0].uploaded.sum()) > 0 and int(states[0].refused.sum()) > 0  # both paths were exercised
+
+
+def _drive_valued(cfg: TriggerConfig, ticks: int, fog_from: list[int], events: dict[int, str]) -> TriggerState:
+    """Vehicle v drives in fog (own visibility 100 m) from tick ``fog_from[v]``; at tick t every vehicle perceives
+    a TTC of 0.5 s (``events[t] == "near"``), the model and the fallback disagree by 5 m/s² (``"disagree"``), or it
+    brakes hard with the model uncertain (``"hard"``)."""
+    b = len(fog_from)
+    s = TriggerState.init(b, cfg=cfg)
+    ids = torch.arange(b)
+    for tick in range(ticks):
+        kind = events.get(tick)
+        inp = _inp(
+            b,
+            perceived_ttc_s=torch.full((b,), 0.5 if kind == "near" else float("inf")),
+            model_accel_mps2=torch.full((b,), 2.0 if kind == "disagree" else 0.0),
+            fallback_accel_mps2=torch.full((b,), -3.0 if kind == "disagree" else 0.0),
+            ego_accel_mps2=torch.full((b,), -6.0 if kind == "hard" else 0.0),
+            uncertainty=torch.full((b,), 0.9 if kind == "hard" else 0.0),
+            visibility_m=torch.tensor([100.0 if tick >= f else 2000.0 for f in fog_from]),
+            friction=torch.full((b,), 0.9),
+        )
+        s, _ = triggers_step(cfg, s, inp, ids, tick, seed=0)
+    return s
+
+
+def test_valued_selection_asks_for_disagreement_only_where_the_uploads_lack_the_condition() -> None:
+    cfg = TriggerConfig.valued(sample_rate=0.0)  # counts a clip of clear driving as known (the bootstrap's)
+    # Vehicle 0 drives in clear weather, vehicle 1 into fog from tick 150. A disagreement at tick 300 teaches
+    # vehicle 0 nothing new (clear, as the model knows): it does not ask; vehicle 1 (fog, none uploaded) uploads it.
+    # A near miss later goes up from both, whatever the condition.
+    s = _drive_valued(cfg, 500, [10_000, 150], {300: "disagree", 400: "near"})
+    assert s.clips[:, 3].tolist() == [0, 1] and s.clips_refused[:, 3].tolist() == [0, 0]
+    assert s.clips[:, 2].tolist() == [1, 1]
+    assert s.totals()["uploaded_by_condition"]["fog"] > 0
+    assert int(s.class_uploaded.sum()) == int(s.uploaded.sum())  # every uploaded frame has a condition
+    # Without the known clear frames nothing counts as uploaded: rarity 1, fog is not yet rare, neither asks.
+    s = _drive_valued(dataclasses.replace(cfg, known_frames=(0.0, 0.0, 0.0)), 500, [10_000, 150], {300: "disagree"})
+    assert s.clips[:, 3].tolist() == [0, 0] and s.clips_refused[:, 3].tolist() == [0, 0]
+
+
+def test_valued_selection_records_hard_braking_and_uncertainty_without_spending_the_budget() -> None:
+    cfg = TriggerConfig.valued(sample_rate=0.0)
+    s = _drive_valued(cfg, 200, [0], {50: "hard"})
+    assert int(s.uploaded.sum()) == 0 and int(s.clips_refused.sum()) == 0
+    s = _drive_valued(TriggerConfig(sample_rate=0.0), 200, [0], {50: "hard"})
+    assert int(s.clips[0, 1]) == 1  # the plain triggers upload it
+
+
+def test_valued_random_sample_fills_the_budget_and_follows_the_conditions_driven() -> None:
+    cfg = TriggerConfig.valued()
+    assert cfg.sample_rate > TriggerConfig().sample_rate and cfg.value_weighting
+    # 64 vehicles, a minute of clear then two of fog: the sample goes where the uploads lack frames, and the whole
+    # fleet stays within what the advance and the budget allow.
+    s = _drive_valued(cfg, 1800, [600] * 64, {})
+    by = s.totals()["uploaded_by_condition"]
+    assert by["fog"] > by["clear"] > 0
+    assert float(s.uploaded.sum(-1).max()) <= max(cfg.initial_frames, cfg.budget_fraction * 1800)
+
+
+def test_value_weighting_settings_are_checked() -> None:
+    with pytest.raises(FleetConfigError, match="rarity_max"):
+        TriggerConfig(rarity_max=0.5)
+    with pytest.raises(FleetConfigError, match="known_frames"):
+        TriggerConfig(known_frames=(1.0, -1.0, 0.0))
+    with pytest.raises(FleetConfigError, match="rare_mask"):
+        TriggerConfig(rare_mask=TRIGGER_BITS["random_sample"])

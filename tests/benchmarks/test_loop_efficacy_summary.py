@@ -1,0 +1,61 @@
+"""The loop-efficacy benchmark's summary: every arm judged on every seed, uploads against the budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "loop_efficacy.py"
+
+
+def _module() -> Any:
+    spec = importlib.util.spec_from_file_location("loop_efficacy", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(coll: int, nm: int, phantom: int, km: float = 100.0) -> dict[str, Any]:
+    counts = {"collisions": coll, "near_misses": nm, "phantom_brakes": phantom}
+    return {"km": km, "expert_km": km, "counts": counts}
+
+
+def _turn(arm: str, uploaded: int, candidate: bool) -> dict[str, Any]:
+    t: dict[str, Any] = {
+        "arm": arm,
+        "frames_uploaded": uploaded,
+        "frames_written": 1000,
+        "labelled_valid": 100,
+        "label_conditions": {"fog": 60, "clear": 40},
+    }
+    if candidate:
+        t.update(candidate_path="x", passed=True, onset_to_validated_s=10.0)
+    return t
+
+
+def test_a_turn_without_a_candidate_counts_as_the_initial_model_and_shares_are_against_the_budget() -> None:
+    le = _module()
+    ev = {
+        "initial|fog": _run(6, 4, 5),
+        "initial|clear": _run(1, 0, 9),
+        "reference|fog": _run(2, 0, 7),
+        "reference|clear": _run(1, 0, 9),
+        "candidate:triggers|fog": _run(3, 3, 4),
+        "candidate:triggers|clear": _run(1, 0, 8),
+    }
+    seeds = [
+        {"seed": 1, "arms": {"triggers": _turn("triggers", 20, True), "random": _turn("random", 15, False)}, "eval": ev}
+    ]
+    summary = le.summarize(seeds, 0.02)
+    trig, rand = summary["arms"]["triggers"], summary["arms"]["random"]
+    assert math.isclose(trig["gap_closed_pooled"], (10 - 6) / (10 - 2))
+    assert rand["no_candidate"] == 1 and rand["gap_closed_pooled"] == 0.0  # the fleet keeps the initial model
+    assert rand["gap_closed"]["n"] == 1  # judged on the seed, not left out
+    assert math.isclose(trig["upload_share_of_budget"], 1.0) and math.isclose(rand["upload_share_of_budget"], 0.75)
+    assert trig["deployed_vs_initial"]["fog"]["phantom"] < trig["deployed_vs_initial"]["fog"]["initial_phantom"]
+    table = le.render(summary, "test")
+    assert "| 1.00 of 0.02 |" in table and "| random | clear | 10 vs 10 | 90 vs 90 |" in table
+    assert math.isnan(le.summarize(seeds)["arms"]["triggers"]["upload_share_of_budget"])  # no budget given
