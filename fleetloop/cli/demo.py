@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from fleetloop.cli.demo_federated import FL_BUFFER_SECONDS, step_federated
 from fleetloop.cli.demo_report import before_after, render_before_after, where_next
 from fleetloop.cli.demo_steps import (
     BETTER_CANDIDATE_RULE,
@@ -90,10 +91,6 @@ _NO_CONTROLLER = (
     "`fleetloop ota rollout` (docs/canary.md)"
 )
 _SAME_MODEL = "production did not change, and the same seed on the same model repeats step 3 exactly"
-_NO_BUFFERS = (
-    "the demo does not run a federated round yet: `fleetloop sim run --buffer-seconds 25` then `fleetloop fl round` "
-    "do, and validate judges their candidate like any other (docs/federation.md)"
-)
 
 
 class _Teller:
@@ -164,10 +161,14 @@ def tell_story(settings: Settings, plan: DemoPlan, seed: int, run_id: str, telle
     t = teller
     t.step("stack", lambda say, _tick: step_stack(settings, say))
     genesis = t.step("genesis", lambda say, _tick: step_genesis(settings, plan, seed, say))
-    before = t.step("before", lambda _say, tick: step_drive(settings, plan, seed, f"{run_id}-before", tick))
+    before = t.step(
+        "before",
+        lambda _say, tick: step_drive(settings, plan, seed, f"{run_id}-before", tick, buffer_seconds=FL_BUFFER_SECONDS),
+    )
     loop = t.step("data loop", lambda say, _tick: step_data_loop(settings, plan, seed, say))
-    t.step("federated", lambda _say, _tick: skipped("no federated candidate this time", _NO_BUFFERS))
-    release = t.step("release", lambda say, _tick: step_release(settings, plan, loop["candidates"], False, say))
+    fed = t.step("federated", lambda say, _tick: step_federated(settings, plan, seed, say))
+    candidates = loop["candidates"] + fed["candidates"]
+    release = t.step("release", lambda say, _tick: step_release(settings, plan, candidates, False, say))
     if release["promoted"] is None:  # the same seed on the same model would drive step 3 again, event for event
         t.step("after", lambda _say, _tick: skipped("no second drive", _SAME_MODEL))
         after = before

@@ -6,9 +6,10 @@ summary with a ``line`` for people (numbers with units, verdicts in words).
                `ota assign --share 1`
     drive      `fleetloop sim run`                          simulate (clear weather, then a fog bank rolls in)
     data loop  `fleetloop pipeline run`                     the pipeline's stage table, train and validate
+    federated  `fleetloop fl round`                         cli.fl.federate, then validate (cli/demo_federated.py)
     release    `fleetloop model promote`, `ota publish`     the registry's audited transitions, publish_release
 
-Steps a later build adds (federated candidates, canary waves, rollback of a degraded model) say plainly that they
+Steps a later build adds (canary waves, rollback of a degraded model) say plainly that they
 are skipped and why (:func:`skipped`).
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "BETTER_CANDIDATE_RULE",
     "DemoPlan",
     "better_candidate",
+    "candidate_summary",
     "plan_for",
     "skipped",
     "step_data_loop",
@@ -41,6 +43,7 @@ __all__ = [
     "step_genesis",
     "step_release",
     "step_stack",
+    "verdict_text",
 ]
 
 Say = Callable[[str], None]  # a step's progress line (spinner text)
@@ -206,13 +209,15 @@ def step_drive(
     *,
     start_version: str | None = None,
     installs: str | None = None,
+    buffer_seconds: float | None = None,
 ) -> dict[str, Any]:
     """The fleet (`sim run`): clear weather, then the fog bank at ``plan.fog_onset_s``.
 
     The vehicles start on production, or on ``start_version``; with ``installs`` (a version sent to them as an
     OTA install command) they follow OTA commands (`sim run --ota`) and the per-condition rates are those of the
     vehicle-ticks on ``installs``. ``on_tick(done, total)`` follows the ticks; the summary keeps the safety rates
-    per condition and over time."""
+    per condition and over time. With ``buffer_seconds`` the vehicles save their on-board buffers
+    (`sim run --buffer-seconds`) for a federated round."""
     chunks: list[tuple[int, dict[str, int]]] = []  # (ticks done, the chunk's summed tick reports)
     state = {"ticks": 0, "total": 1}
 
@@ -237,6 +242,7 @@ def step_drive(
         fleet_tag=fleet_tag,
         on_start=on_start,
         on_progress=on_progress,
+        buffer_seconds=buffer_seconds,
     )
     dt_s = float(out["simulated_s"]) / max(state["ticks"], 1)  # the world's tick
     conditions = _conditions(out, installs)
@@ -307,22 +313,7 @@ def step_data_loop(settings: Settings, plan: DemoPlan, seed: int, say: Say) -> d
         stages[name] = STAGES[name].run(settings, say)
     stages["train"] = train_stage(settings, say, train_cfg)
     stages["validate"] = validate_stage(settings, say, validate_cfg)
-    candidates = []
-    for v in stages["validate"]["validated"]:
-        fog = _fog_summary(v["table"])
-        candidates.append(
-            {
-                "origin": "data loop",
-                "version": v["version"],
-                "status": v["status"],
-                "passed": bool(v["passed"]),
-                "stage": v["stage"],
-                "suite": v["suite_name"],
-                "reasons": v["reasons"] or ([v["reason"]] if v["reason"] else []),
-                "fog_cnm_per_1000_km": fog,
-                "table": v["table"],
-            }
-        )
+    candidates = [candidate_summary(v, "data loop") for v in stages["validate"]["validated"]]
     t = stages["train"]
     rows = stages["collect"].get("rows_collected", 0)
     labelled = stages["label"].get("labelled_valid", 0)
@@ -330,7 +321,7 @@ def step_data_loop(settings: Settings, plan: DemoPlan, seed: int, say: Say) -> d
         why = t.get("reason") or "no candidate to validate"
         verdict = f"no candidate this turn: {why}"
     else:
-        verdict = "; ".join(_verdict_text(c) for c in candidates)
+        verdict = "; ".join(verdict_text(c) for c in candidates)
     return {
         "stages": {k: {kk: vv for kk, vv in v.items() if kk != "table"} for k, v in stages.items()},
         "candidates": candidates,
@@ -338,7 +329,22 @@ def step_data_loop(settings: Settings, plan: DemoPlan, seed: int, say: Say) -> d
     }
 
 
-def _verdict_text(c: dict[str, Any]) -> str:
+def candidate_summary(v: dict[str, Any], origin: str) -> dict[str, Any]:
+    """A validated candidate (one of ``validate_stage``'s ``validated``) as the release step compares it."""
+    return {
+        "origin": origin,
+        "version": v["version"],
+        "status": v["status"],
+        "passed": bool(v["passed"]),
+        "stage": v["stage"],
+        "suite": v["suite_name"],
+        "reasons": v["reasons"] or ([v["reason"]] if v["reason"] else []),
+        "fog_cnm_per_1000_km": _fog_summary(v["table"]),
+        "table": v["table"],
+    }
+
+
+def verdict_text(c: dict[str, Any]) -> str:
     if c["status"] != "validated":
         return f"candidate not validated ({'; '.join(c['reasons']) or c['status']})"
     fog = c["fog_cnm_per_1000_km"]

@@ -1,9 +1,15 @@
-"""`fleetloop fl round`: federated rounds over the vehicles' on-board buffers (Flower simulation engine, Ray).
+"""`fleetloop fl round | serve`: federated rounds over the vehicles' on-board buffers, on Flower's simulation
+engine (Ray) or its deployment engine (a SuperLink and one SuperNode per vehicle).
 
     fleetloop fl round --rounds 3 --clients 10 --strategy fedmedian [--fraction 0.5]
                        [--byzantine 0.2 --attack sign-flip|scale|noise|alie] [--dropout 0.1]
                        [--dp server-fixed --noise-multiplier 1.0 --clipping-norm 1.0] [--restart]
-                       [--json] [--plot rounds.png]
+                       [--deployment] [--json] [--plot rounds.png]
+    fleetloop fl serve --clients 3 [--json]
+
+`fl serve` starts the deployment engine's servers as a launcher service (``flower``; `fleetloop down` stops them);
+`fl round --deployment` submits the run to that SuperLink and follows its status until it ends: a failed run is
+an error with its reason and exit code, never exit 0.
 
 Before anything starts: the settings and the strategy are checked (exit 2 on what cannot work, warnings on what
 will not do what was asked). Then the rounds run with a progress bar; the summary says what each round did,
@@ -20,8 +26,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
@@ -30,13 +37,21 @@ from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
 from fleetloop.cli.validate_args import NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SHARE, UNIT_INTERVAL
+from fleetloop.federation import serve as flower
 from fleetloop.federation.config import ATTACKS, DP_MODES, STRATEGIES, ClientTrainConfig, DpConfig, RoundsConfig
+from fleetloop.federation.serve import ServedVehicle, read_vehicles, write_vehicles
 from fleetloop.pipelines.serve import service_name, stage_specs
 from fleetloop.platform import launcher
+from fleetloop.platform.errors import SetupError
 from fleetloop.platform.logs import log_context
 from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = ["app"]
+if TYPE_CHECKING:
+    from fleetloop.federation.deployment import DeploymentTarget
+    from fleetloop.federation.runner import Preflight
+    from fleetloop.federation.server_app import RoundReport
+
+__all__ = ["app", "federate"]
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -76,6 +91,12 @@ def _announce_and_wait(settings: Settings, event: Any, wait_s: float) -> dict[st
     return {"announced": True, "verdict": decision, "how": str(report)}
 
 
+_ENGINES = {
+    "simulation": "Flower's simulation engine on Ray",
+    "deployment": "the SuperLink and SuperNodes of `fleetloop fl serve`",
+}
+
+
 def _render(d: dict[str, Any]) -> None:
     t = Table(
         title=f"federated rounds {d['first_round']}-{d['last_round']} of {d['model_name']} ({d['strategy']})",
@@ -101,6 +122,7 @@ def _render(d: dict[str, Any]) -> None:
     if b is not None and a is not None:
         console.print(f"held-out command MSE: {b:.4f} -> {a:.4f} (m/s²)² on the server's held-out vehicles")
     console.print(f"vehicles aggregated so far: {len(d['participants'])}; parent version: {d['parent_version']}")
+    console.print(f"engine: {d['engine']} ({_ENGINES[d['engine']]})")
     if d["skipped_vehicles"]:
         console.print(f"buffers skipped: {d['skipped_vehicles']}")
     if d["attackers"]:
@@ -136,6 +158,50 @@ def _plot(d: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def federate(
+    settings: Settings,
+    cfg: RoundsConfig,
+    *,
+    deployment: bool = False,
+    verdict_wait_s: float = 600.0,
+    on_start: Callable[[Preflight], None] | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+) -> dict[str, Any]:
+    """What `fl round` does, as a JSON-ready summary: the preflight (its warnings to stderr), the rounds on the
+    simulation engine or (``deployment``) on the SuperLink `fl serve` runs, the candidate announced and its verdict
+    awaited where the validate stage runs. The demo's federated step calls it too."""
+    # torch, Flower and Ray's runtime load here (seconds), not for every `fleetloop` start
+    from fleetloop.federation.runner import preflight, run_rounds
+
+    target = _served(settings) if deployment else None
+    pre = preflight(settings, cfg)
+    for w in pre.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if on_start is not None:
+        on_start(pre)
+    with contextlib.redirect_stdout(sys.stderr):  # Flower's and Ray's chatter never reaches the JSON on stdout
+        result = run_rounds(settings, cfg, checked=pre, on_round=on_round, deployment=target)
+    d = result.as_dict()
+    d["engine"] = "simulation" if target is None else "deployment"
+    d["attack"] = cfg.attack
+    d["validation"] = _announce_and_wait(settings, result.event, verdict_wait_s)
+    return d
+
+
+def _served(settings: Settings) -> DeploymentTarget:
+    """The running SuperLink's vehicles; SetupError when `fl serve` is not running."""
+    from fleetloop.federation.deployment import DeploymentTarget  # imports Flower (seconds): only with --deployment
+
+    (st,) = launcher.status(settings, [flower.SPEC])
+    vehicles = read_vehicles(settings)
+    if not st.healthy or not vehicles:
+        raise SetupError(
+            f"no SuperLink with vehicles runs at {flower.superlink_address(settings)} ({st.state}: {st.detail}); "
+            "start it with `fleetloop fl serve --clients N`, or drop --deployment for the simulation engine"
+        )
+    return DeploymentTarget(vehicles)
+
+
 @app.command("round")
 def round_cmd(
     rounds: int = typer.Option(
@@ -168,6 +234,12 @@ def round_cmd(
     ),
     initial_model: Path | None = typer.Option(None, "--initial-model", help="Start from this artifact."),
     restart: bool = typer.Option(False, "--restart", help="Start a new federation, ignoring the saved state."),
+    deployment: bool = typer.Option(
+        False,
+        "--deployment",
+        help="Run on the SuperLink and SuperNodes `fleetloop fl serve` started (Flower's deployment engine) "
+        "instead of the simulation engine; the exit status is the run's outcome.",
+    ),
     verdict_wait_s: float = typer.Option(
         600.0, "--verdict-wait", click_type=NON_NEGATIVE_FLOAT, help="How long to wait for validate [s]."
     ),
@@ -175,8 +247,6 @@ def round_cmd(
     plot: Path | None = typer.Option(None, "--plot", help="Write held-out quality per round to this PNG."),
 ) -> None:
     """Run federated rounds: vehicles train on their own buffers, the server aggregates and evaluates."""
-    from fleetloop.federation.runner import preflight, run_rounds
-
     settings = load_settings()
     cfg = RoundsConfig(
         rounds=rounds,
@@ -192,29 +262,72 @@ def round_cmd(
         local=ClientTrainConfig(epochs=epochs),
         dp=DpConfig(mode=dp, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm),
     )
-    pre = preflight(settings, cfg)
-    for w in pre.warnings:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    with (
-        Progress(
-            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console, transient=True
-        ) as progress,
-        contextlib.redirect_stdout(sys.stderr),  # Flower's and Ray's chatter never reaches the JSON on stdout
-    ):
-        task = progress.add_task(f"{cfg.strategy}: starting Ray and {len(pre.clients)} vehicles", total=cfg.rounds)
+    engine = "the SuperLink's vehicles" if deployment else "Ray and the vehicles"
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console, transient=True
+    ) as progress:
+        task = progress.add_task(f"{cfg.strategy}: checking the vehicles' buffers", total=cfg.rounds)
 
-        def on_round(r: Any) -> None:
+        def on_start(pre: Preflight) -> None:
+            progress.update(task, description=f"{cfg.strategy}: starting {engine} ({len(pre.clients)} clients)")
+
+        def on_round(r: RoundReport) -> None:
             with log_context(round=r.server_round):
                 logging.getLogger(__name__).info("round done: %d vehicles aggregated", len(r.participants))
             progress.update(
                 task, advance=1, description=f"round {r.server_round}: {len(r.participants)} vehicles aggregated"
             )
 
-        result = run_rounds(settings, cfg, checked=pre, on_round=on_round)
-    d = result.as_dict()
-    d["attack"] = cfg.attack
-    d["validation"] = _announce_and_wait(settings, result.event, verdict_wait_s)
+        d = federate(
+            settings, cfg, deployment=deployment, verdict_wait_s=verdict_wait_s, on_start=on_start, on_round=on_round
+        )
     if plot is not None:
         _plot(d, plot)
         d["plot"] = str(plot)
     emit(d, as_json, _render)
+
+
+@app.command("serve")
+def serve_cmd(
+    clients: int = typer.Option(
+        3, "--clients", click_type=POSITIVE_INT, help="Vehicles served, one SuperNode each (held-out ones never)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Start Flower's deployment engine: a SuperLink and one SuperNode per vehicle, each reading its own on-board
+    buffer (`fleetloop fl round --deployment` runs on them; `fleetloop down` stops them)."""
+    from fleetloop.federation.runner import preflight  # torch and Flower (seconds): only when a command needs them
+
+    settings = load_settings()
+    pre = preflight(settings, RoundsConfig(clients=clients))
+    vehicles = [ServedVehicle(v.vehicle_id, str(v.path.resolve())) for v in pre.clients]
+    (st,) = launcher.status(settings, [flower.SPEC])
+    restarted = st.healthy and read_vehicles(settings) != vehicles
+    if restarted:
+        launcher.down(settings, [flower.SPEC])
+    write_vehicles(settings, vehicles)
+    (up,) = launcher.up(settings, [flower.SPEC])
+    d = {
+        "service": up.name,
+        "state": up.state,
+        "superlink": up.address,
+        "restarted_for_new_vehicles": restarted,
+        "supernodes": [v.__dict__ for v in vehicles],
+        "heldout_vehicles": [v.vehicle_id for v in pre.heldout],
+        "transport": "insecure (plain HTTP) on loopback only; not for a network",
+        "runtime_dependency_installation": "off",
+        "warnings": pre.warnings,
+    }
+    emit(d, as_json, _render_serve)
+
+
+def _render_serve(d: dict[str, Any]) -> None:
+    ids = ", ".join(str(v["vehicle_id"]) for v in d["supernodes"])
+    console.print(
+        f"Flower SuperLink {d['state']} at {d['superlink']}"
+        f"{' (restarted for the new vehicles)' if d['restarted_for_new_vehicles'] else ''}"
+    )
+    console.print(f"{len(d['supernodes'])} SuperNodes, one per vehicle, each on its own buffer: vehicles {ids}")
+    console.print(f"held out for the server's evaluation (not served): {d['heldout_vehicles']}")
+    console.print(f"{d['transport']}; runtime dependency installation {d['runtime_dependency_installation']}")
+    console.print("next: `fleetloop fl round --deployment --clients N`; `fleetloop down` stops them")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from fleetloop.federation import serve as flower
 from fleetloop.pipelines import serve
 from fleetloop.platform import launcher
 from fleetloop.platform.services import alertmanager, kafka, mlflow_server, ota_controller, ota_repo, prometheus
@@ -28,6 +29,7 @@ def stack_services() -> list[ServiceSpec]:
         *(alertmanager.SPEC, prometheus.SPEC),  # optional: reported "not installed" where absent
         *serve.stage_specs(),  # on demand: `fleetloop pipeline serve` starts them
         ota_controller.SPEC,  # on demand: `fleetloop ota rollout` starts it
+        flower.SPEC,  # on demand: `fleetloop fl serve` starts the SuperLink and its SuperNodes
     ]
 
 

@@ -1,9 +1,11 @@
 """The vehicle's side of a round: a Flower ClientApp that trains on the vehicle's own buffer.
 
-On a training message the vehicle (``partition-id`` of its node picks its id from the message's ``vehicle-ids``):
-opens its on-board buffer read-only, labels the frames on board with the hindsight labeller, trains a copy of the
-received global model, and replies with the new weights and ``REPLY_METRICS`` only. It never changes the model it
-drives with (it builds a separate one from the received weights) and never writes to its buffer.
+On a training message the vehicle (on the simulation engine the ``partition-id`` of its node picks its id and
+buffer from the message's ``vehicle-ids`` / ``buffer-paths``; on the deployment engine a SuperNode is one vehicle,
+named with its buffer in its node config, ``vehicle-id`` / ``buffer-path``) opens its on-board buffer read-only,
+labels the frames on board with the hindsight labeller, trains a copy of the received global model, and replies
+with the new weights and ``REPLY_METRICS`` only. It never changes the model it drives with (it builds a separate
+one from the received weights) and never writes to its buffer.
 
 Everything the vehicle needs arrives in the message's ConfigRecord (``CONFIG_KEYS``) or its node config; the
 ClientApp is built with the vehicle-side behaviours a test or benchmark gives it (an attack, availability faults,
@@ -35,7 +37,7 @@ from fleetloop.federation.task import (
     model_from_arrays,
 )
 
-__all__ = ["CONFIG_KEYS", "TooFewFrames", "VehicleOffline", "make_client_app", "train_config_record"]
+__all__ = ["CONFIG_KEYS", "NotInThisRun", "TooFewFrames", "VehicleOffline", "make_client_app", "train_config_record"]
 
 CONFIG_KEYS = ("vehicle-ids", "buffer-paths", "policy-config", "local-config", "seed", "round-size")
 """What a training message's ConfigRecord carries for the vehicles (besides Flower's ``server-round``)."""
@@ -43,6 +45,10 @@ CONFIG_KEYS = ("vehicle-ids", "buffer-paths", "policy-config", "local-config", "
 
 class VehicleOffline(RuntimeError):
     """The vehicle went offline during the round (an injected availability fault): no reply."""
+
+
+class NotInThisRun(RuntimeError):
+    """A SuperNode whose vehicle is not among the run's clients (a held-out vehicle, or one served since)."""
 
 
 class TooFewFrames(RuntimeError):
@@ -74,13 +80,24 @@ def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
+def _vehicle(context: Context, cfg: ConfigRecord) -> tuple[int, Path]:
+    """This node's vehicle id and buffer: its own (a deployed SuperNode) or its partition's (simulation)."""
+    ids = [int(v) for v in cfg["vehicle-ids"]]  # type: ignore[union-attr]
+    node = context.node_config
+    if "vehicle-id" in node:
+        vid = int(node["vehicle-id"])
+        if vid not in ids:
+            raise NotInThisRun(f"vehicle {vid} is not among this run's clients {ids}")
+        return vid, Path(str(node["buffer-path"]))
+    pid = int(node["partition-id"])
+    return ids[pid], Path(str(cfg["buffer-paths"][pid]))  # type: ignore[index]
+
+
 def vehicle_train(msg: Message, context: Context, attack: AttackConfig | None, faults: VehicleFaults | None) -> Message:
     """One vehicle's training round (see the module doc)."""
     cfg = msg.content["config"]
     server_round = int(cfg["server-round"])  # type: ignore[arg-type]
-    pid = int(context.node_config["partition-id"])
-    vid = int(cfg["vehicle-ids"][pid])  # type: ignore[index]
-    path = Path(str(cfg["buffer-paths"][pid]))  # type: ignore[index]
+    vid, path = _vehicle(context, cfg)  # type: ignore[arg-type]
     seed = int(cfg["seed"])  # type: ignore[arg-type]
     if faults is not None:
         if faults.dropout > 0 and np.random.default_rng([faults.seed, server_round, vid]).random() < faults.dropout:

@@ -1,10 +1,12 @@
-"""``run_rounds(settings, cfg) -> RoundsResult``: federated rounds on Flower's simulation engine, end to end.
+"""``run_rounds(settings, cfg) -> RoundsResult``: federated rounds on either of Flower's engines, end to end.
 
     preflight: usable vehicle buffers (missing / stale / corrupt ones skipped, counted); held-out vehicles set
     aside; the strategy checked against the round size (errors before anything starts, warnings returned)
     start: the saved federation state (round counter, weights, strategy moments) or the initial / production model
-    rounds: ``run_simulation`` (Ray backend, one CPU per vehicle) with the ServerApp looping ``federated_round``;
-    after each round: MLflow metrics at step = round, the state saved atomically, the caller's ``on_round``
+    rounds: the ServerApp looping ``federated_round`` (``rounds.server_loop``), on the simulation engine
+    (``run_simulation``, Ray backend, one CPU per vehicle) or the deployment engine (the job submitted to the
+    running SuperLink, its status polled until it ends: ``deployment``); after each round: MLflow metrics at
+    step = round, the state saved atomically, the caller's ``on_round``
     end: the global model as an artifact (lineage: rounds, vehicles, parent version) logged to the run, and a
     ``model.trained`` event (origin "federated") for the caller to announce
 
@@ -19,31 +21,24 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
 from fleetloop.edge_agent.model_artifact import ArtifactMetadata, load_artifact, save_artifact
 from fleetloop.edge_agent.policy import ARCHITECTURE, PolicyConfig
-from fleetloop.federation.buffers import BufferScan, VehicleBuffer, buffer_dir, scan_buffers, vehicle_frames
-from fleetloop.federation.client_app import make_client_app, train_config_record
+from fleetloop.federation.buffers import BufferScan, VehicleBuffer, buffer_dir, scan_buffers
+from fleetloop.federation.client_app import make_client_app
 from fleetloop.federation.config import AttackConfig, RoundsConfig, VehicleFaults
-from fleetloop.federation.privacy import gaussian_epsilon
-from fleetloop.federation.server_app import RoundPlan, RoundReport, federated_round, finite_or_none, make_server_app
-from fleetloop.federation.state_store import (
-    FederationState,
-    capture_strategy_state,
-    load_state,
-    restore_strategy_state,
-    save_state,
-    state_path,
-)
-from fleetloop.federation.strategies import build_strategy, check_plan
-from fleetloop.federation.task import evaluate_heldout, labelled_data, model_from_arrays, model_to_arrays
+from fleetloop.federation.deployment import DeploymentTarget, check_deployable, run_deployed
+from fleetloop.federation.rounds import RoundsJob, heldout_data, privacy_report, server_loop
+from fleetloop.federation.server_app import RoundReport, finite_or_none, make_server_app
+from fleetloop.federation.state_store import FederationState, load_state, state_path
+from fleetloop.federation.strategies import check_plan
+from fleetloop.federation.task import evaluate_heldout, model_from_arrays, model_to_arrays
 from fleetloop.platform.bus.events import ModelTrained
 from fleetloop.platform.candidates import (
     ARTIFACT_DIR,
@@ -59,9 +54,6 @@ from fleetloop.platform.registry import open_registry
 from fleetloop.platform.tracking import open_tracking
 
 if TYPE_CHECKING:
-    from flwr.app import Context
-    from flwr.serverapp import Grid
-
     from fleetloop.platform.settings import Settings
     from fleetloop.platform.tracking import Tracking
 
@@ -176,14 +168,6 @@ class RoundsResult:
         }
 
 
-def _heldout_data(vehicles: list[VehicleBuffer]) -> dict[str, torch.Tensor]:
-    parts = [labelled_data(vehicle_frames(v.path, v.vehicle_id)) for v in vehicles]
-    parts = [p for p in parts if p]
-    if not parts:
-        raise UserInputError("the held-out vehicles hold no validly labelled frame; drive the fleet longer")
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
 def _start(settings: Settings, cfg: RoundsConfig, name: str, workdir: Path) -> FederationState:
     """The saved federation, or a new one from ``cfg.initial_model`` / the production model."""
     path = state_path(settings.state_dir, name)
@@ -217,42 +201,6 @@ def _start(settings: Settings, cfg: RoundsConfig, name: str, workdir: Path) -> F
     )
 
 
-def _privacy(cfg: RoundsConfig, releases: int) -> dict[str, Any]:
-    dp = cfg.dp
-    if not dp.enabled:
-        return {"mode": "off"}
-    out: dict[str, Any] = {
-        "mode": dp.mode,
-        "noise_multiplier": dp.noise_multiplier,
-        "clipping_norm": dp.clipping_norm,
-        "releases": releases,
-        "delta": dp.target_delta,
-    }
-    if dp.mode.endswith("fixed"):
-        out["epsilon"] = gaussian_epsilon(dp.noise_multiplier, releases, dp.target_delta)
-        out["accounting"] = "Gaussian mechanism, RDP composition, no sampling amplification"
-    else:
-        out["epsilon"] = None
-        out["accounting"] = "not accounted: adaptive clipping also spends on the clipped count"
-    return out
-
-
-def _round_metrics(r: RoundReport, privacy: Mapping[str, Any]) -> dict[str, float]:
-    m = {f"{k}": v for k, v in r.heldout.items() if np.isfinite(v)}
-    m.update({f"train_{k.replace('-', '_')}": v for k, v in r.train_metrics.items() if np.isfinite(v)})
-    m.update(
-        participants=len(r.participants),
-        dropped=r.dropped_total,
-        stragglers=r.stragglers,
-        aggregated=float(r.aggregated),
-        round_seconds=r.seconds,
-    )
-    m.update({f"dropped_{k.replace(' ', '_')}": float(n) for k, n in r.dropped.items()})
-    if privacy.get("epsilon") is not None:
-        m["privacy_epsilon"] = float(privacy["epsilon"])
-    return m
-
-
 def run_rounds(
     settings: Settings,
     cfg: RoundsConfig,
@@ -261,56 +209,41 @@ def run_rounds(
     faults: VehicleFaults | None = None,
     tracking: Tracking | None = None,
     on_round: Callable[[RoundReport], None] | None = None,
+    deployment: DeploymentTarget | None = None,
 ) -> RoundsResult:
-    """Run ``cfg.rounds`` rounds of the federation of ``cfg.model_name`` (see the module doc)."""
-    from flwr.simulation import run_simulation  # Ray and Flower's runtime: about 2 s, only when rounds run
-
-    # Ray 2.55 warns (FutureWarning, at ray.init) about overriding accelerator variables unless this is set;
-    # the vehicles use no GPU, so the future behaviour is the wanted one.
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    """Run ``cfg.rounds`` rounds of the federation of ``cfg.model_name`` (see the module doc): on Flower's
+    simulation engine, or with ``deployment`` on the running SuperLink and its SuperNodes (``deployment``)."""
     t0 = time.perf_counter()
     name = cfg.model_name or settings.model_name
     pre = checked or preflight(settings, cfg)
+    if deployment is not None:
+        check_deployable(cfg)
     tracking = tracking or open_tracking(settings)  # fails fast (ServiceUnavailable) when MLflow is down
-    faults = faults or VehicleFaults(dropout=cfg.dropout, seed=cfg.seed)
-    attack = AttackConfig(kind=cfg.attack, vehicle_ids=frozenset(pre.attackers)) if pre.attackers else None
-    heldout = _heldout_data(pre.heldout)
     with tempfile.TemporaryDirectory(prefix="fleetloop-fl-") as tmp:
         state = _start(settings, cfg, name, Path(tmp))
     policy = PolicyConfig.from_dict(state.hyperparameters)
-    strategy = build_strategy(cfg, pre.sample_size)
-    restore_strategy_state(strategy, state.strategy_state)
-    ids = [v.vehicle_id for v in pre.clients]
-    paths = [str(v.path.resolve()) for v in pre.clients]
-
-    def evaluate(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
-        return evaluate_heldout(model_from_arrays(arrays, policy), heldout)
-
-    plan = RoundPlan(
-        expected_nodes=len(ids),
-        sample_size=pre.sample_size,
-        min_replies=cfg.min_replies,
-        round_timeout_s=cfg.round_timeout_s,
-        node_wait_s=cfg.node_wait_s,
-        seed=cfg.seed,
-        train_config=lambda: train_config_record(ids, paths, policy, cfg.local, cfg.seed, pre.sample_size),
-    )
+    before = evaluate_heldout(model_from_arrays(state.arrays, policy), heldout_data(pre.heldout))
     first = state.server_round
-    before = evaluate(state.arrays)
     reports: list[RoundReport] = []
-    path = state_path(settings.state_dir, name)
+
+    def record(report: RoundReport) -> None:
+        reports.append(report)
+        if on_round is not None:
+            on_round(report)
+
     tags = {
         "fleetloop.stage": "federation",
         MODEL_TAG: name,
         ORIGIN_TAG: "federated",
         "fleetloop.strategy": cfg.strategy,
+        "fleetloop.engine": "simulation" if deployment is None else "deployment",
     }
     with tracking.run(cfg.experiment, run_name=f"fl-{name}-r{first + 1}-{first + cfg.rounds}", tags=tags) as run_id:
         tracking.log(
             run_id,
             params={
                 **cfg.as_params(),
-                "clients.usable": len(ids),
+                "clients.usable": len(pre.clients),
                 "sample_size": pre.sample_size,
                 "tolerated": pre.tolerated,
                 "attackers": json.dumps(pre.attackers),
@@ -321,35 +254,24 @@ def run_rounds(
             tags={f"fleetloop.skipped.{k.replace(' ', '_')}": str(n) for k, n in pre.scan.skipped.items()},
             step=first,
         )
-
-        def server_main(grid: Grid, context: Context) -> None:
-            nonlocal state
-            arrays = state.arrays
-            for r in range(first + 1, first + cfg.rounds + 1):
-                arrays, report = federated_round(grid, strategy, plan, r, arrays, evaluate)
-                reports.append(report)
-                releases = state.privacy_releases + int(report.aggregated and cfg.dp.enabled)
-                state = replace(
-                    state,
-                    server_round=r,
-                    arrays=arrays,
-                    participants=sorted(set(state.participants) | set(report.participants)),
-                    privacy_releases=releases,
-                    strategy_state=capture_strategy_state(strategy),
-                )
-                save_state(path, state)
-                tracking.log(run_id, metrics=_round_metrics(report, _privacy(cfg, releases)), step=r)
-                if on_round is not None:
-                    on_round(report)
-
-        client_app = make_client_app(attack, faults, cfg.dp.mode)
-        run_simulation(
-            server_app=make_server_app(server_main),
-            client_app=client_app,
-            num_supernodes=len(ids),
-            backend_config=backend_config(),  # type: ignore[arg-type]
+        job = RoundsJob(
+            settings=settings,
+            cfg=cfg,
+            model_name=name,
+            clients=pre.clients,
+            heldout=pre.heldout,
+            sample_size=pre.sample_size,
+            expected_nodes=len(pre.clients) if deployment is None else len(deployment.vehicles),
+            state=state,
+            run_id=run_id,
         )
-        privacy = _privacy(cfg, state.privacy_releases)
+        if deployment is None:
+            _simulate(job, tracking, record, pre, faults)
+        else:
+            run_deployed(job, deployment, record)
+        if reports:  # the loop saved the state after each round
+            state = load_state(state_path(settings.state_dir, name)) or state
+        privacy = privacy_report(cfg, state.privacy_releases)
         after = reports[-1].heldout if reports else before
         artifact = _save_candidate(settings, name, state, policy, run_id, cfg, after, reports)
         tracking.log_artifact(run_id, artifact, ARTIFACT_DIR)
@@ -387,6 +309,31 @@ def run_rounds(
         artifact_path=str(artifact),
         event=event,
         wall_s=time.perf_counter() - t0,
+    )
+
+
+def _simulate(
+    job: RoundsJob,
+    tracking: Tracking,
+    on_round: Callable[[RoundReport], None],
+    pre: Preflight,
+    faults: VehicleFaults | None,
+) -> None:
+    """The job on Flower's simulation engine: ``run_simulation`` (Ray), the vehicles' faults and attacks
+    injected into the ClientApp."""
+    from flwr.simulation import run_simulation  # Ray and Flower's runtime: about 2 s, only when rounds run
+
+    # Ray 2.55 warns (FutureWarning, at ray.init) about overriding accelerator variables unless this is set;
+    # the vehicles use no GPU, so the future behaviour is the wanted one.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    cfg = job.cfg
+    faults = faults or VehicleFaults(dropout=cfg.dropout, seed=cfg.seed)
+    attack = AttackConfig(kind=cfg.attack, vehicle_ids=frozenset(pre.attackers)) if pre.attackers else None
+    run_simulation(
+        server_app=make_server_app(server_loop(job, tracking, on_round)),
+        client_app=make_client_app(attack, faults, cfg.dp.mode),
+        num_supernodes=len(job.clients),
+        backend_config=backend_config(),  # type: ignore[arg-type]
     )
 
 

@@ -13,7 +13,9 @@
     │   ├── SchemaError                          unknown schema, unknown major version, bad payload
     │   ├── OnboardBufferError                   frames that do not fit an on-board buffer; a damaged one (edge_agent)
     │   └── ReplyRejected                        a federated client's reply unfit for aggregation (federation)
-    └── ShardError                      exit 1   a fleet shard (process or Ray actor) failed; carries its traceback
+    ├── ShardError                      exit 1   a fleet shard (process or Ray actor) failed; carries its traceback
+    └── FederatedRunFailed              exit 1*  a Flower run ended failed or stopped (federation); *the exit code
+                                                 of the error that ended it, where the ServerApp raised one of ours
 
 The classes marked (edge_agent) are raised by ``fleetloop.edge_agent``, whose numeric core may import this module
 because it imports nothing (the standard library's exceptions only).
@@ -27,6 +29,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FaultError",
+    "FederatedRunFailed",
     "FleetConfigError",
     "FleetloopError",
     "NotFoundError",
@@ -107,3 +110,12 @@ class ReplyRejected(DataError):
 
 class ShardError(FleetloopError):
     """A fleet shard failed; the message carries the shard's traceback."""
+
+
+class FederatedRunFailed(FleetloopError):
+    """A federated run on the deployment engine ended failed or stopped; the message carries the SuperLink's reason.
+    Where the ServerApp raised one of these errors, ``exit_code`` is that error's."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -92,6 +92,10 @@ class Settings(BaseModel):
     ota_repo_port: int = Field(
         18765, description="Port of the local signed-release (TUF) server that vehicles fetch models from."
     )
+    # Federated rounds on Flower's deployment engine (`fleetloop fl serve`)
+    flower_port: int = Field(
+        19094, description="Port of the local Flower SuperLink (Fleet, Control and ServerAppIo APIs, plain HTTP)."
+    )
     # Prometheus and Alertmanager (optional: `make prometheus` installs them; `up` runs the stack without them)
     prometheus_url: str | None = Field(
         None, description="An existing Prometheus server (http://host:port); when set, `up` starts none."
@@ -127,7 +131,13 @@ class Settings(BaseModel):
     stop_timeout_s: float = Field(20.0, description="How long `down` waits after SIGTERM before SIGKILL.")
 
     @field_validator(
-        "kafka_port", "kafka_controller_port", "mlflow_port", "ota_repo_port", "prometheus_port", "alertmanager_port"
+        "kafka_port",
+        "kafka_controller_port",
+        "mlflow_port",
+        "ota_repo_port",
+        "prometheus_port",
+        "alertmanager_port",
+        "flower_port",
     )
     @classmethod
     def _port_in_range(cls, v: int) -> int:

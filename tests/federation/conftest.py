@@ -57,6 +57,30 @@ def fleet_buffers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+CONDITION_FLEETS = {"clear": [0, 1, 2, 3, 4, 10], "fog": [5, 6, 7, 8, 9, 11]}
+"""Non-IID by condition: each vehicle drives in one weather only; clients 0-4 clear, 5-9 fog; the held-out
+vehicles (the last two by id) one of each."""
+
+
+@pytest.fixture(scope="session")
+def condition_buffers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 vehicles' saved buffers, partitioned by condition (``CONDITION_FLEETS``), 200 ticks each."""
+    d = tmp_path_factory.mktemp("condition-buffers")
+    for weather, ids in CONDITION_FLEETS.items():
+        cfg = FleetConfig(
+            scenario="mixed",
+            weather=weather,
+            seed=3,
+            buffer_frames=256,
+            progress_reference=False,
+            ground_truth_audit=False,
+        )
+        runner = FleetRunner(cfg, ids)
+        runner.run(TICKS)
+        save_per_vehicle(runner.buffer, d)
+    return d
+
+
 @pytest.fixture(scope="session")
 def initial_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained policy (seeded) as a model artifact: the federation's starting point."""

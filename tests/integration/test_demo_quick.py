@@ -2,9 +2,9 @@
 the test session's real Kafka and MLflow (its own release server on a free port), then `fleetloop down`.
 
 It asserts the story's outcomes this build has: the genesis model reaches the whole fleet as a signed release, the
-fleet meets fog, the data loop's fog candidate reaches a verdict, a passed candidate becomes production by the
-stated rule, and the steps a later build adds say that they are skipped and why. A failing step stops the demo
-with the error tree's message and exit code.
+fleet meets fog, the data loop's fog candidate and the federated round's candidate reach a verdict, a passed
+candidate becomes production by the stated rule, and the steps a later build adds say that they are skipped and
+why. A failing step stops the demo with the error tree's message and exit code.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from fleetloop.cli.demo_steps import better_candidate
 from fleetloop.platform.settings import PHONE_HOME_OFF
 from tests.conftest import free_port
 
@@ -88,10 +89,21 @@ def test_the_fog_candidate_reaches_a_verdict(quick_demo: dict[str, Any]) -> None
     assert any("fog" in row["slice"] for row in c["table"])
 
 
+def test_the_federated_candidate_from_the_vehicles_buffers_reaches_a_verdict(quick_demo: dict[str, Any]) -> None:
+    fed = quick_demo["steps"]["federated"]
+    assert not fed.get("skipped") and fed["rounds"] == [1, 1]
+    assert len(fed["participants"]) >= 2
+    (c,) = fed["candidates"]
+    assert c["origin"] == "federated" and c["status"] == "validated"
+    assert c["stage"] == ("staging" if c["passed"] else "rejected")
+    assert any("fog" in row["slice"] for row in c["table"])
+
+
 def test_a_passed_candidate_becomes_production_by_an_audited_transition(quick_demo: dict[str, Any]) -> None:
-    c = quick_demo["steps"]["data loop"]["candidates"][0]
+    steps = quick_demo["steps"]
+    c = better_candidate(steps["data loop"]["candidates"] + steps["federated"]["candidates"])
     release = quick_demo["steps"]["release"]
-    if not c["passed"]:
+    if c is None:
         assert release["promoted"] is None
         assert quick_demo["production"]["after"] == quick_demo["production"]["before"]
         return
@@ -104,9 +116,8 @@ def test_a_passed_candidate_becomes_production_by_an_audited_transition(quick_de
 
 
 def test_steps_of_a_later_build_say_they_are_skipped_and_why(quick_demo: dict[str, Any]) -> None:
-    assert "`fleetloop fl round`" in quick_demo["steps"]["federated"]["why"]
     assert "`fleetloop ota rollout`" in quick_demo["steps"]["degraded"]["why"]
-    for key in ("federated", "degraded"):
+    for key in ("degraded",):
         step = quick_demo["steps"][key]
         assert step["skipped"] is True and step["why"]
 

@@ -13,7 +13,7 @@ from fleetloop.platform.errors import NotFoundError
 def test_kafka_starts_first_then_mlflow_the_release_server_prometheus_the_stages_then_the_controller() -> None:
     names = [s.name for s in stack_services()]
     expected = ["kafka", "mlflow", "ota-repo", "alertmanager", "prometheus"]
-    assert names == [*expected, *(f"pipeline-{st}" for st in SERVE_STAGES), "ota-controller"]
+    assert names == [*expected, *(f"pipeline-{st}" for st in SERVE_STAGES), "ota-controller", "flower"]
     assert len(set(names)) == len(names)  # a name is a folder under services/: two specs must not share one
 
 
