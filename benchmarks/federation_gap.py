@@ -377,8 +377,8 @@ def keep_models(directory: Path, entry: dict[str, Any], paths: dict[str, str]) -
 
 def with_parent_threshold(candidate: LoadedPolicy, parent: LoadedPolicy) -> LoadedPolicy:
     """``candidate`` with ``parent``'s uncertainty calibration (``val_uncertainty_p*``), so the arbiter hands over
-    to the fallback where it would for the parent. A federated candidate carries no calibration and gets the
-    arbiter's default threshold; the train stage carries its parent's over (``uncertainty_calibration``)."""
+    to the fallback where it would for the parent. Federated candidates made before their calibration was carried
+    (``edge_agent.calibration``, as the train stage does) had none and got the arbiter's default threshold."""
     cal = {k: v for k, v in parent.metadata.metrics.items() if k.startswith("val_uncertainty_p")}
     meta = dataclasses.replace(candidate.metadata, metrics={**candidate.metadata.metrics, **cal})
     return dataclasses.replace(candidate, metadata=meta)

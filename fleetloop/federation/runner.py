@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from fleetloop.edge_agent.calibration import calibration_of, carried_calibration
 from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
 from fleetloop.edge_agent.model_artifact import ArtifactMetadata, load_artifact, save_artifact
 from fleetloop.edge_agent.policy import ARCHITECTURE, PolicyConfig
@@ -198,6 +200,8 @@ def _start(settings: Settings, cfg: RoundsConfig, name: str, workdir: Path) -> F
         arrays=model_to_arrays(loaded.model),
         hyperparameters=loaded.model.config.to_dict(),
         parent_version=parent,
+        parent_arrays=model_to_arrays(loaded.model),
+        parent_calibration=calibration_of(loaded.metadata.metrics),
     )
 
 
@@ -222,7 +226,8 @@ def run_rounds(
     with tempfile.TemporaryDirectory(prefix="fleetloop-fl-") as tmp:
         state = _start(settings, cfg, name, Path(tmp))
     policy = PolicyConfig.from_dict(state.hyperparameters)
-    before = evaluate_heldout(model_from_arrays(state.arrays, policy), heldout_data(pre.heldout))
+    heldout = heldout_data(pre.heldout)
+    before = evaluate_heldout(model_from_arrays(state.arrays, policy), heldout)
     first = state.server_round
     reports: list[RoundReport] = []
 
@@ -273,7 +278,7 @@ def run_rounds(
             state = load_state(state_path(settings.state_dir, name)) or state
         privacy = privacy_report(cfg, state.privacy_releases)
         after = reports[-1].heldout if reports else before
-        artifact = _save_candidate(settings, name, state, policy, run_id, cfg, after, reports)
+        artifact = _save_candidate(settings, name, state, policy, run_id, cfg, after, reports, heldout)
         tracking.log_artifact(run_id, artifact, ARTIFACT_DIR)
         lineage = {
             "rounds": [first + 1, state.server_round],
@@ -356,17 +361,23 @@ def _save_candidate(
     cfg: RoundsConfig,
     heldout: Mapping[str, float],
     reports: list[RoundReport],
+    heldout_frames: dict[str, torch.Tensor],
 ) -> Path:
-    """The global model after the last round, as a candidate artifact with the federation's lineage."""
+    """The global model after the last round, as a candidate artifact with the federation's lineage and its
+    hand-over calibration, carried from the parent's and measured on the server's held-out frames (without it
+    the arbiter would fall back to its default threshold and the candidate would drive where its parent hands
+    over)."""
     model = model_from_arrays(state.arrays, policy)
     examples = sum(r.train_metrics.get("num-examples", 0.0) for r in reports)
+    parent = model_from_arrays(state.parent_arrays, policy) if state.parent_arrays else None
+    calibration = carried_calibration(model, heldout_frames, parent, state.parent_calibration)
     meta = ArtifactMetadata(
         architecture=ARCHITECTURE,
         hyperparameters=policy.to_dict(),
         input_schema_version=INPUT_SCHEMA_VERSION,
         parent_version=state.parent_version,
         training_run_id=run_id,
-        metrics={**{k: float(v) for k, v in heldout.items()}, "frames": float(examples)},
+        metrics={**{k: float(v) for k, v in heldout.items()}, **calibration, "frames": float(examples)},
         notes={
             "role": "candidate",
             "origin": "federated",

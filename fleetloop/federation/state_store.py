@@ -3,8 +3,9 @@
 What persists, in ``<state_dir>/federation/<model>/state.npz`` (one file, replaced atomically after every round,
 so Ctrl-C leaves the last finished round): the round counter, the global weights, the strategy's own state
 (FedAdam's first and second moments; an adaptive DP wrapper's clipping norm), the privacy releases so far, the
-vehicles that took part, and the model version the federation started from. A saved state made with another
-strategy is refused (its moments would mean nothing to the new one) unless the caller restarts.
+vehicles that took part, and the model the federation started from (version, weights, hand-over calibration). A
+saved state made with another strategy is refused (its moments would mean nothing to the new one) unless the
+caller restarts.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class FederationState:
     privacy_releases: int = 0
     strategy_state: dict[str, Any] = field(default_factory=dict)
     """``capture_strategy_state``'s output: moment dicts of arrays and scalar attributes."""
+    parent_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    """The weights the federation started from: the candidate's calibration is measured against them."""
+    parent_calibration: dict[str, float] = field(default_factory=dict)
+    """The parent's recorded hand-over calibration (``edge_agent.calibration``); empty when it had none."""
 
 
 def capture_strategy_state(strategy: Any) -> dict[str, Any]:
@@ -80,6 +85,7 @@ def restore_strategy_state(strategy: Any, saved: dict[str, Any]) -> None:
 def save_state(path: Path, state: FederationState) -> Path:
     """Write ``state`` to ``path`` atomically (one ``.npz``: arrays plus a JSON header)."""
     arrays: dict[str, np.ndarray] = {f"w/{k}": v for k, v in state.arrays.items()}
+    arrays.update({f"p/{k}": v for k, v in state.parent_arrays.items()})
     scalars: dict[str, Any] = {}
     for key, value in state.strategy_state.items():
         if isinstance(value, dict):
@@ -95,6 +101,7 @@ def save_state(path: Path, state: FederationState) -> Path:
         "participants": sorted(set(state.participants)),
         "privacy_releases": state.privacy_releases,
         "strategy_scalars": scalars,
+        "parent_calibration": state.parent_calibration,
     }
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -116,6 +123,7 @@ def load_state(path: Path) -> FederationState | None:
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"federation state {path} is unreadable ({e}); delete it or pass --restart") from e
     weights = {k[2:]: v for k, v in files.items() if k.startswith("w/")}
+    parent = {k[2:]: v for k, v in files.items() if k.startswith("p/")}
     strategy_state: dict[str, Any] = dict(header["strategy_scalars"])
     for k, v in files.items():
         if k.startswith("s/"):
@@ -130,4 +138,6 @@ def load_state(path: Path) -> FederationState | None:
         participants=list(header["participants"]),
         privacy_releases=int(header["privacy_releases"]),
         strategy_state=strategy_state,
+        parent_arrays=parent,
+        parent_calibration={k: float(v) for k, v in header.get("parent_calibration", {}).items()},
     )

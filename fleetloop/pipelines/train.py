@@ -85,7 +85,6 @@ __all__ = [
 
 DATASET_HASHES_TAG = "fleetloop.dataset_hashes"
 TARGET_SHARE = 0.2  # a non-clear condition with at least this share of the frames is a target of the candidate
-CALIBRATION_RATIO_RANGE = (0.5, 2.0)  # candidate / parent uncertainty ratio carried into the calibration
 TRAIN_STEPS = ("trained", "run_started", "logged", "recorded")
 """What ``run_train``'s ``on_step`` hears, in order: the model is trained (nothing recorded yet); its MLflow run
 exists and is journalled as pending; params, metrics and the model are logged (the run is about to be FINISHED);
@@ -236,34 +235,19 @@ def fine_tune(parent: FusionPolicy | None, ts: TrainingSet, cfg: TrainConfig) ->
 def uncertainty_calibration(
     model: FusionPolicy, parent: LoadedPolicy | None, data: dict[str, Any], cfg: TrainConfig
 ) -> dict[str, float]:
-    """The candidate's ``val_uncertainty_p*`` metrics, which ``ArbiterConfig.for_model`` turns into its
-    low-confidence threshold.
-
-    The parent's were measured on its own validation driving; the candidate's uploads are hazard-heavy clips,
-    so their raw quantiles would be on another scale. The parent's calibration is carried over instead, scaled
-    by how the candidate's uncertainty compares with the parent's on the same held-out frames. Without a
-    parent (or one without calibration) the candidate's own quantiles on those frames are used. Without this a
-    candidate fell back to the default threshold and handed far more ticks to the fallback than its parent.
+    """The candidate's ``val_uncertainty_p*`` metrics (``edge_agent.calibration``), measured on the frames the
+    training held out: the parent's calibration carried over, scaled by how the candidate's uncertainty compares
+    with the parent's there (the uploads are hazard-heavy clips, so their raw quantiles would be on another scale).
     """
-    from fleetloop.edge_agent.bootstrap import uncertainty_quantiles
+    from fleetloop.edge_agent.calibration import carried_calibration  # torch: see the module's lazy imports
     from fleetloop.edge_agent.imitation import split_holdout
 
     frames = split_holdout(data, cfg.val_fraction, cfg.seed)[1] if cfg.val_fraction > 0 else data
     if int(frames["accel_mps2"].shape[0]) == 0:
         frames = data
-    mine = uncertainty_quantiles(model, frames)
-    theirs = {} if parent is None else uncertainty_quantiles(parent.model, frames)
-    recorded = {} if parent is None else dict(parent.metadata.metrics)
-    out: dict[str, float] = {}
-    for key, value in mine.items():
-        p_rec, p_here = recorded.get(key), theirs.get(key)
-        if p_rec is not None and p_here is not None and p_here > 0 and math.isfinite(float(p_rec)):
-            # Bounded: a candidate far more uncertain on the clips must not switch its hand-over off.
-            ratio = min(max(value / p_here, CALIBRATION_RATIO_RANGE[0]), CALIBRATION_RATIO_RANGE[1])
-            out[key] = float(p_rec) * ratio
-        else:
-            out[key] = value
-    return out
+    if parent is None:
+        return carried_calibration(model, frames)
+    return carried_calibration(model, frames, parent.model, dict(parent.metadata.metrics))
 
 
 @dataclass

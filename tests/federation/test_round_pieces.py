@@ -68,6 +68,22 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise() -> None:
     assert e1 > 4.0
 
 
+def test_the_parent_weights_and_calibration_survive_a_save_and_restore(tmp_path: Path) -> None:
+    parent = {"w": np.arange(3, dtype=np.float32)}
+    state = FederationState(
+        "fedavg",
+        2,
+        {"w": np.zeros(3, np.float32)},
+        parent_arrays=parent,
+        parent_calibration={"val_uncertainty_p90": 0.7},
+    )
+    save_state(tmp_path / "s.npz", state)
+    loaded = load_state(tmp_path / "s.npz")
+    assert loaded is not None and loaded.parent_calibration == {"val_uncertainty_p90": 0.7}
+    np.testing.assert_array_equal(loaded.parent_arrays["w"], parent["w"])
+    np.testing.assert_array_equal(loaded.arrays["w"], np.zeros(3, np.float32))
+
+
 def test_fedadam_moments_survive_a_save_and_restore(tmp_path: Path) -> None:
     adam = FedAdam()
     adam.m_t = {"w": np.ones(3, np.float32)}

@@ -51,6 +51,10 @@ def test_two_calls_run_one_federation_on_ray_logged_to_mlflow(
     artifact = load_artifact(event.artifact_uri)
     assert artifact.metadata.notes["rounds"] == "2" and artifact.metadata.notes["participants"] == "0,1,2"
     assert artifact.metadata.notes["origin"] == "federated"
+    # Its hand-over calibration (the parent had none: its own quantiles on the held-out frames), so the arbiter
+    # does not fall back to the default threshold for it.
+    calibration = {k: v for k, v in artifact.metadata.metrics.items() if k.startswith("val_uncertainty_")}
+    assert calibration and all(v > 0 for v in calibration.values()), artifact.metadata.metrics
 
     tracking = open_tracking(settings)
     run = tracking.client.get_run(second.run_id)

@@ -54,6 +54,7 @@ EDGE_NUMERIC_CORE = frozenset(
 EDGE_SHELL = frozenset(
     {
         "bootstrap",
+        "calibration",
         "buffer",
         "buffer_store",
         "fleet",
