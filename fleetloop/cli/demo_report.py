@@ -68,5 +68,6 @@ def where_next(settings: Settings) -> list[str]:
         f"MLflow: {settings.tracking_uri} — the training and validation runs",
         f"Prometheus: {settings.prometheus_uri} — the fleet's metrics (where installed)",
         f"`fleetloop model history {name}` — every stage transition with who, when and why",
+        f"`fleetloop ota history {name}` — every rollout: each wave's verdict with its evidence",
         "`fleetloop ota releases` — the signed releases and their waves",
     ]

@@ -1,10 +1,11 @@
 """`fleetloop demo --quick` end to end, as a user runs it: a fresh process on a private state directory against
 the test session's real Kafka and MLflow (its own release server on a free port), then `fleetloop down`.
 
-It asserts the story's outcomes this build has: the genesis model reaches the whole fleet as a signed release, the
-fleet meets fog, the data loop's fog candidate reaches a verdict, a passed candidate becomes production by the
-stated rule, and the steps a later build adds say that they are skipped and why. A failing step stops the demo
-with the error tree's message and exit code.
+It asserts the story's outcomes: the genesis model reaches the whole fleet as a signed release, the fleet meets fog,
+the data loop's fog candidate reaches a verdict, a passed candidate reaches production through the canary waves
+(judged by the ota-controller while the fleet drives) and the fleet ends on it, the degraded model is rolled back
+and tagged ``rejected`` and the fleet ends on production, and the steps a later build adds say that they are
+skipped and why. A failing step stops the demo with the error tree's message and exit code.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _env(state: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _fleetloop(env: dict[str, str], *args: str, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
+def _fleetloop(env: dict[str, str], *args: str, timeout_s: float = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", _MAIN, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False
     )
@@ -88,7 +89,9 @@ def test_the_fog_candidate_reaches_a_verdict(quick_demo: dict[str, Any]) -> None
     assert any("fog" in row["slice"] for row in c["table"])
 
 
-def test_a_passed_candidate_becomes_production_by_an_audited_transition(quick_demo: dict[str, Any]) -> None:
+def test_a_passed_candidate_reaches_production_through_the_canary_waves_and_the_fleet_ends_on_it(
+    quick_demo: dict[str, Any],
+) -> None:
     c = quick_demo["steps"]["data loop"]["candidates"][0]
     release = quick_demo["steps"]["release"]
     if not c["passed"]:
@@ -96,19 +99,35 @@ def test_a_passed_candidate_becomes_production_by_an_audited_transition(quick_de
         assert quick_demo["production"]["after"] == quick_demo["production"]["before"]
         return
     assert release["promoted"] == c["version"] == quick_demo["production"]["after"]
+    rollout = release["rollout"]
+    assert rollout["outcome"] == "promoted"
+    verdicts = [w["verdict"] for w in rollout["history"]["waves"]]
+    assert verdicts == ["next_wave"] * (len(rollout["policy"]["waves"]) - 1)  # every judged wave passed
+    assert [w["label"] for w in rollout["waves"]][-1] == "promoted"
+    assert rollout["fleet_ends_on"] == {c["version"]: quick_demo["plan"]["vehicles"]}
     to_production = [
         t for t in quick_demo["_history"] if t["version"] == c["version"] and t["to_stage"] == "production"
     ]
-    assert len(to_production) == 1 and to_production[0]["forced"] and "canary" in to_production[0]["reason"]
-    assert quick_demo["steps"]["after"]["model"] == c["version"]
+    assert len(to_production) == 1 and not to_production[0]["forced"]
+    assert to_production[0]["actor"] == "ota-controller" and "every judged wave passed" in to_production[0]["reason"]
+
+
+def test_the_degraded_model_is_rolled_back_tagged_rejected_and_the_fleet_ends_on_production(
+    quick_demo: dict[str, Any],
+) -> None:
+    d = quick_demo["steps"]["degraded"]
+    assert d["rollout"]["outcome"] == "rolled_back" and d["stage"] == "rejected"
+    assert d["rollout"]["fleet_ends_on"] == {d["production"]: quick_demo["plan"]["vehicles"]}
+    assert d["production"] == quick_demo["production"]["after"]
+    rejected = [t for t in quick_demo["_history"] if t["version"] == d["degraded"] and t["to_stage"] == "rejected"]
+    assert len(rejected) == 1 and "rolled back" in rejected[0]["reason"] and "evidence" in rejected[0]["reason"]
+    assert any(w["decisive"] for w in d["rollout"]["history"]["waves"])
 
 
 def test_steps_of_a_later_build_say_they_are_skipped_and_why(quick_demo: dict[str, Any]) -> None:
-    assert "`fleetloop fl round`" in quick_demo["steps"]["federated"]["why"]
-    assert "`fleetloop ota rollout`" in quick_demo["steps"]["degraded"]["why"]
-    for key in ("federated", "degraded"):
-        step = quick_demo["steps"][key]
-        assert step["skipped"] is True and step["why"]
+    step = quick_demo["steps"]["federated"]
+    assert "`fleetloop fl round`" in step["why"]
+    assert step["skipped"] is True
 
 
 def test_the_timeline_is_a_png_in_the_state_directory(quick_demo: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
-"""The demo's release step and second drive on real Kafka, MLflow and ota-repo: a candidate that validate passed
-becomes production through the registry's audited transitions, is signed for the whole fleet, and every vehicle
-of the next drive installs it over the air and drives on it.
+"""The demo's canary step on real Kafka, MLflow, ota-repo and the ota-controller service: the candidate that
+validate passed (by the printed rule) goes out in canary waves while the fleet drives, reaches production through
+the controller's audited transition, and the fleet ends on it.
 
 (The quick demo test reaches this step only when its candidate passes the gates; this one always does.)
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from fleetloop.cli.demo_steps import plan_for, step_drive, step_release
+from fleetloop.cli.demo_rollouts import step_canary
+from fleetloop.cli.demo_steps import plan_for
 from fleetloop.platform import launcher
 from fleetloop.platform.registry import open_registry
-from fleetloop.platform.services import ota_repo
+from fleetloop.platform.services import ota_controller, ota_repo
 from fleetloop.platform.settings import Settings
 from tests.conftest import free_port
 from tests.integration.test_ota_sim import register
@@ -39,30 +40,27 @@ def settings(kafka_bootstrap: str, mlflow_uri: str, tmp_path: Path) -> Iterator[
     try:
         yield s
     finally:
-        launcher.down(s, [ota_repo.SPEC])
+        launcher.down(s, [ota_controller.SPEC, ota_repo.SPEC])
 
 
-def test_the_passed_candidate_reaches_production_and_every_vehicle_installs_it_over_the_air(
+def test_the_passed_candidate_reaches_production_through_the_canary_waves_and_the_fleet_ends_on_it(
     settings: Settings, tmp_path: Path
 ) -> None:
     v1 = register(settings, tmp_path, 1, "production")
-    v2 = register(settings, tmp_path, 2, "staging")
+    v2 = register(settings, tmp_path, 1, "staging")  # production's weights: as safe as production, by construction
     worse = {"origin": "data loop", "version": "0", "passed": False, "fog_cnm_per_1000_km": {"candidate": 0.0}}
     better = {"origin": "data loop", "version": v2, "passed": True, "fog_cnm_per_1000_km": {"candidate": 10.0}}
-    plan = plan_for(True, 6, 0.4, 5.0)
+    plan = plan_for(True, 8, 0.5, 5.0)
 
-    release = step_release(settings, plan, [worse, better], False, lambda _msg: None)
+    out = step_canary(settings, plan, 0, [worse, better], "demo-canary-test", lambda _d, _t: None, lambda _m: None)
 
-    assert (release["promoted"], release["previous"]) == (v2, v1)  # a rejected candidate is never picked
-    assert release["install_commands"] == plan.vehicles
+    assert (out["promoted"], out["previous"]) == (v2, v1)  # a rejected candidate is never picked
+    r = out["rollout"]
+    assert [w["verdict"] for w in r["history"]["waves"]] == ["next_wave", "next_wave"]
+    assert [w["label"] for w in r["waves"]] == ["wave 1 (25%)", "wave 2 (50%)", "promoted"]
+    assert r["fleet_ends_on"] == {v2: plan.vehicles}
     reg = open_registry(settings)
     assert reg.production(settings.model_name).version == v2
-    [to_production] = [r for r in reg.history(settings.model_name, v2) if r.to_stage == "production"]
-    assert to_production.forced and "canary rollout controller" in to_production.reason
-
-    after = step_drive(settings, plan, 0, "demo-release-test", lambda _d, _t: None, start_version=v1, installs=v2)
-
-    ota = after["ota_statuses"]
-    assert ota["verified"] == ota["activated"] == plan.vehicles
-    assert after["model"] == v2 and after["by_condition"]  # the rates of the vehicle-ticks on the new model
-    assert f"{plan.vehicles} of {plan.vehicles} vehicles installed and activated v{v2} over the air" in after["line"]
+    [to_production] = [t for t in reg.history(settings.model_name, v2) if t.to_stage == "production"]
+    assert to_production.via_rollout and not to_production.forced and to_production.actor == "ota-controller"
+    assert out["model"] == v2 and out["by_condition"]  # the rates of the vehicle-ticks on the new model
