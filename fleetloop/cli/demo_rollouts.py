@@ -44,6 +44,7 @@ DEMO_POLICY = CanaryPolicy(  # demo-sized: a few dozen vehicles and minutes, not
     counter_metrics=(),
     progress_min_ratio=0.5,  # a few vehicles' progress depends on their traffic more than on their model
     progress_rollback_ratio=0.3,
+    hold_min_events=3,  # a wave is not held on the canary's first event or two
 )
 REGRESSION_CONDITION = "fog"  # the regression procedure's defaults: no braking and no hazard kept in this slice
 _DONE = ("promoted", "rolled_back", "aborted")

@@ -49,11 +49,12 @@ metrics = ["near_misses", "fallback_activations"]
 counter_metrics = []
 progress_min_ratio = 0.5
 progress_rollback_ratio = 0.3
+hold_min_events = 3
 """
 # The documented procedure at its strongest (no braking, no hazard kept in fog), from frames of a small fleet in fog:
 # a regression a test-sized fleet shows within minutes.
 REGRESSION = RegressionConfig(brake_keep=0.0, hazard_keep=0.0, epochs=10, batch_size=64)
-RECORD = RecordConfig(vehicles=8, ticks=60, keep_every=2, weather=WEATHER)
+RECORD = RecordConfig(vehicles=8, ticks=40, keep_every=2, weather=WEATHER)
 
 
 @pytest.fixture
