@@ -1,19 +1,17 @@
-"""Canary rollouts on a live stack, as an operator runs them: real Kafka, real MLflow, the real ota-repo service, the
+"""A canary rollout on a live stack, as an operator runs it: real Kafka, real MLflow, the real ota-repo service, the
 real ota-controller service and a real simulated fleet (`fleetloop sim run --ota`, heartbeats every 2 simulated
-seconds), every command in a fresh process. While one fleet drives:
+seconds), every command in a fresh process. While the fleet drives, a good candidate goes staging -> canary ->
+waves -> production and the fleet ends on it, the old production archived, and ``ota history`` tells it.
 
-1. a good candidate goes staging -> canary -> waves -> production and the fleet ends on it;
-2. a regression worse in fog only is rolled back automatically, tagged ``rejected`` with the evidence, and the fleet
-   ends on the previous model;
-
-and ``ota history`` tells both stories. The policy is small (waves of 25 %, 50 %, then everyone; 0.3 matched km per
-wave; progress ratios loose: two vehicles' progress depends on their traffic more than on their model) so that it
-fits a few minutes of an 8-vehicle fleet.
+The policy is small (waves of 25 %, 50 %, then everyone; 0.3 matched km per wave; progress ratios loose and no hold
+on the canary's first events: a few vehicles' numbers depend on their traffic more than on their model) so that it
+fits a few minutes of an 8-vehicle fleet (docs/canary.md, "The live path"). The live rollback of a one-slice
+regression needs a parent that brakes where it should (the demo's genesis model: tests/integration/
+test_demo_quick.py); the untrained test model's regression drives no worse.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -23,9 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
-from fleetloop.edge_agent.model_artifact import load_artifact, save_artifact
-from fleetloop.pipelines.regression import RecordConfig, RegressionConfig, one_slice_regression, regression_metadata
 from fleetloop.platform import launcher
 from fleetloop.platform.canary.rollouts import RolloutStore
 from fleetloop.platform.registry import open_registry
@@ -39,7 +34,7 @@ __all__ = ["stack"]
 pytestmark = pytest.mark.integration
 
 VEHICLES = 8
-WEATHER = "fog"  # the fleet drives where the regression is worse: its slice gets all the exposure
+WEATHER = "fog"
 POLICY = """
 waves = [0.25, 0.5, 1.0]
 min_exposure_km = 0.3
@@ -51,10 +46,6 @@ progress_min_ratio = 0.5
 progress_rollback_ratio = 0.3
 hold_min_events = 3
 """
-# The documented procedure at its strongest (no braking, no hazard kept in fog), from frames of a small fleet in fog:
-# a regression a test-sized fleet shows within minutes.
-REGRESSION = RegressionConfig(brake_keep=0.0, hazard_keep=0.0, epochs=10, batch_size=64)
-RECORD = RecordConfig(vehicles=8, ticks=40, keep_every=2, weather=WEATHER)
 
 
 @pytest.fixture
@@ -78,19 +69,6 @@ def drive(env: dict[str, str], minutes: float) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def register_regression(settings: Settings, parent: Path) -> str:
-    """The one-slice regression (worse in fog only) of the model in ``parent``, registered (not yet staged)."""
-    registry = open_registry(settings)
-    loaded = load_artifact(parent)
-    model = one_slice_regression(loaded.model, condition="fog", seed=0, config=REGRESSION, record=RECORD)
-    meta = regression_metadata(model, condition="fog", seed=0, config=REGRESSION, parent=loaded.metadata)
-    path = save_artifact(parent.with_name("regression.safetensors"), model, meta)
-    info = registry.register(
-        settings.model_name, path, {"format": "safetensors", "input_schema_version": INPUT_SCHEMA_VERSION}
-    )
-    return info.version
 
 
 def rollout(env: dict[str, str], *args: str) -> dict:
@@ -126,14 +104,13 @@ def wait_fleet_on(settings: Settings, version: int, since_s: float, timeout_s: f
 
 
 @pytest.mark.timeout(1500)  # minutes on an idle 2-core machine; the fleet's simulated time slows under load
-def test_a_good_candidate_reaches_production_through_the_waves_and_a_fog_regression_is_rolled_back(
+def test_a_good_candidate_reaches_production_through_the_waves_and_the_fleet_ends_on_it(
     live_stack: tuple[dict[str, str], Settings], tmp_path: Path
 ) -> None:
     env, settings = live_stack
     name = settings.model_name
     v1 = register(settings, tmp_path, 1, "production")
     v2 = register(settings, tmp_path, 1, "staging")  # the same weights: as safe as production, by construction
-    v3 = register_regression(settings, tmp_path / "policy-1.safetensors")  # made before the fleet drives
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     t0 = time.time()
@@ -145,15 +122,9 @@ def test_a_good_candidate_reaches_production_through_the_waves_and_a_fog_regress
         registry = open_registry(settings)
         assert registry.production(name).version == v2
         assert registry.get(name, v1).stage.value == "archived"
-        registry.promote(name, v3, "staging", reason="test: the fog regression")
-        t1 = time.time()
-        bad = rollout(env, name, v3, "--policy", str(policy))
-        assert bad["outcome"] == "rolled_back", bad
-        wait_fleet_on(settings, int(v2), t1)
-        assert registry.production(name).version == v2
-        assert registry.get(name, v3).stage.value == "rejected"
     finally:
         fleet.send_signal(signal.SIGINT)
         _out, _err = fleet.communicate(timeout=60)
-    history = as_json(fleetloop(env, "ota", "history", name, "--json"))["rollouts"]
-    print(json.dumps(history, indent=1)[:6000])
+    [told] = as_json(fleetloop(env, "ota", "history", name, "--json"))["rollouts"]
+    assert (told["phase"], told["canary_version"], told["production_version"]) == ("promoted", int(v2), int(v1))
+    assert [(w["wave"], w["verdict"]) for w in told["waves"]] == [(1, "next_wave"), (2, "next_wave")]
