@@ -251,7 +251,8 @@ class ControllerService:
         clash = [r.rollout_id for r in self._records.values() if r.model == rec.model and r.active]
         if clash:
             raise UserInputError(f"a rollout of {rec.model} is already running ({clash[0]})")
-        fleet = self._fleet.fleet_on(rec.production_version, now - self.cfg.fleet_window_s)
+        # Vehicles that beat since the request (and within the window): a fleet that has stopped is not drawn.
+        fleet = self._fleet.fleet_on(rec.production_version, max(now - self.cfg.fleet_window_s, req.at_s))
         if not self._fleet_settled(req.rollout_id, len(fleet), now):
             return False
         rec.controller, actions = ctl.start(policy, rec.rollout_id, rec.canary_version, rec.production_version, fleet)
