@@ -61,7 +61,16 @@ from fleetloop.platform.releases.repository import ReleaseSummary, repo_dir
 from fleetloop.platform.services import ota_controller
 from fleetloop.platform.settings import Settings, load_settings
 
-__all__ = ["app", "cohort_rule", "install_targets", "parse_vehicle_ids", "publish_release", "send_install"]
+__all__ = [
+    "app",
+    "cohort_rule",
+    "install_targets",
+    "parse_vehicle_ids",
+    "publish_release",
+    "send_install",
+    "start_rollout",
+    "wait_rollout",
+]
 
 app = typer.Typer(no_args_is_help=True)
 keys_app = typer.Typer(no_args_is_help=True)
@@ -531,25 +540,53 @@ def _status_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _wait(store: RolloutStore, rollout_id: str, timeout_s: float) -> RolloutRecord:
+def wait_rollout(
+    store: RolloutStore,
+    rollout_id: str,
+    timeout_s: float,
+    on_progress: Callable[[str], None],
+    poll_s: float = 1.0,
+) -> RolloutRecord:
+    """Wait until the rollout is promoted, rolled back or aborted and its effects are done; ``on_progress`` gets a
+    line on where it stands at each look. ``ServiceUnavailable`` when it takes longer than ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    with err_console.status(f"rollout {rollout_id} ...") as spinner:
-        while True:
-            try:
-                rec = store.load(rollout_id)
-            except NotFoundError:
-                rec = None
-            if rec is not None:
-                if rec.phase in _DONE and not rec.todo:
-                    return rec
-                st = rec.controller
-                if st is not None:
-                    spinner.update(f"rollout {rollout_id}: {rec.phase}, wave {st.wave + 1}, {st.wave_km:.1f} km")
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(
-                    f"rollout {rollout_id} did not finish within {timeout_s:g} s; `fleetloop ota status` shows it"
-                )
-            time.sleep(1.0)
+    while True:
+        try:
+            rec = store.load(rollout_id)
+        except NotFoundError:
+            rec = None
+        if rec is not None:
+            if rec.phase in _DONE and not rec.todo:
+                return rec
+            st = rec.controller
+            if st is not None:
+                on_progress(f"rollout {rollout_id}: {rec.phase}, wave {st.wave + 1}, {st.wave_km:.1f} matched km")
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(
+                f"rollout {rollout_id} did not finish within {timeout_s:g} s; `fleetloop ota status` shows it"
+            )
+        time.sleep(poll_s)
+
+
+def start_rollout(settings: Settings, name: str, version: int, policy: CanaryPolicy) -> dict[str, Any]:
+    """What `ota rollout` does before it waits: refuse what cannot be rolled out (exit 2, before anything is
+    signed), sign the version and production if never signed, ask the controller to start, start the controller
+    if it is not running. Returns the rollout's identity and policy (the command's JSON form)."""
+    registry = open_registry(settings)
+    store = RolloutStore(settings.state_dir)
+    production = check_rollout(store, registry, name, version)
+    canary_release = _signed_release(settings, registry, name, str(version))
+    _signed_release(settings, registry, name, str(production))  # a rollback re-signs it
+    rollout_id = request_rollout(store, registry, name, version, canary_release, policy)
+    launcher.up(settings, [ota_controller.SPEC])  # already running: nothing to do
+    return {
+        "rollout_id": rollout_id,
+        "model": name,
+        "canary_version": version,
+        "production_version": production,
+        "canary_release": canary_release,
+        "policy": policy.to_dict(),
+    }
 
 
 @app.command(
@@ -567,23 +604,11 @@ def rollout_cmd(
 ) -> None:
     settings = load_settings()
     pol = load_policy(policy.read_text(), str(policy)) if policy is not None else CanaryPolicy()
-    registry = open_registry(settings)
-    store = RolloutStore(settings.state_dir)
-    production = check_rollout(store, registry, name, version)  # exit 2 before anything is signed
-    canary_release = _signed_release(settings, registry, name, str(version))
-    _signed_release(settings, registry, name, str(production))  # a rollback re-signs it
-    rollout_id = request_rollout(store, registry, name, version, canary_release, pol)
-    launcher.up(settings, [ota_controller.SPEC])  # already running: nothing to do
-    data: dict[str, Any] = {
-        "rollout_id": rollout_id,
-        "model": name,
-        "canary_version": version,
-        "production_version": production,
-        "canary_release": canary_release,
-        "policy": pol.to_dict(),
-    }
+    data = start_rollout(settings, name, version, pol)
+    production = data["production_version"]
     if wait:
-        rec = _wait(store, rollout_id, wait_timeout_s)
+        with err_console.status(f"rollout {data['rollout_id']} ...") as spinner:
+            rec = wait_rollout(RolloutStore(settings.state_dir), data["rollout_id"], wait_timeout_s, spinner.update)
         data["outcome"] = rec.phase
         data["history"] = history_view([rec])[0]
 

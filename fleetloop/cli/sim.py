@@ -145,6 +145,7 @@ def simulate(
     ota: bool = False,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     buffer_seconds: float | None = None,
+    stop_when: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run the fleet and return its summary (``FleetSummary.to_dict()`` plus what ran).
 
@@ -161,6 +162,8 @@ def simulate(
     simulated seconds (``FleetConfig.heartbeat_s``; docs/canary.md).
     ``buffer_seconds``: each vehicle's on-board ring holds this much driving and every shard saves it under the
     state directory for federated rounds (``persist_buffers``); None: the default ring, nothing saved.
+    ``stop_when``: asked after each chunk of ticks; True ends the drive there (a rollout judged while the fleet
+    drives: the drive lasts until its outcome, ``minutes`` at most).
     """
     from fleetloop.edge_agent.fleet import FleetConfig
     from fleetloop.edge_agent.shards import BACKENDS, ShardedFleet, ShardSpec, build_runner
@@ -223,6 +226,8 @@ def simulate(
             done += runner.ticks - before
             if on_progress:
                 on_progress({**_sum_reports(reports), "groups": runner.group_sums(), "hooks": runner.hook_counts()})
+            if stop_when is not None and stop_when():
+                break
         summary = runner.close()
     else:
         fleet = ShardedFleet(spec, shards, backend, ray_address, devices=devices)
@@ -234,6 +239,8 @@ def simulate(
                 done += n
                 if on_progress:
                     on_progress(part)
+                if stop_when is not None and stop_when():
+                    break
             summary = fleet.close()
         except BaseException:
             if not fleet.closed:
@@ -289,6 +296,7 @@ def ota_spec(settings: Settings, fleet_tag: str) -> Any:
         work_dir=str(Path(settings.state_dir) / "sim" / "ota" / tag),
         bus=settings.model_dump(),
         group_tag=tag,
+        vehicle_tag=fleet_tag,
     )
 
 

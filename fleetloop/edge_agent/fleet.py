@@ -260,6 +260,11 @@ class TickHook(Protocol):
 
     def close(self, timeout_s: float) -> None: ...
 
+    def model_slots(self) -> Sequence[str] | None:
+        """The A/B slot each vehicle of the shard runs its model from, in vehicle order (None: the hook keeps
+        no slots); the heartbeats report it."""
+        ...
+
 
 class FleetRunner:
     """Drives ``vehicle_ids`` through the world (see the module docstring).
@@ -723,9 +728,10 @@ class FleetRunner:
         self._hb_seq += 1
         numbers = self._version_numbers()[self.version_index.cpu().numpy()].tolist()
         keys = [str(i) for i in self._ids_np.tolist()]
-        self._hb_state, beats = emit_heartbeats(
-            self._hb_cfg, self._hb_state, keys, numbers, [""] * len(keys), self._hb_seq
-        )
+        slots: Sequence[str] = [""] * len(keys)  # no OTA client: no slots
+        for hook in self.hooks:
+            slots = hook.model_slots() or slots
+        self._hb_state, beats = emit_heartbeats(self._hb_cfg, self._hb_state, keys, numbers, slots, self._hb_seq)
         self._hb_since = 0
         self.sink.submit_heartbeats(beats)
 

@@ -25,9 +25,12 @@ command, superseded by another command, the run's end); the shard's sums join ``
 Nothing of it reaches the actuators: the commands and the world's events are the same, bit for bit, with and
 without a shadow (tests/edge_agent/test_ota_shadow.py).
 
-Vehicle ids on the OTA topics are the runner's integer ids as strings ("17"), the ids ``fleetloop ota assign
---vehicles`` signs. A command for another model name, for a vehicle of another shard, or older than
-``command_max_age_s`` is not for these vehicles: counted under ``ota.commands``, not followed.
+A vehicle answers to two names on the OTA topics: the runner's integer id as a string ("17", the ids ``fleetloop
+ota assign --vehicles`` signs) and, when ``OtaSpec.vehicle_tag`` is set, its bus id ("<tag>-17": the id its
+heartbeats carry, which the rollout controller commands and signs waves for). A vehicle verifies its wave and
+reports its statuses under the name its latest command used. A command for another model name, for a vehicle of
+another shard, or older than ``command_max_age_s`` is not for these vehicles: counted under
+``ota.commands``, not followed.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from fleetloop.edge_agent.ota_client import (
 from fleetloop.edge_agent.ota_shadow import SHADOW_SUMS, ShadowConfig, ShadowTally, ShadowTick, accumulate, rates
 from fleetloop.edge_agent.ota_verify import OtaClientConfig, download_verified, refresh_release, vehicle_verdict
 from fleetloop.edge_agent.summary import NO_MODEL_LABEL
+from fleetloop.edge_agent.telemetry import vehicle_key
 from fleetloop.edge_agent.vehicle_step import VehicleTick
 from fleetloop.platform.bus.events import OtaCommand, OtaStatus
 from fleetloop.platform.releases.errors import (
@@ -130,6 +134,8 @@ class OtaSpec:
         bus: ``Settings.model_dump()`` of the Kafka the commands and statuses travel on (None: the caller passes
             an ``OtaTransport``).
         group_tag: names the shard's consumer group (``ota-vehicles-<tag>-<first id>``; the run id).
+        vehicle_tag: the prefix of the vehicles' bus ids (``telemetry.vehicle_key``; the run id): a vehicle also
+            answers to "<vehicle_tag>-<id>", the id its heartbeats carry ("": plain ids only).
         command_max_age_s: a command emitted longer ago than this is stale [s].
         timeout_s: per connection to the release server [s].
         max_attempts: download attempts per fetch (each resumes where the last broke off).
@@ -143,6 +149,7 @@ class OtaSpec:
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     bus: dict[str, Any] | None = None
     group_tag: str = ""
+    vehicle_tag: str = ""
     command_max_age_s: float = 600.0
     timeout_s: float = 10.0
     max_attempts: int = 3
@@ -208,6 +215,9 @@ class OtaAgent:
         self.spec = spec
         self.ids = np.asarray(ids, dtype=np.int64)
         self.row_of = {str(v): r for r, v in enumerate(ids)}
+        if spec.vehicle_tag:
+            self.row_of.update({vehicle_key(v, spec.vehicle_tag): r for r, v in enumerate(ids)})
+        self.names = [str(v) for v in ids]  # the name each vehicle was last addressed by (statuses, wave checks)
         self.client = spec.client_config(str(ids[0]))
         if transport is None:
             if spec.bus is None:
@@ -261,6 +271,12 @@ class OtaAgent:
             self._shadow_reports("periodic", now_s, final=False)
         self._submit(actions.fetch)
 
+    def model_slots(self) -> list[str]:
+        """The A/B slot ("a" or "b") each vehicle runs its model from, in vehicle order ("" before the first tick)."""
+        if self.state is None:
+            return [""] * len(self.ids)
+        return ["ab"[int(s)] for s in self.state.active.tolist()]
+
     def _version_id(self, label: str) -> int:
         if label not in self.labels:
             self.labels.append(label)
@@ -281,6 +297,7 @@ class OtaAgent:
                 log.warning("OTA command action %r not followed (valid: %s)", c.action, ", ".join(SHADOW_ACTIONS))
             else:
                 self.tally["commands"]["followed"] += 1
+                self.names[row] = c.vehicle_id
                 version = self._version_id(str(c.version))
                 out.append(Command(row, version, c.release, c.rollout_id, shadow=c.action == "shadow"))
         return out
@@ -366,7 +383,7 @@ class OtaAgent:
         self.transport.send(
             OtaStatus(
                 rollout_id=st.rollout_id,
-                vehicle_id=str(int(self.ids[st.row])),
+                vehicle_id=self.names[st.row],
                 version=int(label) if label.isdigit() else 0,
                 state=st.state,
                 detail=st.detail,
@@ -387,7 +404,7 @@ class OtaAgent:
             by_version.setdefault(r.version, []).append(r)
         for version, reqs in by_version.items():
             job = _Job(version, self.labels[version], reqs)
-            vehicle_ids = [str(int(self.ids[r.row])) for r in reqs]
+            vehicle_ids = [self.names[r.row] for r in reqs]
             job.future = self.pool.submit(_fetch, self.client, self.spec.model_name, job, vehicle_ids)
             self.jobs.append(job)
             self.fetch["jobs"] += 1

@@ -3,6 +3,7 @@ no verdict before the minimum exposure, and the waves follow one another."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,7 +13,7 @@ from sim_batches import SLICES, batch
 
 from fleetloop.platform.canary.decide import POOLED, Decision, Verdict, decide
 from fleetloop.platform.canary.policy import CanaryPolicy
-from fleetloop.platform.canary.stats import CohortStats, SliceTally, update_stats
+from fleetloop.platform.canary.stats import ArmTally, CohortStats, SliceTally, update_stats
 from fleetloop.platform.errors import DataError, UserInputError
 
 POLICY = CanaryPolicy()
@@ -137,3 +138,16 @@ def test_the_decision_serialises_to_strict_json_and_back() -> None:
 def test_the_last_wave_is_not_judged() -> None:
     with pytest.raises(UserInputError, match="not judged"):
         decide(POLICY, CohortStats(), len(POLICY.waves) - 1, 100.0, 0.0)
+
+
+def test_a_canarys_first_event_over_few_km_holds_the_wave_only_from_hold_min_events_on() -> None:
+    """One canary event against one of the baseline over a quarter of its km: a ratio of 4 from two events."""
+    one = {"near_misses": 1}
+    tally = {"fog/highway_traffic": SliceTally(ArmTally(0.25, 0.25, one), ArmTally(1.0, 1.0, one))}
+    strict = CanaryPolicy(min_exposure_km=0.1, metrics=("near_misses",), counter_metrics=())
+    [held], _ = _run(strict, [tally])
+    assert held.verdict is Verdict.HOLD and "4x the baseline's" in held.reasons[0]
+    [grown], _ = _run(dataclasses.replace(strict, hold_min_events=2), [tally])
+    assert grown.verdict is Verdict.NEXT_WAVE
+    [still], _ = _run(dataclasses.replace(strict, hold_min_events=1), [tally])
+    assert still.verdict is Verdict.HOLD

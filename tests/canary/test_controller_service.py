@@ -35,7 +35,7 @@ from tests.integration.private_kafka import private_kafka
 pytestmark = pytest.mark.integration
 
 HARMFUL = "fog/highway_traffic"
-FAST = ControllerConfig(evaluate_every_s=0.3, poll_timeout_s=0.2, session_timeout_s=6.0)
+FAST = ControllerConfig(evaluate_every_s=0.3, poll_timeout_s=0.2, session_timeout_s=6.0, fleet_settle_s=1.0)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from fleetloop.edge_agent.ota_agent import OtaAgent, OtaSpec
 from fleetloop.edge_agent.ota_bus import MemoryTransport
 from fleetloop.edge_agent.ota_client import HealthConfig
 from fleetloop.edge_agent.policy import ARCHITECTURE, FusionPolicy
+from fleetloop.edge_agent.telemetry import CollectingSink
 from fleetloop.platform.bus.events import OtaCommand, OtaStatus
 from fleetloop.platform.releases.api import utc_now
 from fleetloop.platform.releases.cohorts import VehicleList
@@ -212,3 +213,29 @@ def test_release_server_down_mid_rollout_vehicles_keep_driving_and_retry(
         srv.shutdown()
         srv.server_close()
     assert fleet.versions() == ["2", "2", "2", "1", "1", "1"]
+
+
+def test_a_vehicle_commanded_by_its_bus_id_verifies_and_reports_that_name_and_its_heartbeats_carry_the_slot(
+    repo: ReleaseRepository, server: str, tmp_path: Path
+) -> None:
+    """The rollout controller knows a vehicle by its heartbeats' id ("<run>-<n>"): it signs and commands that name."""
+    path = policy_file(tmp_path / "policy-2.safetensors", 2, 1.0)
+    meta = {"run_id": "", "input_schema_version": 1, "parent_version": "1", "validation_report_sha256": ""}
+    fields = repo.publish(MODEL, "2", path, meta, utc_now())
+    repo.assign_wave(fields.release, 1, VehicleList(("run7-0", "run7-1")), utc_now())
+    spec = OtaSpec(MODEL, server, repo.trusted_root(), str(tmp_path / "ota"), HEALTH, vehicle_tag="run7", timeout_s=2.0)
+    bus, sink = MemoryTransport(), CollectingSink()
+    agent = OtaAgent(spec, range(FLEET), bus)
+    torch.manual_seed(0)
+    config = FleetConfig(seed=3, progress_reference=False, max_uncertainty_mps2=100.0, heartbeat_s=0.5)
+    runner = FleetRunner(config, range(FLEET), {"1": FusionPolicy()}, "1", sink=sink, hooks=[agent])
+    fleet = Fleet(runner, agent, bus)
+    fleet.step()
+    fleet.command("2", ("run7-0", "run7-1", "run7-2"), fields.release)  # run7-2: not in the signed wave
+    fleet.step(3 + HEALTH.window_ticks)
+    for v in ("run7-0", "run7-1"):
+        assert fleet.states(v) == ["downloaded", "verified", "installed", "activated", "committed"]
+    assert [(s.state, s.reason) for s in bus.sent if s.vehicle_id == "run7-2"] == [("rejected", "not_assigned")]
+    assert fleet.versions() == ["2", "2", "1", "1", "1", "1"]
+    last = {b.vehicle_id: b for b in sink.heartbeats}
+    assert [(last[str(i)].model_version, last[str(i)].model_slot) for i in range(3)] == [(2, "b"), (2, "b"), (1, "a")]

@@ -216,7 +216,7 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
         if worst is not None:
             evidence.append(worst)
         rr = Evidence("rate_ratio", POOLED, metric, xc, ec, xb, eb, ratio, None, policy.ratio_boundary)
-        if ratio is not None and ratio > policy.ratio_boundary:
+        if ratio is not None and ratio > policy.ratio_boundary and xc >= policy.hold_min_events:
             hold.append(f"{metric}: the canary's rate is {ratio:.3g}x the baseline's, over {policy.ratio_boundary:g}x")
             rr = _decisive(rr)
         evidence.append(rr)

@@ -68,6 +68,9 @@ class CanaryPolicy:
         progress_rollback_ratio: below this share the canary is rolled back [-].
         prove_non_inferiority: metrics whose non-inferiority must be shown (pooled e-value over the threshold)
             before a next wave; empty by default: rare events (collisions) would need thousands of km per wave.
+        hold_min_events: a canary rate over ``1 + margin`` times the baseline's holds the wave only once the canary
+            has this many events of the metric [events] (0: always); a few vehicles' first one or two events say
+            nothing about the rate, and would hold a small fleet's wave until chance evened them out.
         mixture_scale: scale of the half-normal mixing prior on log(rate ratio / boundary) [-] (0.5: tuned to
             ratios of about 1.3 to 3 times the boundary).
         baseline_ratio: matched baseline vehicles per canary vehicle in each stratum (as many as are left).
@@ -83,6 +86,7 @@ class CanaryPolicy:
     progress_min_ratio: float = 0.95
     progress_rollback_ratio: float = 0.90
     prove_non_inferiority: tuple[str, ...] = ()
+    hold_min_events: int = 0
     mixture_scale: float = 0.5
     baseline_ratio: float = 1.0
     seed: int = 0
@@ -97,6 +101,8 @@ class CanaryPolicy:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"canary {name} must be a finite number >= 0, got {v!r}")
+        if self.hold_min_events < 0:
+            raise ConfigError(f"canary hold_min_events must be >= 0, got {self.hold_min_events}")
         if self.mixture_scale <= 0 or self.baseline_ratio <= 0:
             raise ConfigError("canary mixture_scale and baseline_ratio must be > 0")
         if not 0 < self.alpha < 1:

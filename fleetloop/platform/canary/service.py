@@ -63,7 +63,9 @@ class ControllerConfig:
 
     Attributes:
         evaluate_every_s: wall time between evaluations: the beats since the last one become one batch [s].
-        fleet_window_s: a new rollout's fleet is the vehicles on production heard this recently [s].
+        fleet_window_s: a new rollout's fleet is the vehicles on production heard this recently [s] (a fleet that
+            stopped driving minutes ago is not put in a cohort, where it would never report).
+        fleet_settle_s: a new rollout starts once its fleet has not grown for this long [s].
         silent_after_s: a cohort vehicle without a believed heartbeat this long is reported silent [s].
         poll_timeout_s: how long one poll waits for records [s].
         broker_outage_s: how long the broker may stay away before the service gives up [s].
@@ -72,7 +74,8 @@ class ControllerConfig:
     """
 
     evaluate_every_s: float = 10.0
-    fleet_window_s: float = 300.0
+    fleet_window_s: float = 120.0
+    fleet_settle_s: float = 10.0
     silent_after_s: float = 60.0
     poll_timeout_s: float = 0.5
     broker_outage_s: float = 600.0
@@ -115,6 +118,7 @@ class ControllerService:
         self._records: dict[str, RolloutRecord] = {r.rollout_id: r for r in self.store.active()}
         self._fleet: FleetView = self.store.load_fleet()
         self._last_eval = 0.0
+        self._fleet_seen: dict[str, tuple[int, float]] = {}  # start request -> (fleet size, since when)
         for rec in self._records.values():
             self._export(rec)
 
@@ -201,8 +205,8 @@ class ControllerService:
             refused = [] if why is None else [ctl.Refused(hb.vehicle_id, why.reason, why.message)]
         for r in refused:
             consumer.dead_letter(d, r.reason, r.message)
-        if not refused:
-            self._fleet.heard(hb.vehicle_id, stratum_of(hb), hb.model_version, hb.beat_seq, now)
+        if not refused:  # heard when it beat: a backlog read at start does not make a stopped fleet recent
+            self._fleet.heard(hb.vehicle_id, stratum_of(hb), hb.model_version, hb.beat_seq, min(now, hb.emitted_at_s))
 
     def _status(self, st: OtaStatus) -> None:
         rec = self._records.get(st.rollout_id)
@@ -247,8 +251,9 @@ class ControllerService:
         clash = [r.rollout_id for r in self._records.values() if r.model == rec.model and r.active]
         if clash:
             raise UserInputError(f"a rollout of {rec.model} is already running ({clash[0]})")
-        fleet = self._fleet.fleet_on(rec.production_version, now - self.cfg.fleet_window_s)
-        if not fleet:
+        # Vehicles that beat since the request (and within the window): a fleet that has stopped is not drawn.
+        fleet = self._fleet.fleet_on(rec.production_version, max(now - self.cfg.fleet_window_s, req.at_s))
+        if not self._fleet_settled(req.rollout_id, len(fleet), now):
             return False
         rec.controller, actions = ctl.start(policy, rec.rollout_id, rec.canary_version, rec.production_version, fleet)
         first = actions[0]
@@ -264,6 +269,16 @@ class ControllerService:
         self._records[rec.rollout_id] = rec
         self._export(rec)
         return True
+
+    def _fleet_settled(self, rollout_id: str, size: int, now: float) -> bool:
+        """Whether a new rollout's fleet has stopped growing for ``fleet_settle_s``: a fleet that starts driving is
+        heard vehicle by vehicle (its first beats arrive over several polls), and a vehicle heard after the start
+        is in no cohort and never commanded."""
+        seen = self._fleet_seen.get(rollout_id)
+        if size == 0 or seen is None or seen[0] != size:
+            self._fleet_seen[rollout_id] = (size, now)
+            return False
+        return now - seen[1] >= self.cfg.fleet_settle_s
 
     def _operator(self, req: Request, now: float) -> None:
         rec = self._records.get(req.rollout_id)
