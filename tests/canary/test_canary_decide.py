@@ -12,7 +12,7 @@ from sim_batches import SLICES, batch
 
 from fleetloop.platform.canary.decide import POOLED, Decision, Verdict, decide
 from fleetloop.platform.canary.policy import CanaryPolicy
-from fleetloop.platform.canary.stats import CohortStats, SliceTally, update_stats
+from fleetloop.platform.canary.stats import ArmTally, CohortStats, SliceTally, update_stats
 from fleetloop.platform.errors import DataError, UserInputError
 
 POLICY = CanaryPolicy()
@@ -109,10 +109,15 @@ def test_a_good_model_goes_through_every_wave_and_a_worse_one_is_stopped() -> No
         assert decisions[-1].verdict is Verdict.NEXT_WAVE
     assert [s for s in sequence if s[1] == "next_wave"] == [(0, "next_wave"), (1, "next_wave"), (2, "next_wave")]
     assert "promote" in decisions[-1].reasons[0]
-    # 1.8 x the near misses everywhere: never grown, rolled back.
-    decisions, _ = _run(POLICY, [batch(rng, 0.4, 10.0, {(s, "near_misses"): 1.8 for s in SLICES}) for _ in range(600)])
-    assert Verdict.NEXT_WAVE not in {d.verdict for d in decisions}
-    assert decisions[-1].verdict is Verdict.ROLLBACK
+    # 1.8 x the near misses everywhere: wave 0's 50 km may not show it (a hold needs evidence, not a point ratio),
+    # but it is rolled back within the first two waves, never promoted.
+    stats, worse = CohortStats(), {(s, "near_misses"): 1.8 for s in SLICES}
+    for wave, canary_km in enumerate((0.4, 4.0, 10.0)):
+        decisions, stats = _run(POLICY, [batch(rng, canary_km, 10.0, worse) for _ in range(600)], wave, 4, stats)
+        if decisions[-1].verdict is Verdict.ROLLBACK:
+            break
+    assert decisions[-1].verdict is Verdict.ROLLBACK and wave <= 1
+    assert any("near_misses" in r for r in decisions[-1].reasons)
 
 
 def test_the_decision_serialises_to_strict_json_and_back() -> None:
@@ -128,7 +133,9 @@ def test_the_decision_serialises_to_strict_json_and_back() -> None:
     back = Decision.from_json(text)
     assert back.verdict is d.verdict and len(back.evidence) == len(d.evidence)
     pooled = [e for e in back.evidence if e.slice == POOLED and e.test == "harm"]
-    assert {e.metric for e in pooled} == set(POLICY.judged_metrics)
+    assert {e.metric for e in pooled} == set(POLICY.metrics)  # counter-metrics only hold: no harm test
+    held = [e for e in back.evidence if e.test == "rate_ratio"]
+    assert {e.metric for e in held} == set(POLICY.judged_metrics) and all(e.e_value is not None for e in held)
     assert all(e.describe() for e in back.evidence)
     with pytest.raises(DataError, match="not a canary decision"):
         Decision.from_json('{"verdict": "maybe"}')
@@ -137,3 +144,48 @@ def test_the_decision_serialises_to_strict_json_and_back() -> None:
 def test_the_last_wave_is_not_judged() -> None:
     with pytest.raises(UserInputError, match="not judged"):
         decide(POLICY, CohortStats(), len(POLICY.waves) - 1, 100.0, 0.0)
+
+
+def _oracle_e_value(xc: int, xb: int, ec: float, eb: float, boundary: float, scale: float) -> float:
+    """The mixture e-value by direct numeric integration over the continuous half-normal prior on
+    u = log(r1 / boundary) (a fine trapezoid rule; independent of the controller's Gauss-Legendre grid)."""
+    u = np.linspace(0.0, 12.0 * scale, 400_001)
+    share = ec / (ec + eb)
+
+    def loglik(r: np.ndarray | float) -> np.ndarray | float:
+        p = np.asarray(r) * share / (np.asarray(r) * share + 1.0 - share)
+        return xc * np.log(p) + xb * np.log1p(-p)
+
+    density = np.sqrt(2.0 / np.pi) / scale * np.exp(-0.5 * (u / scale) ** 2)
+    lr = np.exp(loglik(boundary * np.exp(u)) - loglik(boundary))
+    return float(np.trapezoid(density * lr, u))
+
+
+def test_a_hold_needs_the_pooled_e_value_at_the_hold_threshold_not_a_point_ratio() -> None:
+    policy = CanaryPolicy(min_exposure_km=0.0)
+    key, ec, eb, xb = "clear/highway_open", 40.0, 40.0, 6
+
+    def verdict(xc: int) -> Decision:
+        tally = SliceTally(ArmTally(ec, ec, {"near_misses": xc}), ArmTally(eb, eb, {"near_misses": xb}))
+        return decide(policy, update_stats(policy, CohortStats(), {key: tally}), 0, ec, 0.0)
+
+    oracle = {xc: _oracle_e_value(xc, xb, ec, eb, policy.ratio_boundary, policy.mixture_scale) for xc in range(40)}
+    first = min(xc for xc, e in oracle.items() if e >= policy.hold_threshold)
+    assert oracle[first - 1] < policy.hold_threshold <= oracle[first]
+    below, at = verdict(first - 1), verdict(first)
+    assert below.verdict is Verdict.NEXT_WAVE  # a point ratio of (first - 1) / 6 > 1.2: no evidence yet
+    assert (first - 1) / xb > policy.ratio_boundary
+    assert at.verdict is Verdict.HOLD and any("near_misses" in r for r in at.reasons)
+    rr = next(e for e in at.evidence if e.test == "rate_ratio" and e.metric == "near_misses")
+    assert rr.decisive and rr.e_value == pytest.approx(oracle[first], rel=1e-4)
+    # One canary event against none (ratio inf, the old rule's hold) is no evidence either.
+    lone = SliceTally(ArmTally(ec, ec, {"collisions": 1}), ArmTally(eb, eb, {}))
+    assert decide(policy, update_stats(policy, CohortStats(), {key: lone}), 0, ec, 0.0).verdict is Verdict.NEXT_WAVE
+
+
+def test_counter_metrics_hold_a_timid_model_but_never_roll_it_back() -> None:
+    policy = CanaryPolicy(min_exposure_km=0.0)
+    tally = SliceTally(ArmTally(200.0, 200.0, {"phantom_brakes": 400}), ArmTally(200.0, 200.0, {"phantom_brakes": 40}))
+    d = decide(policy, update_stats(policy, CohortStats(), {"fog/urban_open": tally}), 0, 200.0, 0.0)
+    assert d.verdict is Verdict.HOLD and any("phantom_brakes" in r for r in d.reasons)
+    assert not any(e.test == "harm" and e.metric == "phantom_brakes" and e.decisive for e in d.evidence)

@@ -3,12 +3,13 @@
 Rules, in order (docs/canary.md):
 
 1. ``continue``: the current wave's canary has driven less than ``min_exposure_km`` (matched km): no verdict yet.
-2. ``rollback``: some slice x metric, or some metric pooled over the slices, shows harm (its mixture e-value at or
-   over ``policy.harm_threshold``), or the canary's progress fell under ``progress_rollback_ratio`` of the
-   baseline's (a model that crawls).
-3. ``hold`` (inconclusive: stay in this wave, keep collecting): a metric's or counter-metric's stratified rate ratio
-   exceeds ``1 + margin`` without proof yet, the progress lies under ``progress_min_ratio``, or a metric of
-   ``prove_non_inferiority`` is not yet shown non-inferior.
+2. ``rollback``: some slice x safety metric, or some safety metric pooled over the slices, shows harm (its mixture
+   e-value at or over ``policy.harm_threshold``), or the canary's progress fell under ``progress_rollback_ratio``
+   of the baseline's (a model that crawls). Counter-metrics never roll back (ADR 0163).
+3. ``hold`` (stay in this wave, keep collecting): the pooled harm e-value of a metric or counter-metric reaches
+   ``policy.hold_threshold`` (evidence that its common rate ratio exceeds ``1 + margin``, short of a rollback;
+   a point ratio over ``1 + margin`` from a few events is not evidence), the progress lies under
+   ``progress_min_ratio``, or a metric of ``prove_non_inferiority`` is not yet shown non-inferior.
 4. ``next_wave``: none of the above; from the last judged wave, the next wave is the whole fleet (promotion).
 
 Every verdict carries its evidence (``Evidence``: slice, metric, counts, exposures, ratio, e-value, threshold)
@@ -182,11 +183,12 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
         return made(Verdict.CONTINUE, [reason], [_decisive(exposure)])
 
     grid = MixtureGrid.for_scale(policy.mixture_scale)
-    harm_thr, ni_thr = policy.harm_threshold, policy.non_inferiority_threshold
+    harm_thr, ni_thr, hold_thr = policy.harm_threshold, policy.non_inferiority_threshold, policy.hold_threshold
     evidence: list[Evidence] = [exposure]
     rollback: list[str] = []
     hold: list[str] = []
     for metric in policy.judged_metrics:
+        safety = metric in policy.metrics
         # Harm in any slice, and pooled (a common ratio over the slices).
         worst: Evidence | None = None
         pooled_harm = None
@@ -195,6 +197,8 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
             if llr is None:
                 continue
             pooled_harm = llr if pooled_harm is None else pooled_harm + llr
+            if not safety:  # a counter-metric has no harm test per slice
+                continue
             ev = _slice_evidence("harm", key, metric, s, _e(log_mixture(llr, grid.weights)), harm_thr)
             if ev.e_value is not None and ev.e_value >= harm_thr:
                 rollback.append(f"{metric} is worse than {policy.ratio_boundary:g}x the baseline in {key}")
@@ -206,8 +210,8 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
             (s.canary.count(metric), s.canary.km, s.baseline.count(metric), s.baseline.km) for s in slices.values()
         ]
         ratio = mantel_haenszel_ratio(pairs)
-        if pooled_harm is not None:
-            e_pool = _e(log_mixture(pooled_harm, grid.weights))
+        e_pool = 1.0 if pooled_harm is None else _e(log_mixture(pooled_harm, grid.weights))
+        if pooled_harm is not None and safety:
             ev = Evidence("harm", POOLED, metric, xc, ec, xb, eb, ratio, e_pool, harm_thr)
             if e_pool >= harm_thr:
                 rollback.append(f"{metric} is worse than {policy.ratio_boundary:g}x the baseline over all slices")
@@ -215,9 +219,11 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
             evidence.append(ev)
         if worst is not None:
             evidence.append(worst)
-        rr = Evidence("rate_ratio", POOLED, metric, xc, ec, xb, eb, ratio, None, policy.ratio_boundary)
-        if ratio is not None and ratio > policy.ratio_boundary:
-            hold.append(f"{metric}: the canary's rate is {ratio:.3g}x the baseline's, over {policy.ratio_boundary:g}x")
+        # The hold asks for evidence too (the same pooled e-process at a lower bar), not a point ratio over 1.2.
+        rr = Evidence("rate_ratio", POOLED, metric, xc, ec, xb, eb, ratio, e_pool, hold_thr)
+        if e_pool >= hold_thr:
+            shown = f"the canary's rate is {ratio:.3g}x the baseline's" if ratio is not None else "its rate"
+            hold.append(f"{metric}: {shown}, shown over {policy.ratio_boundary:g}x (e-value {e_pool:.3g})")
             rr = _decisive(rr)
         evidence.append(rr)
         if metric in policy.prove_non_inferiority:
