@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -135,7 +136,8 @@ def test_the_decision_serialises_to_strict_json_and_back() -> None:
     pooled = [e for e in back.evidence if e.slice == POOLED and e.test == "harm"]
     assert {e.metric for e in pooled} == set(POLICY.metrics)  # counter-metrics only hold: no harm test
     held = [e for e in back.evidence if e.test == "rate_ratio"]
-    assert {e.metric for e in held} == set(POLICY.judged_metrics) and all(e.e_value is not None for e in held)
+    assert {e.metric for e in held} == set(POLICY.judged_metrics)
+    assert all(e.lower_bound is not None for e in held if e.canary_count + e.baseline_count)
     assert all(e.describe() for e in back.evidence)
     with pytest.raises(DataError, match="not a canary decision"):
         Decision.from_json('{"verdict": "maybe"}')
@@ -146,41 +148,46 @@ def test_the_last_wave_is_not_judged() -> None:
         decide(POLICY, CohortStats(), len(POLICY.waves) - 1, 100.0, 0.0)
 
 
-def _oracle_e_value(xc: int, xb: int, ec: float, eb: float, boundary: float, scale: float) -> float:
-    """The mixture e-value by direct numeric integration over the continuous half-normal prior on
-    u = log(r1 / boundary) (a fine trapezoid rule; independent of the controller's Gauss-Legendre grid)."""
-    u = np.linspace(0.0, 12.0 * scale, 400_001)
-    share = ec / (ec + eb)
-
-    def loglik(r: np.ndarray | float) -> np.ndarray | float:
-        p = np.asarray(r) * share / (np.asarray(r) * share + 1.0 - share)
-        return xc * np.log(p) + xb * np.log1p(-p)
-
-    density = np.sqrt(2.0 / np.pi) / scale * np.exp(-0.5 * (u / scale) ** 2)
-    lr = np.exp(loglik(boundary * np.exp(u)) - loglik(boundary))
-    return float(np.trapezoid(density * lr, u))
+def _oracle_lower_bound(strata: list[tuple[int, float, int, float]], alpha: float) -> float:
+    """The profile-likelihood lower bound by brute force: the conditional binomial log likelihood of a common ratio
+    on a fine grid of log r, and the smallest r on it whose log likelihood is within z²/2 of the grid's maximum."""
+    log_r = np.linspace(-8.0, 8.0, 1_600_001)
+    ll = np.zeros_like(log_r)
+    for xc, ec, xb, eb in strata:
+        p = 1.0 / (1.0 + eb / (ec * np.exp(log_r)))
+        ll += xc * np.log(p) + xb * np.log1p(-p)
+    z = NormalDist().inv_cdf(1.0 - alpha)
+    return float(np.exp(log_r[np.argmax(ll >= ll.max() - z * z / 2)]))
 
 
-def test_a_hold_needs_the_pooled_e_value_at_the_hold_threshold_not_a_point_ratio() -> None:
+def test_a_hold_needs_the_ratios_lower_confidence_bound_over_the_margin_not_a_point_ratio() -> None:
     policy = CanaryPolicy(min_exposure_km=0.0)
-    key, ec, eb, xb = "clear/highway_open", 40.0, 40.0, 6
+    fog, clear = "fog/highway_traffic", "clear/urban_open"
 
-    def verdict(xc: int) -> Decision:
-        tally = SliceTally(ArmTally(ec, ec, {"near_misses": xc}), ArmTally(eb, eb, {"near_misses": xb}))
-        return decide(policy, update_stats(policy, CohortStats(), {key: tally}), 0, ec, 0.0)
+    def decided(fog_canary: int) -> Decision:
+        batch = {
+            fog: SliceTally(ArmTally(5.0, 5.0, {"near_misses": fog_canary}), ArmTally(5.0, 5.0, {"near_misses": 18})),
+            clear: SliceTally(ArmTally(3.0, 3.0, {"near_misses": 4}), ArmTally(6.0, 6.0, {"near_misses": 7})),
+        }
+        return decide(policy, update_stats(policy, CohortStats(), batch), 0, 8.0, 0.0)
 
-    oracle = {xc: _oracle_e_value(xc, xb, ec, eb, policy.ratio_boundary, policy.mixture_scale) for xc in range(40)}
-    first = min(xc for xc, e in oracle.items() if e >= policy.hold_threshold)
-    assert oracle[first - 1] < policy.hold_threshold <= oracle[first]
-    below, at = verdict(first - 1), verdict(first)
-    assert below.verdict is Verdict.NEXT_WAVE  # a point ratio of (first - 1) / 6 > 1.2: no evidence yet
-    assert (first - 1) / xb > policy.ratio_boundary
+    def oracle(fog_canary: int) -> float:
+        return _oracle_lower_bound([(fog_canary, 5.0, 18, 5.0), (4, 3.0, 7, 6.0)], policy.hold_alpha)
+
+    first = min(x for x in range(100) if oracle(x) > policy.ratio_boundary)
+    assert oracle(first - 1) <= policy.ratio_boundary < oracle(first)
+    below, at = decided(first - 1), decided(first)
+    rr = {
+        d.verdict: next(e for e in d.evidence if e.test == "rate_ratio" and e.metric == "near_misses")
+        for d in (below, at)
+    }
+    assert below.verdict is Verdict.NEXT_WAVE and rr[Verdict.NEXT_WAVE].ratio > policy.ratio_boundary  # point only
+    assert rr[Verdict.NEXT_WAVE].lower_bound == pytest.approx(oracle(first - 1), rel=1e-4)
     assert at.verdict is Verdict.HOLD and any("near_misses" in r for r in at.reasons)
-    rr = next(e for e in at.evidence if e.test == "rate_ratio" and e.metric == "near_misses")
-    assert rr.decisive and rr.e_value == pytest.approx(oracle[first], rel=1e-4)
+    assert rr[Verdict.HOLD].decisive and rr[Verdict.HOLD].lower_bound == pytest.approx(oracle(first), rel=1e-4)
     # One canary event against none (ratio inf, the old rule's hold) is no evidence either.
-    lone = SliceTally(ArmTally(ec, ec, {"collisions": 1}), ArmTally(eb, eb, {}))
-    assert decide(policy, update_stats(policy, CohortStats(), {key: lone}), 0, ec, 0.0).verdict is Verdict.NEXT_WAVE
+    lone = SliceTally(ArmTally(5.0, 5.0, {"collisions": 1}), ArmTally(5.0, 5.0, {}))
+    assert decide(policy, update_stats(policy, CohortStats(), {fog: lone}), 0, 5.0, 0.0).verdict is Verdict.NEXT_WAVE
 
 
 def test_counter_metrics_hold_a_timid_model_but_never_roll_it_back() -> None:

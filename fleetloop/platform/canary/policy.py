@@ -139,10 +139,10 @@ class CanaryPolicy:
         return self.n_harm_tests / self.alpha
 
     @property
-    def hold_threshold(self) -> float:
-        """The pooled harm e-value that holds a wave (``len(judged_metrics) / alpha``): a hold needs evidence that
-        a metric's common rate ratio exceeds ``1 + margin`` at level alpha over the metrics, not a point ratio."""
-        return len(self.judged_metrics) / self.alpha
+    def hold_alpha(self) -> float:
+        """The level of each metric's hold (``alpha / len(judged_metrics)``): a wave is held while the one-sided
+        lower confidence bound of a metric's common rate ratio exceeds ``1 + margin``, not on a point ratio."""
+        return self.alpha / len(self.judged_metrics)
 
     @property
     def non_inferiority_threshold(self) -> float:
