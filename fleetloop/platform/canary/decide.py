@@ -231,8 +231,8 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
         rr = Evidence("rate_ratio", POOLED, metric, xc, ec, xb, eb, ratio, None, policy.ratio_boundary, False, bound)
         if bound is not None and bound > policy.ratio_boundary:
             hold.append(
-                f"{metric}: the canary's rate is {ratio:.3g}x the baseline's, at least {bound:.3g}x "
-                f"(lower {1 - policy.hold_alpha:.0%} bound), over {policy.ratio_boundary:g}x"
+                f"{metric}: the canary's rate is {ratio:.3g} x the baseline's, at least {bound:.3g} x "
+                f"(lower {1 - policy.hold_alpha:.0%} bound), over {policy.ratio_boundary:g} x"
             )
             rr = _decisive(rr)
         evidence.append(rr)
