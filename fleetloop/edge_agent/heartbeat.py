@@ -16,9 +16,15 @@ sensors and counters, never ground truth:
 - ``phantom_brakes``: measured deceleration first above ``phantom_brake_mps2`` while, on this tick and the one
   before, the vehicle's own perception saw no reason: perceived TTC above ``phantom_ttc_s`` and the perceived
   obstacle needs less than ``phantom_need_mps2``.
-- ``harsh_jerks``: ticks where the measured acceleration changes faster than ``harsh_jerk_mps3`` while the car
-  moves (the kinematic acceleration drops to 0 when the car comes to rest; that stop is no jerk).
-- ``deadline_misses``: inference deadlines missed; ``fallback_<reason>``: fallback activations by arbiter reason.
+- ``harsh_jerks``: episodes of measured jerk (the change of the measured acceleration per second) first above
+  ``harsh_jerk_mps3`` while the car moves; an episode ends once the jerk falls ``jerk_release_mps3`` below, or
+  the car stops (the kinematic acceleration drops to 0 when the car comes to rest; that stop is no jerk). One
+  manoeuvre is one count: counted per tick, a jerky manoeuvre was a burst of counts (a beat's variance 8.9x its
+  mean), which the controller's Poisson test reads as many independent events.
+- ``deadline_misses``: inference deadlines missed; ``fallback_<reason>``: fallback activations by arbiter reason
+  (the arbiter's hand-over edges: one per activation, however long the fallback drives).
+
+Every event counter but ``deadline_misses`` (a per-inference fault) thus counts episodes, never ticks.
 - conditions: the vehicle's own estimate (``fleetloop.edge_agent.conditions``) averaged over the beat, and the
   condition class it drove in most: ``fog`` (estimated visibility under ``fog_visibility_m``), else ``night``
   (estimated light under ``night_light``), else ``wet`` (estimated friction under ``wet_friction``), else
@@ -81,7 +87,9 @@ class HeartbeatConfig:
         phantom_need_mps2: ... and the perceived obstacle needs less than this deceleration [m/s²].
         brake_release_mps2: a braking episode ends once the deceleration falls this far below its threshold [m/s²]
             (the odometry's noise is about 0.1 m/s²).
-        harsh_jerk_mps3: measured jerk above this is harsh [m/s³].
+        harsh_jerk_mps3: measured jerk above this starts a harsh-jerk episode [m/s³].
+        jerk_release_mps3: the episode ends once the jerk falls this far below ``harsh_jerk_mps3`` [m/s³] (the
+            odometry's noise, about 0.1 m/s² per tick, is about 1.4 m/s³ of jerk).
         moving_mps: jerk counts only while the odometry reads at least this speed, this tick and the last [m/s].
         fog_visibility_m, night_light, wet_friction: condition-class cuts on the vehicle's own estimate [m], [-], [-].
         urban_speed_mps: a set speed under this is urban driving [m/s] (60 km/h).
@@ -96,6 +104,7 @@ class HeartbeatConfig:
     phantom_need_mps2: float = 1.0
     brake_release_mps2: float = 1.0
     harsh_jerk_mps3: float = 10.0
+    jerk_release_mps3: float = 5.0
     moving_mps: float = 0.5
     fog_visibility_m: float = 200.0
     night_light: float = 0.5
@@ -191,6 +200,7 @@ class HeartbeatState:
     near_impact: torch.Tensor
     hard_active: torch.Tensor
     phantom_active: torch.Tensor
+    jerk_active: torch.Tensor
 
     @staticmethod
     def init(batch: int, device: torch.device | str = "cpu") -> HeartbeatState:
@@ -217,6 +227,7 @@ class HeartbeatState:
             near_impact=no,
             hard_active=no,
             phantom_active=no,
+            jerk_active=no,
         )
 
 
@@ -259,7 +270,11 @@ def heartbeat_step(cfg: HeartbeatConfig, state: HeartbeatState, sig: HeartbeatSi
     )
     phantom = brake_start & no_reason & state.prev_no_reason & state.has_prev
     moving = (speed >= cfg.moving_mps) & (state.prev_speed_mps >= cfg.moving_mps) & state.has_prev
-    jerk = moving & ((accel - state.prev_accel_mps2).abs() / cfg.dt_s > cfg.harsh_jerk_mps3)
+    jerk_mps3 = torch.where(moving, (accel - state.prev_accel_mps2).abs() / cfg.dt_s, torch.zeros_like(accel))
+    jerk, jerk_active = _episode(
+        state.jerk_active, jerk_mps3, cfg.harsh_jerk_mps3, cfg.harsh_jerk_mps3 - cfg.jerk_release_mps3
+    )
+    jerk_active = jerk_active & moving  # a stop ends the episode
 
     reason = sig.fallback_reason.to(torch.int64).clamp(0, len(REASON_NAMES) - 1)
     activations = torch.nn.functional.one_hot(reason, len(REASON_NAMES))[:, 1:] * sig.fallback_started.unsqueeze(-1)
@@ -299,6 +314,7 @@ def heartbeat_step(cfg: HeartbeatConfig, state: HeartbeatState, sig: HeartbeatSi
         near_impact=hit & near_now,
         hard_active=hard_active,
         phantom_active=phantom_active,
+        jerk_active=jerk_active,
     )
 
 
@@ -421,4 +437,5 @@ _MEMORY = (
     "near_impact",
     "hard_active",
     "phantom_active",
+    "jerk_active",
 )

@@ -117,10 +117,24 @@ def test_braking_with_nothing_perceived_is_phantom_braking() -> None:
 def test_jerk_counts_while_moving_not_when_the_car_comes_to_rest() -> None:
     moving = [_signals(accel_mps2=0.0), _signals(accel_mps2=-2.0), _signals(accel_mps2=0.5)]
     _, hb = _beat(_drive(moving))
-    assert hb.harsh_jerks == 2  # 20 m/s³, then 25 m/s³
+    assert hb.harsh_jerks == 1  # 20 m/s³, then 25 m/s³: one episode
+    calm_between = [*moving, _signals(accel_mps2=0.5), _signals(accel_mps2=-1.5)]
+    _, hb = _beat(_drive(calm_between))
+    assert hb.harsh_jerks == 2  # 0 m/s³ ends the first episode, 20 m/s³ starts a second
     stopping = [_signals(speed_mps=0.3, accel_mps2=-3.0), _signals(speed_mps=0.0, accel_mps2=0.0)]
     _, hb = _beat(_drive(stopping))
     assert hb.harsh_jerks == 0
+
+
+def test_a_long_jerky_manoeuvre_counts_once() -> None:
+    # 3 s of a stop-and-go shudder: the acceleration alternates every tick (jerk 30-40 m/s³, sometimes only
+    # 7 m/s³: above the release), with odometry noise; then calm driving.
+    gen = torch.Generator().manual_seed(0)
+    accels = [0.0] + [(-2.0 if i % 2 else 1.5) + 0.1 * float(torch.randn(1, generator=gen)) for i in range(30)]
+    accels[10] = accels[9] + 0.7  # a 7 m/s³ step inside the manoeuvre
+    accels += [accels[-1] * 0.5, 0.0, 0.0, 0.0]
+    _, hb = _beat(_drive([_signals(accel_mps2=a) for a in accels]))
+    assert hb.harsh_jerks == 1
 
 
 def test_fallback_activations_are_counted_by_reason_and_deadline_misses_per_tick() -> None:

@@ -5,6 +5,11 @@ out; it writes ``state.to_json()`` atomically after each step it acts on, so a c
 resumes from the last state written: heartbeats after it are redelivered (the beat numbers drop the ones already
 believed), and an evaluation is simply repeated.
 
+A heartbeat costs O(1) whatever the fleet's size: the per-vehicle maps are ``persistent.VersionedMap`` and the
+pending beats a ``persistent.Stack`` (an update makes a new version in O(1) and leaves the old one as it was, so
+``step`` stays pure: a state may be stepped twice, as the resume test does), and cohort membership is looked up in
+an index built once per wave. An evaluation costs O(the beats it folds in).
+
 Events: ``HeartbeatReceived`` (one beat), ``Evaluate`` (fold the beats since the last evaluation into the
 statistics as one batch and decide), ``Operator`` (``pause``: keep collecting, decide nothing; ``resume``;
 ``rollback``). Actions:
@@ -15,13 +20,15 @@ count), ``RollBack``, ``Promote``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from fleetloop.platform.bus.events import FleetHealth
 from fleetloop.platform.bus.serde import decode, encode_event
 from fleetloop.platform.canary.cohorts import assign_cohorts
 from fleetloop.platform.canary.decide import Decision, Verdict, decide
+from fleetloop.platform.canary.persistent import Stack, VersionedMap
 from fleetloop.platform.canary.policy import CanaryPolicy, policy_from_mapping
 from fleetloop.platform.canary.stats import CohortStats, SliceTally, update_stats
 from fleetloop.platform.canary.tally import BASELINE, CANARY, tally_heartbeats
@@ -42,6 +49,8 @@ __all__ = [
     "start",
     "step",
 ]
+
+V = TypeVar("V")
 
 RUNNING, PAUSED, ROLLED_BACK, PROMOTED = "running", "paused", "rolled_back", "promoted"
 UNREPORTED = "unreported"  # the stratum of a vehicle that has not sent a heartbeat yet
@@ -110,13 +119,15 @@ class ControllerState:
     wave: int = 0
     canary: tuple[str, ...] = ()
     baseline: tuple[str, ...] = ()
-    strata: Mapping[str, str] = field(default_factory=dict)
-    last_beat_seq: Mapping[str, int] = field(default_factory=dict)
-    pending: tuple[FleetHealth, ...] = ()
+    strata: Mapping[str, str] = field(default_factory=VersionedMap)
+    last_beat_seq: Mapping[str, int] = field(default_factory=VersionedMap)
+    pending: Sequence[FleetHealth] = field(default_factory=Stack)
     stats: CohortStats = field(default_factory=CohortStats)
     wave_km: float = 0.0
     refused: Mapping[str, int] = field(default_factory=dict)
     decisions: tuple[Decision, ...] = ()
+    # vehicle -> arm of the current cohorts, built once per wave (not persisted; rebuilt when the cohorts change)
+    arm_index: _ArmIndex | None = field(default=None, compare=False, repr=False)
 
     def assigned_versions(self) -> dict[str, int]:
         """Every fleet vehicle's assigned version (canary vehicles: the canary; the rest: production)."""
@@ -160,9 +171,9 @@ class ControllerState:
                 wave=int(d["wave"]),
                 canary=tuple(d["canary"]),
                 baseline=tuple(d["baseline"]),
-                strata={str(k): str(v) for k, v in d["strata"].items()},
-                last_beat_seq={str(k): int(v) for k, v in d["last_beat_seq"].items()},
-                pending=tuple(_health(b) for b in d["pending"]),
+                strata=VersionedMap({str(k): str(v) for k, v in d["strata"].items()}),
+                last_beat_seq=VersionedMap({str(k): int(v) for k, v in d["last_beat_seq"].items()}),
+                pending=Stack(_health(b) for b in d["pending"]),
                 stats=CohortStats.from_dict(d["stats"]),
                 wave_km=float(d["wave_km"]),
                 refused={str(k): int(v) for k, v in d["refused"].items()},
@@ -195,7 +206,7 @@ def start(
         raise UserInputError("a rollout needs a fleet: no vehicles given")
     if canary_version == production_version:
         raise UserInputError(f"version {canary_version} is already in production; nothing to roll out")
-    state = ControllerState(rollout_id, policy, canary_version, production_version, strata=dict(fleet))
+    state = ControllerState(rollout_id, policy, canary_version, production_version, strata=VersionedMap(fleet))
     state, action = _assign(state, 0)
     return state, [action]
 
@@ -209,30 +220,76 @@ def step(state: ControllerState, event: Event) -> tuple[ControllerState, list[Ac
     return _evaluate(state, event.now_s)
 
 
+@dataclass(frozen=True)
+class _ArmIndex:
+    """Vehicle -> ``"canary"`` / ``"baseline"`` of the cohorts ``canary`` and ``baseline`` (the very tuples)."""
+
+    canary: tuple[str, ...]
+    baseline: tuple[str, ...]
+    arm_of: Mapping[str, str]
+
+
+def _arms(state: ControllerState) -> _ArmIndex:
+    """The state's arm index; rebuilt (O(cohort)) only when the cohorts are other tuples than it was built for."""
+    idx = state.arm_index
+    if idx is not None and idx.canary is state.canary and idx.baseline is state.baseline:
+        return idx
+    arm_of = {**dict.fromkeys(state.baseline, BASELINE), **dict.fromkeys(state.canary, CANARY)}
+    return _ArmIndex(state.canary, state.baseline, arm_of)
+
+
+class _AssignedVersions(Mapping[str, int]):
+    """``ControllerState.assigned_versions`` as an O(1) view (no fleet-sized dict per heartbeat)."""
+
+    def __init__(self, state: ControllerState, arms: _ArmIndex) -> None:
+        self._state, self._arms = state, arms
+
+    def __getitem__(self, vehicle_id: str) -> int:
+        if self._arms.arm_of.get(vehicle_id) == CANARY:
+            return self._state.canary_version
+        if vehicle_id in self._state.strata:
+            return self._state.production_version
+        raise KeyError(vehicle_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state.strata)
+
+    def __len__(self) -> int:
+        return len(self._state.strata)
+
+
+def _versioned(m: Mapping[str, V]) -> VersionedMap[str, V]:
+    return m if isinstance(m, VersionedMap) else VersionedMap(m)  # a state built by hand: converted once
+
+
 def _heartbeat(state: ControllerState, hb: FleetHealth) -> tuple[ControllerState, list[Action]]:
-    refusal = check_heartbeat(hb, state.assigned_versions(), state.last_beat_seq)
+    arms = _arms(state)
+    refusal = check_heartbeat(hb, _AssignedVersions(state, arms), state.last_beat_seq)
     if refusal is not None:
         refused = {**state.refused, refusal.reason: state.refused.get(refusal.reason, 0) + 1}
-        return replace(state, refused=refused), [Refused(hb.vehicle_id, refusal.reason, refusal.message)]
+        why = Refused(hb.vehicle_id, refusal.reason, refusal.message)
+        return replace(state, refused=refused, arm_index=arms), [why]
     v = hb.vehicle_id
+    pending = state.pending
+    if state.phase in (RUNNING, PAUSED) and v in arms.arm_of:
+        pending = (pending if isinstance(pending, Stack) else Stack(pending)).push(hb)
     new = replace(
         state,
-        strata={**state.strata, v: stratum_of(hb)},
-        last_beat_seq={**state.last_beat_seq, v: hb.beat_seq},
+        strata=_versioned(state.strata).set(v, stratum_of(hb)),
+        last_beat_seq=_versioned(state.last_beat_seq).set(v, hb.beat_seq),
+        pending=pending,
+        arm_index=arms,
     )
-    if state.phase in (RUNNING, PAUSED) and (v in state.canary or v in state.baseline):
-        new = replace(new, pending=(*state.pending, hb))
     return new, []
 
 
 def _evaluate(state: ControllerState, now_s: float) -> tuple[ControllerState, list[Action]]:
     if state.phase not in (RUNNING, PAUSED):
         return state, []
-    arm_of = {**dict.fromkeys(state.baseline, BASELINE), **dict.fromkeys(state.canary, CANARY)}
-    batch: dict[str, SliceTally] = tally_heartbeats(state.pending, arm_of)
+    batch: dict[str, SliceTally] = tally_heartbeats(state.pending, _arms(state).arm_of)
     stats = update_stats(state.policy, state.stats, batch)
     matched = sum(t.canary.km for t in batch.values() if t.canary.km > 0 and t.baseline.km > 0)
-    state = replace(state, pending=(), stats=stats, wave_km=state.wave_km + matched)
+    state = replace(state, pending=Stack(), stats=stats, wave_km=state.wave_km + matched)
     if state.phase == PAUSED:  # the evidence keeps accumulating; nothing is decided
         return state, []
     decision = decide(state.policy, stats, state.wave, state.wave_km, now_s)
@@ -258,5 +315,5 @@ def _operator(state: ControllerState, cmd: Operator) -> tuple[ControllerState, l
     if cmd.command == "resume" and state.phase == PAUSED:
         return replace(state, phase=RUNNING), []
     if cmd.command == "rollback" and state.phase not in done:
-        return replace(state, phase=ROLLED_BACK, pending=()), [RollBack(cmd.reason or "operator asked")]
+        return replace(state, phase=ROLLED_BACK, pending=Stack()), [RollBack(cmd.reason or "operator asked")]
     raise UserInputError(f"cannot {cmd.command!r} a rollout that is {state.phase}")

@@ -3,12 +3,14 @@
 Rules, in order (docs/canary.md):
 
 1. ``continue``: the current wave's canary has driven less than ``min_exposure_km`` (matched km): no verdict yet.
-2. ``rollback``: some slice x metric, or some metric pooled over the slices, shows harm (its mixture e-value at or
-   over ``policy.harm_threshold``), or the canary's progress fell under ``progress_rollback_ratio`` of the
-   baseline's (a model that crawls).
-3. ``hold`` (inconclusive: stay in this wave, keep collecting): a metric's or counter-metric's stratified rate ratio
-   exceeds ``1 + margin`` without proof yet, the progress lies under ``progress_min_ratio``, or a metric of
-   ``prove_non_inferiority`` is not yet shown non-inferior.
+2. ``rollback``: some slice x safety metric, or some safety metric pooled over the slices, shows harm (its mixture
+   e-value at or over ``policy.harm_threshold``), or the canary's progress fell under ``progress_rollback_ratio``
+   of the baseline's (a model that crawls). Counter-metrics never roll back (ADR 0163).
+3. ``hold`` (stay in this wave, keep collecting): the one-sided lower confidence bound (level
+   ``policy.hold_alpha``) of a metric's or counter-metric's common rate ratio over the slices exceeds
+   ``1 + margin`` (evidence of harm, short of a rollback; a point ratio over ``1 + margin`` from a few events is
+   not evidence), the progress lies under ``progress_min_ratio``, or a metric of ``prove_non_inferiority`` is not
+   yet shown non-inferior.
 4. ``next_wave``: none of the above; from the last judged wave, the next wave is the whole fleet (promotion).
 
 Every verdict carries its evidence (``Evidence``: slice, metric, counts, exposures, ratio, e-value, threshold)
@@ -34,6 +36,7 @@ from fleetloop.platform.canary.stats import (
     log_mixture,
     mantel_haenszel_ratio,
     progress_ratio,
+    ratio_lower_bound,
 )
 from fleetloop.platform.errors import DataError, UserInputError
 
@@ -66,6 +69,8 @@ class Evidence:
         e_value: the mixture e-value (harm, non-inferiority), else None.
         threshold: what ``e_value`` (or ``ratio``, or ``canary_km``) is compared with.
         decisive: this evidence decided the verdict.
+        lower_bound: the one-sided lower confidence bound of the rate ratio (``rate_ratio``, at level
+            ``policy.hold_alpha``), else None.
     """
 
     test: str
@@ -79,11 +84,14 @@ class Evidence:
     e_value: float | None
     threshold: float
     decisive: bool = False
+    lower_bound: float | None = None
 
     def describe(self) -> str:
         """One readable line."""
         ratio = "-" if self.ratio is None else f"{self.ratio:.3g}"
         e = "" if self.e_value is None else f", e-value {self.e_value:.3g} vs {self.threshold:.3g}"
+        if self.lower_bound is not None:
+            e += f", lower bound {self.lower_bound:.3g} vs {self.threshold:.3g}"
         return (
             f"{self.test} {self.metric} in {self.slice}: canary {self.canary_count} in {self.canary_km:.1f} km, "
             f"baseline {self.baseline_count} in {self.baseline_km:.1f} km, ratio {ratio}{e}"
@@ -187,6 +195,7 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
     rollback: list[str] = []
     hold: list[str] = []
     for metric in policy.judged_metrics:
+        safety = metric in policy.metrics
         # Harm in any slice, and pooled (a common ratio over the slices).
         worst: Evidence | None = None
         pooled_harm = None
@@ -195,6 +204,8 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
             if llr is None:
                 continue
             pooled_harm = llr if pooled_harm is None else pooled_harm + llr
+            if not safety:  # a counter-metric has no harm test per slice
+                continue
             ev = _slice_evidence("harm", key, metric, s, _e(log_mixture(llr, grid.weights)), harm_thr)
             if ev.e_value is not None and ev.e_value >= harm_thr:
                 rollback.append(f"{metric} is worse than {policy.ratio_boundary:g}x the baseline in {key}")
@@ -206,7 +217,7 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
             (s.canary.count(metric), s.canary.km, s.baseline.count(metric), s.baseline.km) for s in slices.values()
         ]
         ratio = mantel_haenszel_ratio(pairs)
-        if pooled_harm is not None:
+        if pooled_harm is not None and safety:
             e_pool = _e(log_mixture(pooled_harm, grid.weights))
             ev = Evidence("harm", POOLED, metric, xc, ec, xb, eb, ratio, e_pool, harm_thr)
             if e_pool >= harm_thr:
@@ -215,9 +226,14 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
             evidence.append(ev)
         if worst is not None:
             evidence.append(worst)
-        rr = Evidence("rate_ratio", POOLED, metric, xc, ec, xb, eb, ratio, None, policy.ratio_boundary)
-        if ratio is not None and ratio > policy.ratio_boundary and xc >= policy.hold_min_events:
-            hold.append(f"{metric}: the canary's rate is {ratio:.3g}x the baseline's, over {policy.ratio_boundary:g}x")
+        # A hold asks for evidence too: the ratio's lower confidence bound over 1 + margin, not a point ratio.
+        bound = ratio_lower_bound(pairs, policy.hold_alpha)
+        rr = Evidence("rate_ratio", POOLED, metric, xc, ec, xb, eb, ratio, None, policy.ratio_boundary, False, bound)
+        if bound is not None and bound > policy.ratio_boundary and xc >= policy.hold_min_events:
+            hold.append(
+                f"{metric}: the canary's rate is {ratio:.3g} x the baseline's, at least {bound:.3g} x "
+                f"(lower {1 - policy.hold_alpha:.0%} bound), over {policy.ratio_boundary:g} x"
+            )
             rr = _decisive(rr)
         evidence.append(rr)
         if metric in policy.prove_non_inferiority:

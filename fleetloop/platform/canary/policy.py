@@ -61,8 +61,9 @@ class CanaryPolicy:
         alpha: the chance of rolling back a canary that is within the margin, over the whole rollout, watched
             continuously (split over every slice and metric tested: Bonferroni).
         metrics: safety metrics (``COUNT_METRICS``): rolled back on harm in any slice, or pooled over slices.
-        counter_metrics: what a timid model would do worse (``COUNT_METRICS``): rolled back on harm like the
-            metrics; besides, a next wave needs their pooled rate ratio at most ``1 + margin``.
+        counter_metrics: what a timid model would do worse (``COUNT_METRICS``): never rolled back on (they are
+            not safety; progress rolls a crawling model back), but a next wave is held while their pooled rate
+            ratio is shown over ``1 + margin`` (ADR 0163).
         progress_min_ratio: a next wave needs the canary's progress (distance over planned distance) at least this
             share of the baseline's [-]: a model that crawls cannot pass by having fewer events per km.
         progress_rollback_ratio: below this share the canary is rolled back [-].
@@ -134,13 +135,20 @@ class CanaryPolicy:
 
     @property
     def n_harm_tests(self) -> int:
-        """Hypotheses in the rollback family: every (slice, metric) plus each metric pooled over the slices."""
-        return (len(CONDITION_CLASSES) * len(SCENARIO_CLASSES) + 1) * len(self.judged_metrics)
+        """Hypotheses in the rollback family: every (slice, safety metric) plus each safety metric pooled over the
+        slices (counter-metrics only hold: ADR 0163)."""
+        return (len(CONDITION_CLASSES) * len(SCENARIO_CLASSES) + 1) * len(self.metrics)
 
     @property
     def harm_threshold(self) -> float:
         """The e-value that rolls back (Bonferroni: ``n_harm_tests / alpha``)."""
         return self.n_harm_tests / self.alpha
+
+    @property
+    def hold_alpha(self) -> float:
+        """The level of each metric's hold (``alpha / len(judged_metrics)``): a wave is held while the one-sided
+        lower confidence bound of a metric's common rate ratio exceeds ``1 + margin``, not on a point ratio."""
+        return self.alpha / len(self.judged_metrics)
 
     @property
     def non_inferiority_threshold(self) -> float:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,6 +50,7 @@ __all__ = [
     "log_mixture",
     "mantel_haenszel_ratio",
     "progress_ratio",
+    "ratio_lower_bound",
     "update_stats",
 ]
 
@@ -236,6 +238,45 @@ def mantel_haenszel_ratio(pairs: Iterable[tuple[int, float, int, float]]) -> flo
     if den > 0:
         return num / den
     return math.inf if num > 0 else None
+
+
+def ratio_lower_bound(pairs: Iterable[tuple[int, float, int, float]], alpha: float) -> float | None:
+    """One-sided lower confidence bound (level 1 - ``alpha``) of the rate ratio common to the strata ``(canary
+    count, canary km, baseline count, baseline km)``: the profile-likelihood bound of the conditional binomial
+    model of the module docstring, the r under the maximum-likelihood ratio where the log likelihood has fallen by
+    z²/2 (z the normal quantile of 1 - alpha). 0 when the canary had no event; None when no stratum had any."""
+    data = [(xc, xb, ec / (ec + eb)) for xc, ec, xb, eb in pairs if ec > 0 and eb > 0 and xc + xb > 0]
+    if not data:
+        return None
+    if not any(xc for xc, _, _ in data):
+        return 0.0
+
+    def loglik(log_r: float) -> float:
+        out = 0.0
+        for xc, xb, s in data:
+            p = 1.0 / (1.0 + (1.0 - s) / (s * math.exp(log_r)))
+            out += (xc * math.log(p) if xc else 0.0) + (xb * math.log1p(-p) if xb else 0.0)
+        return out
+
+    def score(log_r: float) -> float:  # d loglik / d log r
+        return sum(xc - (xc + xb) / (1.0 + (1.0 - s) / (s * math.exp(log_r))) for xc, xb, s in data)
+
+    lo, hi = -_LOG_R_SPAN, _LOG_R_SPAN
+    if any(xb for _, xb, _ in data):  # else the likelihood rises to its supremum 0 as r grows
+        a, b = lo, hi
+        for _ in range(_BISECTIONS):
+            mid = 0.5 * (a + b)
+            a, b = (mid, b) if score(mid) > 0 else (a, mid)
+        hi = 0.5 * (a + b)
+    target = (loglik(hi) if hi < _LOG_R_SPAN else 0.0) - 0.5 * statistics.NormalDist().inv_cdf(1.0 - alpha) ** 2
+    for _ in range(_BISECTIONS):  # the log likelihood increases up to the maximum
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if loglik(mid) < target else (lo, mid)
+    return math.exp(0.5 * (lo + hi))
+
+
+_LOG_R_SPAN = 30.0  # the ratios searched: e^-30 .. e^30
+_BISECTIONS = 80
 
 
 def progress_ratio(slices: Iterable[SliceStats]) -> float | None:
