@@ -57,18 +57,18 @@ def live_stack(stack: tuple[dict[str, str], Settings]) -> Iterator[tuple[dict[st
         launcher.down(stack[1], [ota_controller.SPEC])
 
 
-def drive(env: dict[str, str], minutes: float) -> subprocess.Popen[str]:
-    """`fleetloop sim run --ota` in the background: the fleet starts on production and follows OTA commands."""
+def drive(env: dict[str, str], minutes: float, log: Path) -> subprocess.Popen[str]:
+    """`fleetloop sim run --ota` in the background: the fleet starts on production and follows OTA commands.
+
+    Its stderr goes to ``log``, not a pipe: nobody reads a pipe while the fleet drives, and once its buffer is
+    full every thread that logs (the vehicles' download workers among them) blocks, so no vehicle installs."""
     code = "from fleetloop.cli.main import main; main()"
     args = ["sim", "run", "--ota", "--vehicles", str(VEHICLES), "--minutes", str(minutes), "--heartbeat-s", "2"]
     args += ["--weather", WEATHER]
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args, "--json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with log.open("w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, *args, "--json"], env=env, stdout=subprocess.PIPE, stderr=err, text=True
+        )
 
 
 def rollout(env: dict[str, str], *args: str) -> dict:
@@ -114,17 +114,18 @@ def test_a_good_candidate_reaches_production_through_the_waves_and_the_fleet_end
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     t0 = time.time()
-    fleet = drive(env, minutes=20.0)
+    fleet_log = tmp_path / "fleet.stderr"
+    fleet = drive(env, minutes=20.0, log=fleet_log)
     try:
         good = rollout(env, name, v2, "--policy", str(policy))
-        assert good["outcome"] == "promoted", good
+        assert good["outcome"] == "promoted", (good, fleet_log.read_text()[-3000:])
         wait_fleet_on(settings, int(v2), t0)
         registry = open_registry(settings)
         assert registry.production(name).version == v2
         assert registry.get(name, v1).stage.value == "archived"
     finally:
         fleet.send_signal(signal.SIGINT)
-        _out, _err = fleet.communicate(timeout=60)
+        fleet.communicate(timeout=60)
     [told] = as_json(fleetloop(env, "ota", "history", name, "--json"))["rollouts"]
     assert (told["phase"], told["canary_version"], told["production_version"]) == ("promoted", int(v2), int(v1))
     assert [(w["wave"], w["verdict"]) for w in told["waves"]] == [(1, "next_wave"), (2, "next_wave")]
