@@ -71,6 +71,17 @@ def drive(env: dict[str, str], minutes: float, log: Path) -> subprocess.Popen[st
         )
 
 
+def stop(fleet: subprocess.Popen[str]) -> None:
+    """End the fleet: SIGTERM, not SIGINT, which a process started in the background by a non-interactive shell
+    (a CI job) inherits as ignored; killed if it has not ended within a minute."""
+    fleet.send_signal(signal.SIGTERM)
+    try:
+        fleet.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        fleet.kill()
+        fleet.communicate()
+
+
 def rollout(env: dict[str, str], *args: str) -> dict:
     """`fleetloop ota rollout ... --wait --json` (waits for the outcome: longer than other commands)."""
     code = "from fleetloop.cli.main import main; main()"
@@ -124,8 +135,7 @@ def test_a_good_candidate_reaches_production_through_the_waves_and_the_fleet_end
         assert registry.production(name).version == v2
         assert registry.get(name, v1).stage.value == "archived"
     finally:
-        fleet.send_signal(signal.SIGINT)
-        fleet.communicate(timeout=60)
+        stop(fleet)
     [told] = as_json(fleetloop(env, "ota", "history", name, "--json"))["rollouts"]
     assert (told["phase"], told["canary_version"], told["production_version"]) == ("promoted", int(v2), int(v1))
     assert [(w["wave"], w["verdict"]) for w in told["waves"]] == [(1, "next_wave"), (2, "next_wave")]
