@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetloop.platform.bus import _kafka_speedups
+from fleetloop.platform.bus import _kafka_speedups, _kafka_wakeup
 from fleetloop.platform.bus._kafka import BrokerTarget, bootstrap_of, kafka_errors_as_ours
 from fleetloop.platform.bus.counters import BusCounters
 from fleetloop.platform.bus.deadletter import KEPT_REFERENCE, REFERENCE_PREFIX_BYTES, DeadLetter
@@ -119,6 +119,7 @@ class BusConsumer:
         from kafka import KafkaConsumer
 
         _kafka_speedups.install()
+        _kafka_wakeup.install()
 
         if not topics:
             raise DataError("a consumer needs at least one topic")

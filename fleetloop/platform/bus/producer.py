@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from fleetloop.platform.bus import _kafka_speedups
+from fleetloop.platform.bus import _kafka_speedups, _kafka_wakeup
 from fleetloop.platform.bus._kafka import BrokerTarget, bootstrap_of, kafka_errors_as_ours
 from fleetloop.platform.bus.counters import BusCounters
 from fleetloop.platform.bus.events import Event
@@ -50,6 +50,7 @@ class BusProducer:
         from kafka import KafkaProducer
 
         _kafka_speedups.install()
+        _kafka_wakeup.install()
 
         self.bootstrap = bootstrap_of(target)
         self.counters = counters if counters is not None else BusCounters()
