@@ -349,7 +349,8 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
     unconfirmed = usable & ~threat & (safe_m < hold_at) & ~(prev_m < hold_at)
     safe_m = torch.where(unconfirmed, hold_at, safe_m)
     # Set-speed governor (ADR 0175): min(model, cruise toward the set speed); the cap is >= 0, so braking passes
-    # untouched, and the TTC override below compares the same (a TTC stage's command is < 0 <= the cap).
+    # untouched, and the TTC override below decides as before (from the partial stage on, the fallback's command
+    # is < 0 <= the cap).
     if inp.set_speed_mps is not None and inp.ego_speed_mps is not None and cfg.governor_gain_per_s < float("inf"):
         capped = torch.minimum(safe_m, governor_cap_mps2(cfg.governor_gain_per_s, inp.set_speed_mps, inp.ego_speed_mps))
         governed = usable & (capped < safe_m)

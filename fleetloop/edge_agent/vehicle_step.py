@@ -209,10 +209,9 @@ def vehicle_step(
     None when no vehicle runs a model); ``switched`` [B] bool marks vehicles whose model changed since last tick;
     ``desired_speed_mps`` [B] is the driver's set speed: the fallback follows it and the arbiter's set-speed governor
     caps the model toward it (ADR 0175; default: the fallback holds the current speed and the model is not capped).
-    ``compiled``: run the
-    conditions estimate, the policy features, the fallback and arbiter + trigger bits as ``torch.compile``d graphs
-    (the policy forward: ``EngineConfig.compile``; ADR 0101; floats within rounding of the eager result; the first
-    tick compiles).
+    ``compiled``: run the conditions estimate, the policy features, the fallback and arbiter + trigger bits as
+    ``torch.compile``d graphs (the policy forward: ``EngineConfig.compile``; ADR 0101; floats within rounding of the
+    eager result; the first tick compiles).
     """
     ids = vehicle_ids.to(torch.int64)
     effects = fault_effects(cfg.faults, ids, tick, cfg.seed)

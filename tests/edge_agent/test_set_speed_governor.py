@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -111,6 +112,7 @@ def _max_speed_kmh(arbiter: ArbiterConfig) -> tuple[float, float]:
     return top, model_ticks / (4 * ticks)
 
 
+@pytest.mark.slow
 def test_a_model_that_asks_for_more_stays_within_the_set_speeds_tolerance() -> None:
     """The Euro NCAP tolerance (test speed + 1 km/h) holds for a model flooring the throttle, while the model
     drives; without the governor the same model is far past it within 6 s."""
