@@ -23,6 +23,12 @@ prediction, a stage the fallback merely holds (its latch) with nothing in the pa
 Braking beyond comfortable (``model_confirm_brake_mps2``) needs two consecutive frames of the model asking for it,
 unless the fallback sees a threat (ADR 0112): the per-frame policy's command flickers, most of all on inputs unlike
 its training data (night, rain, fog for the clear-weather model), and a one-frame dip is not a reason to brake hard.
+
+Set-speed governor (ADR 0175): the learned policy has no set-speed input, so the model's command is capped by a
+cruise controller toward the driver's set speed, as ACC caps a planner: ``min(model, governor_gain_per_s x (set
+speed - measured speed))``, the cap never below 0. It only takes away propulsion: a braking command (<= 0) passes
+untouched, and above the set speed the cap is 0 (coast), not a brake. The fallback keeps its own set-speed
+following (IDM toward the same set speed), so it is not capped; where no set speed is given, nothing is capped.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ __all__ = [
     "arbitrate_unchecked",
     "check_command",
     "check_fallback_command",
+    "governor_cap_mps2",
 ]
 
 DRIVER_MODEL, DRIVER_FALLBACK = 0, 1
@@ -96,6 +103,11 @@ class ArbiterConfig:
             car back and forth every tick is worse than either driver).
         low_conf_exit_ratio: back to the model only once the uncertainty is below this fraction of
             ``max_uncertainty`` (hysteresis against flapping around the threshold).
+        governor_gain_per_s: the set-speed governor's gain (ADR 0175): the model may accelerate at most this
+            times the speed still missing to the set speed [1/s]; 0.5 leaves the expert's own approach to its
+            set speed uncapped above a few m/s (IDM, 1.5 m/s² and delta 4 at 22-32 m/s: slope <= 0.27 /s at its
+            set speed) and settles without overshoot over the 0.2 s actuator dead time. ``inf`` switches the
+            governor off (the model's command uncapped).
         max_abs_accel_mps2: a model command outside +-this is invalid output, not a command [m/s²].
         switch_hold_ticks: after a model switch the fallback drives this many ticks (the new model's first outputs
             are not trusted until it has seen a few frames; the OTA client activates in a safe state).
@@ -121,6 +133,7 @@ class ArbiterConfig:
     low_conf_enter_ticks: int = 3
     low_conf_min_hold_ticks: int = 10
     low_conf_exit_ratio: float = 0.8
+    governor_gain_per_s: float = 0.5
 
     def __post_init__(self) -> None:
         if not (self.max_uncertainty > 0 and self.max_uncertainty < float("inf")):
@@ -135,6 +148,8 @@ class ArbiterConfig:
             raise FleetConfigError(
                 f"model_confirm_brake_mps2 must be > 0 (inf: off), got {self.model_confirm_brake_mps2}"
             )
+        if not self.governor_gain_per_s > 0:
+            raise FleetConfigError(f"governor_gain_per_s must be > 0 (inf: off), got {self.governor_gain_per_s}")
 
     @classmethod
     def for_model(cls, metadata: Any, **overrides: Any) -> ArbiterConfig:
@@ -159,7 +174,9 @@ class ArbiterInputs:
 
     ``model_*`` are the policy's outputs (anything, NaN included, where ``model_valid`` is False);
     ``deadline_missed`` marks vehicles whose inference did not finish in time; ``has_model`` is False where no
-    model is on board; ``switched`` is True on the tick a vehicle's model version changed.
+    model is on board; ``switched`` is True on the tick a vehicle's model version changed. ``set_speed_mps`` is
+    the driver's set speed and ``ego_speed_mps`` the vehicle's measured speed, both [m/s], for the set-speed
+    governor (None: no set speed, the model's command is not capped).
     """
 
     model_accel_mps2: torch.Tensor
@@ -170,6 +187,12 @@ class ArbiterInputs:
     has_model: torch.Tensor
     switched: torch.Tensor
     fallback: FallbackOutput
+    set_speed_mps: torch.Tensor | None = None
+    ego_speed_mps: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.set_speed_mps is None) != (self.ego_speed_mps is None):
+            raise ValueError("the set-speed governor needs both set_speed_mps and ego_speed_mps (or neither)")
 
 
 @dataclass(frozen=True)
@@ -249,6 +272,7 @@ class Decision:
         started: a fallback episode began this tick (model -> fallback).
         ended: a fallback episode ended this tick (fallback -> model); its reason and length below.
         ended_reason, ended_ticks: the ended episode's reason code and duration [ticks] (0 where not ended).
+        governed: the model drove and the set-speed governor lowered its command (ADR 0175).
     """
 
     accel_mps2: torch.Tensor
@@ -258,6 +282,14 @@ class Decision:
     ended: torch.Tensor
     ended_reason: torch.Tensor
     ended_ticks: torch.Tensor
+    governed: torch.Tensor
+
+
+def governor_cap_mps2(gain_per_s: float, set_speed_mps: torch.Tensor, ego_speed_mps: torch.Tensor) -> torch.Tensor:
+    """The set-speed governor's cap on the model's command [m/s²], [B]: ``gain_per_s`` x the speed still missing to
+    the set speed, never below 0 (the governor takes away propulsion, it never brakes; ADR 0175)."""
+    missing = set_speed_mps.float() - ego_speed_mps.float()
+    return (gain_per_s * missing).clamp_min(0.0)
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -316,6 +348,15 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
     hold_at = torch.full_like(safe_m, -cfg.model_confirm_brake_mps2)
     unconfirmed = usable & ~threat & (safe_m < hold_at) & ~(prev_m < hold_at)
     safe_m = torch.where(unconfirmed, hold_at, safe_m)
+    # Set-speed governor (ADR 0175): min(model, cruise toward the set speed); the cap is >= 0, so braking passes
+    # untouched, and the TTC override below decides as before (from the partial stage on, the fallback's command
+    # is < 0 <= the cap).
+    if inp.set_speed_mps is not None and inp.ego_speed_mps is not None and cfg.governor_gain_per_s < float("inf"):
+        capped = torch.minimum(safe_m, governor_cap_mps2(cfg.governor_gain_per_s, inp.set_speed_mps, inp.ego_speed_mps))
+        governed = usable & (capped < safe_m)
+        safe_m = capped
+    else:
+        governed = torch.zeros_like(usable)
     unc = torch.nan_to_num(inp.model_uncertainty.float(), nan=0.0)
     high = torch.where(unc > cfg.max_uncertainty, state.unc_high_ticks + 1, torch.zeros_like(state.unc_high_ticks))
     enter = high >= cfg.low_conf_enter_ticks
@@ -381,5 +422,6 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
         ended=ended,
         ended_reason=ended_reason,
         ended_ticks=ended_ticks,
+        governed=governed & ~on_fb,
     )
     return new_state, decision

@@ -207,10 +207,11 @@ def vehicle_step(
 
     ``slots`` [B] int64 are the engine slots of each vehicle's model (``NO_MODEL``: none on board; ``engine`` may be
     None when no vehicle runs a model); ``switched`` [B] bool marks vehicles whose model changed since last tick;
-    ``desired_speed_mps`` [B] is the driver's set speed (default: hold the current speed). ``compiled``: run the
-    conditions estimate, the policy features, the fallback and arbiter + trigger bits as ``torch.compile``d graphs
-    (the policy forward: ``EngineConfig.compile``; ADR 0101; floats within rounding of the eager result; the first
-    tick compiles).
+    ``desired_speed_mps`` [B] is the driver's set speed: the fallback follows it and the arbiter's set-speed governor
+    caps the model toward it (ADR 0175; default: the fallback holds the current speed and the model is not capped).
+    ``compiled``: run the conditions estimate, the policy features, the fallback and arbiter + trigger bits as
+    ``torch.compile``d graphs (the policy forward: ``EngineConfig.compile``; ADR 0101; floats within rounding of the
+    eager result; the first tick compiles).
     """
     ids = vehicle_ids.to(torch.int64)
     effects = fault_effects(cfg.faults, ids, tick, cfg.seed)
@@ -240,12 +241,12 @@ def vehicle_step(
     if compiled:
         check_fallback_command(fb.accel_mps2)
         arb_state, decision, now_bits = compile_graph(_arbiter_graph)(
-            cfg, state.arbiter, fb, outs, has_model, switched, seen.ego_accel_mps2
+            cfg, state.arbiter, fb, outs, has_model, switched, seen, desired_speed_mps
         )
         check_command(decision.accel_mps2)
     else:
         arb_state, decision, now_bits = _arbiter_graph(
-            cfg, state.arbiter, fb, outs, has_model, switched, seen.ego_accel_mps2, checked=True
+            cfg, state.arbiter, fb, outs, has_model, switched, seen, desired_speed_mps, checked=True
         )
     trig_state, upload = triggers_step(
         cfg.triggers,
@@ -286,11 +287,13 @@ def _arbiter_graph(
     policy: tuple[torch.Tensor, ...],
     has_model: torch.Tensor,
     switched: torch.Tensor,
-    ego_accel_mps2: torch.Tensor,
+    seen: Observation,
+    desired_speed_mps: torch.Tensor | None,
     checked: bool = False,
 ) -> tuple[ArbiterState, Decision, torch.Tensor]:
     """Arbiter and this tick's trigger bits (``checked``: with the arbiter's host-side checks, as ``arbitrate``; the
-    compiled graph leaves them to its caller)."""
+    compiled graph leaves them to its caller). The set-speed governor caps the model toward ``desired_speed_mps``
+    from the vehicle's own odometry (None: no set speed, no cap)."""
     accel, hazard, unc, valid, deadline_missed = policy
     inputs = ArbiterInputs(
         model_accel_mps2=accel,
@@ -301,13 +304,15 @@ def _arbiter_graph(
         has_model=has_model,
         switched=switched,
         fallback=fb,
+        set_speed_mps=desired_speed_mps,
+        ego_speed_mps=None if desired_speed_mps is None else seen.ego_speed_mps,
     )
     arb_state, decision = (arbitrate if checked else arbitrate_unchecked)(cfg.arbiter, state, inputs)
     now_bits = trigger_bits(
         cfg.triggers,
         TriggerInputs(
             fallback_started=decision.started,
-            ego_accel_mps2=ego_accel_mps2,
+            ego_accel_mps2=seen.ego_accel_mps2,
             perceived_ttc_s=fb.ttc_s,
             model_accel_mps2=accel,
             fallback_accel_mps2=fb.accel_mps2,
