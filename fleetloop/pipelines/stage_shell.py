@@ -223,12 +223,13 @@ def run_shell(
             )
         )
 
-        def count_dead_letters() -> None:
+        def report_counts() -> None:
             for reason, n in list(consumer.counters.dead_lettered.items()):
                 if n > counted[reason]:
                     DEAD_LETTERED.labels(sink.name, reason).inc(n - counted[reason])
                     counted[reason] = n
             report.dead_lettered = dict(counted)
+            report.commits = consumer.counters.commits  # deferred commits done by a later poll included
 
         def settle() -> bool:
             """Flush the sink and commit what is behind it; False while the broker is away."""
@@ -242,14 +243,12 @@ def run_shell(
             pending = []
             try:
                 # Flushes the dead letters first; False: a rebalance is under way, retried by the next poll.
-                if consumer.commit(offsets, cfg.commit_timeout_s):
-                    report.commits += 1
-                else:
-                    report.commits_deferred += 1
+                if not consumer.commit(offsets, cfg.commit_timeout_s):
+                    report.commits_deferred += 1  # kept; the next poll commits it once the group is stable
             except ServiceUnavailable:
                 # Safe to go on: the work is durable and idempotent; a redelivery is dropped by the sink.
                 report.commit_failures += 1
-            count_dead_letters()
+            report_counts()
             if on_progress:
                 on_progress(report)
             return True
@@ -299,10 +298,10 @@ def run_shell(
                     break
         while pending and not settle():
             time.sleep(_OUTAGE_RETRY_S)  # stopping: pending work is made durable (or the outage limit raises)
-        if consumer.has_deferred_commit and consumer.finish_commits(cfg.commit_timeout_s):
-            report.commits += 1  # a commit a rebalance refused, done before leaving
+        if consumer.has_deferred_commit:
+            consumer.finish_commits(cfg.commit_timeout_s)  # a commit a rebalance refused, done before leaving
         if stop.is_set():
             report.stopped_by = "signal"
-        count_dead_letters()
+        report_counts()
     report.wall_s = time.monotonic() - started
     return report

@@ -202,15 +202,21 @@ def test_sigterm_seals_and_commits_before_exiting(
     cmd = [sys.executable, "-m", "fleetloop.pipelines.collect", "--topic", t.telemetry.name, "--group", "g"]
     cmd += ["--events-topic", t.events.name, "--dead-letter-topic", t.dead.name, "--segment-age-s", "60"]
     cmd += ["--segment-rows", "1000000"]
-    proc = subprocess.Popen(cmd, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env |= {"PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not load_manifests(tmp_path, "telemetry") and time.monotonic() < deadline:
         time.sleep(0.05)  # running, mid-loop: it sealed when a poll came back empty (caught up)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack: where it hangs
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"collect did not stop within 30 s of SIGTERM:\n{err.decode()[-8000:]}") from None
     assert proc.returncode == 0, err.decode()
     report = json.loads(out.decode().strip().splitlines()[-1])
-    assert report["stopped_by"] == "signal" and report["commits"] >= 1
+    assert report["stopped_by"] == "signal" and report["commits"] >= 1, (report, err.decode()[-3000:])
     assert_exactly_once(tmp_path, 2, 1000)
     again = run_collect(s, topic=t.telemetry, events_topic=t.events, dead_letter_topic=t.dead, group_id="g")
     assert again.records == 0  # the group's offsets were committed on the way out
@@ -254,5 +260,7 @@ def test_broker_restart_during_collection_loses_nothing(stack_settings: Settings
         assert not worker.is_alive()
         assert_exactly_once(private.state_dir, 4, 4000)
         report: Any = result["report"]
-        assert report.rows_collected == 16_000 and sum(report.duplicates_removed.values()) == 12_000
+        # 0..2999 per vehicle came again (12,000 repeats); the 2000..2999 collected just before the broker went
+        # down are redelivered too (4,000 more) when their commit had not reached it: both are dropped.
+        assert report.rows_collected == 16_000 and 12_000 <= sum(report.duplicates_removed.values()) <= 16_000
         assert report.segments_sealed >= 2  # before and after the restart
