@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
 from fleetloop.platform.atomic import write_text_atomic
+from fleetloop.platform.bus.loop import StopFlag, stop_on_signals
 from fleetloop.platform.canary.service import ControllerConfig, ControllerService
 from fleetloop.platform.launcher import service_dir
 from fleetloop.platform.metrics import start_exporter
@@ -74,7 +74,7 @@ SPEC = ServiceSpec(
 )
 
 
-def _beat(path: Path, stop: threading.Event) -> None:
+def _beat(path: Path, stop: StopFlag) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     while not stop.is_set():
         write_text_atomic(path, f"{os.getpid()} {time.time():.3f}\n")
@@ -93,21 +93,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ota-controller %(message)s")
     settings = load_settings()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    beat = threading.Thread(target=_beat, args=(beat_path(settings), stop), daemon=True)
-    beat.start()
-    exporter = start_exporter(settings, NAME)
-    service = ControllerService(
-        settings, open_registry(settings), ControllerConfig(evaluate_every_s=args.evaluate_every_s)
-    )
-    log.info("judging rollouts from %s; metrics at %s", settings.bootstrap_servers, exporter.url)
-    try:
-        service.run(stop)
-    finally:
-        stop.set()
-        exporter.close()
+    stop = StopFlag()
+    with stop_on_signals(stop):  # SIGTERM / Ctrl-C set it without a lock (safe in a signal handler)
+        beat = threading.Thread(target=_beat, args=(beat_path(settings), stop), daemon=True)
+        beat.start()
+        exporter = start_exporter(settings, NAME)
+        service = ControllerService(
+            settings, open_registry(settings), ControllerConfig(evaluate_every_s=args.evaluate_every_s)
+        )
+        log.info("judging rollouts from %s; metrics at %s", settings.bootstrap_servers, exporter.url)
+        try:
+            service.run(stop)
+        finally:
+            stop.set()
+            exporter.close()
 
 
 if __name__ == "__main__":
