@@ -106,6 +106,21 @@ def test_shadow_command_verifies_into_the_inactive_slot_never_switches_and_an_in
     assert out.switches == [Switch((0,), NEW)] and [x.state for x in out.statuses] == ["activated"]
 
 
+def test_a_release_that_failed_its_health_window_here_may_run_in_shadow_but_is_never_activated() -> None:
+    s = OtaState.init([OLD, OLD])
+    s.refused_release[:] = 7  # both vehicles rolled release 7 back before
+    s, out = step(s, 0, [Command(0, NEW, 7, "r-s", shadow=True), Command(1, NEW, 0, "r-i")])
+    assert [f.row for f in out.fetch] == [0, 1]
+    s, out = step(s, 1, fetched=[FetchOutcome(0, NEW, "installed", 7), FetchOutcome(1, NEW, "installed", 7)])
+    assert [(x.row, x.state, x.reason) for x in out.statuses] == [
+        (0, "downloaded", ""),
+        (0, "verified", ""),
+        (0, "shadow_started", ""),
+        (1, "rejected", "rolled_back_before"),
+    ]
+    assert s.shadow_version().tolist() == [NEW, -1] and s.active_version().tolist() == [OLD, OLD]
+
+
 def test_another_command_ends_the_shadow_and_is_followed() -> None:
     s = OtaState.init([OLD, OLD])
     s, _ = step(s, 0, [Command(1, NEW, 7, "r-s", shadow=True)])
