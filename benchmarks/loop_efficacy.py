@@ -223,6 +223,41 @@ def run_arm(
     return out
 
 
+def bootstrap_models(
+    stack: Settings, root: Path, a: argparse.Namespace, actor: str, log: Any
+) -> tuple[dict[str, Any], Path]:
+    """The initial (clear) model bootstrapped into production on ``stack`` (its ``bootstrap`` record: ``artifact``,
+    ``production``), and the path of the all-conditions reference, trained the same way under ``root/reference``
+    and never registered; both sized by ``a.bootstrap_*``."""
+    from fleetloop.cli.model_bootstrap import bootstrap  # Typer and rich load only here, with the stack
+    from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
+
+    init = bootstrap(
+        stack,
+        seed=0,
+        vehicles=a.bootstrap_vehicles,
+        ticks=a.bootstrap_ticks,
+        max_train_s=a.bootstrap_train_s,
+        epochs=a.bootstrap_epochs,
+        actor=actor,
+    )
+    log(f"initial model v{init['production']} in production; training the all-conditions reference")
+    imitation = BootstrapConfig().imitation
+    ref_path, _ = bootstrap_initial_model(
+        BootstrapConfig(
+            weather="all",
+            seed=0,
+            vehicles=a.bootstrap_vehicles,
+            ticks=a.bootstrap_ticks,
+            output_dir=root / "reference",
+            imitation=dataclasses.replace(
+                imitation, max_seconds=a.bootstrap_train_s, epochs=a.bootstrap_epochs or imitation.epochs
+            ),
+        )
+    )
+    return init, ref_path
+
+
 def download_version(s: Settings, version: str | None, dst: Path) -> Path:
     from fleetloop.platform.registry import open_registry
 
@@ -453,8 +488,6 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    from fleetloop.cli.model_bootstrap import bootstrap
-    from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
     from fleetloop.edge_agent.model_artifact import load_artifact
     from fleetloop.platform import launcher
     from fleetloop.platform.services.kafka import SPEC as KAFKA
@@ -467,29 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"sizes": sizes, "args": {k: str(v) for k, v in vars(a).items()}, "seeds": []}
     try:
         log("stack up; bootstrapping the initial (clear) model")
-        init = bootstrap(
-            stack,
-            seed=0,
-            vehicles=a.bootstrap_vehicles,
-            ticks=a.bootstrap_ticks,
-            max_train_s=a.bootstrap_train_s,
-            epochs=a.bootstrap_epochs,
-            actor="loop-efficacy",
-        )
-        log(f"initial model v{init['production']} in production; training the all-conditions reference")
-        base = BootstrapConfig()
-        ref_path, _ = bootstrap_initial_model(
-            BootstrapConfig(
-                weather="all",
-                seed=0,
-                vehicles=a.bootstrap_vehicles,
-                ticks=a.bootstrap_ticks,
-                output_dir=root / "reference",
-                imitation=dataclasses.replace(
-                    base.imitation, max_seconds=a.bootstrap_train_s, epochs=a.bootstrap_epochs or base.imitation.epochs
-                ),
-            )
-        )
+        init, ref_path = bootstrap_models(stack, root, a, "loop-efficacy", log)
         initial = load_artifact(init["artifact"])
         reference = load_artifact(ref_path)
         results["bootstrap_wall_s"] = time.monotonic() - t_start
