@@ -34,6 +34,7 @@ from fleetloop.platform.metrics import REGISTRY
 from fleetloop.platform.releases.repository import ReleaseRepository
 from tests.edge_agent.test_ota_client import CFG, NEW, OLD, signals
 from tests.edge_agent.test_ota_fleet import ASSIGNED, FLEET, HEALTH, MODEL, Fleet, publish, repo, server
+from tests.platform.release_data import flip_a_bit, served_artifact
 
 __all__ = ["repo", "server"]  # the signed-release fixtures
 
@@ -206,10 +207,7 @@ def test_shadow_of_a_flipped_byte_artifact_is_refused_like_an_install(
     repo: ReleaseRepository, server: str, tmp_path: Path
 ) -> None:
     fields = publish(repo, tmp_path, "2")
-    served = repo.targets_dir / "models" / MODEL / "2" / f"{fields.sha256}.artifact"
-    data = bytearray(served.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    served.write_bytes(bytes(data))
+    flip_a_bit(served_artifact(repo, fields, MODEL))
     fleet = make_fleet(repo, server, tmp_path, "a")
     shadow_command(fleet, ASSIGNED)
     fleet.step(5)

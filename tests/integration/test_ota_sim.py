@@ -22,6 +22,7 @@ from fleetloop.platform.services import ota_repo
 from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
 from tests.conftest import free_port
 from tests.integration.test_registry_cli import as_json, fleetloop
+from tests.platform.release_data import flip_a_bit
 
 pytestmark = pytest.mark.integration
 
@@ -134,9 +135,7 @@ def test_flipped_byte_in_the_served_artifact_is_activated_by_no_vehicle_and_each
     env, settings = stack
     v2, _ = published_and_sent(env, settings, tmp_path)
     [served] = (settings.state_dir / "ota" / "repo" / "targets" / "models" / settings.model_name / v2).glob("*")
-    data = bytearray(served.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    served.write_bytes(bytes(data))
+    flip_a_bit(served)
     result = run_fleet(env)
     ota = result["counts"]["ota"]
     assert ota["status"] == {"rejected": 4} and ota["rejected"] == {"bad_hash": 3, "not_assigned": 1}, ota
