@@ -60,6 +60,7 @@ from loop_efficacy import (
     evaluate,
     run_arm,
     stack_settings,
+    train_config,
     validate_suite,
 )
 
@@ -448,14 +449,7 @@ def drive_and_train(a: argparse.Namespace, log: Any) -> dict[str, Any]:
                 fed = run_federated(s, Path(init["artifact"]), seed, a, log, strategy, mu)
                 entry["arms"][label] = fed
                 paths[label] = fed["candidate_path"]
-            tcfg = TrainConfig(
-                seed=seed,
-                epochs=a.train_epochs,
-                max_seconds=a.train_max_s,
-                torch_threads=1,
-                anchor_weight=a.anchor_weight,
-                balance_hazard=not a.no_balance,
-            )  # as run_arm trains (a)
+            tcfg = train_config(a, seed)  # as run_arm trains (a)
             everything = run_central_all(stack, root, initial, fleet_buffer_dir(s.state_dir), seed, tcfg, a)
             entry["arms"]["central-all"] = everything
             paths["central-all"] = everything["candidate_path"]

@@ -130,7 +130,7 @@ def run_arm(
     from fleetloop.pipelines.collect import run_collect
     from fleetloop.pipelines.ground_truth import run_ground_truth
     from fleetloop.pipelines.label import label_pending
-    from fleetloop.pipelines.train import TrainConfig, run_train
+    from fleetloop.pipelines.train import run_train
     from fleetloop.pipelines.validate import ValidateConfig, validate_candidate
 
     s = arm_settings(stack, root, seed, arm)
@@ -163,15 +163,7 @@ def run_arm(
     gt = run_ground_truth(s).as_dict()
     lab, _ = label_pending(s.state_dir)
     t_label = time.monotonic()
-    tcfg = TrainConfig(
-        seed=seed,
-        epochs=a.train_epochs,
-        max_seconds=a.train_max_s,
-        torch_threads=1,
-        anchor_weight=a.anchor_weight,
-        balance_hazard=not a.no_balance,
-    )
-    tr = run_train(s, tcfg)
+    tr = run_train(s, train_config(a, seed))
     t_train = time.monotonic()
     out: dict[str, Any] = {
         "seed": seed,
@@ -221,6 +213,18 @@ def run_arm(
         f"fog onset -> validated {out['onset_to_validated_s']:.0f} s"
     )
     return out
+
+
+def train_config(a: argparse.Namespace, seed: int) -> TrainConfig:
+    """How a loop turn fine-tunes its candidate (the --train-* options, --anchor-weight, --no-balance)."""
+    return TrainConfig(
+        seed=seed,
+        epochs=a.train_epochs,
+        max_seconds=a.train_max_s,
+        torch_threads=1,
+        anchor_weight=a.anchor_weight,
+        balance_hazard=not a.no_balance,
+    )
 
 
 def bootstrap_models(
