@@ -65,7 +65,7 @@ class StopFlag:
     ``threading.Event.wait`` holding the event's lock; an ``Event.set`` in the handler would then wait for that lock
     for ever. So the flag is a plain attribute, the signal path (:meth:`set_from_signal`) takes no lock, and
     :meth:`wait` sleeps in slices of ``WAIT_SLICE_S``, seeing a flag set by a signal within one slice (a ``set``
-    from a thread wakes it at once)."""
+    from a thread wakes it at once; docs/adr/0180)."""
 
     def __init__(self) -> None:
         self._stopped = False
