@@ -4,14 +4,14 @@ SIGTERM and Ctrl-C set, and commits made once the work on the records is durable
     with stop_on_signals(stop):                      (main thread only)
         for polled in polls(consumer, stop, outage, poll_timeout_s):
             ... the member's work on polled, made durable ...
-            commit_durable(consumer, polled, counts)
+            commit_durable(consumer, polled)         ("committed", "deferred" or "failed")
 
 A broker restart makes polls raise ``ServiceUnavailable``: :func:`polls` keeps what is pending (uncommitted, so
 safe), waits ``OUTAGE_RETRY_S`` between tries, and raises once the broker has been away longer than the member
-allows (:class:`BrokerOutage`). A commit the broker does not take is counted and skipped: the work is durable and
-the member drops a redelivered record. What is the member's own (the pipeline stages' sinks and dead letters,
-the rollout controller's records) stays with it: ``fleetloop.pipelines.stage_shell``,
-``fleetloop.platform.canary.service``.
+allows (:class:`BrokerOutage`). A commit the broker does not take comes back as ``failed``, for the member to
+count and go on: the work is durable and the member drops a redelivered record. What is the member's own (the
+pipeline stages' sinks and dead letters, the rollout controller's records) stays with it:
+``fleetloop.pipelines.stage_shell``, ``fleetloop.platform.canary.service``.
 
 This module imports no Kafka client: the consumer is handed in.
 """
