@@ -51,9 +51,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from loop_efficacy import _ci, _per_km, _safety, arm_settings, evaluate, run_arm, stack_settings, validate_suite
+from loop_efficacy import (
+    _ci,
+    _per_km,
+    _safety,
+    arm_settings,
+    bootstrap_models,
+    evaluate,
+    run_arm,
+    stack_settings,
+    train_config,
+    validate_suite,
+)
 
-from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
 from fleetloop.edge_agent.buffer_store import fleet_buffer_dir
 from fleetloop.edge_agent.features import INPUT_SCHEMA_VERSION
 from fleetloop.edge_agent.model_artifact import ArtifactMetadata, LoadedPolicy, load_artifact, save_artifact
@@ -411,9 +421,6 @@ def evaluate_saved(a: argparse.Namespace, log: Any) -> dict[str, Any]:
 
 def drive_and_train(a: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Steps 1-2 on a private stack, and step 3 unless ``--no-eval``."""
-    # Typer and rich load only here, with the stack: --evaluate-saved runs on a bare GPU box.
-    from fleetloop.cli.model_bootstrap import bootstrap
-
     sizes = describe(a)
     if not a.no_eval:
         sizes += f"; eval {a.eval_vehicles} vehicles x {a.eval_ticks / 10:g} s per model x condition x seed"
@@ -424,29 +431,7 @@ def drive_and_train(a: argparse.Namespace, log: Any) -> dict[str, Any]:
     launcher.up(stack, [KAFKA, MLFLOW])
     results: dict[str, Any] = {"sizes": sizes, "args": {k: str(v) for k, v in vars(a).items()}, "seeds": []}
     try:
-        init = bootstrap(
-            stack,
-            seed=0,
-            vehicles=a.bootstrap_vehicles,
-            ticks=a.bootstrap_ticks,
-            max_train_s=a.bootstrap_train_s,
-            epochs=a.bootstrap_epochs,
-            actor="federation-gap",
-        )
-        log(f"initial model v{init['production']} in production; training the all-conditions reference")
-        imitation = BootstrapConfig().imitation
-        ref_path, _ = bootstrap_initial_model(
-            BootstrapConfig(
-                weather="all",
-                seed=0,
-                vehicles=a.bootstrap_vehicles,
-                ticks=a.bootstrap_ticks,
-                output_dir=root / "reference",
-                imitation=dataclasses.replace(
-                    imitation, max_seconds=a.bootstrap_train_s, epochs=a.bootstrap_epochs or imitation.epochs
-                ),
-            )
-        )
+        init, ref_path = bootstrap_models(stack, root, a, "federation-gap", log)
         initial = load_artifact(init["artifact"])
         results["bootstrap_wall_s"] = time.monotonic() - t_start
         variants = [("federated", a.strategy, a.proximal_weight)]
@@ -464,14 +449,7 @@ def drive_and_train(a: argparse.Namespace, log: Any) -> dict[str, Any]:
                 fed = run_federated(s, Path(init["artifact"]), seed, a, log, strategy, mu)
                 entry["arms"][label] = fed
                 paths[label] = fed["candidate_path"]
-            tcfg = TrainConfig(
-                seed=seed,
-                epochs=a.train_epochs,
-                max_seconds=a.train_max_s,
-                torch_threads=1,
-                anchor_weight=a.anchor_weight,
-                balance_hazard=not a.no_balance,
-            )  # as run_arm trains (a)
+            tcfg = train_config(a, seed)  # as run_arm trains (a)
             everything = run_central_all(stack, root, initial, fleet_buffer_dir(s.state_dir), seed, tcfg, a)
             entry["arms"]["central-all"] = everything
             paths["central-all"] = everything["candidate_path"]

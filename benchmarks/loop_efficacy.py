@@ -130,7 +130,7 @@ def run_arm(
     from fleetloop.pipelines.collect import run_collect
     from fleetloop.pipelines.ground_truth import run_ground_truth
     from fleetloop.pipelines.label import label_pending
-    from fleetloop.pipelines.train import TrainConfig, run_train
+    from fleetloop.pipelines.train import run_train
     from fleetloop.pipelines.validate import ValidateConfig, validate_candidate
 
     s = arm_settings(stack, root, seed, arm)
@@ -163,15 +163,7 @@ def run_arm(
     gt = run_ground_truth(s).as_dict()
     lab, _ = label_pending(s.state_dir)
     t_label = time.monotonic()
-    tcfg = TrainConfig(
-        seed=seed,
-        epochs=a.train_epochs,
-        max_seconds=a.train_max_s,
-        torch_threads=1,
-        anchor_weight=a.anchor_weight,
-        balance_hazard=not a.no_balance,
-    )
-    tr = run_train(s, tcfg)
+    tr = run_train(s, train_config(a, seed))
     t_train = time.monotonic()
     out: dict[str, Any] = {
         "seed": seed,
@@ -221,6 +213,53 @@ def run_arm(
         f"fog onset -> validated {out['onset_to_validated_s']:.0f} s"
     )
     return out
+
+
+def train_config(a: argparse.Namespace, seed: int) -> TrainConfig:
+    """How a loop turn fine-tunes its candidate (the --train-* options, --anchor-weight, --no-balance)."""
+    return TrainConfig(
+        seed=seed,
+        epochs=a.train_epochs,
+        max_seconds=a.train_max_s,
+        torch_threads=1,
+        anchor_weight=a.anchor_weight,
+        balance_hazard=not a.no_balance,
+    )
+
+
+def bootstrap_models(
+    stack: Settings, root: Path, a: argparse.Namespace, actor: str, log: Any
+) -> tuple[dict[str, Any], Path]:
+    """The initial (clear) model bootstrapped into production on ``stack`` (its ``bootstrap`` record: ``artifact``,
+    ``production``), and the path of the all-conditions reference, trained the same way under ``root/reference``
+    and never registered; both sized by ``a.bootstrap_*``."""
+    from fleetloop.cli.model_bootstrap import bootstrap  # Typer and rich load only here, with the stack
+    from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
+
+    init = bootstrap(
+        stack,
+        seed=0,
+        vehicles=a.bootstrap_vehicles,
+        ticks=a.bootstrap_ticks,
+        max_train_s=a.bootstrap_train_s,
+        epochs=a.bootstrap_epochs,
+        actor=actor,
+    )
+    log(f"initial model v{init['production']} in production; training the all-conditions reference")
+    imitation = BootstrapConfig().imitation
+    ref_path, _ = bootstrap_initial_model(
+        BootstrapConfig(
+            weather="all",
+            seed=0,
+            vehicles=a.bootstrap_vehicles,
+            ticks=a.bootstrap_ticks,
+            output_dir=root / "reference",
+            imitation=dataclasses.replace(
+                imitation, max_seconds=a.bootstrap_train_s, epochs=a.bootstrap_epochs or imitation.epochs
+            ),
+        )
+    )
+    return init, ref_path
 
 
 def download_version(s: Settings, version: str | None, dst: Path) -> Path:
@@ -453,8 +492,6 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    from fleetloop.cli.model_bootstrap import bootstrap
-    from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
     from fleetloop.edge_agent.model_artifact import load_artifact
     from fleetloop.platform import launcher
     from fleetloop.platform.services.kafka import SPEC as KAFKA
@@ -467,29 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"sizes": sizes, "args": {k: str(v) for k, v in vars(a).items()}, "seeds": []}
     try:
         log("stack up; bootstrapping the initial (clear) model")
-        init = bootstrap(
-            stack,
-            seed=0,
-            vehicles=a.bootstrap_vehicles,
-            ticks=a.bootstrap_ticks,
-            max_train_s=a.bootstrap_train_s,
-            epochs=a.bootstrap_epochs,
-            actor="loop-efficacy",
-        )
-        log(f"initial model v{init['production']} in production; training the all-conditions reference")
-        base = BootstrapConfig()
-        ref_path, _ = bootstrap_initial_model(
-            BootstrapConfig(
-                weather="all",
-                seed=0,
-                vehicles=a.bootstrap_vehicles,
-                ticks=a.bootstrap_ticks,
-                output_dir=root / "reference",
-                imitation=dataclasses.replace(
-                    base.imitation, max_seconds=a.bootstrap_train_s, epochs=a.bootstrap_epochs or base.imitation.epochs
-                ),
-            )
-        )
+        init, ref_path = bootstrap_models(stack, root, a, "loop-efficacy", log)
         initial = load_artifact(init["artifact"])
         reference = load_artifact(ref_path)
         results["bootstrap_wall_s"] = time.monotonic() - t_start

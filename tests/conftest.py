@@ -33,6 +33,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cli_env(*, drop: tuple[str, ...] = (), **settings: str) -> dict[str, str]:
+    """The environment of a fleetloop process a test starts: this one's without any ``FLEETLOOP_`` setting (nor the
+    variables in ``drop``), phone-home off, and ``settings`` on top."""
+    # Imported here: the sim tests run this conftest on a machine with only torch and numpy (no pydantic).
+    from fleetloop.platform.settings import PHONE_HOME_OFF
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_") and k not in drop}
+    env.update(PHONE_HOME_OFF)
+    env.update(settings)
+    return env
+
+
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings for a private stack: temporary state directory, free loopback ports."""

@@ -369,28 +369,25 @@ def _on_fetched(cfg: HealthConfig, s: OtaState, f: FetchOutcome, tick: int, out:
         wait = min(cfg.retry_initial_ticks * 2 ** (int(s.attempts[r]) - 1), cfg.retry_max_ticks)
         s.retry_at[r] = tick + wait
         return
-    if f.kind == "installed" and s.target_shadow[r]:  # verified and loaded: runs beside the active model
-        slot = 1 - int(s.active[r])
-        s.slot_version[r, slot] = f.version
-        s.slot_release[r, slot] = f.release
-        s.phase[r] = PHASE_SHADOW
-        detail = f"{f.detail}; slot {'AB'[slot]} runs in shadow mode, never acting"
-        for st in ("downloaded", "verified", "shadow_started"):
-            out.statuses.append(StatusReport(r, st, f.version, f.release, rollout, "", detail))
-        return
-    if f.kind == "installed" and f.release == s.refused_release[r]:
+    shadow = bool(s.target_shadow[r])
+    if f.kind == "installed" and f.release == s.refused_release[r] and not shadow:  # shadow mode never acts
         detail = f"release {f.release} failed its health window here before; not activated again"
         out.statuses.append(StatusReport(r, "rejected", f.version, f.release, rollout, "rolled_back_before", detail))
         s.phase[r] = PHASE_IDLE
         return
-    if f.kind == "installed":
+    if f.kind == "installed":  # verified and loaded into the inactive slot: staged, or run beside the active one
         slot = 1 - int(s.active[r])
         s.slot_version[r, slot] = f.version
         s.slot_release[r, slot] = f.release
-        s.target_release[r] = f.release
-        s.phase[r] = PHASE_STAGED
-        for st in ("downloaded", "verified", "installed"):
-            out.statuses.append(StatusReport(r, st, f.version, f.release, rollout, "", f.detail))
+        if shadow:
+            s.phase[r] = PHASE_SHADOW
+            last, detail = "shadow_started", f"{f.detail}; slot {'AB'[slot]} runs in shadow mode, never acting"
+        else:
+            s.target_release[r] = f.release
+            s.phase[r] = PHASE_STAGED
+            last, detail = "installed", f.detail
+        for st in ("downloaded", "verified", last):
+            out.statuses.append(StatusReport(r, st, f.version, f.release, rollout, "", detail))
         return
     s.phase[r] = PHASE_IDLE
     out.statuses.append(StatusReport(r, "rejected", f.version, f.release, rollout, f.reason or "rejected", f.detail))

@@ -18,19 +18,16 @@ launcher (``platform`` cannot import ``pipelines``).
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetloop.platform.atomic import write_text_atomic
 from fleetloop.platform.launcher import service_dir
 from fleetloop.platform.logs import bind_log_context, configure_logging
 from fleetloop.platform.metrics import start_exporter
-from fleetloop.platform.services.spec import Health, ServiceSpec, heartbeat_file_health
+from fleetloop.platform.services.spec import Health, ServiceSpec, beat_heartbeat_file, heartbeat_file_health, stack_env
 
 if TYPE_CHECKING:
     from fleetloop.platform.settings import Settings
@@ -60,13 +57,6 @@ def heartbeat_path(settings: Settings, stage: str) -> Path:
     return service_dir(settings, service_name(stage)) / "heartbeat"
 
 
-def _beat(path: Path, stop: threading.Event) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while not stop.is_set():
-        write_text_atomic(path, f"{os.getpid()} {time.time():.3f}\n")
-        stop.wait(HEARTBEAT_S)
-
-
 def heartbeat_health(settings: Settings, stage: str) -> Health:
     """Healthy when the stage's heartbeat is younger than ``STALE_S``."""
     return heartbeat_file_health(heartbeat_path(settings, stage), STALE_S)
@@ -79,7 +69,9 @@ def serve_stage(settings: Settings, stage: str, *, min_new_frames: int | None = 
     start_exporter(settings, service_name(stage), labels={"stage": stage})
     bind_log_context(stage=stage)
     done = threading.Event()
-    beat = threading.Thread(target=_beat, args=(heartbeat_path(settings, stage), done), daemon=True)
+    beat = threading.Thread(
+        target=beat_heartbeat_file, args=(heartbeat_path(settings, stage), done, HEARTBEAT_S), daemon=True
+    )
     beat.start()
     try:
         # Each stage is imported in its own process only: importing them all costs torch (~6 s measured) in
@@ -109,14 +101,6 @@ def serve_stage(settings: Settings, stage: str, *, min_new_frames: int | None = 
         beat.join(timeout=HEARTBEAT_S + 1)
 
 
-def _stack_env(settings: Settings) -> dict[str, str]:
-    """The stage process talks to the same broker and tracking server as the settings that started it."""
-    return {
-        "FLEETLOOP_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
-        "FLEETLOOP_MLFLOW_TRACKING_URI": settings.tracking_uri,
-    }
-
-
 def _spec(stage: str, min_new_frames: int | None) -> ServiceSpec:
     def command(settings: Settings, folder: Path) -> list[str]:
         cmd = [sys.executable, "-m", _MARKER, stage]
@@ -131,7 +115,7 @@ def _spec(stage: str, min_new_frames: int | None) -> ServiceSpec:
         command=command,
         health=lambda s: heartbeat_health(s, stage),
         cmdline_marker=f"{_MARKER} {stage}",
-        extra_env=_stack_env,
+        extra_env=stack_env,
         autostart=False,  # started by `fleetloop pipeline serve`, not by `fleetloop up`
     )
 

@@ -18,21 +18,30 @@ what they already made durable when it is redelivered. Before partitions leave t
 sink is flushed, so their next owner drops what this member already wrote; a commit the group refuses while it
 rebalances is retried by the next poll (docs/adr/0075). Every record is processed or dead-lettered: the
 dead-letter path keeps a record too large to send again as a reference (docs/adr/0073). SIGTERM and Ctrl-C
-stop after the current poll: what is pending is flushed and committed first.
+stop after the current poll: what is pending is flushed and committed first. The loop itself (polls through an
+outage, the stop flag, commits after durable work) is the bus's: :mod:`fleetloop.platform.bus.loop`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from fleetloop.platform.bus.consumer import BusConsumer, Delivery, Polled
+from fleetloop.platform.bus.loop import (
+    OUTAGE_RETRY_S,
+    BrokerOutage,
+    StopFlag,
+    commit_durable,
+    member_timeouts,
+    new_dead_letters,
+    polls,
+    stop_on_signals,
+)
 from fleetloop.platform.bus.producer import BusProducer
 from fleetloop.platform.bus.topics import Topic
 from fleetloop.platform.errors import ServiceUnavailable
@@ -54,31 +63,6 @@ DEAD_LETTERED = counter(
     "Records a stage sent to the dead-letter topic (table: the lake table, or the stage for event stages).",
     ["table", "reason"],
 )
-_OUTAGE_RETRY_S = 0.5  # [s] wait between tries while the broker is away
-
-
-class StopFlag(threading.Event):
-    """Set by SIGTERM / Ctrl-C (or a test) to make the shell flush, commit and return."""
-
-
-@contextlib.contextmanager
-def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
-    """Route SIGTERM and SIGINT to ``flag`` while inside (main thread only); a second Ctrl-C interrupts hard."""
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        if flag.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 @dataclass(frozen=True)
@@ -155,26 +139,6 @@ class ShellReport:
         return d
 
 
-class _Outage:
-    """How long the broker has been away; raises once it has been away longer than allowed."""
-
-    def __init__(self, limit_s: float, report: ShellReport) -> None:
-        self.limit_s = limit_s
-        self.report = report
-        self.since: float | None = None
-
-    def failed(self, error: ServiceUnavailable) -> None:
-        now = time.monotonic()
-        if self.since is None:
-            self.since = now
-            self.report.broker_outages += 1
-        if now - self.since > self.limit_s:
-            raise error
-
-    def over(self) -> None:
-        self.since = None
-
-
 def run_shell(
     settings: Settings,
     sink: Sink,
@@ -188,7 +152,7 @@ def run_shell(
     ``report``. See the module docstring for the order of effects."""
     started = time.monotonic()
     stop = stop or StopFlag()
-    outage = _Outage(cfg.broker_outage_s, report)
+    outage = BrokerOutage(cfg.broker_outage_s, report)
     pending: list[Polled] = []  # polls whose records are taken but not yet durable
     counted: Counter[str] = Counter()  # dead letters already in the metric
 
@@ -216,18 +180,15 @@ def run_shell(
                 cfg.group_id,
                 dead_letter_topic=cfg.dead_letter_topic,
                 client_id=report.stage,
-                session_timeout_ms=int(cfg.session_timeout_s * 1000),
-                heartbeat_interval_ms=max(100, int(cfg.session_timeout_s * 1000 / 3)),
                 on_revoked=on_revoked,
+                **member_timeouts(cfg.session_timeout_s),
                 **cfg.consumer_overrides,
             )
         )
 
         def report_counts() -> None:
-            for reason, n in list(consumer.counters.dead_lettered.items()):
-                if n > counted[reason]:
-                    DEAD_LETTERED.labels(sink.name, reason).inc(n - counted[reason])
-                    counted[reason] = n
+            for reason, n in new_dead_letters(consumer, counted).items():
+                DEAD_LETTERED.labels(sink.name, reason).inc(n)
             report.dead_lettered = dict(counted)
             report.commits = consumer.counters.commits  # deferred commits done by a later poll included
 
@@ -241,12 +202,10 @@ def run_shell(
                 return False
             offsets = Polled.merged(pending)
             pending = []
-            try:
-                # Flushes the dead letters first; False: a rebalance is under way, retried by the next poll.
-                if not consumer.commit(offsets, cfg.commit_timeout_s):
-                    report.commits_deferred += 1  # kept; the next poll commits it once the group is stable
-            except ServiceUnavailable:
-                # Safe to go on: the work is durable and idempotent; a redelivery is dropped by the sink.
+            outcome = commit_durable(consumer, offsets, cfg.commit_timeout_s)
+            if outcome == "deferred":  # a rebalance is under way: kept, the next poll commits it
+                report.commits_deferred += 1
+            elif outcome == "failed":  # safe to go on: the work is durable and idempotent; a redelivery is dropped
                 report.commit_failures += 1
             report_counts()
             if on_progress:
@@ -267,15 +226,7 @@ def run_shell(
             sink.start(producer)  # a failed start (recovery announcements) is retried by the first flush
 
         last_record: float | None = None
-        while not stop.is_set():
-            try:
-                polled = consumer.poll(cfg.poll_timeout_s)
-            except ServiceUnavailable as e:
-                # A broker restart: keep what is pending (uncommitted, so safe) and wait for it to come back.
-                outage.failed(e)
-                stop.wait(_OUTAGE_RETRY_S)
-                continue
-            outage.over()
+        for polled in polls(consumer, stop, outage, cfg.poll_timeout_s):
             export_lag()
             now = time.monotonic()
             if polled.n_records:
@@ -287,7 +238,7 @@ def run_shell(
             elif last_record is None and consumer.assignment():
                 last_record = now  # the idle clock starts once the group has given us partitions
             if pending and sink.due(not polled.n_records) and not settle():
-                stop.wait(_OUTAGE_RETRY_S)
+                stop.wait(OUTAGE_RETRY_S)
                 continue
             if cfg.idle_timeout_s is not None:
                 if last_record is not None and now - last_record >= cfg.idle_timeout_s:
@@ -297,7 +248,7 @@ def run_shell(
                     report.stopped_by = "no_partitions_assigned"
                     break
         while pending and not settle():
-            time.sleep(_OUTAGE_RETRY_S)  # stopping: pending work is made durable (or the outage limit raises)
+            time.sleep(OUTAGE_RETRY_S)  # stopping: pending work is made durable (or the outage limit raises)
         if consumer.has_deferred_commit:
             consumer.finish_commits(cfg.commit_timeout_s)  # a commit a rebalance refused, done before leaving
         if stop.is_set():

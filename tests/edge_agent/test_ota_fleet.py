@@ -27,6 +27,7 @@ from fleetloop.platform.releases.fields import ReleaseFields
 from fleetloop.platform.releases.repository import ReleaseRepository
 from fleetloop.platform.releases.server import start_in_thread
 from tests.platform.conftest import repo
+from tests.platform.release_data import flip_a_bit, served_artifact
 
 __all__ = ["repo"]  # the signed-release tests' fixture: a fresh repository on disk
 
@@ -136,10 +137,7 @@ def test_flipped_byte_in_the_served_artifact_is_activated_by_no_vehicle(
     repo: ReleaseRepository, server: str, tmp_path: Path
 ) -> None:
     fields = publish(repo, tmp_path, "2")
-    served = repo.targets_dir / "models" / MODEL / "2" / f"{fields.sha256}.artifact"
-    data = bytearray(served.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    served.write_bytes(bytes(data))
+    flip_a_bit(served_artifact(repo, fields, MODEL))
     fleet = make_fleet(repo, server, tmp_path)
     fleet.command("2", ASSIGNED)
     fleet.step(5)

@@ -34,6 +34,7 @@ from fleetloop.platform.metrics import REGISTRY
 from fleetloop.platform.releases.repository import ReleaseRepository
 from tests.edge_agent.test_ota_client import CFG, NEW, OLD, signals
 from tests.edge_agent.test_ota_fleet import ASSIGNED, FLEET, HEALTH, MODEL, Fleet, publish, repo, server
+from tests.platform.release_data import flip_a_bit, served_artifact
 
 __all__ = ["repo", "server"]  # the signed-release fixtures
 
@@ -104,6 +105,21 @@ def test_shadow_command_verifies_into_the_inactive_slot_never_switches_and_an_in
     assert [x.state for x in out.statuses] == ["installed"]
     s, out = step(s, 52)
     assert out.switches == [Switch((0,), NEW)] and [x.state for x in out.statuses] == ["activated"]
+
+
+def test_a_release_that_failed_its_health_window_here_may_run_in_shadow_but_is_never_activated() -> None:
+    s = OtaState.init([OLD, OLD])
+    s.refused_release[:] = 7  # both vehicles rolled release 7 back before
+    s, out = step(s, 0, [Command(0, NEW, 7, "r-s", shadow=True), Command(1, NEW, 0, "r-i")])
+    assert [f.row for f in out.fetch] == [0, 1]
+    s, out = step(s, 1, fetched=[FetchOutcome(0, NEW, "installed", 7), FetchOutcome(1, NEW, "installed", 7)])
+    assert [(x.row, x.state, x.reason) for x in out.statuses] == [
+        (0, "downloaded", ""),
+        (0, "verified", ""),
+        (0, "shadow_started", ""),
+        (1, "rejected", "rolled_back_before"),
+    ]
+    assert s.shadow_version().tolist() == [NEW, -1] and s.active_version().tolist() == [OLD, OLD]
 
 
 def test_another_command_ends_the_shadow_and_is_followed() -> None:
@@ -191,10 +207,7 @@ def test_shadow_of_a_flipped_byte_artifact_is_refused_like_an_install(
     repo: ReleaseRepository, server: str, tmp_path: Path
 ) -> None:
     fields = publish(repo, tmp_path, "2")
-    served = repo.targets_dir / "models" / MODEL / "2" / f"{fields.sha256}.artifact"
-    data = bytearray(served.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    served.write_bytes(bytes(data))
+    flip_a_bit(served_artifact(repo, fields, MODEL))
     fleet = make_fleet(repo, server, tmp_path, "a")
     shadow_command(fleet, ASSIGNED)
     fleet.step(5)

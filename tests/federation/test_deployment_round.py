@@ -11,7 +11,6 @@ under load the test takes minutes, hence its own time limit.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -28,9 +27,9 @@ from fleetloop.federation.deployment import follow_run, submit
 from fleetloop.platform import process_tree
 from fleetloop.platform.candidates import ORIGIN_TAG, PARTICIPANTS_COUNT_TAG, ROUNDS_TAG
 from fleetloop.platform.errors import FederatedRunFailed
-from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
+from fleetloop.platform.settings import Settings
 from fleetloop.platform.tracking import open_tracking
-from tests.conftest import free_port
+from tests.conftest import cli_env, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -38,9 +37,8 @@ VEHICLES = 5  # 3 SuperNodes and the 2 held-out vehicles
 
 
 def _fleetloop(settings: Settings, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_") and k != "MLFLOW_TRACKING_URI"}
-    env.update(PHONE_HOME_OFF)
-    env.update(
+    env = cli_env(
+        drop=("MLFLOW_TRACKING_URI",),
         FLEETLOOP_STATE_DIR=str(settings.state_dir),
         FLEETLOOP_MLFLOW_PORT=str(settings.mlflow_port),
         FLEETLOOP_FLOWER_PORT=str(settings.flower_port),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -23,8 +22,9 @@ from fleetloop.pipelines.suite import default_suite, save_suite, suite_dir, tiny
 from fleetloop.platform import launcher
 from fleetloop.platform.candidates import ORIGIN_TAG, PARTICIPANTS_COUNT_TAG, ROUNDS_TAG, VALIDATION_TAG
 from fleetloop.platform.registry import open_registry
-from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
+from fleetloop.platform.settings import Settings
 from fleetloop.platform.tracking import open_tracking
+from tests.conftest import cli_env
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +32,8 @@ VEHICLES = 5  # 3 clients and the 2 held-out vehicles
 
 
 def _fleetloop(settings: Settings, *args: str) -> Any:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_") and k != "MLFLOW_TRACKING_URI"}
-    env.update(PHONE_HOME_OFF)
-    env.update(
+    env = cli_env(
+        drop=("MLFLOW_TRACKING_URI",),
         KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
         FLEETLOOP_STATE_DIR=str(settings.state_dir),
         FLEETLOOP_MLFLOW_PORT=str(settings.mlflow_port),

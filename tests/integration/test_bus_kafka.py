@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import uuid
@@ -22,18 +21,13 @@ from fleetloop.platform.bus import (
     DeadLetter,
     FrameBatch,
     ModelTrained,
-    Topic,
 )
 from fleetloop.platform.bus.admin import describe_topics, ensure_topics
 from fleetloop.platform.bus.consumer import Polled
 from fleetloop.platform.settings import Settings
+from tests.integration.private_kafka import private_topic
 
 pytestmark = pytest.mark.integration
-
-
-def fresh(topic: Topic) -> Topic:
-    """A private copy of a catalogue topic, so tests sharing the session broker do not see each other."""
-    return dataclasses.replace(topic, name=f"{topic.name}.test-{uuid.uuid4().hex[:8]}")
 
 
 def telemetry(vehicle_id: str, first_seq: int, n: int) -> FrameBatch:
@@ -64,7 +58,7 @@ def test_ensure_topics_creates_the_catalogue_once(stack_settings: Settings, kafk
 
 
 def test_batches_and_events_round_trip(stack_settings: Settings, kafka_bootstrap: str) -> None:
-    tel, events = fresh(TELEMETRY), fresh(PIPELINE_EVENTS)
+    tel, events = private_topic(TELEMETRY), private_topic(PIPELINE_EVENTS)
     assert sorted(ensure_topics(stack_settings, [tel, events])) == sorted([tel.name, events.name])
     sealed = DatasetSealed(dataset_id="ds-1", uri="file:///lake/ds-1", n_frames=3000, source="test")
     trained = ModelTrained(model_name="fleet-policy", run_id="r1", artifact_uri="s3://x", dataset_ids=("ds-1",))
@@ -91,7 +85,7 @@ def test_batches_and_events_round_trip(stack_settings: Settings, kafka_bootstrap
 
 
 def test_offsets_move_only_when_the_caller_commits(stack_settings: Settings, kafka_bootstrap: str) -> None:
-    events = fresh(PIPELINE_EVENTS)
+    events = private_topic(PIPELINE_EVENTS)
     ensure_topics(stack_settings, [events])
     group = f"g-{uuid.uuid4().hex}"
     with BusProducer(stack_settings) as p:
@@ -110,7 +104,7 @@ def test_offsets_move_only_when_the_caller_commits(stack_settings: Settings, kaf
 
 
 def test_unreadable_records_go_to_the_dead_letter_topic(stack_settings: Settings, kafka_bootstrap: str) -> None:
-    tel, dlq = fresh(TELEMETRY), fresh(DEAD_LETTER)
+    tel, dlq = private_topic(TELEMETRY), private_topic(DEAD_LETTER)
     ensure_topics(stack_settings, [tel, dlq])
     good = telemetry("veh-1", 0, 10)
     newer_major = json.dumps({"schema": "dataset.sealed", "version": "9.0", "data": {}}).encode()
@@ -159,7 +153,7 @@ def _encode(event: DatasetSealed) -> bytes:
 
 @pytest.mark.slow
 def test_a_million_frames_arrive_complete_without_duplicates(stack_settings: Settings, kafka_bootstrap: str) -> None:
-    tel = fresh(TELEMETRY)
+    tel = private_topic(TELEMETRY)
     ensure_topics(stack_settings, [tel])
     n_vehicles, per_vehicle, per_send = 100, 10_000, 2_500  # each vehicle uploads in 4 chunks
     t0 = time.perf_counter()

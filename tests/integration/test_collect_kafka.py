@@ -33,10 +33,9 @@ from fleetloop.platform.bus import (
     FrameBatch,
     Topic,
 )
-from fleetloop.platform.bus.admin import ensure_topics
 from fleetloop.platform.bus.serde import encode_batch, encode_event
 from fleetloop.platform.settings import Settings
-from tests.integration.private_kafka import private_kafka
+from tests.integration.private_kafka import private_kafka, private_topics
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +50,7 @@ class Topics:
 
 
 def fresh_topics(settings: Settings) -> Topics:
-    tag = uuid.uuid4().hex[:8]
-    t = Topics(
-        *(dataclasses.replace(x, name=f"{x.name}.test-{tag}") for x in (TELEMETRY, PIPELINE_EVENTS, DEAD_LETTER))
-    )
-    ensure_topics(settings, [t.telemetry, t.events, t.dead])
-    return t
+    return Topics(*private_topics(settings, (TELEMETRY, "test"), (PIPELINE_EVENTS, "test"), (DEAD_LETTER, "test")))
 
 
 def frames(vehicle: str, seqs: np.ndarray) -> FrameBatch:

@@ -26,12 +26,11 @@ from fleetloop.platform.bus import (
     LabelsReady,
     Topic,
 )
-from fleetloop.platform.bus.admin import ensure_topics
 from fleetloop.platform.bus.serde import encode_event
 from fleetloop.platform.errors import DataError
 from fleetloop.platform.metrics import REGISTRY
 from fleetloop.platform.settings import Settings
-from tests.integration.private_kafka import private_kafka
+from tests.integration.private_kafka import private_kafka, private_topics
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +43,7 @@ class Topics:
 
 
 def fresh_topics(settings: Settings) -> Topics:
-    tag = uuid.uuid4().hex[:8]
-    t = Topics(
-        *(
-            dataclasses.replace(x, name=f"{x.name}.{role}-{tag}")
-            for x, role in ((PIPELINE_EVENTS, "in"), (PIPELINE_EVENTS, "out"), (DEAD_LETTER, "dead"))
-        )
-    )
-    ensure_topics(settings, [t.source, t.out, t.dead])
-    return t
+    return Topics(*private_topics(settings, (PIPELINE_EVENTS, "in"), (PIPELINE_EVENTS, "out"), (DEAD_LETTER, "dead")))
 
 
 def sealed(dataset_id: str) -> DatasetSealed:

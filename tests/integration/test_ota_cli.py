@@ -17,6 +17,7 @@ from fleetloop.edge_agent.policy import ARCHITECTURE, FusionPolicy
 from fleetloop.platform.registry import Registry, open_registry
 from fleetloop.platform.settings import Settings
 from tests.integration.test_registry_cli import as_json, env, fleetloop
+from tests.platform.release_data import flip_a_bit
 
 __all__ = ["env"]  # the registry CLI tests' fixture: a private state directory and model name on the test MLflow
 
@@ -87,9 +88,7 @@ def test_staging_version_is_signed_listed_assigned_and_verified_offline(
 
     verified = as_json(fleetloop(env, "ota", "verify", str(artifact), "--json"))
     assert verified["verified"] and verified["release"] == published["release"]
-    data = bytearray(artifact.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    artifact.write_bytes(bytes(data))
+    flip_a_bit(artifact)
     flipped = fleetloop(env, "ota", "verify", str(artifact), "--json")
     assert flipped.returncode == 5 and flipped.stdout == ""
     said = " ".join(flipped.stderr.split())  # the console wraps long lines

@@ -4,7 +4,6 @@ one flipped byte in the served artifact is activated by none, and each says why.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,10 @@ from fleetloop.platform import launcher
 from fleetloop.platform.bus import OTA_STATUS, BusConsumer, OtaStatus
 from fleetloop.platform.registry import open_registry
 from fleetloop.platform.services import ota_repo
-from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
-from tests.conftest import free_port
+from fleetloop.platform.settings import Settings
+from tests.conftest import cli_env, free_port
 from tests.integration.test_registry_cli import as_json, fleetloop
+from tests.platform.release_data import flip_a_bit
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +41,7 @@ def stack(kafka_bootstrap: str, mlflow_uri: str, tmp_path: Path) -> Iterator[tup
         model_name=f"fleet-policy-{uuid.uuid4().hex[:8]}",
         startup_timeout_s=30,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_")}
-    env.update(
-        PHONE_HOME_OFF,
+    env = cli_env(
         FLEETLOOP_STATE_DIR=str(settings.state_dir),
         FLEETLOOP_KAFKA_BOOTSTRAP=kafka_bootstrap,
         MLFLOW_TRACKING_URI=mlflow_uri,
@@ -134,9 +132,7 @@ def test_flipped_byte_in_the_served_artifact_is_activated_by_no_vehicle_and_each
     env, settings = stack
     v2, _ = published_and_sent(env, settings, tmp_path)
     [served] = (settings.state_dir / "ota" / "repo" / "targets" / "models" / settings.model_name / v2).glob("*")
-    data = bytearray(served.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    served.write_bytes(bytes(data))
+    flip_a_bit(served)
     result = run_fleet(env)
     ota = result["counts"]["ota"]
     assert ota["status"] == {"rejected": 4} and ota["rejected"] == {"bad_hash": 3, "not_assigned": 1}, ota

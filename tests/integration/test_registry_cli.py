@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from fleetloop.platform.errors import TransitionNotAllowed
-from fleetloop.platform.settings import PHONE_HOME_OFF
+from tests.conftest import cli_env
 
 with warnings.catch_warnings():
     # typer 0.20 imports a helper that click 8.5 deprecates; the warning is theirs, not ours.
@@ -28,14 +27,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def env(mlflow_uri: str, tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_")}
-    e.update(PHONE_HOME_OFF)
-    e.update(
+    return cli_env(
         MLFLOW_TRACKING_URI=mlflow_uri,
         FLEETLOOP_STATE_DIR=str(tmp_path / "state"),
         FLEETLOOP_MODEL_NAME=f"fleet-policy-{uuid.uuid4().hex[:8]}",
     )
-    return e
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ the count when Kafka goes away mid-run, the undelivered uploads spooled and deli
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,16 +18,15 @@ from fleetloop.platform import launcher
 from fleetloop.platform.bus import TELEMETRY, BusConsumer, FrameBatch
 from fleetloop.platform.runs import list_runs
 from fleetloop.platform.services.kafka import SPEC as KAFKA
-from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
-from tests.conftest import free_port
+from fleetloop.platform.settings import Settings
+from tests.conftest import cli_env, free_port
 from tests.integration.private_kafka import private_kafka
 
 
 def _env(bootstrap: str, state: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_") and k != "KAFKA_BOOTSTRAP_SERVERS"}
-    env.update(PHONE_HOME_OFF)
-    env.update(FLEETLOOP_KAFKA_BOOTSTRAP=bootstrap, FLEETLOOP_STATE_DIR=str(state))
-    return env
+    return cli_env(
+        drop=("KAFKA_BOOTSTRAP_SERVERS",), FLEETLOOP_KAFKA_BOOTSTRAP=bootstrap, FLEETLOOP_STATE_DIR=str(state)
+    )
 
 
 def _sim(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -5,7 +5,6 @@ redoes the interrupted step, never skips it and never does it twice."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,9 +24,9 @@ from fleetloop.platform import launcher
 from fleetloop.platform.errors import ServiceUnavailable
 from fleetloop.platform.registry import Registry, Stage, open_registry
 from fleetloop.platform.services.mlflow_server import SPEC as MLFLOW
-from fleetloop.platform.settings import PHONE_HOME_OFF, Settings
+from fleetloop.platform.settings import Settings
 from fleetloop.platform.tracking import Tracking, open_tracking
-from tests.conftest import free_port
+from tests.conftest import cli_env, free_port
 from tests.pipelines.fleet_lake import write_fleet_lake
 
 pytestmark = pytest.mark.integration
@@ -85,9 +84,8 @@ def assert_says_where_and_what_to_do(error: ServiceUnavailable, settings: Settin
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_") and k != "MLFLOW_TRACKING_URI"}
-    env.update(PHONE_HOME_OFF)
-    env.update(
+    env = cli_env(
+        drop=("MLFLOW_TRACKING_URI",),
         FLEETLOOP_STATE_DIR=str(settings.state_dir),
         FLEETLOOP_MLFLOW_PORT=str(settings.mlflow_port),
         FLEETLOOP_MODEL_NAME=settings.model_name,

@@ -33,14 +33,10 @@ from fleetloop.platform.releases.offline import verify_file
 from fleetloop.platform.releases.repository import ReleaseRepository
 from fleetloop.platform.releases.server import RangeRequestHandler
 from fleetloop.platform.releases.signing import resign
-from tests.platform.release_data import SCHEMA, release_meta
+from tests.platform.release_data import SCHEMA, flip_a_bit, release_meta, served_artifact
 
 Publish = Callable[..., ReleaseFields]
 Vehicle = Callable[..., OtaClientConfig]
-
-
-def served_artifact(repo: ReleaseRepository, fields: ReleaseFields) -> Path:
-    return repo.targets_dir / "models" / "policy" / fields.version / f"{fields.sha256}.artifact"
 
 
 def test_published_release_verifies_and_lands_in_the_shared_cache(
@@ -62,10 +58,7 @@ def test_flipped_byte_in_artifact_is_refused_and_not_cached(
     repo: ReleaseRepository, publish: Publish, vehicle: Vehicle
 ) -> None:
     fields = publish("3")
-    served = served_artifact(repo, fields)
-    data = bytearray(served.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    served.write_bytes(bytes(data))
+    flip_a_bit(served_artifact(repo, fields))
     cfg = vehicle()
     with pytest.raises(BadHash, match="do not match the signed sha256"):
         fetch_verified_release(cfg, "policy", "3", "v-0001")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from fleetloop.platform.bus.consumer import BusConsumer, Delivery, Polled
 from fleetloop.platform.bus.events import FleetHealth, OtaStatus
+from fleetloop.platform.bus.loop import BrokerOutage, Stop, commit_durable, member_timeouts, new_dead_letters, polls
 from fleetloop.platform.bus.producer import BusProducer
 from fleetloop.platform.bus.topics import DEAD_LETTER, FLEET_HEALTH, OTA_STATUS
 from fleetloop.platform.canary import controller as ctl
@@ -54,7 +54,6 @@ HEARTBEATS_REFUSED = counter(
     "Heartbeats the rollout controller did not believe and sent to the dead-letter topic, by reason.",
     ["reason"],
 )
-_OUTAGE_RETRY_S = 0.5  # [s] wait between tries while the broker is away
 
 
 @dataclass(frozen=True)
@@ -124,10 +123,10 @@ class ControllerService:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, on_cycle: Callable[[ControllerService], None] | None = None) -> None:
+    def run(self, stop: Stop, on_cycle: Callable[[ControllerService], None] | None = None) -> None:
         """Poll, decide, write, act, commit, until ``stop``; a broker away longer than allowed raises
         ``ServiceUnavailable``."""
-        outage_since: float | None = None
+        outage = BrokerOutage(self.cfg.broker_outage_s, self.report)
         with (
             BusProducer(self.settings, client_id="ota-controller") as producer,
             BusConsumer(
@@ -136,25 +135,12 @@ class ControllerService:
                 self.cfg.group_id,
                 dead_letter_topic=DEAD_LETTER,
                 client_id="ota-controller",
-                session_timeout_ms=int(self.cfg.session_timeout_s * 1000),
-                heartbeat_interval_ms=max(100, int(self.cfg.session_timeout_s * 1000 / 3)),
+                **member_timeouts(self.cfg.session_timeout_s),
             ) as consumer,
         ):
             effects = Effects(self.settings.state_dir, self.registry, producer)
             self._act(effects)  # effects a killed predecessor decided but did not record as done
-            while not stop.is_set():
-                try:
-                    polled = consumer.poll(self.cfg.poll_timeout_s)
-                except ServiceUnavailable:
-                    now = time.monotonic()
-                    if outage_since is None:
-                        outage_since = now
-                        self.report.broker_outages += 1
-                    if now - outage_since > self.cfg.broker_outage_s:
-                        raise
-                    stop.wait(_OUTAGE_RETRY_S)
-                    continue
-                outage_since = None
+            for polled in polls(consumer, stop, outage, self.cfg.poll_timeout_s):
                 self.cycle(polled, consumer, effects)
                 if on_cycle is not None:
                     on_cycle(self)
@@ -177,9 +163,7 @@ class ControllerService:
         for path in applied:
             self.store.done(path)
         self._act(effects)
-        try:
-            consumer.commit(polled)
-        except ServiceUnavailable:
+        if commit_durable(consumer, polled) == "failed":
             self.report.commit_failures += 1  # the records are written: a redelivery is refused as stale
         self._count_dead_letters(consumer)
         self.report.cycles += 1
@@ -358,11 +342,8 @@ class ControllerService:
         self.store.save_fleet(self._fleet)
 
     def _count_dead_letters(self, consumer: BusConsumer) -> None:
-        for reason, n in consumer.counters.dead_lettered.items():
-            before = self.report.dead_lettered.get(reason, 0)
-            if n > before:
-                HEARTBEATS_REFUSED.labels(reason).inc(n - before)
-                self.report.dead_lettered[reason] = n
+        for reason, n in new_dead_letters(consumer, self.report.dead_lettered).items():
+            HEARTBEATS_REFUSED.labels(reason).inc(n)
 
     def _export(self, rec: RolloutRecord) -> None:
         labels = (rec.model, str(rec.canary_version))

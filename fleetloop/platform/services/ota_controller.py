@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
-from fleetloop.platform.atomic import write_text_atomic
+from fleetloop.platform.bus.loop import StopFlag, stop_on_signals
 from fleetloop.platform.canary.service import ControllerConfig, ControllerService
 from fleetloop.platform.launcher import service_dir
 from fleetloop.platform.metrics import start_exporter
 from fleetloop.platform.registry import open_registry
-from fleetloop.platform.services.spec import Health, ServiceSpec, heartbeat_file_health
+from fleetloop.platform.services.spec import Health, ServiceSpec, beat_heartbeat_file, heartbeat_file_health, stack_env
 from fleetloop.platform.settings import Settings, load_settings
 
 __all__ = ["BEAT_S", "NAME", "SPEC", "STALE_S", "controller_health", "main"]
@@ -52,14 +49,6 @@ def _command(settings: Settings, folder: Path) -> list[str]:
     return [sys.executable, "-m", _MARKER]
 
 
-def _stack_env(settings: Settings) -> dict[str, str]:
-    """The controller talks to the same broker and tracking server as the settings that started it."""
-    return {
-        "FLEETLOOP_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
-        "FLEETLOOP_MLFLOW_TRACKING_URI": settings.tracking_uri,
-    }
-
-
 SPEC = ServiceSpec(
     name=NAME,
     description="canary rollout controller (judges waves on the fleet's heartbeats; signs waves, rolls back)",
@@ -69,16 +58,9 @@ SPEC = ServiceSpec(
     command=_command,
     health=controller_health,
     cmdline_marker=_MARKER,
-    extra_env=_stack_env,
+    extra_env=stack_env,
     autostart=False,  # started by `fleetloop ota rollout` or `fleetloop up ota-controller`
 )
-
-
-def _beat(path: Path, stop: threading.Event) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while not stop.is_set():
-        write_text_atomic(path, f"{os.getpid()} {time.time():.3f}\n")
-        stop.wait(BEAT_S)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,21 +75,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ota-controller %(message)s")
     settings = load_settings()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    beat = threading.Thread(target=_beat, args=(beat_path(settings), stop), daemon=True)
-    beat.start()
-    exporter = start_exporter(settings, NAME)
-    service = ControllerService(
-        settings, open_registry(settings), ControllerConfig(evaluate_every_s=args.evaluate_every_s)
-    )
-    log.info("judging rollouts from %s; metrics at %s", settings.bootstrap_servers, exporter.url)
-    try:
-        service.run(stop)
-    finally:
-        stop.set()
-        exporter.close()
+    stop = StopFlag()
+    with stop_on_signals(stop):  # SIGTERM / Ctrl-C set it without a lock (safe in a signal handler)
+        beat = threading.Thread(target=beat_heartbeat_file, args=(beat_path(settings), stop, BEAT_S), daemon=True)
+        beat.start()
+        exporter = start_exporter(settings, NAME)
+        service = ControllerService(
+            settings, open_registry(settings), ControllerConfig(evaluate_every_s=args.evaluate_every_s)
+        )
+        log.info("judging rollouts from %s; metrics at %s", settings.bootstrap_servers, exporter.url)
+        try:
+            service.run(stop)
+        finally:
+            stop.set()
+            exporter.close()
 
 
 if __name__ == "__main__":

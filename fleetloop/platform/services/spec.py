@@ -7,16 +7,20 @@ validated settings (and the service's folder), so one spec serves any settings, 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fleetloop.platform.atomic import write_text_atomic
+
 if TYPE_CHECKING:
+    from fleetloop.platform.bus.loop import Stop
     from fleetloop.platform.settings import Settings
 
-__all__ = ["Health", "ServiceSpec", "heartbeat_file_health"]
+__all__ = ["Health", "ServiceSpec", "beat_heartbeat_file", "heartbeat_file_health", "stack_env"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,23 @@ def heartbeat_file_health(path: Path, stale_s: float) -> Health:
     if age_s > stale_s:
         return Health(False, f"heartbeat {age_s:.0f} s old (stale after {stale_s:.0f} s)")
     return Health(True, f"heartbeat {age_s:.1f} s ago")
+
+
+def beat_heartbeat_file(path: Path, stop: Stop, every_s: float) -> None:
+    """Rewrite ``path`` with this process's pid and the time every ``every_s`` [s] until ``stop`` is set; run it in a
+    thread of the service process's own, so a hung interpreter or a dead process stops beating."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while not stop.is_set():
+        write_text_atomic(path, f"{os.getpid()} {time.time():.3f}\n")
+        stop.wait(every_s)
+
+
+def stack_env(settings: Settings) -> dict[str, str]:
+    """A service process talks to the same broker and tracking server as the settings that started it."""
+    return {
+        "FLEETLOOP_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
+        "FLEETLOOP_MLFLOW_TRACKING_URI": settings.tracking_uri,
+    }
 
 
 def _no_metrics_port(settings: Settings) -> int | None:
