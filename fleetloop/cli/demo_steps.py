@@ -213,6 +213,7 @@ def step_drive(
     minutes: float | None = None,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     stop_when: Callable[[], bool] | None = None,
+    in_fog: bool = False,
 ) -> dict[str, Any]:
     """The fleet (`sim run`): clear weather, then the fog bank at ``plan.fog_onset_s``.
 
@@ -221,7 +222,8 @@ def step_drive(
     vehicle-ticks on ``installs``. ``on_tick(done, total)`` follows the ticks; the summary keeps the safety rates
     per condition and over time. With ``buffer_seconds`` the vehicles save their on-board buffers
     (`sim run --buffer-seconds`) for a federated round. ``minutes`` (default ``plan.minutes``), ``heartbeat_s``
-    and ``stop_when`` are `sim run`'s (a rollout judged while the fleet drives: cli/demo_rollouts.py)."""
+    and ``stop_when`` are `sim run`'s (a rollout judged while the fleet drives: cli/demo_rollouts.py); ``in_fog``:
+    the fog bank is thick from the start (`sim run --weather fog`)."""
     chunks: list[tuple[int, dict[str, int]]] = []  # (ticks done, the chunk's summed tick reports)
     state = {"ticks": 0, "total": 1}
 
@@ -238,8 +240,8 @@ def step_drive(
         settings,
         vehicles=plan.vehicles,
         minutes=minutes or plan.minutes,
-        weather="clear",
-        fog_onset_s=plan.fog_onset_s,
+        weather="fog" if in_fog else "clear",
+        fog_onset_s=None if in_fog else plan.fog_onset_s,
         seed=seed,
         model=start_version,
         ota=installs is not None,
@@ -277,7 +279,7 @@ def step_drive(
         "km": round(float(out["km"]), 1),
         "vehicles": plan.vehicles,
         "simulated_s": float(out["simulated_s"]),
-        "fog_onset_s": plan.fog_onset_s,
+        "fog_onset_s": 0.0 if in_fog else plan.fog_onset_s,
         "by_condition": conditions,
         "timeline": _timeline(chunks, dt_s),
         "uploaded_frames": int(up),

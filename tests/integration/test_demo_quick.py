@@ -135,7 +135,7 @@ def test_the_degraded_model_is_rolled_back_with_its_evidence_and_tagged_rejected
     rejected = [t for t in quick_demo["_history"] if t["version"] == d["degraded"] and t["to_stage"] == "rejected"]
     assert len(rejected) == 1 and rejected[0]["actor"] == "ota-controller"
     e = d["evidence"]  # the decisive evidence: a safety metric's rate on the canary over its matched baseline's
-    assert e["test"] == "harm" and e["metric"] in ("near_misses", "fallback_activations")
+    assert e["test"] == "harm" and e["metric"] in ("collisions", "near_misses", "fallback_activations")
     assert e["canary_km"] > 0 and e["baseline_km"] > 0 and e["e_value"] >= e["threshold"]
     assert e["canary_count"] / e["canary_km"] > e["baseline_count"] / e["baseline_km"]
     assert "rolled back" in d["line"] and "tagged rejected" in d["line"] and "the evidence:" in d["line"]

@@ -41,10 +41,10 @@ def _evidence(decisive: bool, **kw: Any) -> dict[str, Any]:
 def test_the_rollback_evidence_names_the_slice_the_metric_the_ratio_and_the_exposure() -> None:
     waves = [
         {"wave": 1, "evidence": [_evidence(False, metric="fallback_activations")]},
-        {"wave": 2, "evidence": [_evidence(False), _evidence(True)]},
+        {"wave": 2, "evidence": [_evidence(True, test="rate_ratio", e_value=None), _evidence(False), _evidence(True)]},
     ]
     e = decisive_evidence({"rollout": {"history": {"waves": waves}}})
-    assert e is not None and (e["wave"], e["metric"]) == (2, "near_misses")
+    assert e is not None and (e["wave"], e["test"], e["metric"]) == (2, "harm", "near_misses")
     text = evidence_text(e)
     assert text.startswith("near misses in fog/ccr: 9 in 0.60 canary km against 1 in 0.80 baseline km")
     assert "rate ratio of 12.0x" in text and "e-value 31" in text and "{" not in text
