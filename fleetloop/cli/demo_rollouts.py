@@ -8,7 +8,7 @@
 Both are the command's own functions: ``start_rollout`` refuses, signs, asks the controller and starts it as
 `ota rollout` does; the controller (a service process) judges the waves on the fleet's heartbeats and carries out
 the promotion or the rollback. The drive lasts until the rollout's outcome plus ``SETTLE_S`` of simulated driving
-(the fleet installs what the outcome sends it), ``ROLLOUT_DRIVE_MIN`` at most.
+(the fleet installs what the outcome sends it), at least the story's drive, ``ROLLOUT_DRIVE_MIN`` at most.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def rollout_drive(
             return False
         settle.setdefault("from", clock[-1][1])
         say(f"rollout {rollout_id}: {rec.phase}; the fleet installs what it was sent")
-        return clock[-1][1] - settle["from"] >= SETTLE_S / 0.1
+        # and at least the story's drive, so that the rates on the new model cover the fog as "before" does
+        return clock[-1][1] - settle["from"] >= SETTLE_S / 0.1 and clock[-1][1] >= plan.minutes * 60.0 / 0.1
 
     drive = step_drive(
         settings,
