@@ -24,15 +24,14 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from fleetloop.cli.demo_federated import FL_BUFFER_SECONDS, step_federated
 from fleetloop.cli.demo_report import before_after, render_before_after, where_next
+from fleetloop.cli.demo_rollouts import step_canary, step_degraded
 from fleetloop.cli.demo_steps import (
     BETTER_CANDIDATE_RULE,
     DemoPlan,
     plan_for,
-    skipped,
     step_data_loop,
     step_drive,
     step_genesis,
-    step_release,
     step_stack,
 )
 from fleetloop.cli.demo_timeline import plot_timeline
@@ -72,25 +71,17 @@ STORY: dict[str, tuple[str, str]] = {
         "the same way.",
     ),
     "release": (
-        "The better candidate to production",
-        f"The rule: {BETTER_CANDIDATE_RULE}; it goes to production and is signed for the whole fleet.",
-    ),
-    "after": (
-        "The fleet drives again",
-        "Same seed, same fog: the vehicles start on the old model, install the new release over the air, and "
-        "drive on it: what the loop changed on the road.",
+        "The better candidate through canary waves to production",
+        f"The rule: {BETTER_CANDIDATE_RULE}; `ota rollout` hands it to the rollout controller, which grows it wave "
+        "by wave while the fleet drives again (same seed, same fog), judging each wave against matched vehicles "
+        "still on production.",
     ),
     "degraded": (
         "A degraded model is rolled back",
-        "A model worse in fog only goes out in canary waves; the controller must notice and roll it back.",
+        "A copy of production made worse in fog only (the documented regression procedure) goes out the same way: "
+        "the controller must notice and roll it back on its own, with the evidence.",
     ),
 }
-
-_NO_CONTROLLER = (
-    "the demo does not drive the canary rollout controller yet; roll a release out in waves with "
-    "`fleetloop ota rollout` (docs/canary.md)"
-)
-_SAME_MODEL = "production did not change, and the same seed on the same model repeats step 3 exactly"
 
 
 class _Teller:
@@ -168,30 +159,20 @@ def tell_story(settings: Settings, plan: DemoPlan, seed: int, run_id: str, telle
     loop = t.step("data loop", lambda say, _tick: step_data_loop(settings, plan, seed, say))
     fed = t.step("federated", lambda say, _tick: step_federated(settings, plan, seed, say))
     candidates = loop["candidates"] + fed["candidates"]
-    release = t.step("release", lambda say, _tick: step_release(settings, plan, candidates, False, say))
-    if release["promoted"] is None:  # the same seed on the same model would drive step 3 again, event for event
-        t.step("after", lambda _say, _tick: skipped("no second drive", _SAME_MODEL))
-        after = before
-    else:
-        after = t.step(
-            "after",
-            lambda _say, tick: step_drive(
-                settings,
-                plan,
-                seed,
-                f"{run_id}-after",
-                tick,
-                start_version=release["previous"],
-                installs=release["promoted"],
-            ),
-        )
-    t.step("degraded", lambda _say, _tick: skipped("no degraded rollout this time", _NO_CONTROLLER))
+    release = t.step(
+        "release", lambda say, tick: step_canary(settings, plan, seed, candidates, f"{run_id}-after", tick, say)
+    )
+    after = before if release["promoted"] is None else release
+    degraded = t.step(
+        "degraded", lambda say, tick: step_degraded(settings, plan, seed, f"{run_id}-degraded", tick, say)
+    )
     drives = {"before": before} if after is before else {"before": before, "after": after}
+    drives["degraded"] = degraded
     png = plot_timeline(Path(settings.state_dir) / "demo" / "timeline.png", t.spans, drives)
     return {
         "plan": plan.__dict__,
         "steps": t.results,
-        "before_after": before_after(before, after),
+        "before_after": before_after(before, after, degraded),
         "production": {"before": genesis["production"], "after": release["promoted"] or genesis["production"]},
         "timeline_png": str(png),
     }
@@ -199,7 +180,8 @@ def tell_story(settings: Settings, plan: DemoPlan, seed: int, run_id: str, telle
 
 def _render(d: dict[str, Any], out: Console, settings: Settings) -> None:
     out.print()
-    render_before_after(out, d["before_after"], d["production"]["before"], d["production"]["after"])
+    degraded = d["steps"]["degraded"].get("degraded")
+    render_before_after(out, d["before_after"], d["production"]["before"], d["production"]["after"], degraded)
     out.print(f"timeline of the story: {d['timeline_png']}", highlight=False)
     out.print(f"the demo took {d['wall_s']:.0f} s; libraries' messages: {d['log']}", highlight=False)
     out.print("where to look next:")

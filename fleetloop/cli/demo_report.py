@@ -22,14 +22,20 @@ REPORT_COLUMNS = {  # key in a drive's by_condition row -> column heading
 }
 
 
-def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per condition both drives met: each column's value before and after."""
+def before_after(
+    before: dict[str, Any], after: dict[str, Any], degraded: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One row per condition both drives met: each column's value before and after, and on the degraded model
+    while its canaries drove it (``degraded``: its rollout drive; "-" where they met no such condition)."""
     rows = []
+    nan = dict.fromkeys(REPORT_COLUMNS, math.nan)
     for cond in before["by_condition"]:
         if cond not in after["by_condition"]:
             continue
-        b, a = before["by_condition"][cond], after["by_condition"][cond]
-        rows.append({"condition": cond, **{k: {"before": b[k], "after": a[k]} for k in REPORT_COLUMNS}})
+        sides = {"before": before["by_condition"][cond], "after": after["by_condition"][cond]}
+        if degraded is not None and degraded.get("by_condition") is not None:
+            sides["degraded"] = degraded["by_condition"].get(cond, nan)
+        rows.append({"condition": cond, **{k: {side: r[k] for side, r in sides.items()} for k in REPORT_COLUMNS}})
     return rows
 
 
@@ -39,9 +45,11 @@ def _num(x: float, key: str) -> str:
     return f"{x:.3f}" if key == "progress_vs_expert" else f"{x:,.0f}"
 
 
-def render_before_after(console: Console, rows: list[dict[str, Any]], before_v: str, after_v: str) -> None:
+def render_before_after(
+    console: Console, rows: list[dict[str, Any]], before_v: str, after_v: str, degraded_v: str | None = None
+) -> None:
     """The table: per condition, rates per 1,000 km and progress against the expert, before and after (one row
-    per condition when production did not change)."""
+    per condition when production did not change), and the degraded model's on its canaries until rolled back."""
     t = Table(
         title="the fleet before and after, per 1,000 km (progress: share of the expert's distance)", box=box.SIMPLE_HEAD
     )
@@ -49,14 +57,16 @@ def render_before_after(console: Console, rows: list[dict[str, Any]], before_v: 
     t.add_column("model")
     for heading in REPORT_COLUMNS.values():
         t.add_column(heading, justify="right")
-    sides = (("before", before_v), ("after", after_v)) if before_v != after_v else (("before", before_v),)
+    sides = [("before", f"before v{before_v}")]
+    if before_v != after_v:
+        sides.append(("after", f"after v{after_v}"))
+    if degraded_v is not None:
+        sides.append(("degraded", f"degraded v{degraded_v}"))
     for r in rows:
-        for side, v in sides:
-            t.add_row(
-                r["condition"] if side == "before" else "",
-                f"{side} v{v}",
-                *(_num(r[k][side], k) for k in REPORT_COLUMNS),
-            )
+        for i, (side, label) in enumerate(sides):
+            if side not in r["progress_vs_expert"]:
+                continue
+            t.add_row(r["condition"] if i == 0 else "", label, *(_num(r[k][side], k) for k in REPORT_COLUMNS))
     console.print(t)
 
 
@@ -68,5 +78,6 @@ def where_next(settings: Settings) -> list[str]:
         f"MLflow: {settings.tracking_uri} — the training and validation runs",
         f"Prometheus: {settings.prometheus_uri} — the fleet's metrics (where installed)",
         f"`fleetloop model history {name}` — every stage transition with who, when and why",
+        f"`fleetloop ota history {name}` — every rollout: each wave's verdict with its evidence",
         "`fleetloop ota releases` — the signed releases and their waves",
     ]

@@ -7,10 +7,9 @@ summary with a ``line`` for people (numbers with units, verdicts in words).
     drive      `fleetloop sim run`                          simulate (clear weather, then a fog bank rolls in)
     data loop  `fleetloop pipeline run`                     the pipeline's stage table, train and validate
     federated  `fleetloop fl round`                         cli.fl.federate, then validate (cli/demo_federated.py)
-    release    `fleetloop model promote`, `ota publish`     the registry's audited transitions, publish_release
 
-Steps a later build adds (canary waves, rollback of a degraded model) say plainly that they
-are skipped and why (:func:`skipped`).
+The rollouts (the better candidate in canary waves, the degraded model rolled back) are in cli/demo_rollouts.py.
+A step this build cannot run says plainly that it is skipped and why (:func:`skipped`).
 """
 
 from __future__ import annotations
@@ -21,13 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetloop.cli.model_bootstrap import bootstrap
-from fleetloop.cli.ota import cohort_rule, publish_release, send_install
+from fleetloop.cli.ota import cohort_rule, publish_release
 from fleetloop.cli.pipeline import STAGES
 from fleetloop.cli.pipeline_stages import train_stage, validate_stage
 from fleetloop.cli.services import services_to_start
-from fleetloop.cli.sim import simulate
+from fleetloop.cli.sim import DEFAULT_HEARTBEAT_S, simulate
 from fleetloop.platform import launcher
-from fleetloop.platform.registry import Stage, open_registry
 from fleetloop.platform.releases import api
 from fleetloop.platform.settings import Settings
 
@@ -41,7 +39,6 @@ __all__ = [
     "step_data_loop",
     "step_drive",
     "step_genesis",
-    "step_release",
     "step_stack",
     "verdict_text",
 ]
@@ -49,6 +46,7 @@ __all__ = [
 Say = Callable[[str], None]  # a step's progress line (spinner text)
 
 ACTOR = "demo"
+GENESIS_TRAIN_CAP_S = 900.0  # [s] wall-clock cap of the genesis model's training
 TIMELINE_BIN_S = 10.0  # simulated seconds per point of the safety-rate timeline
 BETTER_CANDIDATE_RULE = (
     "of the candidates validate passed, the one with the fewest collisions + near misses per 1,000 km summed over "
@@ -88,7 +86,9 @@ def plan_for(quick: bool, vehicles: int | None, minutes: float | None, fog_onset
         fog_onset_s=min(30.0, m * 10.0) if fog_onset_s is None else fog_onset_s,
         bootstrap_vehicles=64 if quick else 512,
         bootstrap_ticks=200 if quick else 300,
-        bootstrap_train_s=20.0 if quick else 30.0,
+        # A cap only a stalled machine reaches: the recipe's epochs always finish, so the genesis model (and every
+        # number after it) does not depend on the machine's load (a 20 s budget cut it at 12 of 15 epochs at load 13).
+        bootstrap_train_s=GENESIS_TRAIN_CAP_S,
     )
 
 
@@ -210,6 +210,10 @@ def step_drive(
     start_version: str | None = None,
     installs: str | None = None,
     buffer_seconds: float | None = None,
+    minutes: float | None = None,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    stop_when: Callable[[], bool] | None = None,
+    in_fog: bool = False,
 ) -> dict[str, Any]:
     """The fleet (`sim run`): clear weather, then the fog bank at ``plan.fog_onset_s``.
 
@@ -217,7 +221,9 @@ def step_drive(
     OTA install command) they follow OTA commands (`sim run --ota`) and the per-condition rates are those of the
     vehicle-ticks on ``installs``. ``on_tick(done, total)`` follows the ticks; the summary keeps the safety rates
     per condition and over time. With ``buffer_seconds`` the vehicles save their on-board buffers
-    (`sim run --buffer-seconds`) for a federated round."""
+    (`sim run --buffer-seconds`) for a federated round. ``minutes`` (default ``plan.minutes``), ``heartbeat_s``
+    and ``stop_when`` are `sim run`'s (a rollout judged while the fleet drives: cli/demo_rollouts.py); ``in_fog``:
+    the fog bank is thick from the start (`sim run --weather fog`)."""
     chunks: list[tuple[int, dict[str, int]]] = []  # (ticks done, the chunk's summed tick reports)
     state = {"ticks": 0, "total": 1}
 
@@ -233,9 +239,9 @@ def step_drive(
     out = simulate(
         settings,
         vehicles=plan.vehicles,
-        minutes=plan.minutes,
-        weather="clear",
-        fog_onset_s=plan.fog_onset_s,
+        minutes=minutes or plan.minutes,
+        weather="fog" if in_fog else "clear",
+        fog_onset_s=None if in_fog else plan.fog_onset_s,
         seed=seed,
         model=start_version,
         ota=installs is not None,
@@ -243,6 +249,8 @@ def step_drive(
         on_start=on_start,
         on_progress=on_progress,
         buffer_seconds=buffer_seconds,
+        heartbeat_s=heartbeat_s,
+        stop_when=stop_when,
     )
     dt_s = float(out["simulated_s"]) / max(state["ticks"], 1)  # the world's tick
     conditions = _conditions(out, installs)
@@ -271,7 +279,7 @@ def step_drive(
         "km": round(float(out["km"]), 1),
         "vehicles": plan.vehicles,
         "simulated_s": float(out["simulated_s"]),
-        "fog_onset_s": plan.fog_onset_s,
+        "fog_onset_s": 0.0 if in_fog else plan.fog_onset_s,
         "by_condition": conditions,
         "timeline": _timeline(chunks, dt_s),
         "uploaded_frames": int(up),
@@ -363,52 +371,3 @@ def better_candidate(candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The candidate :data:`BETTER_CANDIDATE_RULE` picks (None: no candidate passed)."""
     passed = [c for c in candidates if c["passed"] and c["fog_cnm_per_1000_km"]["candidate"] is not None]
     return min(passed, key=lambda c: c["fog_cnm_per_1000_km"]["candidate"], default=None)
-
-
-def step_release(
-    settings: Settings, plan: DemoPlan, candidates: list[dict[str, Any]], controller: bool, say: Say
-) -> dict[str, Any]:
-    """The better candidate to production and to the fleet (signed, assigned, install commands sent to every
-    vehicle); without the canary controller through the registry's audited transitions (staging -> canary ->
-    production, forced, with the reason recorded)."""
-    best = better_candidate(candidates)
-    if best is None:
-        return {
-            "promoted": None,
-            "rule": BETTER_CANDIDATE_RULE,
-            "line": "no candidate passed validation: production stays as it is",
-        }
-    version = str(best["version"])
-    reg = open_registry(settings)
-    name = settings.model_name
-    previous = reg.production(name).version
-    if controller:  # pragma: no cover - the canary controller joins in a later build
-        raise NotImplementedError
-    reason = (
-        f"demo: validate passed v{version}, the better candidate by the rule ({BETTER_CANDIDATE_RULE}); the demo "
-        "does not drive the canary rollout controller yet, so this is an operator's forced promotion"
-    )
-    say(f"v{version}: staging -> canary -> production (audited)")
-    records = reg.promote(name, version, Stage.CANARY, reason=reason, actor=ACTOR)
-    records += reg.promote(name, version, Stage.PRODUCTION, reason=reason, force=True, actor=ACTOR)
-    say(f"signing v{version} as a release for the whole fleet")
-    rel = _release_to_fleet(settings, version)
-    say(f"sending release {rel['release']}'s install command to the fleet's vehicles")
-    sent = send_install(
-        settings, name, version, rel["release"], fleet_size=plan.vehicles, rollout_id=f"demo-release-{rel['release']}"
-    )
-    moves = ", ".join(f"v{r.version} {r.from_stage or 'registered'} -> {r.to_stage}" for r in records) or "none new"
-    return {
-        "promoted": version,
-        "previous": previous,
-        "install_commands": len(sent["vehicles"]),
-        "origin": best["origin"],
-        "rule": BETTER_CANDIDATE_RULE,
-        "through": "registry transition (forced, reason recorded)",
-        "transitions": [{"from": r.from_stage, "to": r.to_stage, "forced": r.forced} for r in records],
-        **rel,
-        "line": f"v{version} ({best['origin']}) is production through the registry's audited transitions ({moves}; "
-        f"recorded as forced with the reason, since the demo does not drive the canary controller yet); signed as "
-        "release "
-        f"{rel['release']} for 100 % of the fleet, install commands sent to {len(sent['vehicles'])} vehicles",
-    }

@@ -8,14 +8,19 @@ from typing import Any
 
 __all__ = ["plot_timeline"]
 
-_DRIVE_STYLE = {"before": ("tab:red", "production before the loop"), "after": ("tab:green", "production after")}
+_DRIVE_STYLE = {
+    "before": ("tab:red", "production before the loop"),
+    "after": ("tab:green", "the new model, wave by wave"),
+    "degraded": ("tab:purple", "the degraded model's rollout"),
+}
 
 
 def plot_timeline(path: Path, steps: list[dict[str, Any]], drives: dict[str, dict[str, Any]]) -> Path:
     """Write the PNG to ``path``.
 
     ``steps``: ``{"title", "start_s", "end_s", "skipped"}`` per story step (wall clock since the demo started);
-    ``drives``: "before" / "after" -> a drive step's summary (its ``timeline`` and ``fog_onset_s``)."""
+    ``drives``: "before" / "after" / "degraded" -> a drive step's summary (its ``timeline`` and ``fog_onset_s``;
+    a rollout drive's ``rollout.waves``: when each wave started and the outcome, in simulated s)."""
     # Imported when plotting: matplotlib costs ~1 s (measured) that no other demo step needs.
     import matplotlib
 
@@ -23,6 +28,7 @@ def plot_timeline(path: Path, steps: list[dict[str, Any]], drives: dict[str, dic
     import matplotlib.pyplot as plt
 
     fig, (ax_rates, ax_steps) = plt.subplots(2, 1, figsize=(9, 6.2), gridspec_kw={"height_ratios": [3, 2]})
+    where = ax_rates.get_xaxis_transform()  # x in data, y in axes fraction
     fog_s = None
     for key, d in drives.items():
         color, label = _DRIVE_STYLE.get(key, ("tab:blue", key))
@@ -44,9 +50,11 @@ def plot_timeline(path: Path, steps: list[dict[str, Any]], drives: dict[str, dic
             label=f"{label}: fallback activations",
         )
         fog_s = d.get("fog_onset_s", fog_s)
+        for i, w in enumerate((d.get("rollout") or {}).get("waves", [])):  # the rollout's waves on the drive's clock
+            ax_rates.axvline(w["t_s"], color=color, lw=0.8, ls=":")
+            ax_rates.text(w["t_s"], 0.9 - 0.07 * i, f" {w['label']}", color=color, fontsize=7, transform=where)
     if fog_s is not None:
         ax_rates.axvspan(fog_s, ax_rates.get_xlim()[1], color="0.88", zorder=0)
-        where = ax_rates.get_xaxis_transform()  # x in data, y in axes fraction: just under the top edge
         ax_rates.text(fog_s, 0.97, "  the fog bank forms (thick after 60 s)", va="top", fontsize=8, transform=where)
     ax_rates.set_xlabel("simulated time [s]")
     ax_rates.set_ylabel("events per vehicle-hour")

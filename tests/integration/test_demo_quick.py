@@ -1,10 +1,12 @@
 """`fleetloop demo --quick` end to end, as a user runs it: a fresh process on a private state directory against
 the test session's real Kafka and MLflow (its own release server on a free port), then `fleetloop down`.
 
-It asserts the story's outcomes this build has: the genesis model reaches the whole fleet as a signed release, the
-fleet meets fog, the data loop's fog candidate and the federated round's candidate reach a verdict, a passed
-candidate becomes production by the stated rule, and the steps a later build adds say that they are skipped and
-why. A failing step stops the demo with the error tree's message and exit code.
+It asserts the story's outcomes: the genesis model reaches the whole fleet as a signed release, the fleet meets fog,
+the data loop's fog candidate and the federated round's candidate reach a verdict, the better of those that
+passed, by the stated rule, reaches production through the canary waves (judged by the ota-controller
+while the fleet drives) and the fleet ends on it, and the degraded model is rolled back by the controller, with
+its evidence, and tagged ``rejected`` while the fleet ends on production. A failing step stops the demo with the
+error tree's message and exit code.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _env(state: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _fleetloop(env: dict[str, str], *args: str, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
+def _fleetloop(env: dict[str, str], *args: str, timeout_s: float = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", _MAIN, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False
     )
@@ -99,27 +101,44 @@ def test_the_federated_candidate_from_the_vehicles_buffers_reaches_a_verdict(qui
     assert any("fog" in row["slice"] for row in c["table"])
 
 
-def test_a_passed_candidate_becomes_production_by_an_audited_transition(quick_demo: dict[str, Any]) -> None:
+def test_the_better_candidate_reaches_production_through_the_canary_waves_and_the_fleet_ends_on_it(
+    quick_demo: dict[str, Any],
+) -> None:
     steps = quick_demo["steps"]
     c = better_candidate(steps["data loop"]["candidates"] + steps["federated"]["candidates"])
-    release = quick_demo["steps"]["release"]
-    if c is None:
-        assert release["promoted"] is None
+    release = steps["release"]
+    if c is None:  # validate passed neither candidate: nothing goes out, production stays
+        assert release["promoted"] is None and "no candidate passed" in release["line"]
         assert quick_demo["production"]["after"] == quick_demo["production"]["before"]
         return
     assert release["promoted"] == c["version"] == quick_demo["production"]["after"]
+    assert release["previous"] == quick_demo["production"]["before"]
+    rollout = release["rollout"]
+    assert rollout["outcome"] == "promoted"
+    judged = len(rollout["policy"]["waves"]) - 1
+    assert [w["verdict"] for w in rollout["history"]["waves"]] == ["next_wave"] * judged  # every judged wave passed
+    assert [w["label"] for w in rollout["waves"]] == ["wave 1 (25%)", "wave 2 (50%)", "promoted"]
+    assert rollout["fleet_ends_on"] == {c["version"]: quick_demo["plan"]["vehicles"]}
     to_production = [
         t for t in quick_demo["_history"] if t["version"] == c["version"] and t["to_stage"] == "production"
     ]
-    assert len(to_production) == 1 and to_production[0]["forced"] and "canary" in to_production[0]["reason"]
-    assert quick_demo["steps"]["after"]["model"] == c["version"]
+    assert len(to_production) == 1 and not to_production[0]["forced"]
+    assert to_production[0]["actor"] == "ota-controller"
 
 
-def test_steps_of_a_later_build_say_they_are_skipped_and_why(quick_demo: dict[str, Any]) -> None:
-    assert "`fleetloop ota rollout`" in quick_demo["steps"]["degraded"]["why"]
-    for key in ("degraded",):
-        step = quick_demo["steps"][key]
-        assert step["skipped"] is True and step["why"]
+def test_the_degraded_model_is_rolled_back_with_its_evidence_and_tagged_rejected(quick_demo: dict[str, Any]) -> None:
+    d = quick_demo["steps"]["degraded"]
+    assert d["production"] == quick_demo["production"]["after"]
+    assert d["rollout"]["outcome"] == "rolled_back" and d["stage"] == "rejected"
+    assert d["rollout"]["fleet_ends_on"] == {d["production"]: quick_demo["plan"]["vehicles"]}
+    assert d["rollout"]["waves"][-1]["label"] == "rolled back"
+    rejected = [t for t in quick_demo["_history"] if t["version"] == d["degraded"] and t["to_stage"] == "rejected"]
+    assert len(rejected) == 1 and rejected[0]["actor"] == "ota-controller"
+    e = d["evidence"]  # the decisive evidence: a safety metric's rate on the canary over its matched baseline's
+    assert e["test"] == "harm" and e["metric"] in ("collisions", "near_misses", "fallback_activations")
+    assert e["canary_km"] > 0 and e["baseline_km"] > 0 and e["e_value"] >= e["threshold"]
+    assert e["canary_count"] / e["canary_km"] > e["baseline_count"] / e["baseline_km"]
+    assert "rolled back" in d["line"] and "tagged rejected" in d["line"] and "the evidence:" in d["line"]
 
 
 def test_the_timeline_is_a_png_in_the_state_directory(quick_demo: dict[str, Any]) -> None:
