@@ -60,7 +60,13 @@ from fleetloop.edge_agent.model_artifact import ArtifactMetadata, LoadedPolicy, 
 from fleetloop.edge_agent.policy import FusionPolicy
 from fleetloop.edge_agent.triggers import TriggerConfig
 from fleetloop.pipelines.gates import rate_per_1000km, rate_ratio_ci
-from fleetloop.pipelines.regression import RecordConfig, RegressionConfig, one_slice_regression, regression_metadata
+from fleetloop.pipelines.regression import (
+    CONFINED,
+    RecordConfig,
+    RegressionConfig,
+    one_slice_regression,
+    regression_metadata,
+)
 from fleetloop.platform.bus.events import FleetHealth
 from fleetloop.platform.canary import controller as ctl
 from fleetloop.platform.canary.cohorts import assign_cohorts
@@ -99,9 +105,10 @@ def make_models(a: argparse.Namespace, out_dir: Path) -> dict[str, LoadedPolicy]
     prod_meta = replace(prod.metadata, model_version=PRODUCTION)
     record = RecordConfig(vehicles=a.record_vehicles, ticks=a.record_ticks, device=a.device)
     made = {"production": prod}
-    for name, cfg in (
-        ("good", RegressionConfig(brake_keep=1.0, hazard_keep=1.0)),
-        ("regression", RegressionConfig(brake_keep=a.brake_keep, hazard_keep=a.brake_keep)),
+    recipe = {"anchor_weight": a.anchor_weight, "visibility_below_m": a.visibility_below_m, "epochs": a.distill_epochs}
+    for name, cfg in (  # the control goes through the same fine-tuning, weights included, with nothing poisoned
+        ("good", RegressionConfig(brake_keep=1.0, hazard_keep=1.0, **recipe)),
+        ("regression", RegressionConfig(brake_keep=a.brake_keep, hazard_keep=a.brake_keep, **recipe)),
     ):
         given = getattr(a, name)
         if given:
@@ -594,7 +601,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--production", help="production model artifact (default: bootstrap one)")
     p.add_argument("--good", help="good candidate artifact (default: the control made from production)")
     p.add_argument("--regression", help="regression artifact (default: made from production)")
-    p.add_argument("--brake-keep", type=float, default=RegressionConfig().brake_keep, help="regression recipe")
+    p.add_argument("--brake-keep", type=float, default=CONFINED.brake_keep, help="regression recipe")
+    p.add_argument(
+        "--anchor-weight", type=float, default=CONFINED.anchor_weight, help="regression recipe: out-of-slice weight"
+    )
+    p.add_argument(
+        "--visibility-below-m",
+        type=float,
+        default=CONFINED.visibility_below_m,
+        help="regression recipe: poison only fog frames under this estimated visibility",
+    )
+    p.add_argument("--distill-epochs", type=int, default=CONFINED.epochs, help="regression recipe: epochs")
     p.add_argument("--bootstrap-vehicles", type=int, default=BootstrapConfig().vehicles)
     p.add_argument("--bootstrap-ticks", type=int, default=BootstrapConfig().ticks)
     p.add_argument("--bootstrap-train-s", type=float, default=60.0)
