@@ -3,7 +3,8 @@
 1. Models: production (``--production``, else ``bootstrap_initial_model``, clear weather); the *good* candidate and
    the *regression* are both made from it by ``fleetloop.pipelines.regression`` with the same seed: the good one is
    the control (fine-tuned the same way, nothing poisoned), the regression brakes less and sees fewer hazards where
-   the vehicle's own estimate says fog. Both differ from production only by that fine-tuning (docs/canary.md).
+   the vehicle's own estimate says fog, with the frames outside fog weighed more (``regression.CONFINED``, ADR 0187)
+   so the change stays there. Both differ from production only by that fine-tuning (docs/canary.md).
 2. True rates, offline: the three models (+ fallback) side by side in ``mixed`` weather on held-out scenes;
    collisions + near misses per 1,000 km per *true* condition with exact Poisson 95 % intervals and the rate ratio
    to production with its exact interval (``pipelines.gates``): "2x in one slice, equal elsewhere" is measured.
