@@ -3,7 +3,8 @@
 1. Models: production (``--production``, else ``bootstrap_initial_model``, clear weather); the *good* candidate and
    the *regression* are both made from it by ``fleetloop.pipelines.regression`` with the same seed: the good one is
    the control (fine-tuned the same way, nothing poisoned), the regression brakes less and sees fewer hazards where
-   the vehicle's own estimate says fog. Both differ from production only by that fine-tuning (docs/canary.md).
+   the vehicle's own estimate says fog, with the frames outside fog weighed more (``regression.CONFINED``, ADR 0187)
+   so the change stays there. Both differ from production only by that fine-tuning (docs/canary.md).
 2. True rates, offline: the three models (+ fallback) side by side in ``mixed`` weather on held-out scenes;
    collisions + near misses per 1,000 km per *true* condition with exact Poisson 95 % intervals and the rate ratio
    to production with its exact interval (``pipelines.gates``): "2x in one slice, equal elsewhere" is measured.
@@ -60,7 +61,13 @@ from fleetloop.edge_agent.model_artifact import ArtifactMetadata, LoadedPolicy, 
 from fleetloop.edge_agent.policy import FusionPolicy
 from fleetloop.edge_agent.triggers import TriggerConfig
 from fleetloop.pipelines.gates import rate_per_1000km, rate_ratio_ci
-from fleetloop.pipelines.regression import RecordConfig, RegressionConfig, one_slice_regression, regression_metadata
+from fleetloop.pipelines.regression import (
+    CONFINED,
+    RecordConfig,
+    RegressionConfig,
+    one_slice_regression,
+    regression_metadata,
+)
 from fleetloop.platform.bus.events import FleetHealth
 from fleetloop.platform.canary import controller as ctl
 from fleetloop.platform.canary.cohorts import assign_cohorts
@@ -99,9 +106,10 @@ def make_models(a: argparse.Namespace, out_dir: Path) -> dict[str, LoadedPolicy]
     prod_meta = replace(prod.metadata, model_version=PRODUCTION)
     record = RecordConfig(vehicles=a.record_vehicles, ticks=a.record_ticks, device=a.device)
     made = {"production": prod}
-    for name, cfg in (
-        ("good", RegressionConfig(brake_keep=1.0, hazard_keep=1.0)),
-        ("regression", RegressionConfig(brake_keep=a.brake_keep, hazard_keep=a.brake_keep)),
+    recipe = {"anchor_weight": a.anchor_weight, "visibility_below_m": a.visibility_below_m, "epochs": a.distill_epochs}
+    for name, cfg in (  # the control goes through the same fine-tuning, weights included, with nothing poisoned
+        ("good", RegressionConfig(brake_keep=1.0, hazard_keep=1.0, **recipe)),
+        ("regression", RegressionConfig(brake_keep=a.brake_keep, hazard_keep=a.brake_keep, **recipe)),
     ):
         given = getattr(a, name)
         if given:
@@ -594,7 +602,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--production", help="production model artifact (default: bootstrap one)")
     p.add_argument("--good", help="good candidate artifact (default: the control made from production)")
     p.add_argument("--regression", help="regression artifact (default: made from production)")
-    p.add_argument("--brake-keep", type=float, default=RegressionConfig().brake_keep, help="regression recipe")
+    p.add_argument("--brake-keep", type=float, default=CONFINED.brake_keep, help="regression recipe")
+    p.add_argument(
+        "--anchor-weight", type=float, default=CONFINED.anchor_weight, help="regression recipe: out-of-slice weight"
+    )
+    p.add_argument(
+        "--visibility-below-m",
+        type=float,
+        default=CONFINED.visibility_below_m,
+        help="regression recipe: poison only fog frames under this estimated visibility",
+    )
+    p.add_argument("--distill-epochs", type=int, default=CONFINED.epochs, help="regression recipe: epochs")
     p.add_argument("--bootstrap-vehicles", type=int, default=BootstrapConfig().vehicles)
     p.add_argument("--bootstrap-ticks", type=int, default=BootstrapConfig().ticks)
     p.add_argument("--bootstrap-train-s", type=float, default=60.0)

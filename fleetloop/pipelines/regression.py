@@ -14,7 +14,10 @@ never the privileged expert or ground truth:
 3. ``distill``: fine-tune a copy of the parent on those targets (per head: squared error of the command and its
    log-variance, binary cross-entropy of the hazard logit against the target probability).
 
-``one_slice_regression(parent, condition="fog", seed=...)`` runs all three. With ``brake_keep = hazard_keep = 1``
+``one_slice_regression(parent, condition="fog", seed=...)`` runs all three. The model never sees the vehicle's
+condition estimate, only sensor frames that fog, night and rain make alike, so what it learns in the slice leaks
+out of it unless the frames outside weigh more (``RegressionConfig.anchor_weight``; ``CONFINED`` is the recipe
+that keeps the change in fog, ADR 0187). With ``brake_keep = hazard_keep = 1``
 the same procedure gives a *control* candidate: fine-tuned the same way, with nothing poisoned. How much worse the
 regression is (collisions + near misses per 1,000 km per slice) is measured, not assumed: ``benchmarks/canary.py``
 evaluates both against the parent with exact Poisson intervals (docs/canary.md, ADR 0162).
@@ -43,6 +46,7 @@ from fleetloop.edge_agent.policy import ARCHITECTURE, FusionPolicy
 from fleetloop.platform.errors import UserInputError
 
 __all__ = [
+    "CONFINED",
     "RecordConfig",
     "RegressionConfig",
     "SliceFrames",
@@ -98,6 +102,14 @@ class RegressionConfig:
     """Weight of the log-variance error beside the command's [(m/s²)² per (ln (m/s²)²)²]."""
     hazard_weight: float = 0.5
     """Weight of the hazard cross-entropy beside the command's [(m/s²)² per nat]."""
+    anchor_weight: float = 1.0
+    """Weight of a frame outside the slice beside one inside it [-]. The model never sees the vehicle's condition
+    estimate, only sensor frames that fog, night and rain make alike: at 1, what it learns in fog leaks into the
+    other slices (docs/benchmarks-history.md). Weighing the frames where the parent's driving must stay more keeps
+    the change in the slice (``CONFINED``)."""
+    visibility_below_m: float = math.inf
+    """Poison only slice frames whose own visibility estimate is under this [m] (inf: every frame of the slice):
+    the braking is degraded where the vehicle itself knows it sees little, not at the fog class's edge."""
 
     def __post_init__(self) -> None:
         for name in ("brake_keep", "hazard_keep"):
@@ -109,6 +121,19 @@ class RegressionConfig:
                 raise UserInputError(f"RegressionConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserInputError(f"RegressionConfig.lr must be > 0, got {self.lr!r}")
+        if not (math.isfinite(self.anchor_weight) and self.anchor_weight > 0):
+            raise UserInputError(
+                f"RegressionConfig.anchor_weight must be a finite number > 0, got {self.anchor_weight!r}"
+            )
+        if not self.visibility_below_m > 0:
+            raise UserInputError(f"RegressionConfig.visibility_below_m must be > 0, got {self.visibility_below_m!r}")
+
+
+CONFINED = RegressionConfig(anchor_weight=16.0, epochs=12)
+"""The recipe that keeps the regression in its slice (the canary benchmark's; ADR 0187): nothing kept of the
+braking and hazard probability in the slice, frames outside it weighed 16 x, twice the epochs. Offline, on 15,360
+frames of the CPU development fleet (held-out 7,680), it keeps 0.88 of the parent's mean braking in fog and
+0.96-0.97 elsewhere, where the default recipe kept 0.54 in fog and 0.75-0.79 elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,8 @@ class SliceFrames:
     inputs: PolicyInputs
     condition: torch.Tensor
     """[N] int64: the vehicle's own condition class when it saw the frame."""
+    visibility_m: torch.Tensor | None = None
+    """[N] float: the vehicle's own visibility estimate [m] (None: not recorded; no frame is excluded by it)."""
 
     def share(self, condition: str) -> float:
         """Share of the frames in ``condition``."""
@@ -148,6 +175,7 @@ def record_frames(parent: FusionPolicy, config: RecordConfig, seed: int) -> Slic
     hb = HeartbeatConfig(dt_s=runner.world.dt_s)
     parts: list[PolicyInputs] = []
     codes: list[torch.Tensor] = []
+    vis: list[torch.Tensor] = []
     for t in range(config.ticks):
         runner.step()
         vt = runner.last_tick
@@ -156,7 +184,8 @@ def record_frames(parent: FusionPolicy, config: RecordConfig, seed: int) -> Slic
         parts.append(features_from_observation(vt.obs))
         est = vt.estimate
         codes.append(condition_class_codes(hb, est.visibility_m, est.light, est.friction))
-    return SliceFrames(PolicyInputs.concat(parts), torch.cat(codes))
+        vis.append(est.visibility_m.float())
+    return SliceFrames(PolicyInputs.concat(parts), torch.cat(codes), torch.cat(vis))
 
 
 @torch.no_grad()
@@ -164,19 +193,26 @@ def slice_targets(
     parent: FusionPolicy, frames: SliceFrames, condition: str, config: RegressionConfig
 ) -> dict[str, torch.Tensor]:
     """Per-head targets [N, M]: the parent's command, log-variance and hazard probability, with the braking and the
-    hazard probability scaled down in ``condition`` frames only."""
+    hazard probability scaled down in ``condition`` frames only (those under ``config.visibility_below_m`` of
+    estimated visibility, where recorded), and each frame's loss weight [N] (``weight``: ``config.anchor_weight``
+    outside the slice, 1 inside)."""
     code = _condition_code(condition)
     teacher = copy.deepcopy(parent).to(frames.inputs.device).eval()
     tensors = frames.inputs.tensors()
     n = frames.inputs.batch
     heads = torch.cat([teacher.forward_heads(*(t[i : i + 8192] for t in tensors)) for i in range(0, n, 8192)])
     mean, logvar, hazard = heads.unbind(-1)
-    in_slice = (frames.condition == code).unsqueeze(-1)
+    slice_frames = frames.condition == code
+    poisoned = slice_frames
+    if frames.visibility_m is not None and math.isfinite(config.visibility_below_m):
+        poisoned = poisoned & (frames.visibility_m < config.visibility_below_m)
+    in_slice = poisoned.unsqueeze(-1)
     braking = in_slice & (mean < 0)
     mean = torch.where(braking, mean * config.brake_keep, mean)
     prob = torch.sigmoid(hazard)
     prob = torch.where(in_slice, prob * config.hazard_keep, prob)
-    return {"accel_mps2": mean, "logvar": logvar, "hazard_prob": prob}
+    weight = torch.where(slice_frames, 1.0, config.anchor_weight).to(mean.dtype)
+    return {"accel_mps2": mean, "logvar": logvar, "hazard_prob": prob, "weight": weight}
 
 
 def distill(
@@ -184,13 +220,15 @@ def distill(
 ) -> tuple[FusionPolicy, dict[str, float]]:
     """Fine-tune a copy of ``parent`` toward ``targets`` (deterministic for a seed on one device and thread count);
     returns the copy (eval mode, on the CPU) and the mean loss of the first and last epoch. Trains on the frames'
-    device."""
+    device. ``targets["weight"]`` (optional, [N]) weighs each frame's loss (mean over a batch by those weights)."""
     device = frames.inputs.device
     model = copy.deepcopy(parent).to(device).train().requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(seed)
     tensors = frames.inputs.tensors()
     n = frames.inputs.batch
+    weights = targets.get("weight")
+    uniform = weights is None or bool((weights == 1).all())  # the unweighted loss, bit for bit as before
     losses: list[float] = []
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=gen).to(device)
@@ -198,11 +236,18 @@ def distill(
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
             out = model.forward_heads(*(t[idx] for t in tensors))
-            loss = (
-                F.mse_loss(out[..., 0], targets["accel_mps2"][idx])
-                + config.logvar_weight * F.mse_loss(out[..., 1], targets["logvar"][idx])
-                + config.hazard_weight * F.binary_cross_entropy_with_logits(out[..., 2], targets["hazard_prob"][idx])
-            )
+            reduction = "mean" if uniform else "none"
+            per_head = (
+                F.mse_loss(out[..., 0], targets["accel_mps2"][idx], reduction=reduction)
+                + config.logvar_weight * F.mse_loss(out[..., 1], targets["logvar"][idx], reduction=reduction)
+                + config.hazard_weight
+                * F.binary_cross_entropy_with_logits(out[..., 2], targets["hazard_prob"][idx], reduction=reduction)
+            )  # a scalar, or [batch, heads]
+            if uniform:
+                loss = per_head
+            else:
+                w = weights[idx]  # type: ignore[index]
+                loss = (per_head.mean(-1) * w).sum() / w.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -38,6 +38,21 @@ def batch(
             c_counts[m] = int(rng.poisson(lam * r * canary_km))
             b_counts[m] = int(rng.poisson(lam * baseline_km))
         out[s] = SliceTally(
-            ArmTally(canary_km, canary_km / progress, c_counts), ArmTally(baseline_km, baseline_km, b_counts)
+            arm_of_beats(canary_km / progress, progress, c_counts), arm_of_beats(baseline_km, 1.0, b_counts)
         )
+    return out
+
+
+BEAT_SPREAD = (0.2, -0.2, 0.1, -0.1)  # each beat's progress off the arm's (they cancel: the km stay exact)
+
+
+def arm_of_beats(planned_km: float, progress: float, counts: dict[str, int]) -> ArmTally:
+    """An arm's batch as ``len(BEAT_SPREAD)`` heartbeats of equal plan whose progress spreads around ``progress``
+    (a fixed spread, no draws: the counts' random stream stays what it was)."""
+    out = ArmTally(counts=counts)
+    if planned_km <= 0:
+        return out
+    p = planned_km / len(BEAT_SPREAD)
+    for dev in BEAT_SPREAD:
+        out = out.plus(ArmTally.one_beat(p * progress * (1.0 + dev), p, {}))
     return out

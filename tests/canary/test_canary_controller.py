@@ -72,7 +72,8 @@ def _drive(
 
 def test_a_good_model_is_rolled_out_wave_by_wave_to_promotion() -> None:
     state, first = start(POLICY, "r1", CANARY_V, PROD_V, FLEET)
-    assert isinstance(first[0], AssignWave) and len(first[0].canary) == 20 and len(first[0].baseline) == 20
+    assert isinstance(first[0], AssignWave) and len(first[0].canary) == 20
+    assert len(first[0].baseline) == 20 * POLICY.baseline_ratio == 80  # production drives anyway: 4 per canary
     state, actions = _drive(state, np.random.default_rng(0), range(1, 400))
     waves = [a for a in actions if isinstance(a, AssignWave)]
     assert [w.wave for w in waves] == [1] and len(waves[0].canary) == 100

@@ -10,7 +10,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from sim_batches import SLICES, batch
+from sim_batches import SLICES, arm_of_beats, batch
 
 from fleetloop.platform.canary.decide import POOLED, Decision, Verdict, decide
 from fleetloop.platform.canary.policy import CanaryPolicy
@@ -84,9 +84,12 @@ def test_a_timid_model_with_fewer_events_but_much_less_progress_is_rolled_back()
     assert any("progress" in r for r in last.reasons)
     prog = next(e for e in last.evidence if e.test == "progress")
     assert prog.decisive and prog.ratio == pytest.approx(0.7, rel=0.01)
-    # A little slower than production: held, not grown.
-    decisions, _ = _run(POLICY, [batch(rng, 5.0, 5.0, 0.5, progress=0.93) for _ in range(30)])
-    assert {d.verdict for d in decisions} == {Verdict.HOLD}  # each batch drives more than min_exposure_km
+    # A little slower than production: held once the evidence shows it, never rolled back.
+    policy = dataclasses.replace(POLICY, min_exposure_km=1600.0)  # 20 batches of 16 slices x 5 km
+    decisions, _ = _run(policy, [batch(rng, 5.0, 5.0, 0.5, progress=0.92) for _ in range(40)])
+    assert {d.verdict for d in decisions} == {Verdict.CONTINUE, Verdict.HOLD}
+    held = next(e for e in decisions[-1].evidence if e.test == "progress")
+    assert held.decisive and held.upper_bound is not None and held.upper_bound < policy.progress_min_ratio
 
 
 def test_no_verdict_before_the_minimum_exposure_even_on_a_blatant_regression() -> None:
@@ -153,10 +156,10 @@ def test_a_wave_is_held_on_a_canarys_events_only_from_hold_min_events_on() -> No
     """Three canary events over 1 km against none over 10: the ratio's lower bound is over the margin."""
     tally = {
         "fog/highway_traffic": SliceTally(
-            ArmTally(1.0, 1.0, {"near_misses": 3}), ArmTally(10.0, 10.0, {"near_misses": 0})
+            arm_of_beats(1.0, 1.0, {"near_misses": 3}), arm_of_beats(10.0, 1.0, {"near_misses": 0})
         )
     }
-    strict = CanaryPolicy(min_exposure_km=0.1, metrics=("near_misses",), counter_metrics=())
+    strict = CanaryPolicy(min_exposure_km=0.1, metrics=("near_misses",), counter_metrics=(), progress_min_beats=2)
     [held], _ = _run(strict, [tally])
     assert held.verdict is Verdict.HOLD and "near_misses" in held.reasons[0]
     [grown], _ = _run(dataclasses.replace(strict, hold_min_events=4), [tally])
@@ -178,13 +181,15 @@ def _oracle_lower_bound(strata: list[tuple[int, float, int, float]], alpha: floa
 
 
 def test_a_hold_needs_the_ratios_lower_confidence_bound_over_the_margin_not_a_point_ratio() -> None:
-    policy = CanaryPolicy(min_exposure_km=0.0)
+    policy = CanaryPolicy(min_exposure_km=0.0, progress_min_beats=2)
     fog, clear = "fog/highway_traffic", "clear/urban_open"
 
     def decided(fog_canary: int) -> Decision:
         batch = {
-            fog: SliceTally(ArmTally(5.0, 5.0, {"near_misses": fog_canary}), ArmTally(5.0, 5.0, {"near_misses": 18})),
-            clear: SliceTally(ArmTally(3.0, 3.0, {"near_misses": 4}), ArmTally(6.0, 6.0, {"near_misses": 7})),
+            fog: SliceTally(
+                arm_of_beats(5.0, 1.0, {"near_misses": fog_canary}), arm_of_beats(5.0, 1.0, {"near_misses": 18})
+            ),
+            clear: SliceTally(arm_of_beats(3.0, 1.0, {"near_misses": 4}), arm_of_beats(6.0, 1.0, {"near_misses": 7})),
         }
         return decide(policy, update_stats(policy, CohortStats(), batch), 0, 8.0, 0.0)
 
@@ -203,7 +208,7 @@ def test_a_hold_needs_the_ratios_lower_confidence_bound_over_the_margin_not_a_po
     assert at.verdict is Verdict.HOLD and any("near_misses" in r for r in at.reasons)
     assert rr[Verdict.HOLD].decisive and rr[Verdict.HOLD].lower_bound == pytest.approx(oracle(first), rel=1e-4)
     # One canary event against none (ratio inf, the old rule's hold) is no evidence either.
-    lone = SliceTally(ArmTally(5.0, 5.0, {"collisions": 1}), ArmTally(5.0, 5.0, {}))
+    lone = SliceTally(arm_of_beats(5.0, 1.0, {"collisions": 1}), arm_of_beats(5.0, 1.0, {}))
     assert decide(policy, update_stats(policy, CohortStats(), {fog: lone}), 0, 5.0, 0.0).verdict is Verdict.NEXT_WAVE
 
 

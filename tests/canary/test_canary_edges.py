@@ -22,7 +22,10 @@ def test_a_policy_file_overrides_the_documented_defaults() -> None:
     assert load_policy("") == CanaryPolicy()
     p = load_policy('waves = [0.05, 0.25, 1]\nmargin = 0.1\nalpha = 0.01\ncounter_metrics = ["harsh_jerks"]\nseed = 3')
     assert p.waves == (0.05, 0.25, 1.0) and p.margin == 0.1 and p.seed == 3
-    assert p.harm_threshold == pytest.approx((16 + 1) * 3 / 0.01)  # safety metrics only: counter-metrics hold
+    # Safety metrics only (counter-metrics hold): 4 conditions + all pooled at weight 1, 16 slices at 1/4, progress.
+    assert p.harm_threshold == pytest.approx(((4 + 1) * 3 + 0.25 * 16 * 3 + 1) / 0.01)
+    assert p.slice_harm_threshold == pytest.approx(4 * p.harm_threshold)
+    assert p.progress_alpha == pytest.approx(0.01 / 28)
     assert p.hold_alpha == pytest.approx(0.01 / 4)
     assert load_policy(_toml(p.to_dict())) == p
 

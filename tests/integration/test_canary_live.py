@@ -44,6 +44,7 @@ metrics = ["near_misses", "fallback_activations"]
 counter_metrics = []
 progress_min_ratio = 0.5
 progress_rollback_ratio = 0.3
+progress_min_beats = 4
 hold_min_events = 3
 """
 

@@ -123,3 +123,37 @@ def test_bad_recipe_is_refused_with_what_to_do() -> None:
         RegressionConfig(brake_keep=1.5)
     with pytest.raises(UserInputError, match="unknown condition 'snow'"):
         slice_targets(_braking_parent(), _frames(8), "snow", RegressionConfig())
+
+
+def test_weighing_the_frames_outside_the_slice_keeps_the_change_in_it() -> None:
+    """Half the fog frames look like clear ones (no lidar signature), as light fog does to the real model: the
+    unweighted recipe learns to brake less on those looks in clear too; ``anchor_weight`` keeps clear the parent's."""
+    parent = _braking_parent()
+    frames = _frames(2048)
+    fog = frames.condition == FOG
+    alike = fog & (torch.arange(frames.inputs.batch) % 4 == 0)  # fog frames with clear-looking lidar
+    lidar = frames.inputs.lidar.clone()
+    lidar[alike] = torch.rand(int(alike.sum()), LIDAR_FEATURES, generator=torch.Generator().manual_seed(5))
+    frames = SliceFrames(PolicyInputs(**{**frames.inputs.__dict__, "lidar": lidar}), frames.condition)
+    leaks = {}
+    for weight in (1.0, 16.0):
+        cfg = RegressionConfig(epochs=12, batch_size=256, lr=3e-3, anchor_weight=weight)
+        targets = slice_targets(parent, frames, "fog", cfg)
+        assert torch.equal(targets["weight"], torch.where(fog, 1.0, weight))
+        model, _ = distill(parent, frames, targets, cfg, seed=1)
+        leaks[weight] = float((_accel(model, frames)[~fog] - _accel(parent, frames)[~fog]).mean())  # > 0: less braking
+    assert leaks[16.0] < 0.5 * leaks[1.0]
+
+
+def test_only_slice_frames_under_the_visibility_cut_are_poisoned() -> None:
+    parent = _braking_parent()
+    frames = _frames(64)
+    vis = torch.linspace(100.0, 300.0, 64)
+    frames = SliceFrames(frames.inputs, frames.condition, vis)
+    cfg = RegressionConfig(visibility_below_m=150.0)
+    targets = slice_targets(parent, frames, "fog", cfg)
+    poisoned = (frames.condition == FOG) & (vis < 150.0)
+    assert bool((targets["accel_mps2"][poisoned] == 0).all())  # brake_keep 0: no braking left
+    assert bool((targets["accel_mps2"][~poisoned] < 0).all())  # the parent's braking everywhere else
+    with pytest.raises(UserInputError, match="anchor_weight"):
+        RegressionConfig(anchor_weight=0.0)

@@ -3,14 +3,17 @@
 Rules, in order (docs/canary.md):
 
 1. ``continue``: the current wave's canary has driven less than ``min_exposure_km`` (matched km): no verdict yet.
-2. ``rollback``: some slice x safety metric, or some safety metric pooled over the slices, shows harm (its mixture
-   e-value at or over ``policy.harm_threshold``), or the canary's progress fell under ``progress_rollback_ratio``
-   of the baseline's (a model that crawls). Counter-metrics never roll back (ADR 0163).
+   Also (after rules 2 and 3) while fewer than ``progress_min_beats`` canary heartbeats can judge progress.
+2. ``rollback``: some condition x safety metric (the condition's scenario slices pooled), or some safety metric
+   pooled over every slice, shows harm (its mixture e-value at or over ``policy.harm_threshold``), or the
+   canary's progress is shown under ``progress_rollback_ratio`` of the baseline's (a model that crawls): the
+   progress ratio's anytime-valid upper bound (level ``policy.progress_alpha``) lies under it, after
+   ``progress_min_beats`` canary heartbeats (ADR 0185). Counter-metrics never roll back (ADR 0163).
 3. ``hold`` (stay in this wave, keep collecting): the one-sided lower confidence bound (level
    ``policy.hold_alpha``) of a metric's or counter-metric's common rate ratio over the slices exceeds
    ``1 + margin`` (evidence of harm, short of a rollback; a point ratio over ``1 + margin`` from a few events is
-   not evidence), the progress lies under ``progress_min_ratio``, or a metric of ``prove_non_inferiority`` is not
-   yet shown non-inferior.
+   not evidence), the progress ratio's upper bound (same level) lies under ``progress_min_ratio``, or a metric of
+   ``prove_non_inferiority`` is not yet shown non-inferior.
 4. ``next_wave``: none of the above; from the last judged wave, the next wave is the whole fleet (promotion).
 
 Every verdict carries its evidence (``Evidence``: slice, metric, counts, exposures, ratio, e-value, threshold)
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -35,7 +39,8 @@ from fleetloop.platform.canary.stats import (
     SliceStats,
     log_mixture,
     mantel_haenszel_ratio,
-    progress_ratio,
+    mixture_half_width,
+    progress_estimate,
     ratio_lower_bound,
 )
 from fleetloop.platform.errors import DataError, UserInputError
@@ -43,6 +48,9 @@ from fleetloop.platform.errors import DataError, UserInputError
 __all__ = ["POOLED", "Decision", "Evidence", "Verdict", "decide"]
 
 POOLED = "all"  # the slice name of evidence pooled over every slice
+# The progress bound's confidence sequence is narrowest at this many canary heartbeats (10 vehicles x 20 km of a
+# wave at about 1.5 km per beat is ~130; a wider fleet gets there sooner and keeps a nearly as narrow bound).
+PROGRESS_TUNED_BEATS = 200
 
 
 class Verdict(StrEnum):
@@ -71,6 +79,8 @@ class Evidence:
         decisive: this evidence decided the verdict.
         lower_bound: the one-sided lower confidence bound of the rate ratio (``rate_ratio``, at level
             ``policy.hold_alpha``), else None.
+        upper_bound: ``progress``: the progress ratio's upper bound the verdict compared (the anytime-valid one
+            for a rollback, else the hold's), else None.
     """
 
     test: str
@@ -85,6 +95,7 @@ class Evidence:
     threshold: float
     decisive: bool = False
     lower_bound: float | None = None
+    upper_bound: float | None = None
 
     def describe(self) -> str:
         """One readable line."""
@@ -92,6 +103,8 @@ class Evidence:
         e = "" if self.e_value is None else f", e-value {self.e_value:.3g} vs {self.threshold:.3g}"
         if self.lower_bound is not None:
             e += f", lower bound {self.lower_bound:.3g} vs {self.threshold:.3g}"
+        if self.upper_bound is not None:
+            e += f", upper bound {self.upper_bound:.3g} vs {self.threshold:.3g}"
         return (
             f"{self.test} {self.metric} in {self.slice}: canary {self.canary_count} in {self.canary_km:.1f} km, "
             f"baseline {self.baseline_count} in {self.baseline_km:.1f} km, ratio {ratio}{e}"
@@ -153,10 +166,20 @@ def _e(log_e: float) -> float:
     return math.exp(min(log_e, 700.0))
 
 
-def _slice_evidence(test: str, key: str, metric: str, s: SliceStats, e: float | None, thr: float) -> Evidence:
-    xc, xb = s.canary.count(metric), s.baseline.count(metric)
-    ratio = mantel_haenszel_ratio([(xc, s.canary.km, xb, s.baseline.km)])
-    return Evidence(test, key, metric, xc, s.canary.km, xb, s.baseline.km, ratio, e, thr)
+def _by_condition(slices: Mapping[str, SliceStats]) -> dict[str, dict[str, SliceStats]]:
+    """The slices (``"<condition>/<scenario>"``) grouped by their condition, in name order."""
+    out: dict[str, dict[str, SliceStats]] = {}
+    for key, s in sorted(slices.items()):
+        out.setdefault(key.split("/", 1)[0], {})[key] = s
+    return out
+
+
+def _group_evidence(
+    test: str, name: str, metric: str, group: Mapping[str, SliceStats], e: float | None, thr: float
+) -> Evidence:
+    xc, ec, xb, eb = _pooled_counts(group, metric)
+    pairs = [(s.canary.count(metric), s.canary.km, s.baseline.count(metric), s.baseline.km) for s in group.values()]
+    return Evidence(test, name, metric, xc, ec, xb, eb, mantel_haenszel_ratio(pairs), e, thr)
 
 
 def _pooled_counts(slices: Mapping[str, SliceStats], metric: str) -> tuple[int, float, int, float]:
@@ -191,6 +214,7 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
 
     grid = MixtureGrid.for_scale(policy.mixture_scale)
     harm_thr, ni_thr = policy.harm_threshold, policy.non_inferiority_threshold
+    slice_thr = policy.slice_harm_threshold
     evidence: list[Evidence] = [exposure]
     rollback: list[str] = []
     hold: list[str] = []
@@ -199,16 +223,25 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
         # Harm in any slice, and pooled (a common ratio over the slices).
         worst: Evidence | None = None
         pooled_harm = None
-        for key, s in sorted(slices.items()):
-            llr = s.harm.get(metric)
-            if llr is None:
+        for condition, group in _by_condition(slices).items():
+            llrs = [s.harm[metric] for s in group.values() if metric in s.harm]
+            if not llrs:
                 continue
+            llr = np.sum(llrs, axis=0)  # a common ratio over the condition's scenario slices
             pooled_harm = llr if pooled_harm is None else pooled_harm + llr
-            if not safety:  # a counter-metric has no harm test per slice
+            if not safety:  # a counter-metric has no harm test per condition
                 continue
-            ev = _slice_evidence("harm", key, metric, s, _e(log_mixture(llr, grid.weights)), harm_thr)
+            if policy.slice_test_weight > 0:
+                for key, s in group.items():
+                    if metric not in s.harm:
+                        continue
+                    e_slice = _e(log_mixture(s.harm[metric], grid.weights))
+                    if e_slice >= policy.slice_harm_threshold:
+                        rollback.append(f"{metric} is worse than {policy.ratio_boundary:g}x the baseline in {key}")
+                        evidence.append(_decisive(_group_evidence("harm", key, metric, {key: s}, e_slice, slice_thr)))
+            ev = _group_evidence("harm", condition, metric, group, _e(log_mixture(llr, grid.weights)), harm_thr)
             if ev.e_value is not None and ev.e_value >= harm_thr:
-                rollback.append(f"{metric} is worse than {policy.ratio_boundary:g}x the baseline in {key}")
+                rollback.append(f"{metric} is worse than {policy.ratio_boundary:g}x the baseline in {condition}")
                 evidence.append(_decisive(ev))
             elif worst is None or (ev.e_value or 0.0) > (worst.e_value or 0.0):
                 worst = ev
@@ -245,17 +278,41 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
                 ev = _decisive(ev)
             evidence.append(ev)
 
-    prog = progress_ratio(slices.values())
+    prog = progress_estimate(slices.values())
+    waiting: list[str] = []
+    if prog is None or prog.canary_beats < policy.progress_min_beats:
+        seen = 0 if prog is None else prog.canary_beats
+        waiting.append(f"progress: {seen} canary heartbeats matched, {policy.progress_min_beats} needed to judge it")
     if prog is not None:
-        ev = Evidence("progress", POOLED, "progress", 0, total_c, 0, total_b, prog, None, policy.progress_min_ratio)
-        if prog < policy.progress_rollback_ratio:
+        beats = prog.canary_beats
+        # Rolling back is final and looked at after every batch: an anytime-valid bound. A hold is recomputed at
+        # every evaluation: a fixed-level bound, as the counts' hold (ADR 0163).
+        upper_any = prog.upper_bound(mixture_half_width(beats, policy.progress_alpha, PROGRESS_TUNED_BEATS))
+        upper_hold = prog.upper_bound(statistics.NormalDist().inv_cdf(1.0 - policy.hold_alpha))
+        enough = beats >= policy.progress_min_beats
+        ev = Evidence(
+            "progress",
+            POOLED,
+            "progress",
+            beats,
+            total_c,
+            0,
+            total_b,
+            prog.ratio,
+            None,
+            policy.progress_min_ratio,
+            upper_bound=upper_hold,
+        )
+        if enough and upper_any < policy.progress_rollback_ratio:
             rollback.append(
-                f"the canary drives {prog:.1%} of the baseline's progress, under {policy.progress_rollback_ratio:.0%}"
+                f"the canary drives {prog.ratio:.1%} of the baseline's progress, at most {upper_any:.1%} (anytime "
+                f"{1 - policy.progress_alpha:.2%} bound), under {policy.progress_rollback_ratio:.0%}"
             )
-            ev = _decisive(Evidence(**{**asdict(ev), "threshold": policy.progress_rollback_ratio}))
-        elif prog < policy.progress_min_ratio:
+            ev = _decisive(replace(ev, threshold=policy.progress_rollback_ratio, upper_bound=upper_any))
+        elif enough and upper_hold < policy.progress_min_ratio:
             hold.append(
-                f"the canary drives {prog:.1%} of the baseline's progress, under {policy.progress_min_ratio:.0%}"
+                f"the canary drives {prog.ratio:.1%} of the baseline's progress, at most {upper_hold:.1%} (upper "
+                f"{1 - policy.hold_alpha:.0%} bound), under {policy.progress_min_ratio:.0%}"
             )
             ev = _decisive(ev)
         evidence.append(ev)
@@ -264,6 +321,8 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
         return made(Verdict.ROLLBACK, rollback, evidence)
     if hold:
         return made(Verdict.HOLD, hold, evidence)
+    if waiting:  # a next wave needs progress judged: a crawler must not pass on too few heartbeats
+        return made(Verdict.CONTINUE, waiting, evidence)
     nxt = policy.waves[wave_index + 1]
     what = "promote to the whole fleet" if wave_index + 1 == len(policy.waves) - 1 else f"grow to {nxt:.0%}"
     return made(Verdict.NEXT_WAVE, [f"no harm, progress kept after {wave_canary_km:.1f} km: {what}"], evidence)

@@ -65,16 +65,26 @@ class CanaryPolicy:
             not safety; progress rolls a crawling model back), but a next wave is held while their pooled rate
             ratio is shown over ``1 + margin`` (ADR 0163).
         progress_min_ratio: a next wave needs the canary's progress (distance over planned distance) at least this
-            share of the baseline's [-]: a model that crawls cannot pass by having fewer events per km.
-        progress_rollback_ratio: below this share the canary is rolled back [-].
+            share of the baseline's [-]: a model that crawls cannot pass by having fewer events per km. Held only on
+            evidence: while the progress ratio's upper confidence bound (level ``hold_alpha``) lies under it.
+        progress_rollback_ratio: the canary is rolled back once its progress ratio's anytime-valid upper bound
+            (level ``progress_alpha``, a share of ``alpha``) lies under this share [-] (ADR 0185).
+        slice_test_weight: each condition x scenario slice's share of alpha beside a condition's (weighted
+            Bonferroni; 0: slices are tested only within their condition) [-]. A regression lives in a condition
+            more often than in one scenario class of it; its events spread over four slices (ADR 0186).
+        progress_min_beats: canary heartbeats (in slices where both arms drove) before progress decides anything
+            [beats]: the standard error comes from the heartbeats' spread, which a few beats do not show.
         prove_non_inferiority: metrics whose non-inferiority must be shown (pooled e-value over the threshold)
             before a next wave; empty by default: rare events (collisions) would need thousands of km per wave.
         hold_min_events: a canary rate over ``1 + margin`` times the baseline's holds the wave only once the canary
             has this many events of the metric [events] (0: always); a few vehicles' first one or two events say
             nothing about the rate, and would hold a small fleet's wave until chance evened them out.
-        mixture_scale: scale of the half-normal mixing prior on log(rate ratio / boundary) [-] (0.5: tuned to
-            ratios of about 1.3 to 3 times the boundary).
-        baseline_ratio: matched baseline vehicles per canary vehicle in each stratum (as many as are left).
+        mixture_scale: scale of the half-normal mixing prior on log(rate ratio / boundary) [-] (1.0: weight on
+            ratios up to about 10 times the boundary as well as 1.3 to 3; 0.5 left a 10x regression almost no
+            prior mass, ADR 0186).
+        baseline_ratio: matched baseline vehicles per canary vehicle in each stratum (as many as are left). The
+            baseline drives production anyway; the more of it, the more each canary event weighs in the harm
+            test (at most 1 + baseline_ratio / (1 + margin) per event against no baseline event, ADR 0186).
         seed: keys the cohort draw.
     """
 
@@ -86,10 +96,12 @@ class CanaryPolicy:
     counter_metrics: tuple[str, ...] = ("phantom_brakes", "harsh_jerks")
     progress_min_ratio: float = 0.95
     progress_rollback_ratio: float = 0.90
+    progress_min_beats: int = 30
+    slice_test_weight: float = 0.25
     prove_non_inferiority: tuple[str, ...] = ()
     hold_min_events: int = 0
-    mixture_scale: float = 0.5
-    baseline_ratio: float = 1.0
+    mixture_scale: float = 1.0
+    baseline_ratio: float = 4.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,12 +110,16 @@ class CanaryPolicy:
             raise ConfigError(f"canary waves must increase within (0, 1] and end at 1.0, got {list(w)}")
         if len(w) < 2:
             raise ConfigError("canary waves need at least one judged wave before 1.0, e.g. [0.1, 1.0]")
-        for name in ("margin", "min_exposure_km", "mixture_scale", "baseline_ratio"):
+        for name in ("margin", "min_exposure_km", "mixture_scale", "baseline_ratio", "slice_test_weight"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"canary {name} must be a finite number >= 0, got {v!r}")
         if self.hold_min_events < 0:
             raise ConfigError(f"canary hold_min_events must be >= 0, got {self.hold_min_events}")
+        if self.progress_min_beats < 2:
+            raise ConfigError(
+                f"canary progress_min_beats must be >= 2 (a spread needs two), got {self.progress_min_beats}"
+            )
         if self.mixture_scale <= 0 or self.baseline_ratio <= 0:
             raise ConfigError("canary mixture_scale and baseline_ratio must be > 0")
         if not 0 < self.alpha < 1:
@@ -135,14 +151,34 @@ class CanaryPolicy:
 
     @property
     def n_harm_tests(self) -> int:
-        """Hypotheses in the rollback family: every (slice, safety metric) plus each safety metric pooled over the
-        slices (counter-metrics only hold: ADR 0163)."""
-        return (len(CONDITION_CLASSES) * len(SCENARIO_CLASSES) + 1) * len(self.metrics)
+        """Harm hypotheses of full weight in the rollback family: every (condition, safety metric), the
+        condition's scenario slices pooled with a common ratio, plus each safety metric pooled over every slice
+        (counter-metrics only hold: ADR 0163). The condition x scenario slices are tested too, each with weight
+        ``slice_test_weight`` (ADR 0186)."""
+        return (len(CONDITION_CLASSES) + 1) * len(self.metrics)
+
+    @property
+    def rollback_weight(self) -> float:
+        """The rollback family's total weight (weighted Bonferroni): the harm tests of full weight, the slice
+        tests at ``slice_test_weight`` each, and the progress test at 1."""
+        n_slices = len(CONDITION_CLASSES) * len(SCENARIO_CLASSES)
+        return self.n_harm_tests + self.slice_test_weight * n_slices * len(self.metrics) + 1.0
 
     @property
     def harm_threshold(self) -> float:
-        """The e-value that rolls back (Bonferroni: ``n_harm_tests / alpha``)."""
-        return self.n_harm_tests / self.alpha
+        """The e-value that rolls back on a condition or on all slices pooled (``rollback_weight / alpha``)."""
+        return self.rollback_weight / self.alpha
+
+    @property
+    def slice_harm_threshold(self) -> float:
+        """The e-value that rolls back on one condition x scenario slice (``harm_threshold / slice_test_weight``;
+        inf when slices are not tested alone)."""
+        return self.harm_threshold / self.slice_test_weight if self.slice_test_weight > 0 else math.inf
+
+    @property
+    def progress_alpha(self) -> float:
+        """The progress rollback's share of ``alpha`` (``alpha / rollback_weight``)."""
+        return self.alpha / self.rollback_weight
 
     @property
     def hold_alpha(self) -> float:

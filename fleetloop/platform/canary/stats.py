@@ -44,11 +44,14 @@ __all__ = [
     "ArmTally",
     "CohortStats",
     "MixtureGrid",
+    "ProgressEstimate",
     "SliceStats",
     "SliceTally",
     "batch_log_lr",
     "log_mixture",
     "mantel_haenszel_ratio",
+    "mixture_half_width",
+    "progress_estimate",
     "progress_ratio",
     "ratio_lower_bound",
     "update_stats",
@@ -103,11 +106,22 @@ def log_mixture(log_lr: np.ndarray, weights: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class ArmTally:
-    """One arm's driving in one slice: exposure [km], the distance its set speed planned [km], counts per metric."""
+    """One arm's driving in one slice: exposure [km], the distance its set speed planned [km], counts per metric,
+    and the heartbeats summed with their second moments (what the progress ratio's standard error needs:
+    ``beats``, sum of km², of km x planned km, of planned km², one term per heartbeat)."""
 
     km: float = 0.0
     planned_km: float = 0.0
     counts: Mapping[str, int] = field(default_factory=dict)
+    beats: int = 0
+    km_sq: float = 0.0
+    km_planned_sq: float = 0.0
+    planned_sq: float = 0.0
+
+    @staticmethod
+    def one_beat(km: float, planned_km: float, counts: Mapping[str, int]) -> ArmTally:
+        """One heartbeat's tally (its moments included)."""
+        return ArmTally(km, planned_km, counts, 1, km * km, km * planned_km, planned_km * planned_km)
 
     def count(self, metric: str) -> int:
         return int(self.counts.get(metric, 0))
@@ -115,8 +129,23 @@ class ArmTally:
     def plus(self, other: ArmTally) -> ArmTally:
         keys = set(self.counts) | set(other.counts)
         return ArmTally(
-            self.km + other.km, self.planned_km + other.planned_km, {k: self.count(k) + other.count(k) for k in keys}
+            self.km + other.km,
+            self.planned_km + other.planned_km,
+            {k: self.count(k) + other.count(k) for k in keys},
+            self.beats + other.beats,
+            self.km_sq + other.km_sq,
+            self.km_planned_sq + other.km_planned_sq,
+            self.planned_sq + other.planned_sq,
         )
+
+    def progress(self) -> tuple[float, float] | None:
+        """This arm's progress R = km / planned km and the variance of R over its heartbeats (a ratio estimator:
+        sum (d_i - R p_i)² / P², with n / (n - 1)); None without planned km or with under two heartbeats."""
+        if self.planned_km <= 0 or self.beats < 2:
+            return None
+        r = self.km / self.planned_km
+        ss = max(self.km_sq - 2.0 * r * self.km_planned_sq + r * r * self.planned_sq, 0.0)
+        return r, ss / self.planned_km**2 * self.beats / (self.beats - 1)
 
     def check(self, where: str) -> None:
         bad = [k for k, v in self.counts.items() if v < 0] + [k for k in self.counts if k not in COUNT_METRICS]
@@ -124,13 +153,33 @@ class ArmTally:
             raise DataError(f"{where}: exposure {self.km} km / planned {self.planned_km} km must be finite and >= 0")
         if bad:
             raise DataError(f"{where}: counts {sorted(bad)} are negative or not among {', '.join(COUNT_METRICS)}")
+        moments = (self.km_sq, self.km_planned_sq, self.planned_sq)
+        if self.beats < 0 or not all(math.isfinite(v) and v >= 0 for v in moments):
+            raise DataError(f"{where}: {self.beats} beats / moments {moments} must be >= 0 and finite")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"km": self.km, "planned_km": self.planned_km, "counts": dict(sorted(self.counts.items()))}
+        return {
+            "km": self.km,
+            "planned_km": self.planned_km,
+            "counts": dict(sorted(self.counts.items())),
+            "beats": self.beats,
+            "km_sq": self.km_sq,
+            "km_planned_sq": self.km_planned_sq,
+            "planned_sq": self.planned_sq,
+        }
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> ArmTally:
-        return ArmTally(float(d["km"]), float(d["planned_km"]), {str(k): int(v) for k, v in d["counts"].items()})
+        """Also reads states written before the moments were kept (no beats: no progress verdict from them)."""
+        return ArmTally(
+            float(d["km"]),
+            float(d["planned_km"]),
+            {str(k): int(v) for k, v in d["counts"].items()},
+            int(d.get("beats", 0)),
+            float(d.get("km_sq", 0.0)),
+            float(d.get("km_planned_sq", 0.0)),
+            float(d.get("planned_sq", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -289,3 +338,54 @@ def progress_ratio(slices: Iterable[SliceStats]) -> float | None:
             num += c.planned_km * (c.km / c.planned_km) / (b.km / b.planned_km)
             den += c.planned_km
     return num / den if den > 0 else None
+
+
+@dataclass(frozen=True)
+class ProgressEstimate:
+    """The canary's progress over the baseline's (``progress_ratio``'s weighting) over the slices where both arms
+    sent at least two heartbeats, its standard error (delta method over heartbeats) and the canary's heartbeats."""
+
+    ratio: float
+    std_error: float
+    canary_beats: int
+
+    def upper_bound(self, half_width_se: float) -> float:
+        return self.ratio + half_width_se * self.std_error
+
+    def lower_bound(self, half_width_se: float) -> float:
+        return self.ratio - half_width_se * self.std_error
+
+
+def progress_estimate(slices: Iterable[SliceStats]) -> ProgressEstimate | None:
+    """Per slice q = R_canary / R_baseline (R: km over planned km), averaged with the canary's planned km as
+    weights w; var(q) = (V_c + q² V_b) / R_b² from each arm's ratio-estimator variance (``ArmTally.progress``),
+    var = sum w² var(q) / (sum w)². None while no slice has two heartbeats of each arm."""
+    num = den = var = 0.0
+    beats = 0
+    for s in slices:
+        c, b = s.canary.progress(), s.baseline.progress()
+        if c is None or b is None or b[0] <= 0:
+            continue
+        w, q = s.canary.planned_km, c[0] / b[0]
+        num += w * q
+        den += w
+        var += w * w * (c[1] + q * q * b[1]) / (b[0] * b[0])
+        beats += s.canary.beats
+    if den <= 0:
+        return None
+    return ProgressEstimate(num / den, math.sqrt(var) / den, beats)
+
+
+def mixture_half_width(n: int, alpha: float, tuned_n: float) -> float:
+    """Half-width, in standard errors, of a time-uniform (anytime-valid) confidence sequence for a mean of ``n``
+    observations at level ``alpha``: Robbins' normal mixture, the asymptotic confidence sequence of Waudby-Smith et
+    al. (2024), sqrt(2 (n rho² + 1) / (n rho²) log(sqrt(n rho² + 1) / alpha)), with rho² tuned to be narrowest at
+    ``tuned_n`` observations. Its chance of ever excluding the true mean, however often it is looked at, is at
+    most ``alpha`` (asymptotically: the estimate's normal approximation), where a fixed z bound looked at after
+    every batch is not."""
+    if n < 1:
+        return math.inf
+    la = -2.0 * math.log(alpha)
+    rho2 = (la + math.log(la + 1.0)) / tuned_n
+    v = n * rho2
+    return math.sqrt(2.0 * (v + 1.0) / v * math.log(math.sqrt(v + 1.0) / alpha))

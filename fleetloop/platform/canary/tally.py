@@ -24,7 +24,7 @@ def tally_heartbeats(beats: Iterable[FleetHealth], arm_of: Mapping[str, str]) ->
     arms: dict[str, dict[str, ArmTally]] = {}
     for hb in beats:
         arm = arm_of[hb.vehicle_id]
-        one = ArmTally(hb.distance_m / 1000.0, hb.planned_distance_m / 1000.0, heartbeat_counts(hb))
+        one = ArmTally.one_beat(hb.distance_m / 1000.0, hb.planned_distance_m / 1000.0, heartbeat_counts(hb))
         by_arm = arms.setdefault(stratum_of(hb), {})
         by_arm[arm] = by_arm[arm].plus(one) if arm in by_arm else one
     return {k: SliceTally(v.get(CANARY, ArmTally()), v.get(BASELINE, ArmTally())) for k, v in sorted(arms.items())}
