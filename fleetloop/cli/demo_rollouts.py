@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "DEMO_POLICY",
     "decisive_evidence",
     "degraded_model",
+    "demo_policy",
     "evidence_text",
     "rollout_drive",
     "step_canary",
@@ -56,6 +58,17 @@ DEMO_POLICY = CanaryPolicy(  # demo-sized: a few dozen vehicles and minutes, not
     progress_rollback_ratio=0.3,
     hold_min_events=3,  # a hold needs a few canary events, not one against none
 )
+# The full demo's fleet drives a wave's 0.5 km in seconds, before a fog regression's first collision: its waves
+# passed on the absence of evidence and the degraded model was promoted (171 collisions per 1,000 km in fog
+# against 0). At 25 matched km a wave has seen several of its events; the quick demo's short drive keeps 0.5 km.
+FULL_DEMO_MIN_EXPOSURE_KM = 25.0
+
+
+def demo_policy(plan: DemoPlan) -> CanaryPolicy:
+    """The demo's policy, sized to its fleet: the quick plan's as stated, the full plan's waves longer."""
+    return DEMO_POLICY if plan.quick else replace(DEMO_POLICY, min_exposure_km=FULL_DEMO_MIN_EXPOSURE_KM)
+
+
 REGRESSION_CONDITION = "fog"  # the regression procedure's defaults: no braking and no hazard kept in this slice
 _DONE = ("promoted", "rolled_back", "aborted")
 
@@ -197,8 +210,9 @@ def step_canary(
         }
     version = str(best["version"])
     previous = open_registry(settings).production(settings.model_name).version
-    say(f"v{version}: `ota rollout` ({_policy_text(DEMO_POLICY)})")
-    drive = rollout_drive(settings, plan, seed, fleet_tag, on_tick, say, version, DEMO_POLICY)
+    policy = demo_policy(plan)
+    say(f"v{version}: `ota rollout` ({_policy_text(policy)})")
+    drive = rollout_drive(settings, plan, seed, fleet_tag, on_tick, say, version, policy)
     r = drive["rollout"]
     promoted = version if r["outcome"] == "promoted" else None
     drive.update(
@@ -277,9 +291,10 @@ def step_degraded(
     """The degraded model rolled out like any other; the controller must roll it back with the evidence."""
     version = degraded_model(settings, plan.quick, seed, say)
     production = open_registry(settings).production(settings.model_name).version
-    say(f"v{version}: `ota rollout` ({_policy_text(DEMO_POLICY)})")
+    policy = demo_policy(plan)
+    say(f"v{version}: `ota rollout` ({_policy_text(policy)})")
     # In the fog bank from the start: judged in clear weather, where the copy is its parent, its waves passed.
-    drive = rollout_drive(settings, plan, seed, fleet_tag, on_tick, say, version, DEMO_POLICY, in_fog=True)
+    drive = rollout_drive(settings, plan, seed, fleet_tag, on_tick, say, version, policy, in_fog=True)
     r = drive["rollout"]
     evidence = decisive_evidence(drive)
     stage = open_registry(settings).get(settings.model_name, version).stage
