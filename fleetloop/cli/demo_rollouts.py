@@ -64,9 +64,15 @@ DEMO_POLICY = CanaryPolicy(  # demo-sized: a few dozen vehicles and minutes, not
 FULL_DEMO_MIN_EXPOSURE_KM = 25.0
 
 
+FULL_DEMO_VEHICLES = 64  # the full plan's fleet, which drives 25 km a wave within the rollout drive
+
+
 def demo_policy(plan: DemoPlan) -> CanaryPolicy:
-    """The demo's policy, sized to its fleet: the quick plan's as stated, the full plan's waves longer."""
-    return DEMO_POLICY if plan.quick else replace(DEMO_POLICY, min_exposure_km=FULL_DEMO_MIN_EXPOSURE_KM)
+    """The demo's policy, sized to its fleet: the full fleet's waves need 25 km; the quick plan and smaller fleets
+    (``--vehicles``) keep 0.5 km, as they could not drive 25 km a wave within the rollout drive."""
+    if plan.quick or plan.vehicles < FULL_DEMO_VEHICLES:
+        return DEMO_POLICY
+    return replace(DEMO_POLICY, min_exposure_km=FULL_DEMO_MIN_EXPOSURE_KM)
 
 
 REGRESSION_CONDITION = "fog"  # the regression procedure's defaults: no braking and no hazard kept in this slice
