@@ -47,7 +47,7 @@ class Cli:
             FLEETLOOP_ALERTMANAGER_EXECUTABLE="no-alertmanager-here",
         )
 
-    def json(self, *args: str) -> Any:
+    def json(self, *args: str, timeout_s: float = 300) -> Any:
         """stdout of ``fleetloop ARGS --json``, parsed whole (json.loads refuses anything around the document)."""
         code = "from fleetloop.cli.main import main; main()"
         proc = subprocess.run(
@@ -55,7 +55,7 @@ class Cli:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=timeout_s,
             check=False,
         )
         assert proc.returncode == 0, f"fleetloop {' '.join(args)} exited {proc.returncode}: {proc.stderr[-3000:]}"
@@ -95,7 +95,8 @@ def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -
     assert len(cli.json("sim", "euroncap", "--conditions", "dry")["tests"]) == 156
 
     # the demo, while there is no candidate to validate (its validate stage then has nothing to do)
-    demo = cli.json("demo", "--vehicles", "4", "--minutes", "0.1", "--seed", "1")
+    # its two rollouts drive until the controller decides (up to 6 simulated minutes each for 4 vehicles)
+    demo = cli.json("demo", "--vehicles", "4", "--minutes", "0.1", "--seed", "1", timeout_s=900)
     assert demo["steps"]["genesis"]["trained_now"] is False
 
     # the pipeline: every stage once, then a real training run (an MLflow run that ends during the command)
