@@ -105,7 +105,8 @@ def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -
     write_fleet_lake(cli.state)
     label_pending(cli.state)
     trained = cli.json("pipeline", "run", "--stage", "train")["train"]
-    assert trained["status"] == "trained" and trained["parent_version"] == "1"
+    # the parent is production, which the demo's rollouts may have moved past v1 (a 4-vehicle canary rarely decides)
+    assert trained["status"] == "trained" and int(trained["parent_version"]) >= 1
 
     served = cli.json("pipeline", "serve", "--stage", "label")
     assert [s["name"] for s in served] == ["pipeline-label"]
