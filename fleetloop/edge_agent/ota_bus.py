@@ -3,9 +3,10 @@
 ``KafkaTransport`` consumes ``fleetloop.ota-commands`` in a consumer group of its own (each shard sees every
 command and keeps those for its vehicles), from the earliest offset (the client drops commands older than
 ``OtaSpec.command_max_age_s``), and produces ``fleetloop.ota-status`` keyed by vehicle id. It joins its group
-before the first tick (the vehicles are connected when they start driving): a group join takes seconds, in
-which a small fleet drives hundreds of ticks. Then a thread of its own polls the broker (``POLL_TIMEOUT_S`` a call)
-and queues the commands; the tick takes what is queued and never waits. A consumer polled only at tick
+before the first tick and reads the commands already waiting (the vehicles are connected when they start
+driving): a group join takes seconds, in which a small fleet drives hundreds of ticks. Then a thread of its own
+polls the broker (``POLL_TIMEOUT_S`` a call) and queues the commands; the tick takes what is queued and never
+waits. A consumer polled only at tick
 boundaries with a few milliseconds each never fetched anything once it had read the topic's backlog
 (kafka-python 3.0's group coordination and fetch each need more than such a poll gives them): no vehicle heard
 a command sent after it started.
@@ -29,6 +30,7 @@ __all__ = ["POLL_TIMEOUT_S", "KafkaTransport", "MemoryTransport"]
 
 POLL_TIMEOUT_S = 0.5  # [s] one poll of the command thread (the tick does not wait: it takes what is queued)
 JOIN_TIMEOUT_S = 60.0  # [s] for the consumer group to assign the command topic's partitions
+CATCH_UP_TIMEOUT_S = 10.0  # [s] to read the commands already waiting before the first tick; later ones queue
 
 
 class KafkaTransport:
@@ -52,7 +54,18 @@ class KafkaTransport:
                     "is Kafka up (`fleetloop status`)?"
                 )
             self._early += self._read(0.1)
+        # and reads the commands already waiting (a vehicle boots, then checks for updates): one fetch response
+        # per partition may arrive polls apart, and a command read a poll later is a second fetch job, whose
+        # vehicles activate seconds of wall time (hundreds of a small fleet's ticks) after the first job's
+        caught_up_by = time.monotonic() + CATCH_UP_TIMEOUT_S
+        while not self._caught_up() and time.monotonic() < min(deadline, caught_up_by):
+            self._early += self._read(0.1)
         self._thread.start()
+
+    def _caught_up(self) -> bool:
+        """Every assigned partition fetched and read to its end."""
+        lag = self.consumer.lag_records()
+        return set(lag) == set(self.consumer.assignment()) and not any(lag.values())
 
     def _read(self, timeout_s: float) -> list[OtaCommand]:
         polled = self.consumer.poll(timeout_s)

@@ -25,6 +25,7 @@ outage, the stop flag, commits after durable work) is the bus's: :mod:`fleetloop
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,8 @@ __all__ = [
     "run_shell",
     "stop_on_signals",
 ]
+
+log = logging.getLogger(__name__)
 
 DEAD_LETTERED = counter(
     "fleetloop_pipeline_dead_lettered_total",
@@ -249,8 +252,11 @@ def run_shell(
                     break
         while pending and not settle():
             time.sleep(OUTAGE_RETRY_S)  # stopping: pending work is made durable (or the outage limit raises)
-        if consumer.has_deferred_commit:
-            consumer.finish_commits(cfg.commit_timeout_s)  # a commit a rebalance refused, done before leaving
+        if consumer.has_deferred_commit and not consumer.finish_commits(cfg.commit_timeout_s):
+            # a commit a rebalance refused and no later attempt made before leaving: the work is durable, the
+            # next owner is redelivered these records and the sink drops them as duplicates
+            report.commit_failures += 1
+            log.warning("%s: offsets not committed before leaving (the group was rebalancing)", report.stage)
         if stop.is_set():
             report.stopped_by = "signal"
         report_counts()

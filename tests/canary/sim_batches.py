@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
-from fleetloop.platform.canary.policy import CONDITION_CLASSES, SCENARIO_CLASSES
-from fleetloop.platform.canary.stats import ArmTally, SliceTally
+from fleetloop.platform.canary.decide import Verdict, decide
+from fleetloop.platform.canary.policy import CONDITION_CLASSES, SCENARIO_CLASSES, CanaryPolicy
+from fleetloop.platform.canary.stats import ArmTally, CohortStats, SliceTally, update_stats
 
 SLICES = tuple(f"{c}/{s}" for c in CONDITION_CLASSES for s in SCENARIO_CLASSES)
 BASE_RATES_PER_KM = {  # the baseline's events per km in every slice
@@ -56,3 +58,23 @@ def arm_of_beats(planned_km: float, progress: float, counts: dict[str, int]) -> 
     for dev in BEAT_SPREAD:
         out = out.plus(ArmTally.one_beat(p * progress * (1.0 + dev), p, {}))
     return out
+
+
+def null_rollbacks(policy: CanaryPolicy, rollouts: int, batches: int, canary_km: float, baseline_km: float) -> int:
+    """How many of ``rollouts`` canaries equal to production (seeds 0..) are ever rolled back when decided after
+    every one of ``batches`` batches (the continuous looks an always-valid test must survive)."""
+    rolled_back = 0
+    for seed in range(rollouts):
+        rng = np.random.default_rng(seed)
+        stats = CohortStats()
+        for i in range(batches):
+            stats = update_stats(policy, stats, batch(rng, canary_km, baseline_km))
+            if decide(policy, stats, 0, 80.0 * (i + 1), float(i)).verdict is Verdict.ROLLBACK:
+                rolled_back += 1
+                break
+    return rolled_back
+
+
+def within_alpha(policy: CanaryPolicy, rolled_back: int, rollouts: int) -> bool:
+    """The share rolled back is at most alpha plus three binomial standard errors."""
+    return rolled_back / rollouts <= policy.alpha + 3 * math.sqrt(policy.alpha * (1 - policy.alpha) / rollouts)

@@ -10,7 +10,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from sim_batches import SLICES, arm_of_beats, batch
+from sim_batches import SLICES, arm_of_beats, batch, null_rollbacks, within_alpha
 
 from fleetloop.platform.canary.decide import POOLED, Decision, Verdict, decide
 from fleetloop.platform.canary.policy import CanaryPolicy
@@ -63,17 +63,8 @@ def test_a_doubled_near_miss_rate_in_one_slice_only_is_rolled_back_naming_that_s
 def test_a_canary_as_safe_as_production_is_not_rolled_back_while_watched_continuously() -> None:
     """100 rollouts of a canary equal to production, decided after every batch of 16 slices x 5 metrics: the share
     ever rolled back stays within alpha (it is far below: Bonferroni over 85 tests, each an e-process)."""
-    rollbacks = 0
     policy = CanaryPolicy(min_exposure_km=0.0)
-    for seed in range(100):
-        rng = np.random.default_rng(seed)
-        stats = CohortStats()
-        for i in range(20):
-            stats = update_stats(policy, stats, batch(rng, 5.0, 10.0))
-            if decide(policy, stats, 0, 80.0 * (i + 1), float(i)).verdict is Verdict.ROLLBACK:
-                rollbacks += 1
-                break
-    assert rollbacks / 100 <= policy.alpha + 3 * math.sqrt(policy.alpha * (1 - policy.alpha) / 100)
+    assert within_alpha(policy, null_rollbacks(policy, 100, 20, 5.0, 10.0), 100)
 
 
 def test_a_timid_model_with_fewer_events_but_much_less_progress_is_rolled_back() -> None:

@@ -2,8 +2,8 @@
 
 Each command runs as a user runs it, in a fresh process, in loop order on one small state directory: the stack,
 the model registry, a tiny fleet, the pipeline (also a real training run, whose MLflow run used to print
-"View run ..." links before the document), the lake, the run records and the demo. The library's chatter may go
-to stderr; stdout must parse whole.
+"View run ..." links before the document), the lake and the run records. The library's chatter may go to stderr;
+stdout must parse whole. `demo --json` is parsed whole by tests/integration/test_demo_quick.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,13 @@ class Cli:
 
 
 @pytest.fixture(scope="module")
-def cli(kafka_bootstrap: str, mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    return Cli(kafka_bootstrap, mlflow_uri, tmp_path_factory.mktemp("cli-json-state"))
+def cli(kafka_bootstrap: str, mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    cli = Cli(kafka_bootstrap, mlflow_uri, tmp_path_factory.mktemp("cli-json-state"))
+    yield cli
+    # `up` leaves its services running, as it does for a user: stop them here, or they outlive the test (a
+    # rollout controller left so, in the shared Kafka's consumer group, took half of a later test's heartbeats)
+    stopped = {s["name"]: s["action"] for s in cli.json("down", timeout_s=120)["services"]}
+    assert stopped["ota-repo"] in ("stopped", "killed"), stopped
 
 
 def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -> None:
@@ -94,19 +100,13 @@ def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -
     assert cli.json("sim", "run", *TINY_FLEET)["vehicles"] == 4
     assert len(cli.json("sim", "euroncap", "--conditions", "dry")["tests"]) == 156
 
-    # the demo, while there is no candidate to validate (its validate stage then has nothing to do)
-    # its two rollouts drive until the controller decides (up to 6 simulated minutes each for 4 vehicles)
-    demo = cli.json("demo", "--vehicles", "4", "--minutes", "0.1", "--seed", "1", timeout_s=900)
-    assert demo["steps"]["genesis"]["trained_now"] is False
-
     # the pipeline: every stage once, then a real training run (an MLflow run that ends during the command)
     stages = cli.json("pipeline", "run")
     assert list(stages) == ["collect", "groundtruth", "label", "train", "validate"]
     write_fleet_lake(cli.state)
     label_pending(cli.state)
     trained = cli.json("pipeline", "run", "--stage", "train")["train"]
-    # the parent is production, which the demo's rollouts may have moved past v1 (a 4-vehicle canary rarely decides)
-    assert trained["status"] == "trained" and int(trained["parent_version"]) >= 1
+    assert trained["status"] == "trained" and trained["parent_version"] == "1"
 
     served = cli.json("pipeline", "serve", "--stage", "label")
     assert [s["name"] for s in served] == ["pipeline-label"]
@@ -116,5 +116,5 @@ def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -
     assert cli.json("lake", "inspect")["rows"] > 0
     assert cli.json("lake", "prune")["partitions"] == []
     records = cli.json("runs", "list")
-    assert {r["command"] for r in records} >= {"sim run", "sim euroncap", "pipeline run", "demo"}
+    assert {r["command"] for r in records} >= {"sim run", "sim euroncap", "pipeline run"}
     assert cli.json("runs", "show", records[0]["id"])["id"] == records[0]["id"]

@@ -90,9 +90,9 @@ def published_and_sent(env: dict[str, str], settings: Settings, tmp_path: Path) 
 
 
 def run_fleet(env: dict[str, str]) -> dict:
-    proc = fleetloop(
-        env, "sim", "run", "--ota", "--vehicles", str(FLEET), "--minutes", "0.4", "--no-telemetry", "--json"
-    )
+    # 1 simulated minute: the fetch runs in wall time beside the ticks, and a loaded machine's fetch may take a
+    # few hundred of a small fleet's ticks before the 100-tick health window can start
+    proc = fleetloop(env, "sim", "run", "--ota", "--vehicles", str(FLEET), "--minutes", "1", "--no-telemetry", "--json")
     return as_json(proc)
 
 

@@ -356,17 +356,20 @@ class BusConsumer:
         """Before leaving: complete a rebalance under way (polls whose records are dropped unread: uncommitted,
         they are redelivered to the next owner) and commit the deferred offsets. Returns whether none is left."""
         deadline = time.monotonic() + timeout_s
-        while self._deferred and time.monotonic() < deadline:
+        while self._deferred and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(ServiceUnavailable), kafka_errors_as_ours("polling", self.bootstrap):
-                self._consumer.poll(timeout_ms=200)  # the group is joined inside poll
-            self._retry_deferred()
+                self._consumer.poll(timeout_ms=int(min(1.0, left) * 1000))  # the group is joined inside poll
+            # each attempt bounded, and the offsets kept when one times out: a commit sent while the coordinator
+            # moves could otherwise wait out the client's whole request timeout (30 s) and be dropped unsaid
+            with contextlib.suppress(ServiceUnavailable):
+                self._commit_deferred(max(0.1, min(5.0, deadline - time.monotonic())), keep_on_failure=True)
         return not self._deferred
 
     def _retry_deferred(self) -> None:
         with contextlib.suppress(ServiceUnavailable):  # the broker is away: the next commit covers them
             self._commit_deferred(None)
 
-    def _commit_deferred(self, timeout_s: float | None) -> bool:
+    def _commit_deferred(self, timeout_s: float | None, keep_on_failure: bool = False) -> bool:
         from kafka.errors import (
             CommitFailedError,
             IllegalGenerationError,
@@ -393,7 +396,8 @@ class BusConsumer:
             self.counters.add(commit_retries=1)
             return False  # kept in _deferred: the next poll completes the rebalance and retries
         except KafkaError as e:  # the broker is down or did not answer in time
-            self._deferred = {}  # later commits move past these offsets; a restart redelivers them
+            if not keep_on_failure:
+                self._deferred = {}  # later commits move past these offsets; a restart redelivers them
             raise ServiceUnavailable(
                 f"committing offsets of group {self.group_id} to Kafka at {self.bootstrap} failed "
                 f"({type(e).__name__}: {e}); the records are redelivered, so make the work on them idempotent"
