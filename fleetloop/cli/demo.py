@@ -27,6 +27,7 @@ from fleetloop.cli.demo_report import before_after, render_before_after, where_n
 from fleetloop.cli.demo_rollouts import step_canary, step_degraded
 from fleetloop.cli.demo_steps import (
     BETTER_CANDIDATE_RULE,
+    MIN_DEMO_VEHICLES,
     DemoPlan,
     plan_for,
     step_data_loop,
@@ -36,7 +37,7 @@ from fleetloop.cli.demo_steps import (
 )
 from fleetloop.cli.demo_timeline import plot_timeline
 from fleetloop.cli.output import emit
-from fleetloop.cli.validate_args import ANY_INT, NON_NEGATIVE_FLOAT, POSITIVE_INT, at_least
+from fleetloop.cli.validate_args import ANY_INT, NON_NEGATIVE_FLOAT, at_least
 from fleetloop.platform.runs import run_record
 from fleetloop.platform.settings import Settings, load_settings
 
@@ -192,7 +193,12 @@ def _render(d: dict[str, Any], out: Console, settings: Settings) -> None:
 @app.callback(invoke_without_command=True)
 def demo(
     quick: bool = typer.Option(False, "--quick", help="A reduced story: small fleet, short drives, tiny suite."),
-    vehicles: int | None = typer.Option(None, click_type=POSITIVE_INT, help="Vehicles of each drive."),
+    vehicles: int | None = typer.Option(
+        None,
+        click_type=at_least(MIN_DEMO_VEHICLES, int),
+        help=f"Vehicles of each drive ({MIN_DEMO_VEHICLES} or more: a canary wave of 25 % needs matched baseline "
+        "vehicles beside it; 4 vehicles let a degraded model through on too little evidence).",
+    ),
     minutes: float | None = typer.Option(None, click_type=at_least(0.1, float), help="Simulated minutes a drive."),
     fog_onset: float | None = typer.Option(
         None, "--fog-onset", click_type=NON_NEGATIVE_FLOAT, help="When the fog rolls in [simulated s] (half-way)."

@@ -31,6 +31,7 @@ from fleetloop.platform.settings import Settings
 
 __all__ = [
     "BETTER_CANDIDATE_RULE",
+    "MIN_DEMO_VEHICLES",
     "DemoPlan",
     "better_candidate",
     "candidate_summary",
@@ -71,6 +72,9 @@ class DemoPlan:
     """Ticks (0.1 s) of expert driving for the genesis model."""
     bootstrap_train_s: float
     """Wall-clock budget of the genesis model's training [s]."""
+
+
+MIN_DEMO_VEHICLES = 16  # the quick demo's fleet: its rollouts catch the degraded model (a 4-vehicle fleet's did not)
 
 
 def plan_for(quick: bool, vehicles: int | None, minutes: float | None, fog_onset_s: float | None) -> DemoPlan:

@@ -144,3 +144,9 @@ def test_values_inside_the_range_pass_through(kind: Number, text: str, want: flo
 )
 def test_the_range_in_words(kind: Number, words: str) -> None:
     assert kind.valid() == words
+
+
+def test_a_demo_fleet_too_small_to_judge_a_canary_is_refused(fleetloop: Callable[..., tuple[int, str]]) -> None:
+    code, err = fleetloop("demo", "--vehicles", "4")  # its rollout once promoted the degraded model
+    assert code == 2
+    assert "Invalid value for '--vehicles': 4 is out of range; valid: an integer >= 16" in err
