@@ -4,7 +4,9 @@ seconds), every command in a fresh process. While the fleet drives, a good candi
 waves -> production and the fleet ends on it, the old production archived, and ``ota history`` tells it.
 
 The policy is small (waves of 25 %, 50 %, then everyone; 0.3 matched km per wave; progress ratios loose and no hold
-on the canary's first events: a few vehicles' numbers depend on their traffic more than on their model) so that it
+on the canary's first events: a few vehicles' numbers depend on their traffic more than on their model; alpha
+0.05, as the defaults: at 0.2 a candidate with production's very weights was once rolled back in its second wave
+for fallback activations in clear) so that it
 fits a few minutes of an 8-vehicle fleet (docs/canary.md, "The live path"). The live rollback of a one-slice
 regression needs a parent that brakes where it should (the demo's genesis model: tests/integration/
 test_demo_quick.py); the untrained test model's regression drives no worse.
@@ -39,7 +41,7 @@ POLICY = """
 waves = [0.25, 0.5, 1.0]
 min_exposure_km = 0.3
 margin = 0.5
-alpha = 0.2
+alpha = 0.05
 metrics = ["near_misses", "fallback_activations"]
 counter_metrics = []
 progress_min_ratio = 0.5
