@@ -71,7 +71,7 @@ from fleetloop.pipelines.regression import (
 from fleetloop.platform.bus.events import FleetHealth
 from fleetloop.platform.canary import controller as ctl
 from fleetloop.platform.canary.cohorts import assign_cohorts
-from fleetloop.platform.canary.policy import CanaryPolicy
+from fleetloop.platform.canary.policy import COUNT_METRICS, CanaryPolicy
 from fleetloop.platform.canary.tally import heartbeat_counts
 from fleetloop.platform.canary.validate import stratum_of
 
@@ -181,14 +181,22 @@ def true_rates(a: argparse.Namespace, models: dict[str, LoadedPolicy]) -> dict[s
     )
     t0 = time.monotonic()
     hb_sums: dict[str, dict[str, float]] = {lab: dict.fromkeys(("km", *SAFETY), 0.0) for lab in labels.values()}
+    per_vehicle: dict[tuple[str, str], list[float]] = {}  # production's (vehicle, slice) -> km, counts
     for _ in range(a.eval_ticks):
         runner.step()
         for b in sink.take():
             s = hb_sums[str(b.model_version)]
             s["km"] += b.distance_m / 1000.0
-            for m, c in heartbeat_counts(FleetHealth(**b.event_fields())).items():  # type: ignore[arg-type]
+            hb = FleetHealth(**b.event_fields())  # type: ignore[arg-type]
+            counts = heartbeat_counts(hb)
+            for m, c in counts.items():
                 if m in s:
                     s[m] += c
+            if str(b.model_version) == PRODUCTION:
+                acc = per_vehicle.setdefault((hb.vehicle_id, stratum_of(hb)), [0.0] * (1 + len(COUNT_METRICS)))
+                acc[0] += hb.distance_m / 1000.0
+                for j, m in enumerate(COUNT_METRICS):
+                    acc[1 + j] += counts[m]
     summary = runner.summary()
     wall = time.monotonic() - t0
     out: dict[str, Any] = {"vehicles_per_model": n, "ticks": a.eval_ticks, "wall_s": wall, "models": {}}
@@ -201,12 +209,30 @@ def true_rates(a: argparse.Namespace, models: dict[str, LoadedPolicy]) -> dict[s
             count = int(sum(r["collisions"] + r["near_misses"] for r in rows))
             per[cond] = {"count": count, "km": km, "rate": rate_per_1000km(count, km).as_dict()}
         out["models"][name] = {"by_condition": per, "heartbeat_rates_per_km": _per_km(hb_sums[lab])}
+    out["dispersion"] = {m: pearson_dispersion(per_vehicle, j) for j, m in enumerate(COUNT_METRICS)}
     base = out["models"]["production"]["by_condition"]
     for name in ("good", "regression"):
         for cond, v in out["models"][name]["by_condition"].items():
             b = base[cond]
             v["ratio"] = list(rate_ratio_ci(v["count"], v["km"], b["count"], b["km"]))
     return out
+
+
+def pearson_dispersion(per_vehicle: dict[tuple[str, str], list[float]], j: int) -> float:
+    """Variance over mean of metric ``j``'s counts per (vehicle, slice), each slice at its own rate per km: Pearson's
+    chi-square over its degrees of freedom (1 for Poisson counts; what the policy's ``dispersion`` should hold)."""
+    by_slice: dict[str, list[tuple[float, float]]] = {}
+    for (_, stratum), acc in per_vehicle.items():
+        if acc[0] > 0:
+            by_slice.setdefault(stratum, []).append((acc[0], acc[1 + j]))
+    chi2 = dof = 0.0
+    for rows in by_slice.values():
+        km = sum(k for k, _ in rows)
+        lam = sum(x for _, x in rows) / km
+        if lam > 0 and len(rows) > 1:
+            chi2 += sum((x - lam * k) ** 2 / (lam * k) for k, x in rows)
+            dof += len(rows) - 1
+    return chi2 / dof if dof > 0 else math.nan
 
 
 def _per_km(s: dict[str, float]) -> dict[str, float]:
@@ -550,6 +576,16 @@ def render(result: dict[str, Any]) -> str:
                 "-" if r["per_1000_km"] is None else f"{r['per_1000_km']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
             )
             lines.append(f"| {name} | {cond} | {v['km']:,.0f} | {v['count']} | {rate} | {rt} |")
+    policy = CanaryPolicy()
+    lines += [
+        "",
+        "dispersion of production's counts per vehicle and slice (variance / mean; Poisson 1) against the policy's:",
+        "",
+        "| metric | measured | policy |",
+        "|---|---:|---:|",
+    ]
+    for m, d in result["true_rates"].get("dispersion", {}).items():
+        lines.append(f"| {m} | {_num(d, 2)} | {policy.dispersion_of(m):g} |")
     lines += [
         "",
         f"judges (the same sub-fleets, {result['horizon_s']:g} s simulated; good = the control candidate, regression ="

@@ -39,8 +39,8 @@ def before_after(
     return rows
 
 
-def _num(x: float, key: str) -> str:
-    if math.isnan(x):
+def _num(x: float | None, key: str) -> str:
+    if x is None or math.isnan(x):  # None: under a km driven in the condition (no rate)
         return "-"
     return f"{x:.3f}" if key == "progress_vs_expert" else f"{x:,.0f}"
 

@@ -181,27 +181,37 @@ def _timeline(chunks: list[tuple[int, dict[str, int]]], dt_s: float) -> list[dic
 
 
 CONDITION_COLUMNS = ("collisions", "near_misses", "phantom_brakes")
+MIN_RATE_KM = 1.0  # [km] under this a condition's rates are not given: one event over 50 m reads as 20,000 per 1,000 km
 
 
-def _conditions(d: dict[str, Any], version: str | None = None) -> dict[str, dict[str, float]]:
+def _conditions(d: dict[str, Any], version: str | None = None) -> dict[str, dict[str, float | None]]:
     """Per condition (of the vehicle-ticks on ``version`` only, when given): the safety rates per 1,000 km,
-    fallback activations per 1,000 km, progress vs the expert."""
-    out = {}
+    fallback activations per 1,000 km, progress vs the expert and the km; the rates are None under
+    ``MIN_RATE_KM`` (a model that met a condition for a few seconds has no rate there)."""
+    out: dict[str, dict[str, float | None]] = {}
     groups = d["by_condition"]
     if version is not None:
         prefix = f"{version}/"
         groups = {k.removeprefix(prefix): g for k, g in d["by_version_condition"].items() if k.startswith(prefix)}
     for cond, g in groups.items():
-        row = {f"{k}_per_1000_km": float(g["per_1000_km"][k]) for k in CONDITION_COLUMNS}
+        km = float(g["km"])
+        row: dict[str, float | None] = {f"{k}_per_1000_km": float(g["per_1000_km"][k]) for k in CONDITION_COLUMNS}
         row["fallback_activations_per_1000_km"] = float(g["fallback_activations_per_1000_km"])
+        if km < MIN_RATE_KM:
+            row = dict.fromkeys(row)
         row["progress_vs_expert"] = float(g["progress_vs_expert"])
-        row["km"] = float(g["km"])
+        row["km"] = km
         out[cond] = row
     return out
 
 
-def _cnm(row: dict[str, float]) -> str:
-    return f"{row['collisions_per_1000_km'] + row['near_misses_per_1000_km']:,.0f}"
+def _condition_text(row: dict[str, float | None], template: str) -> str:
+    """``template`` filled with the row's collisions + near misses and fallback activations per 1,000 km (``cnm``,
+    ``fb``), or the km it drove when too few for rates."""
+    c, n, fb = row["collisions_per_1000_km"], row["near_misses_per_1000_km"], row["fallback_activations_per_1000_km"]
+    if c is None or n is None or fb is None:
+        return f"only {row['km'] or 0.0:.1f} km (too little for a rate)"
+    return template.format(cnm=f"{c + n:,.0f}", fb=f"{fb:,.0f}")
 
 
 def step_drive(
@@ -260,15 +270,12 @@ def step_drive(
     conditions = _conditions(out, installs)
     fog = conditions.get("fog")
     fog_text = (
-        f"in fog {_cnm(fog)} collisions + near misses and {fog['fallback_activations_per_1000_km']:,.0f} fallback "
-        "activations per 1,000 km"
+        "in fog " + _condition_text(fog, "{cnm} collisions + near misses and {fb} fallback activations per 1,000 km")
         if fog
         else "no fog reached the fleet"
     )
     clear = conditions.get("clear")
-    clear_text = (
-        f"in clear weather {_cnm(clear)} and {clear['fallback_activations_per_1000_km']:,.0f}, " if clear else ""
-    )
+    clear_text = f"in clear weather {_condition_text(clear, '{cnm} and {fb}')}, " if clear else ""
     up = out["counts"].get("uploads", {}).get("frames_uploaded", 0)
     ota = out["counts"].get("ota", {}).get("status", {})
     ota_text = (

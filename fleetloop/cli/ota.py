@@ -499,7 +499,10 @@ def refresh_cmd(as_json: bool = _JSON) -> None:
 
 # ---- canary rollouts (docs/canary.md) ----------------------------------------------------------------------------
 
-_POLICY_DEFAULTS = ", ".join(f"{k}={v}" for k, v in CanaryPolicy().to_dict().items())
+_POLICY_DEFAULTS = ", ".join(
+    f"{k}={{{', '.join(f'{m}={f:g}' for m, f in v.items())}}}" if isinstance(v, dict) else f"{k}={v}"
+    for k, v in CanaryPolicy().to_dict().items()
+)
 _ROLLOUT = typer.Option(None, "--rollout", help="Rollout id (default: the one running).")
 _REASON = typer.Option("", "--reason", help="Why, for the record.")
 _DONE = ("promoted", "rolled_back", "aborted")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from fleetloop.platform.canary.decide import Verdict, decide
-from fleetloop.platform.canary.policy import CONDITION_CLASSES, SCENARIO_CLASSES, CanaryPolicy
+from fleetloop.platform.canary.policy import CONDITION_CLASSES, COUNT_METRICS, SCENARIO_CLASSES, CanaryPolicy
 from fleetloop.platform.canary.stats import ArmTally, CohortStats, SliceTally, update_stats
 
 SLICES = tuple(f"{c}/{s}" for c in CONDITION_CLASSES for s in SCENARIO_CLASSES)
@@ -20,6 +21,8 @@ BASE_RATES_PER_KM = {  # the baseline's events per km in every slice
     "harsh_jerks": 0.1,
 }
 
+POISSON = tuple((m, 1.0) for m in COUNT_METRICS)  # a policy's dispersion for the Poisson batches below
+
 
 def batch(
     rng: np.random.Generator,
@@ -28,17 +31,20 @@ def batch(
     ratio: Mapping[tuple[str, str], float] | float = 1.0,
     progress: float = 1.0,
     slices: tuple[str, ...] = SLICES,
+    bursts: Mapping[str, int] | None = None,
 ) -> dict[str, SliceTally]:
     """One batch: every slice drives ``canary_km`` / ``baseline_km``; the canary's rate of metric m in slice s is
     ``ratio[(s, m)]`` (default 1) or ``ratio`` times the baseline's; its progress is ``progress`` of the plan (the
-    baseline's is 1)."""
+    baseline's is 1). A metric named in ``bursts`` comes in bursts of that many events (same mean rate; variance
+    over mean = the burst size), as a flickering fallback does; the others are Poisson."""
     out: dict[str, SliceTally] = {}
     for s in slices:
         c_counts, b_counts = {}, {}
         for m, lam in BASE_RATES_PER_KM.items():
             r = ratio if isinstance(ratio, float | int) else ratio.get((s, m), 1.0)
-            c_counts[m] = int(rng.poisson(lam * r * canary_km))
-            b_counts[m] = int(rng.poisson(lam * baseline_km))
+            k = (bursts or {}).get(m, 1)
+            c_counts[m] = k * int(rng.poisson(lam * r * canary_km / k))
+            b_counts[m] = k * int(rng.poisson(lam * baseline_km / k))
         out[s] = SliceTally(
             arm_of_beats(canary_km / progress, progress, c_counts), arm_of_beats(baseline_km, 1.0, b_counts)
         )
@@ -60,7 +66,14 @@ def arm_of_beats(planned_km: float, progress: float, counts: dict[str, int]) -> 
     return out
 
 
-def null_rollbacks(policy: CanaryPolicy, rollouts: int, batches: int, canary_km: float, baseline_km: float) -> int:
+def null_rollbacks(
+    policy: CanaryPolicy,
+    rollouts: int,
+    batches: int,
+    canary_km: float,
+    baseline_km: float,
+    bursts: Mapping[str, int] | None = None,
+) -> int:
     """How many of ``rollouts`` canaries equal to production (seeds 0..) are ever rolled back when decided after
     every one of ``batches`` batches (the continuous looks an always-valid test must survive)."""
     rolled_back = 0
@@ -68,7 +81,7 @@ def null_rollbacks(policy: CanaryPolicy, rollouts: int, batches: int, canary_km:
         rng = np.random.default_rng(seed)
         stats = CohortStats()
         for i in range(batches):
-            stats = update_stats(policy, stats, batch(rng, canary_km, baseline_km))
+            stats = update_stats(policy, stats, batch(rng, canary_km, baseline_km, bursts=bursts))
             if decide(policy, stats, 0, 80.0 * (i + 1), float(i)).verdict is Verdict.ROLLBACK:
                 rolled_back += 1
                 break
@@ -78,3 +91,8 @@ def null_rollbacks(policy: CanaryPolicy, rollouts: int, batches: int, canary_km:
 def within_alpha(policy: CanaryPolicy, rolled_back: int, rollouts: int) -> bool:
     """The share rolled back is at most alpha plus three binomial standard errors."""
     return rolled_back / rollouts <= policy.alpha + 3 * math.sqrt(policy.alpha * (1 - policy.alpha) / rollouts)
+
+
+def poisson_policy(**kwargs: Any) -> CanaryPolicy:
+    """A policy that reads every metric as Poisson (``batch``'s counts are, unless given bursts)."""
+    return CanaryPolicy(**{"dispersion": POISSON, **kwargs})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_batches import poisson_policy
 
 from fleetloop.platform.bus.events import FleetHealth
 from fleetloop.platform.canary.controller import (
@@ -20,10 +21,9 @@ from fleetloop.platform.canary.controller import (
     step,
 )
 from fleetloop.platform.canary.decide import Verdict
-from fleetloop.platform.canary.policy import CanaryPolicy
 from fleetloop.platform.errors import DataError, UserInputError
 
-POLICY = CanaryPolicy(waves=(0.05, 0.25, 1.0), min_exposure_km=400.0)  # wave 0: 20 rounds, wave 1: 4
+POLICY = poisson_policy(waves=(0.05, 0.25, 1.0), min_exposure_km=400.0)  # wave 0: 20 rounds, wave 1: 4
 STRATA = ("clear/highway_open", "fog/highway_traffic", "night/urban_open", "wet/urban_traffic")
 FLEET = {f"v{i}": STRATA[i % len(STRATA)] for i in range(400)}
 CANARY_V, PROD_V = 8, 7

@@ -10,14 +10,14 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from sim_batches import SLICES, arm_of_beats, batch, null_rollbacks, within_alpha
+from sim_batches import SLICES, arm_of_beats, batch, null_rollbacks, poisson_policy, within_alpha
 
 from fleetloop.platform.canary.decide import POOLED, Decision, Verdict, decide
 from fleetloop.platform.canary.policy import CanaryPolicy
 from fleetloop.platform.canary.stats import ArmTally, CohortStats, SliceTally, update_stats
 from fleetloop.platform.errors import DataError, UserInputError
 
-POLICY = CanaryPolicy()
+POLICY = poisson_policy()
 
 
 def _run(
@@ -63,7 +63,7 @@ def test_a_doubled_near_miss_rate_in_one_slice_only_is_rolled_back_naming_that_s
 def test_a_canary_as_safe_as_production_is_not_rolled_back_while_watched_continuously() -> None:
     """100 rollouts of a canary equal to production, decided after every batch of 16 slices x 5 metrics: the share
     ever rolled back stays within alpha (it is far below: Bonferroni over 85 tests, each an e-process)."""
-    policy = CanaryPolicy(min_exposure_km=0.0)
+    policy = poisson_policy(min_exposure_km=0.0)
     assert within_alpha(policy, null_rollbacks(policy, 100, 20, 5.0, 10.0), 100)
 
 
@@ -85,7 +85,7 @@ def test_a_timid_model_with_fewer_events_but_much_less_progress_is_rolled_back()
 
 def test_no_verdict_before_the_minimum_exposure_even_on_a_blatant_regression() -> None:
     rng = np.random.default_rng(5)
-    policy = CanaryPolicy(min_exposure_km=400.0)
+    policy = poisson_policy(min_exposure_km=400.0)
     batches = [batch(rng, 2.0, 2.0, 10.0) for _ in range(20)]  # 32 km of canary per batch
     decisions, _ = _run(policy, batches)
     verdicts = [d.verdict for d in decisions]
@@ -119,7 +119,7 @@ def test_a_good_model_goes_through_every_wave_and_a_worse_one_is_stopped() -> No
 def test_the_decision_serialises_to_strict_json_and_back() -> None:
     rng = np.random.default_rng(8)
     decisions, _ = _run(
-        CanaryPolicy(min_exposure_km=10.0),
+        poisson_policy(min_exposure_km=10.0),
         [batch(rng, 1.0, 1.0, {("fog/urban_open", "collisions"): 50.0}) for _ in range(3)],
     )
     d = decisions[-1]
@@ -150,7 +150,7 @@ def test_a_wave_is_held_on_a_canarys_events_only_from_hold_min_events_on() -> No
             arm_of_beats(1.0, 1.0, {"near_misses": 3}), arm_of_beats(10.0, 1.0, {"near_misses": 0})
         )
     }
-    strict = CanaryPolicy(min_exposure_km=0.1, metrics=("near_misses",), counter_metrics=(), progress_min_beats=2)
+    strict = poisson_policy(min_exposure_km=0.1, metrics=("near_misses",), counter_metrics=(), progress_min_beats=2)
     [held], _ = _run(strict, [tally])
     assert held.verdict is Verdict.HOLD and "near_misses" in held.reasons[0]
     [grown], _ = _run(dataclasses.replace(strict, hold_min_events=4), [tally])
@@ -172,7 +172,7 @@ def _oracle_lower_bound(strata: list[tuple[int, float, int, float]], alpha: floa
 
 
 def test_a_hold_needs_the_ratios_lower_confidence_bound_over_the_margin_not_a_point_ratio() -> None:
-    policy = CanaryPolicy(min_exposure_km=0.0, progress_min_beats=2)
+    policy = poisson_policy(min_exposure_km=0.0, progress_min_beats=2)
     fog, clear = "fog/highway_traffic", "clear/urban_open"
 
     def decided(fog_canary: int) -> Decision:
@@ -204,7 +204,7 @@ def test_a_hold_needs_the_ratios_lower_confidence_bound_over_the_margin_not_a_po
 
 
 def test_counter_metrics_hold_a_timid_model_but_never_roll_it_back() -> None:
-    policy = CanaryPolicy(min_exposure_km=0.0)
+    policy = poisson_policy(min_exposure_km=0.0)
     tally = SliceTally(ArmTally(200.0, 200.0, {"phantom_brakes": 400}), ArmTally(200.0, 200.0, {"phantom_brakes": 40}))
     d = decide(policy, update_stats(policy, CohortStats(), {"fog/urban_open": tally}), 0, 200.0, 0.0)
     assert d.verdict is Verdict.HOLD and any("phantom_brakes" in r for r in d.reasons)

@@ -34,6 +34,8 @@ def _toml(d: dict[str, object]) -> str:
     def v(x: object) -> str:
         if isinstance(x, list):
             return "[" + ", ".join(v(i) for i in x) + "]"
+        if isinstance(x, dict):  # an inline table
+            return "{" + ", ".join(f"{k} = {v(i)}" for k, i in x.items()) + "}"
         return f'"{x}"' if isinstance(x, str) else repr(x)
 
     return "\n".join(f"{k} = {v(x)}" for k, x in d.items())

@@ -9,10 +9,9 @@ import statistics
 
 import numpy as np
 import pytest
-from sim_batches import SLICES, null_rollbacks, within_alpha
+from sim_batches import SLICES, null_rollbacks, poisson_policy, within_alpha
 
 from fleetloop.platform.canary.decide import Verdict, decide
-from fleetloop.platform.canary.policy import CanaryPolicy
 from fleetloop.platform.canary.stats import (
     ArmTally,
     CohortStats,
@@ -23,7 +22,7 @@ from fleetloop.platform.canary.stats import (
     update_stats,
 )
 
-POLICY = CanaryPolicy(min_exposure_km=20.0)  # the benchmark's wave exposure
+POLICY = poisson_policy(min_exposure_km=20.0)  # the benchmark's wave exposure
 
 
 def _beats(rng: np.random.Generator, n: int, progress: float, spread: float) -> ArmTally:

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from sim_batches import poisson_policy
 
-from fleetloop.platform.canary.policy import CanaryPolicy
 from fleetloop.platform.canary.stats import (
     ArmTally,
     CohortStats,
@@ -114,7 +114,7 @@ def test_watched_after_every_batch_the_test_rejects_a_true_null_at_most_alpha_of
 
 
 def test_a_doubled_rate_is_found_and_an_equal_one_is_not() -> None:
-    policy = CanaryPolicy(margin=0.2)
+    policy = poisson_policy(margin=0.2)
     grid = MixtureGrid.for_scale(policy.mixture_scale)
     rng = np.random.default_rng(1)
     found = {2.0: 0, 1.0: 0}
@@ -127,7 +127,7 @@ def test_a_doubled_rate_is_found_and_an_equal_one_is_not() -> None:
 
 
 def test_update_keeps_unmatched_driving_apart_and_refuses_bad_tallies() -> None:
-    policy = CanaryPolicy()
+    policy = poisson_policy()
     s = update_stats(
         policy,
         CohortStats(),
@@ -157,7 +157,7 @@ def test_stratified_ratios_weigh_each_stratum_by_its_own_exposures() -> None:
     assert mantel_haenszel_ratio([(20, 10.0, 10, 10.0), (4, 1.0, 20, 10.0)]) == pytest.approx(2.0)
     assert mantel_haenszel_ratio([(3, 1.0, 0, 1.0)]) == math.inf
     assert mantel_haenszel_ratio([(0, 1.0, 0, 1.0)]) is None
-    policy = CanaryPolicy()
+    policy = poisson_policy()
     s = update_stats(
         policy,
         CohortStats(),

@@ -7,7 +7,7 @@ from typing import Any
 
 from fleetloop.cli.demo_report import before_after
 from fleetloop.cli.demo_rollouts import decisive_evidence, evidence_text
-from fleetloop.cli.demo_steps import better_candidate
+from fleetloop.cli.demo_steps import CONDITION_COLUMNS, MIN_RATE_KM, _condition_text, _conditions, better_candidate
 
 
 def _candidate(version: str, passed: bool, fog: float | None) -> dict[str, Any]:
@@ -70,3 +70,21 @@ def test_the_table_shows_the_degraded_model_beside_before_and_after_and_a_dash_w
     assert (fog["before"], fog["after"], fog["degraded"]) == (80.0, 60.0, 400.0)
     assert math.isnan(rows[0]["near_misses_per_1000_km"]["degraded"])
     assert "degraded" not in before_after(_drive(fog=1.0), _drive(fog=2.0))[0]["near_misses_per_1000_km"]
+
+
+def test_a_condition_met_for_a_few_seconds_gets_no_rate_but_its_km() -> None:
+    """One activation over 50 m is not 20,000 per 1,000 km: under ``MIN_RATE_KM`` the rates are None, shown "-"."""
+    g = {"per_1000_km": dict.fromkeys(CONDITION_COLUMNS, 0.0), "progress_vs_expert": 1.0}
+    d = {
+        "by_condition": {
+            "clear": {**g, "fallback_activations_per_1000_km": 20_000.0, "km": 0.05},
+            "fog": {**g, "fallback_activations_per_1000_km": 2_000.0, "km": MIN_RATE_KM},
+        }
+    }
+    rows = _conditions(d)
+    assert rows["clear"]["fallback_activations_per_1000_km"] is None and rows["clear"]["km"] == 0.05
+    assert rows["fog"]["fallback_activations_per_1000_km"] == 2_000.0
+    assert _condition_text(rows["clear"], "{cnm} and {fb}") == "only 0.1 km (too little for a rate)"
+    assert _condition_text(rows["fog"], "{cnm} and {fb}") == "0 and 2,000"
+    table = before_after({"by_condition": rows}, {"by_condition": rows})
+    assert table[0]["fallback_activations_per_1000_km"]["before"] is None

@@ -260,7 +260,7 @@ def decide(policy: CanaryPolicy, stats: CohortStats, wave_index: int, wave_canar
         if worst is not None:
             evidence.append(worst)
         # A hold asks for evidence too: the ratio's lower confidence bound over 1 + margin, not a point ratio.
-        bound = ratio_lower_bound(pairs, policy.hold_alpha)
+        bound = ratio_lower_bound(pairs, policy.hold_alpha, policy.dispersion_of(metric))
         rr = Evidence("rate_ratio", POOLED, metric, xc, ec, xb, eb, ratio, None, policy.ratio_boundary, False, bound)
         if bound is not None and bound > policy.ratio_boundary and xc >= policy.hold_min_events:
             hold.append(

@@ -9,6 +9,9 @@ A TOML file (every key optional; the defaults run the simulator's fleet)::
     metrics = ["collisions", "near_misses", "fallback_activations"]
     counter_metrics = ["phantom_brakes", "harsh_jerks"]
 
+    [dispersion]  # variance / mean of a metric's counts; the metrics not named keep their defaults
+    fallback_activations = 5.0
+
 ``load_policy(text)`` validates once and says what to fix; docs/canary.md explains each field.
 """
 
@@ -26,6 +29,7 @@ from fleetloop.platform.errors import ConfigError
 __all__ = [
     "CONDITION_CLASSES",
     "COUNT_METRICS",
+    "DEFAULT_DISPERSION",
     "SCENARIO_CLASSES",
     "CanaryPolicy",
     "load_policy",
@@ -45,6 +49,19 @@ COUNT_METRICS = (
     "harsh_jerks",
     "deadline_misses",
     "fallback_activations",
+)
+
+# Variance over mean of each metric's counts on production, per vehicle and slice (ADR 0191): events of one
+# vehicle in one place come in bursts (a fallback that flickers, a jerky stop-and-go), which a Poisson test reads
+# as many independent events. Measured on the simulator's fleet (benchmarks/canary.py prints it) and rounded up.
+DEFAULT_DISPERSION: tuple[tuple[str, float], ...] = (
+    ("collisions", 1.0),
+    ("deadline_misses", 1.0),
+    ("fallback_activations", 5.0),
+    ("hard_brakes", 5.0),
+    ("harsh_jerks", 8.0),
+    ("near_misses", 2.0),
+    ("phantom_brakes", 2.0),
 )
 
 
@@ -85,6 +102,10 @@ class CanaryPolicy:
         baseline_ratio: matched baseline vehicles per canary vehicle in each stratum (as many as are left). The
             baseline drives production anyway; the more of it, the more each canary event weighs in the harm
             test (at most 1 + baseline_ratio / (1 + margin) per event against no baseline event, ADR 0186).
+        dispersion: per metric, the variance of its counts over their mean (>= 1; 1 is Poisson) as pairs
+            ``(metric, factor)``; the TOML gives a ``[dispersion]`` table. Each batch's log likelihood ratio is
+            divided by it and the hold's bound widened by it (quasi-Poisson, ADR 0191): clustered events are not
+            taken for independent evidence.
         seed: keys the cohort draw.
     """
 
@@ -102,6 +123,7 @@ class CanaryPolicy:
     hold_min_events: int = 0
     mixture_scale: float = 1.0
     baseline_ratio: float = 4.0
+    dispersion: tuple[tuple[str, float], ...] = DEFAULT_DISPERSION
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,6 +158,12 @@ class CanaryPolicy:
                 f"canary metrics {list(self.metrics)} and counter_metrics {list(self.counter_metrics)}: give at least "
                 f"one metric, each once, from {', '.join(COUNT_METRICS)} (unknown: {unknown})"
             )
+        bad = [(m, f) for m, f in self.dispersion if m not in COUNT_METRICS or not (math.isfinite(f) and f >= 1.0)]
+        if bad or len({m for m, _ in self.dispersion}) != len(self.dispersion):
+            raise ConfigError(
+                f"canary dispersion {dict(self.dispersion)}: give each metric of {', '.join(COUNT_METRICS)} at most "
+                f"once, with a finite factor >= 1 (1: Poisson counts); wrong: {bad}"
+            )
         if not set(self.prove_non_inferiority) <= set(judged):
             raise ConfigError("canary prove_non_inferiority may name only metrics or counter_metrics of the policy")
 
@@ -143,6 +171,10 @@ class CanaryPolicy:
     def judged_metrics(self) -> tuple[str, ...]:
         """Metrics and counter-metrics, in that order."""
         return (*self.metrics, *self.counter_metrics)
+
+    def dispersion_of(self, metric: str) -> float:
+        """The metric's dispersion factor (1 when not named)."""
+        return dict(self.dispersion).get(metric, 1.0)
 
     @property
     def ratio_boundary(self) -> float:
@@ -194,7 +226,9 @@ class CanaryPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the controller records the policy it ran with)."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        out = {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        out["dispersion"] = dict(self.dispersion)
+        return out
 
 
 def policy_from_mapping(doc: Mapping[str, Any], where: str = "canary policy") -> CanaryPolicy:
@@ -206,7 +240,9 @@ def policy_from_mapping(doc: Mapping[str, Any], where: str = "canary policy") ->
     kwargs: dict[str, Any] = {}
     for key, value in doc.items():
         default = getattr(CanaryPolicy(), key)
-        if isinstance(default, tuple):
+        if key == "dispersion":
+            kwargs[key] = _dispersion(value, where)
+        elif isinstance(default, tuple):
             if not isinstance(value, list | tuple):
                 raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
             want = float if key == "waves" else str
@@ -222,6 +258,18 @@ def policy_from_mapping(doc: Mapping[str, Any], where: str = "canary policy") ->
                 raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
             kwargs[key] = float(value)
     return CanaryPolicy(**kwargs)
+
+
+def _dispersion(value: Any, where: str) -> tuple[tuple[str, float], ...]:
+    """A ``[dispersion]`` table over the defaults (the metrics it does not name keep theirs)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: dispersion must be a table of metric = factor, got {value!r}")
+    out = dict(DEFAULT_DISPERSION)
+    for metric, factor in value.items():
+        if not isinstance(factor, int | float) or isinstance(factor, bool):
+            raise ConfigError(f"{where}: dispersion.{metric} must be a number, got {factor!r}")
+        out[str(metric)] = float(factor)
+    return tuple(sorted(out.items()))
 
 
 def load_policy(text: str, where: str = "canary policy") -> CanaryPolicy:

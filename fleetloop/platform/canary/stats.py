@@ -258,8 +258,9 @@ def _update_slice(policy: CanaryPolicy, grid: MixtureGrid, old: SliceStats, batc
             harm.setdefault(m, zero)
             ni.setdefault(m, zero)
             continue
-        harm[m] = harm.get(m, zero) + batch_log_lr(xc, xb, c.km, b.km, up, rho0)
-        ni[m] = ni.get(m, zero) + batch_log_lr(xc, xb, c.km, b.km, down, rho0)
+        phi = policy.dispersion_of(m)  # quasi-Poisson: clustered counts carry 1/phi of the evidence (ADR 0191)
+        harm[m] = harm.get(m, zero) + batch_log_lr(xc, xb, c.km, b.km, up, rho0) / phi
+        ni[m] = ni.get(m, zero) + batch_log_lr(xc, xb, c.km, b.km, down, rho0) / phi
     return replace(old, canary=old.canary.plus(c), baseline=old.baseline.plus(b), harm=harm, non_inferiority=ni)
 
 
@@ -289,11 +290,14 @@ def mantel_haenszel_ratio(pairs: Iterable[tuple[int, float, int, float]]) -> flo
     return math.inf if num > 0 else None
 
 
-def ratio_lower_bound(pairs: Iterable[tuple[int, float, int, float]], alpha: float) -> float | None:
+def ratio_lower_bound(
+    pairs: Iterable[tuple[int, float, int, float]], alpha: float, dispersion: float = 1.0
+) -> float | None:
     """One-sided lower confidence bound (level 1 - ``alpha``) of the rate ratio common to the strata ``(canary
     count, canary km, baseline count, baseline km)``: the profile-likelihood bound of the conditional binomial
     model of the module docstring, the r under the maximum-likelihood ratio where the log likelihood has fallen by
-    z²/2 (z the normal quantile of 1 - alpha). 0 when the canary had no event; None when no stratum had any."""
+    ``dispersion`` x z²/2 (z the normal quantile of 1 - alpha; the quasi-likelihood's widening for counts whose
+    variance is ``dispersion`` times their mean). 0 when the canary had no event; None when no stratum had any."""
     data = [(xc, xb, ec / (ec + eb)) for xc, ec, xb, eb in pairs if ec > 0 and eb > 0 and xc + xb > 0]
     if not data:
         return None
@@ -317,7 +321,8 @@ def ratio_lower_bound(pairs: Iterable[tuple[int, float, int, float]], alpha: flo
             mid = 0.5 * (a + b)
             a, b = (mid, b) if score(mid) > 0 else (a, mid)
         hi = 0.5 * (a + b)
-    target = (loglik(hi) if hi < _LOG_R_SPAN else 0.0) - 0.5 * statistics.NormalDist().inv_cdf(1.0 - alpha) ** 2
+    z = statistics.NormalDist().inv_cdf(1.0 - alpha)
+    target = (loglik(hi) if hi < _LOG_R_SPAN else 0.0) - 0.5 * dispersion * z**2
     for _ in range(_BISECTIONS):  # the log likelihood increases up to the maximum
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if loglik(mid) < target else (lo, mid)
