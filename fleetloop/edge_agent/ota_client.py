@@ -19,8 +19,9 @@ Per vehicle (rows of the arrays), two model slots, A and B; one is active::
   fallback drive for its ``switch_hold_ticks`` (reason ``model_switch``).
 - The health window (``window_ticks`` from activation) counts, per vehicle, ticks with invalid model output (NaN,
   a crash), deadline misses and fallback activations other than ``model_switch``, and compares them with the
-  vehicle's own recent rates (exponential averages over ``baseline_ticks`` while it is not on trial). Over any
-  limit, the vehicle switches back to the other slot at once and reports why; a full healthy window commits.
+  vehicle's own recent rates (exponential averages over ``baseline_ticks`` while it is not on trial; the plain mean
+  until that many ticks are seen). Over any limit, the vehicle switches back to the other slot at once and reports
+  why; a full healthy window commits.
 
 Shadow mode (a command with action ``shadow``)::
 
@@ -41,6 +42,7 @@ Imports numpy only.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -135,6 +137,7 @@ class OtaState:
     trial_fallback: np.ndarray  # int32
     base_deadline_share: np.ndarray  # float64, own recent share of ticks with a deadline miss
     base_fallback_per_tick: np.ndarray  # float64, own recent fallback activations per tick
+    base_ticks: np.ndarray  # int32, ticks counted into the own recent rates (at most baseline_ticks)
     refused_release: np.ndarray  # int64, the last release this vehicle rolled back (not installed again)
     target_shadow: np.ndarray  # bool, the fetch in flight is for shadow mode
 
@@ -162,6 +165,7 @@ class OtaState:
             trial_fallback=zi.copy(),
             base_deadline_share=zf.copy(),
             base_fallback_per_tick=zf.copy(),
+            base_ticks=zi.copy(),
             refused_release=zl.copy(),
             target_shadow=np.zeros(b, dtype=bool),
         )
@@ -309,7 +313,10 @@ def _observe(cfg: HealthConfig, s: OtaState, sig: TickSignals) -> None:
     s.trial_deadline[trial] += sig.deadline_missed[trial]
     s.trial_fallback[trial] += sig.fallback_started[trial]
     rest = ~trial
-    a = 1.0 / cfg.baseline_ticks
+    # The mean of the ticks seen until ``baseline_ticks`` of them, then the exponential average: an average started
+    # at 0 judged a vehicle that updates in its first minute against a rate biased towards none.
+    s.base_ticks[rest] = np.minimum(s.base_ticks[rest] + 1, math.ceil(cfg.baseline_ticks))
+    a = 1.0 / np.minimum(s.base_ticks[rest], cfg.baseline_ticks)
     s.base_deadline_share[rest] += a * (sig.deadline_missed[rest] - s.base_deadline_share[rest])
     s.base_fallback_per_tick[rest] += a * (sig.fallback_started[rest] - s.base_fallback_per_tick[rest])
 

@@ -160,3 +160,18 @@ def test_refusals_busy_already_installed_and_a_rejected_fetch_say_why() -> None:
 def test_config_refuses_nonsense_with_the_unit() -> None:
     with pytest.raises(FleetConfigError, match="window_ticks"):
         HealthConfig(window_ticks=0)
+
+
+def test_a_vehicle_that_updates_in_its_first_minute_is_judged_against_its_mean_so_far_not_a_rate_near_zero() -> None:
+    """30 ticks of one activation every third tick, then an update whose window has the same rate: kept. An
+    average started at 0 (0.1 x the true rate after 30 of 600 ticks) would have rolled it back."""
+    cfg = HealthConfig(window_ticks=30, baseline_ticks=600, fallback_surge_factor=2.0, fallback_slack_activations=2.0)
+    d = Drive(1, cfg)
+    for t in range(30):
+        d.step(fb=[0] if t % 3 == 0 else [])
+    assert d.state.base_fallback_per_tick[0] == pytest.approx(1 / 3)
+    d.step([Command(0, NEW)])
+    d.step(fetched=[installed(0)])
+    for t in range(40):
+        d.step(fb=[0] if t % 3 == 0 else [])
+    assert "committed" in d.states(0) and "rolled_back" not in d.states(0)
