@@ -133,6 +133,7 @@ def test_canary_prints_true_rates_and_every_judge(tiny_models: dict[str, Path], 
     for judge in ("controller", "install", "threshold", "mann_whitney"):
         assert table_rows(out, f"{judge} |"), f"no {judge} row\n{out}"
     assert "controller targets: false rollbacks <= 5 %" in out, out
+    assert table_rows(out, "fallback_activations |"), out  # the measured dispersion beside the policy's
 
 
 def test_multi_gpu_on_cpu_processes_prints_strong_scaling() -> None:
