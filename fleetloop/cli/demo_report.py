@@ -74,6 +74,7 @@ def where_next(settings: Settings) -> list[str]:
     """Where to look next, with this stack's addresses."""
     name = settings.model_name
     return [
+        "`fleetloop watch` — a live dashboard: fleet throughput, safety rates, fallback reasons, the pipeline, alerts",
         "`fleetloop status` — the stack; `fleetloop down` stops it",
         f"MLflow: {settings.tracking_uri} — the training and validation runs",
         f"Prometheus: {settings.prometheus_uri} — the fleet's metrics (where installed)",
