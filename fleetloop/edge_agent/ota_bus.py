@@ -6,10 +6,9 @@ command and keeps those for its vehicles), from the earliest offset (the client 
 before the first tick and reads the commands already waiting (the vehicles are connected when they start
 driving): a group join takes seconds, in which a small fleet drives hundreds of ticks. Then a thread of its own
 polls the broker (``POLL_TIMEOUT_S`` a call) and queues the commands; the tick takes what is queued and never
-waits. A consumer polled only at tick
-boundaries with a few milliseconds each never fetched anything once it had read the topic's backlog
-(kafka-python 3.0's group coordination and fetch each need more than such a poll gives them): no vehicle heard
-a command sent after it started.
+waits. A consumer polled only at tick boundaries with a few milliseconds each never fetched anything once it had
+read the topic's backlog (kafka-python 3.0's group coordination and fetch each need more than such a poll gives
+them): no vehicle heard a command sent after it started.
 """
 
 from __future__ import annotations
