@@ -558,6 +558,11 @@ def wait_rollout(
             rec = store.load(rollout_id)
         except NotFoundError:
             rec = None
+            why = store.refusal(rollout_id)
+            if why is not None:
+                raise ServiceUnavailable(
+                    f"the rollout controller refused to start rollout {rollout_id}: {why}"
+                ) from None
         if rec is not None:
             if rec.phase in _DONE and not rec.todo:
                 return rec

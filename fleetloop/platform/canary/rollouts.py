@@ -4,6 +4,7 @@ operator's requests. The controller service is their one writer; the CLI only dr
     canary/rollouts/<rollout_id>.json   a RolloutRecord: the pure controller's state and what the shell did
     canary/fleet.json                   every vehicle heard: stratum, version, last beat, when
     canary/requests/<id>.json           operator requests (start, pause, resume, abort, rollback), applied once
+    canary/refused/<rollout_id>.json    a start request the controller refused, with why (the CLI waits on it)
 
 Every write is atomic (``write_text_atomic``): after a kill -9 a file holds its old or its new content. A request
 is applied once: its id is kept in the record that applied it before the request file is deleted.
@@ -212,6 +213,7 @@ class RolloutStore:
         self.root = Path(state_dir) / "canary"
         self.rollouts_dir = self.root / "rollouts"
         self.requests_dir = self.root / "requests"
+        self.refused_dir = self.root / "refused"
         self.fleet_path = self.root / "fleet.json"
 
     def _ensure(self) -> None:
@@ -314,6 +316,22 @@ class RolloutStore:
 
     def done(self, path: Path) -> None:
         path.unlink(missing_ok=True)
+
+    def refuse(self, rollout_id: str, reason: str) -> None:
+        """Record that the start of ``rollout_id`` was refused and why (no record exists to note it on)."""
+        self.refused_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"rollout_id": rollout_id, "reason": reason, "at": time.time()}
+        write_text_atomic(self.refused_dir / f"{rollout_id}.json", json.dumps(doc, allow_nan=False))
+
+    def refusal(self, rollout_id: str) -> str | None:
+        """Why the start of ``rollout_id`` was refused, or None."""
+        path = self.refused_dir / f"{rollout_id}.json"
+        if not path.is_file():
+            return None
+        try:
+            return str(json.loads(path.read_text())["reason"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"the refusal record {path} is not what the controller writes: {e}") from e
 
     @staticmethod
     def new_rollout_id(model: str, version: int) -> str:

@@ -215,6 +215,8 @@ class ControllerService:
                 rec = self._records.get(req.rollout_id)
                 if rec is not None:
                     rec.note(now, f"refused {req.command}: {e}")
+                elif req.command == "start":  # no record to note it on: the waiting CLI reads this instead
+                    self.store.refuse(req.rollout_id, str(e))
             applied.append(path)
         return applied
 
