@@ -15,12 +15,16 @@ The launcher owns each service's whole process tree: the service starts in its o
 environment (``fleetloop.platform.process_tree``) follows every descendant, even one that leaves the group or
 outlives the main process (MLflow's uvicorn worker, for example). ``down`` stops the whole tree; ``status``
 calls a tree whose main process is gone "half-dead"; ``up`` stops such a tree before it starts the service
-again. A process without the marker is never signalled (docs/adr/0005). Every message that describes a state
+again. ``up`` also restarts a running service that runs fleetloop's own code (the release server, the rollout
+controller) when that code changed since it started (``code`` in process.json, a digest of the package's
+sources): an updated CLI must not talk to a controller of the previous release. A process without the marker is
+never signalled (docs/adr/0005). Every message that describes a state
 to fix names the command that fixes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -372,14 +376,44 @@ def _launch(settings: Settings, spec: ServiceSpec, folder: Path, log: Path) -> s
             "marker": _marker(settings, spec),
             "address": spec.address(settings),
             "command": cmd,
+            "code": code_stamp() if runs_our_code(cmd) else None,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
     return proc
 
 
+def runs_our_code(cmd: Sequence[str]) -> bool:
+    """Whether a service's command runs a fleetloop module (``python -m fleetloop...``): an update changes it."""
+    return any(a == "fleetloop" or a.startswith("fleetloop.") for a in cmd)
+
+
+def code_stamp() -> str:
+    """A digest of the fleetloop package's source files (path, size, modification time): it changes with an update
+    or a checkout, and a service started before it runs the code it was started with."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        st = path.stat()
+        h.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _stale_code(settings: Settings, spec: ServiceSpec) -> str | None:
+    """Why a running service of ours should be restarted (it runs older fleetloop code), or None."""
+    record = _read_record(settings, spec.name) or {}
+    cmd = record.get("command")
+    if not isinstance(cmd, list) or not runs_our_code([str(a) for a in cmd]):
+        return None
+    recorded = record.get("code")
+    if recorded == code_stamp():
+        return None
+    return "its fleetloop code changed since it started" if recorded else "it was started by an older fleetloop"
+
+
 def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
     (current,) = status(settings, [spec])
+    restarted = ""
     if current.state == "external":
         if not current.healthy:
             raise ServiceUnavailable(
@@ -387,12 +421,19 @@ def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
                 f"answer ({current.detail})"
             )
         return current
-    if current.state == "running":
-        return current  # `up` twice is a no-op
-    if current.state == "unhealthy":
-        return _wait_answering(settings, spec, current)
     folder = service_dir(settings, spec.name)
     log = folder / "service.log"
+    if current.state == "running":
+        why = _stale_code(settings, spec)
+        if why is None:
+            return current  # `up` twice is a no-op
+        # A controller of an older release refused a newer CLI's rollout policy: restart it on the code now here.
+        stopped, _ = _stop_tree(settings, spec, _read_record(settings, spec.name))
+        _record_path(settings, spec.name).unlink(missing_ok=True)
+        _append_log(log, f"stopped {len(stopped)} process(es) to restart: {why}")
+        restarted = f"; restarted: {why}"
+    elif current.state == "unhealthy":
+        return _wait_answering(settings, spec, current)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     cleaned: list[int] = []
     if current.state in ("half-dead", "crashed"):
@@ -415,7 +456,7 @@ def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
         raise
     note = spec.post_start(settings) if spec.post_start is not None else None
     (result,) = status(settings, [spec])
-    result.detail = health.detail + (f"; {note}" if note else "")
+    result.detail = health.detail + (f"; {note}" if note else "") + restarted
     if cleaned:
         result.detail += f"; first stopped {len(cleaned)} process(es) left from an earlier run ({cleaned})"
     return result

@@ -3,6 +3,7 @@ a vehicle's client accepts, and it re-signs a timestamp about to expire by itsel
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -88,3 +89,22 @@ def test_service_resigns_a_timestamp_about_to_expire(settings: Settings) -> None
     assert expiry["timestamp"] == after.expires.timestamp()
     assert set(expiry) == {"root", "targets", "snapshot", "timestamp"}
     assert expiry["root"] == repo.load("root").signed.expires.timestamp()
+
+
+def test_up_restarts_a_service_of_ours_that_runs_older_fleetloop_code_and_no_other(settings: Settings) -> None:
+    [first] = launcher.up(settings, [ota_repo.SPEC])
+    [same] = launcher.up(settings, [ota_repo.SPEC])
+    assert same.pid == first.pid  # the same code: `up` twice is a no-op
+    record_path = settings.state_dir / "services" / "ota-repo" / "process.json"
+    record = json.loads(record_path.read_text())
+    assert record["code"] == launcher.code_stamp()
+    record_path.write_text(json.dumps({**record, "code": "an-older-release"}))  # as if the package was updated
+
+    [restarted] = launcher.up(settings, [ota_repo.SPEC])
+
+    assert restarted.state == "running" and restarted.pid != first.pid
+    assert "restarted: its fleetloop code changed since it started" in restarted.detail
+    assert json.loads(record_path.read_text())["code"] == launcher.code_stamp()
+    [kept] = launcher.up(settings, [ota_repo.SPEC])
+    assert kept.pid == restarted.pid
+    assert not launcher.runs_our_code(["java", "-cp", "x", "kafka.Kafka"])  # the broker keeps running
