@@ -24,7 +24,7 @@ from fleetloop.cli.demo_steps import ACTOR, BETTER_CANDIDATE_RULE, DemoPlan, Say
 from fleetloop.cli.ota import start_rollout, wait_rollout
 from fleetloop.edge_agent.telemetry import vehicle_key
 from fleetloop.platform.canary.operator import history_view
-from fleetloop.platform.canary.policy import COUNT_METRICS, CanaryPolicy
+from fleetloop.platform.canary.policy import POISSON_DISPERSION, CanaryPolicy
 from fleetloop.platform.canary.rollouts import RolloutRecord, RolloutStore
 from fleetloop.platform.errors import NotFoundError
 from fleetloop.platform.registry import Stage, open_registry
@@ -60,7 +60,7 @@ DEMO_POLICY = CanaryPolicy(  # demo-sized: a few dozen vehicles and minutes, not
     # Counts read as Poisson, as before ADR 0191: the quick demo's regression is 4.7x production's fallback
     # activations, which the defaults' dispersion (5) leaves undecided within a rollout drive. Like alpha 0.2, this
     # trades a demo candidate's chance of a false rollback for a short drive.
-    dispersion=tuple((m, 1.0) for m in COUNT_METRICS),
+    dispersion=POISSON_DISPERSION,
 )
 # The full demo's fleet drives a wave's 0.5 km in seconds, before a fog regression's first collision: its waves
 # passed on the absence of evidence and the degraded model was promoted (171 collisions per 1,000 km in fog

@@ -18,8 +18,7 @@ calls a tree whose main process is gone "half-dead"; ``up`` stops such a tree be
 again. ``up`` also restarts a running service that runs fleetloop's own code (the release server, the rollout
 controller) when that code changed since it started (``code`` in process.json, a digest of the package's
 sources): an updated CLI must not talk to a controller of the previous release. A process without the marker is
-never signalled (docs/adr/0005). Every message that describes a state
-to fix names the command that fixes it.
+never signalled (docs/adr/0005). Every message that describes a state to fix names the command that fixes it.
 """
 
 from __future__ import annotations
@@ -399,13 +398,12 @@ def code_stamp() -> str:
     return h.hexdigest()[:16]
 
 
-def _stale_code(settings: Settings, spec: ServiceSpec) -> str | None:
-    """Why a running service of ours should be restarted (it runs older fleetloop code), or None."""
-    record = _read_record(settings, spec.name) or {}
-    cmd = record.get("command")
+def _stale_code(record: dict[str, object] | None) -> str | None:
+    """Why a running service of ours should be restarted (its record says it runs older fleetloop code), or None."""
+    cmd = (record or {}).get("command")
     if not isinstance(cmd, list) or not runs_our_code([str(a) for a in cmd]):
         return None
-    recorded = record.get("code")
+    recorded = (record or {}).get("code")
     if recorded == code_stamp():
         return None
     return "its fleetloop code changed since it started" if recorded else "it was started by an older fleetloop"
@@ -413,7 +411,6 @@ def _stale_code(settings: Settings, spec: ServiceSpec) -> str | None:
 
 def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
     (current,) = status(settings, [spec])
-    restarted = ""
     if current.state == "external":
         if not current.healthy:
             raise ServiceUnavailable(
@@ -421,26 +418,26 @@ def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
                 f"answer ({current.detail})"
             )
         return current
+    record = _read_record(settings, spec.name)
+    # A controller of an older release refused a newer CLI's rollout policy: a running service of ours on older
+    # code is restarted on the code now here.
+    stale = _stale_code(record) if current.state == "running" else None
+    if current.state == "running" and stale is None:
+        return current  # `up` twice is a no-op
+    if current.state == "unhealthy":
+        return _wait_answering(settings, spec, current)
     folder = service_dir(settings, spec.name)
     log = folder / "service.log"
-    if current.state == "running":
-        why = _stale_code(settings, spec)
-        if why is None:
-            return current  # `up` twice is a no-op
-        # A controller of an older release refused a newer CLI's rollout policy: restart it on the code now here.
-        stopped, _ = _stop_tree(settings, spec, _read_record(settings, spec.name))
-        _record_path(settings, spec.name).unlink(missing_ok=True)
-        _append_log(log, f"stopped {len(stopped)} process(es) to restart: {why}")
-        restarted = f"; restarted: {why}"
-    elif current.state == "unhealthy":
-        return _wait_answering(settings, spec, current)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     cleaned: list[int] = []
-    if current.state in ("half-dead", "crashed"):
-        # What is left of an earlier run is ours (it carries our marker): stop it, so it frees its ports.
-        cleaned, _ = _stop_tree(settings, spec, _read_record(settings, spec.name))
+    if stale is not None or current.state in ("half-dead", "crashed"):
+        # What is left of an earlier run, or a run of older code, is ours (it carries our marker): stop it, so it
+        # frees its ports.
+        cleaned, _ = _stop_tree(settings, spec, record)
         _record_path(settings, spec.name).unlink(missing_ok=True)
-        if cleaned:
+        if stale is not None:
+            _append_log(log, f"stopped {len(cleaned)} process(es) to restart: {stale}")
+        elif cleaned:
             _append_log(log, f"stopped {len(cleaned)} process(es) left from an earlier run: {cleaned}")
     for port in spec.ports(settings):
         if not _port_free(settings.host, port):
@@ -456,8 +453,8 @@ def _start_one(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
         raise
     note = spec.post_start(settings) if spec.post_start is not None else None
     (result,) = status(settings, [spec])
-    result.detail = health.detail + (f"; {note}" if note else "") + restarted
-    if cleaned:
+    result.detail = health.detail + (f"; {note}" if note else "") + (f"; restarted: {stale}" if stale else "")
+    if cleaned and stale is None:
         result.detail += f"; first stopped {len(cleaned)} process(es) left from an earlier run ({cleaned})"
     return result
 

@@ -9,7 +9,12 @@ from typing import Any
 import numpy as np
 
 from fleetloop.platform.canary.decide import Verdict, decide
-from fleetloop.platform.canary.policy import CONDITION_CLASSES, COUNT_METRICS, SCENARIO_CLASSES, CanaryPolicy
+from fleetloop.platform.canary.policy import (
+    CONDITION_CLASSES,
+    POISSON_DISPERSION,
+    SCENARIO_CLASSES,
+    CanaryPolicy,
+)
 from fleetloop.platform.canary.stats import ArmTally, CohortStats, SliceTally, update_stats
 
 SLICES = tuple(f"{c}/{s}" for c in CONDITION_CLASSES for s in SCENARIO_CLASSES)
@@ -21,7 +26,7 @@ BASE_RATES_PER_KM = {  # the baseline's events per km in every slice
     "harsh_jerks": 0.1,
 }
 
-POISSON = tuple((m, 1.0) for m in COUNT_METRICS)  # a policy's dispersion for the Poisson batches below
+POISSON = POISSON_DISPERSION  # a policy's dispersion for the Poisson batches below
 
 
 def batch(

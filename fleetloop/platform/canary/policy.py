@@ -30,6 +30,7 @@ __all__ = [
     "CONDITION_CLASSES",
     "COUNT_METRICS",
     "DEFAULT_DISPERSION",
+    "POISSON_DISPERSION",
     "SCENARIO_CLASSES",
     "CanaryPolicy",
     "load_policy",
@@ -64,6 +65,9 @@ DEFAULT_DISPERSION: tuple[tuple[str, float], ...] = (
     ("near_misses", 9.0),
     ("phantom_brakes", 2.0),
 )
+
+POISSON_DISPERSION: tuple[tuple[str, float], ...] = tuple((m, 1.0) for m in COUNT_METRICS)
+"""Every count read as Poisson (each event independent evidence): the test before ADR 0191."""
 
 
 @dataclass(frozen=True)
