@@ -390,14 +390,15 @@ class Rollout:
 
 def run_rollouts(a: argparse.Namespace, models: dict[str, LoadedPolicy], thresholds: dict[str, float]) -> list[Rollout]:
     policy = CanaryPolicy(waves=tuple(a.waves), min_exposure_km=a.min_exposure_km, seed=a.seed)
-    per_judge = 2 * a.rollouts
+    candidates = {c: CANDIDATES[c] for c in a.candidates}
+    per_judge = len(candidates) * a.rollouts
     rollouts: list[Rollout] = []
     # Rollout k's vehicles are the ids k*N .. k*N+N-1: a block of the road (id i starts at i x 150 m on the 50 km
     # loop; 200 vehicles span 30 km, about 15 of the mixed weather's 2 km cells). Every judge drives its own copy
     # of the same (candidate, rollout): one runner needs unique ids, so judge j's copies are the next blocks (the
     # randomness is keyed by id: the copies see other scenes of the same world and seed).
     for j, judge in enumerate(a.judges):
-        for c, (cand, version) in enumerate(CANDIDATES.items()):
+        for c, (cand, version) in enumerate(candidates.items()):
             for r in range(a.rollouts):
                 k = j * per_judge + c * a.rollouts + r
                 rollouts.append(Rollout(judge, cand, version, list(range(k * a.vehicles, (k + 1) * a.vehicles))))
@@ -609,13 +610,21 @@ def render(result: dict[str, Any]) -> str:
         )
     c = result["judges"].get("controller")
     if c is not None:
-        n_good, n_bad = max(c["good_rollouts"], 1), max(c["regression_rollouts"], 1)
+        n_good, n_bad = c["good_rollouts"], c["regression_rollouts"]
+        false = (
+            f"{c['false_rollbacks'] / n_good:.1%} ({'met' if c['false_rollbacks'] / n_good <= 0.05 else 'NOT met'})"
+            if n_good
+            else "not run (no good candidate rolled out)"
+        )
+        caught = (
+            f"{c['caught_in_first_two_waves'] / n_bad:.1%} "
+            f"({'met' if c['caught_in_first_two_waves'] / n_bad >= 0.9 else 'NOT met'})"
+            if n_bad
+            else "not run (no regression rolled out)"
+        )
         lines += [
             "",
-            "controller targets: false rollbacks <= 5 %: "
-            f"{c['false_rollbacks'] / n_good:.1%} ({'met' if c['false_rollbacks'] / n_good <= 0.05 else 'NOT met'}); "
-            f"caught within the first two waves >= 90 %: {c['caught_in_first_two_waves'] / n_bad:.1%} "
-            f"({'met' if c['caught_in_first_two_waves'] / n_bad >= 0.9 else 'NOT met'})",
+            f"controller targets: false rollbacks <= 5 %: {false}; caught within the first two waves >= 90 %: {caught}",
         ]
     return "\n".join(lines)
 
@@ -630,6 +639,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--waves", type=float, nargs="+", default=[0.05, 0.2, 0.5, 1.0], help="canary share per wave")
     p.add_argument("--min-exposure-km", type=float, default=20.0, help="canary km per wave before any verdict")
     p.add_argument("--judges", nargs="+", default=list(JUDGES), choices=JUDGES)
+    p.add_argument(
+        "--candidates",
+        nargs="+",
+        default=list(CANDIDATES),
+        choices=list(CANDIDATES),
+        help="candidates rolled out (one per device call when a run is larger than a call)",
+    )
     p.add_argument("--checks", type=int, default=3, help="threshold judge: measurements per wave")
     p.add_argument("--failure-limit", type=int, default=1, help="threshold judge: failed measurements tolerated")
     p.add_argument("--mw-alpha", type=float, default=0.05, help="Mann-Whitney judge: level per metric")
@@ -684,7 +700,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = (
-        f"{a.rollouts} rollouts per candidate and judge x {a.vehicles} vehicles, {a.minutes:g} min, beats "
+        f"{a.rollouts} rollouts per candidate ({', '.join(a.candidates)}) and judge x {a.vehicles} vehicles, "
+        f"{a.minutes:g} min, beats "
         f"{a.beat_s:g} s, waves {a.waves}, min exposure {a.min_exposure_km:g} km, {a.device}"
     )
     t0 = time.monotonic()

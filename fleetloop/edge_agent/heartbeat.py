@@ -350,8 +350,9 @@ class Heartbeat:
     fallback_model_switch: int = 0
 
     def event_fields(self) -> dict[str, object]:
-        """Keyword arguments of ``FleetHealth`` (the shell adds the envelope: source, emission time)."""
-        return asdict(self)
+        """Keyword arguments of ``FleetHealth`` (the shell adds the envelope: source, emission time). A shallow copy:
+        every field is a scalar, and ``asdict``'s deep copy cost 100 us a beat (most of a large fleet's beat)."""
+        return dict(self.__dict__)
 
 
 def emit_heartbeats(
