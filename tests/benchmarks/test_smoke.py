@@ -136,6 +136,22 @@ def test_canary_prints_true_rates_and_every_judge(tiny_models: dict[str, Path], 
     assert table_rows(out, "fallback_activations |"), out  # the measured dispersion beside the policy's
 
 
+def test_canary_rolls_out_only_the_candidates_asked_for(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    fused = str(tiny_models["fused"])
+    args = ("--quick", "--production", fused, "--device", "cpu", "--out-dir", str(tmp_path), "--minutes", "0.5")
+    out = run_benchmark("canary.py", *args, "--judges", "controller", "--candidates", "regression")
+    row = table_rows(out, "controller |")[0]
+    assert "| 0/0 |" in row and "/2 |" in row, row  # no good candidate rolled out, both regressions
+    assert "false rollbacks <= 5 %: not run" in out, out
+
+
+def test_ncap_spread_prints_the_points_per_seed_and_the_self_rejections(tiny_models: dict[str, Path]) -> None:
+    out = run_benchmark("ncap_spread.py", "--quick", "--model", str(tiny_models["fused"]), "--device", "cpu")
+    assert len(table_rows(out, "clear |")) == 1 and len(table_rows(out, "fog_0.8 |")) == 1, out
+    row = table_rows(out, "the model rejected against itself |")[0]
+    assert row.count("/2") == 7, row  # two seeds: two ordered pairs at each of the seven margins
+
+
 def test_multi_gpu_on_cpu_processes_prints_strong_scaling() -> None:
     args = ("--device", "cpu", "--counts", "1", "2", "--modes", "strong", "--total", "16", "--ticks", "2")
     out = run_benchmark("multi_gpu.py", *args, "--warmup", "1")
