@@ -174,11 +174,12 @@ def _render_validate(d: dict[str, Any]) -> None:
 
 
 def _render_ncap_points(rows: list[dict[str, Any]], baseline: str) -> None:
-    """Euro NCAP points, candidate / baseline, one row per condition, one column per group; a loss in red."""
+    """Euro NCAP points (the mean over the suite's seeds), candidate / baseline, one row per condition, one column
+    per group; a loss in red."""
     if not rows:
         return
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    t = Table(title=f"Euro NCAP points, candidate / {baseline}", box=box.SIMPLE_HEAD)
+    t = Table(title=f"Euro NCAP points (mean over the suite's seeds), candidate / {baseline}", box=box.SIMPLE_HEAD)
     t.add_column("condition")
     for g in groups:
         t.add_column(f"{g} (of {next(r['max_points'] for r in rows if r['group'] == g):g})", justify="right")
@@ -186,7 +187,7 @@ def _render_ncap_points(rows: list[dict[str, Any]], baseline: str) -> None:
         cells = []
         for g in groups:
             r = next(r for r in rows if r["condition"] == cond and r["group"] == g)
-            cell = f"{r['candidate']:g} / {r['baseline']:g}"
+            cell = f"{r['candidate']:.2f} / {r['baseline']:.2f}"
             cells.append(f"[red]{cell}[/]" if r["candidate"] < r["baseline"] else cell)
         t.add_row(cond, *cells)
     console.print(t)

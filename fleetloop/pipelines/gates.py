@@ -23,7 +23,8 @@ The decision (:func:`decide`) is a pure function of the candidate's and the base
 4. **latency**: the candidate's simulated inference latency p99 within ``latency_budget_s`` (the per-tick budget);
 5. **Euro NCAP points not lost** (when the matrix was driven, :func:`ncap_checks`): in every condition and every
    group of the whole Euro NCAP AEB matrix, the candidate's points at least the baseline's minus
-   ``ncap_points_margin``; fog is among the conditions the validate stage drives it in (docs/adr/0117).
+   ``ncap_points_margin`` (the mean over the suite's seeds: ADR 0192); fog is among the conditions the validate
+   stage drives it in (docs/adr/0117).
 
 Every check reports its numbers and intervals; a failed check adds a reason that says what was worse and by
 how much. Check names (``GateCheck.name``, ``GateDecision.failed_checks``) are stable, the reasons' wording is
@@ -319,7 +320,7 @@ class NcapScores:
         }
 
 
-_POINTS_EPS = 1e-9  # points are sums of quarter points: exact in floats; this only absorbs a margin's rounding
+_POINTS_EPS = 1e-9  # points are means of sums of quarter points; this only absorbs a margin's rounding
 
 
 def ncap_checks(candidate: NcapScores, baseline: NcapScores, margin_points: float = 0.0) -> list[GateCheck]:
@@ -375,7 +376,9 @@ class GateConfig:
         progress_margin: allowed drop of mean progress against the expert [-] (0.02 = 2 percentage points).
         latency_budget_s: the per-tick simulated inference latency budget (p99) [s].
         min_km: a suite with less candidate distance than this is too small to judge [km].
-        ncap_points_margin: allowed loss of Euro NCAP points per group and condition [points] (0: any loss fails).
+        ncap_points_margin: allowed loss of Euro NCAP points per group and condition, on the mean over the suite's
+            seeds [points]: a model compared with itself on other seeds of the default suite loses up to 1 point
+            of a 3-seed mean in 0-5 % of comparisons, 0.5 in half of them (ADR 0192; 0 fails on noise alone).
     """
 
     safety_rel_margin: float = 0.10
@@ -387,7 +390,7 @@ class GateConfig:
     progress_margin: float = 0.02
     latency_budget_s: float = 0.1
     min_km: float = 0.5
-    ncap_points_margin: float = 0.0
+    ncap_points_margin: float = 1.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

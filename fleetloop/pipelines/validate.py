@@ -172,18 +172,25 @@ def evaluate_on_suite(
 
 
 def ncap_on_suite(policy: LoadedPolicy | None, label: str, suite: HeldOutSuite, device: str = "cpu") -> NcapScores:
-    """The whole Euro NCAP AEB matrix in every condition of ``suite`` (one batched run, the suite's first seed)
-    for one policy (None: the fallback alone; the arbiter calibrated to the policy): its points per condition and
-    group."""
+    """The whole Euro NCAP AEB matrix in every condition of ``suite`` for one policy (None: the fallback alone;
+    the arbiter calibrated to the policy): its points per condition and group, the mean over the suite's seeds
+    (one batched run each). One seed's points move by up to 2 points a group on sensor noise alone (ADR 0192)."""
     # torch and the fleet runner load only when a validation runs (as in run_slice)
     from fleetloop.edge_agent.ncap_run import drive_ncap_matrix, score_conditions
 
     catalogue = {s.condition.name: s.condition.patches for s in suite.slices}
-    rows = drive_ncap_matrix(policy, tuple(catalogue), catalogue=catalogue, seed=suite.seeds[0], device=device)
-    scores = score_conditions(rows, totals=())
-    points = {cond: {g: groups[g].points for g in GROUPS} for cond, groups in scores.items()}
-    first = next(iter(scores.values()))
-    return NcapScores(label, points, {g: first[g].max_points for g in GROUPS})
+    sums: dict[str, dict[str, float]] = {}
+    max_points: dict[str, float] = {}
+    for seed in suite.seeds:
+        rows = drive_ncap_matrix(policy, tuple(catalogue), catalogue=catalogue, seed=seed, device=device)
+        for cond, groups in score_conditions(rows, totals=()).items():
+            acc = sums.setdefault(cond, dict.fromkeys(GROUPS, 0.0))
+            for g in GROUPS:
+                acc[g] += groups[g].points
+                max_points[g] = groups[g].max_points
+    n = len(suite.seeds)
+    points = {cond: {g: v / n for g, v in groups.items()} for cond, groups in sums.items()}
+    return NcapScores(label, points, max_points)
 
 
 def ncap_table(candidate: NcapScores, baseline: NcapScores) -> list[dict[str, Any]]:

@@ -171,6 +171,16 @@ def test_decide_fails_a_candidate_that_loses_ncap_points_and_names_the_check() -
     assert passed.passed and sum(c.name.startswith("ncap ") for c in passed.checks) == 4
 
 
+def test_by_default_decide_allows_a_point_of_a_seed_mean_and_fails_more() -> None:
+    """ADR 0192: one seed's points move by up to 2 points on noise; the gate compares seed means with 1 point."""
+    cand = suite("c", run(collisions=1), run(collisions=2, near_misses=1))
+    assert GateConfig().ncap_points_margin == 1.0
+    within = decide(cand, BASE, ["fog"], ncap=(ncap(45.0, 5.5, 44.25, 4.0), NCAP_BASE))  # -1 in fog CPNC
+    assert within.passed, within.reasons
+    beyond = decide(cand, BASE, ["fog"], ncap=(ncap(45.0, 5.5, 44.25, 5.0 - 13 / 12), NCAP_BASE))  # a 3-seed mean
+    assert beyond.failed_checks == ("ncap fog_0.8 CPNC",) and "allowed loss 1)" in beyond.reasons[0], beyond.reasons
+
+
 def test_without_the_matrix_the_decision_says_no_ncap_gate_ran() -> None:
     cand = suite("c", run(collisions=1), run(collisions=2, near_misses=1))
     d = decide(cand, BASE, ["fog"])
