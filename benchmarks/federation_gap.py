@@ -110,7 +110,14 @@ def run_federated(
     # Flower, Ray and gRPC load only here: --evaluate-saved runs on a GPU box with torch, numpy and pydantic alone.
     from fleetloop.federation.runner import run_rounds
 
-    local = ClientTrainConfig(epochs=a.local_epochs, lr=a.local_lr, max_seconds=a.local_max_s, proximal_weight=mu)
+    local = ClientTrainConfig(
+        epochs=a.local_epochs,
+        lr=a.local_lr,
+        max_seconds=a.local_max_s,
+        proximal_weight=mu,
+        parent_anchor_weight=a.parent_anchor,
+        balance_hazard=not a.no_local_balance,
+    )
     cfg = RoundsConfig(
         rounds=a.rounds,
         clients=a.vehicles,
@@ -328,6 +335,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--local-max-s", type=float, default=60.0, help="(b): wall-clock budget of one local update [s]")
     p.add_argument("--proximal-weight", type=float, default=0.0, help="(b): the vehicles' anchor to the global model")
     p.add_argument("--prox-mu", type=float, default=None, help="also (b'): FedProx with this mu, same rounds")
+    p.add_argument(
+        "--parent-anchor",
+        type=float,
+        default=ClientTrainConfig().parent_anchor_weight,
+        help="(b): the vehicles' anchor to the model the federation started from (0: none; ADR 0193)",
+    )
+    p.add_argument(
+        "--no-local-balance", action="store_true", help="(b): do not balance hazard and normal frames locally"
+    )
     p.add_argument("--holdout", type=int, default=2, help="(b): vehicles kept as the server's held-out set")
     p.add_argument("--validate-vehicles", type=int, default=48)
     p.add_argument("--validate-ticks", type=int, default=200)
@@ -365,7 +381,10 @@ def describe(a: argparse.Namespace) -> str:
     return (
         f"{a.seeds} seed(s); fleet {a.vehicles} vehicles x {a.minutes:g} min, fog from {a.fog_onset_s:g} s, budget "
         f"{a.budget:g}, on-board ring {buffer_seconds(a):g} s; (b) {a.strategy}{prox}, {a.rounds} rounds x "
-        f"{a.fraction:g} of the vehicles, {a.local_epochs} local epoch(s), lr {a.local_lr:g}; (a), (c) "
+        f"{a.fraction:g} of the vehicles, {a.local_epochs} local epoch(s), lr {a.local_lr:g}"
+        + (f", anchored to the parent ({a.parent_anchor:g})" if a.parent_anchor else "")
+        + ("" if a.no_local_balance else ", hazard-balanced")
+        + f"; (a), (c) "
         f"{a.train_epochs} epochs <= {a.train_max_s:g} s; validate {a.validate_vehicles} x {a.validate_ticks / 10:g} s "
         f"x 3 slices; bootstrap {a.bootstrap_vehicles} x {a.bootstrap_ticks} ticks, "
         + (f"{a.bootstrap_epochs} epochs" if a.bootstrap_epochs else f"{a.bootstrap_train_s:g} s training")

@@ -232,6 +232,18 @@ def round_cmd(
     epochs: int = typer.Option(
         2, "--local-epochs", click_type=POSITIVE_INT, help="Local passes over a vehicle's labelled frames."
     ),
+    parent_anchor: float = typer.Option(
+        ClientTrainConfig().parent_anchor_weight,
+        "--parent-anchor",
+        click_type=NON_NEGATIVE_FLOAT,
+        help="Pull each local update towards the model the federation started from, as the central fine-tune "
+        "pulls towards its parent (0: off; unused under FedProx, whose mu anchors to the global model).",
+    ),
+    local_balance: bool = typer.Option(
+        ClientTrainConfig().balance_hazard,
+        "--local-balance/--no-local-balance",
+        help="Weight a vehicle's hazard and normal frames equally in its local training.",
+    ),
     initial_model: Path | None = typer.Option(None, "--initial-model", help="Start from this artifact."),
     restart: bool = typer.Option(False, "--restart", help="Start a new federation, ignoring the saved state."),
     deployment: bool = typer.Option(
@@ -259,7 +271,7 @@ def round_cmd(
         round_timeout_s=timeout_s,
         initial_model=initial_model,
         restart=restart,
-        local=ClientTrainConfig(epochs=epochs),
+        local=ClientTrainConfig(epochs=epochs, parent_anchor_weight=parent_anchor, balance_hazard=local_balance),
         dp=DpConfig(mode=dp, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm),
     )
     engine = "the SuperLink's vehicles" if deployment else "Ray and the vehicles"

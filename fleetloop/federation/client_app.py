@@ -29,6 +29,7 @@ from fleetloop.federation.attacks import attack_update
 from fleetloop.federation.buffers import vehicle_frames
 from fleetloop.federation.config import AttackConfig, ClientTrainConfig, VehicleFaults
 from fleetloop.federation.task import (
+    PARENT_RECORD,
     VEHICLE_ID_KEY,
     WEIGHT_KEY,
     frames_in,
@@ -112,11 +113,16 @@ def vehicle_train(msg: Message, context: Context, attack: AttackConfig | None, f
     if n < local.min_frames:
         raise TooFewFrames(f"vehicle {vid}: {n} valid labelled frames, fewer than {local.min_frames}")
     proximal = float(cfg.get("proximal-mu", local.proximal_weight))  # type: ignore[arg-type]
+    parent = None
+    if PARENT_RECORD in msg.content:
+        parent = model_from_arrays(_numpy(msg.content[PARENT_RECORD]), policy)  # type: ignore[arg-type]
     train_seed = (seed * 1_000_003 + server_round * 10_007 + vid) % (2**31)
-    result = local_update(global_model, data, local, train_seed, proximal)
+    result = local_update(global_model, data, local, train_seed, proximal, parent)
     arrays = result.arrays
     if attack is not None and vid in attack.vehicle_ids:
-        arrays = _attack(attack, global_arrays, result.arrays, data, local, global_model, train_seed, proximal, cfg)
+        arrays = _attack(
+            attack, global_arrays, result.arrays, data, local, global_model, train_seed, proximal, cfg, parent
+        )
     metrics: dict[str, Any] = {
         WEIGHT_KEY: result.frames,
         VEHICLE_ID_KEY: vid,
@@ -140,6 +146,7 @@ def _attack(
     seed: int,
     proximal: float,
     cfg: Any,
+    parent: Any = None,
 ) -> dict[str, np.ndarray]:
     samples: list[dict[str, np.ndarray]] = []
     if attack.kind == "alie":
@@ -148,7 +155,7 @@ def _attack(
         for i, idx in enumerate(parts):
             if len(idx) >= 2:
                 sub = {k: v[idx] for k, v in data.items()}
-                samples.append(local_update(global_model, sub, local, seed + 7919 * (i + 1), proximal).arrays)
+                samples.append(local_update(global_model, sub, local, seed + 7919 * (i + 1), proximal, parent).arrays)
     round_size = int(cfg["round-size"])
     return attack_update(
         attack,

@@ -48,6 +48,11 @@ class ClientTrainConfig:
         min_frames: a vehicle with fewer valid labelled frames declines the round (its reply says so).
         proximal_weight: FedProx's mu, applied as the anchor term of ``train_imitation`` (the update is pulled
             towards the received global model's outputs); 0: none.
+        parent_anchor_weight: pull every local update towards the outputs of the model the federation started
+            from (the server sends its weights beside the global ones), as the central fine-tune pulls towards its
+            parent (``TrainConfig.anchor_weight``, 30); FedProx's anchor moves with the global model round after
+            round, this one does not (ADR 0193). Unused under FedProx (its mu anchors instead); 0: none.
+        balance_hazard: weight a vehicle's hazard and normal frames equally, as the central fine-tune does.
     """
 
     epochs: int = 2
@@ -56,10 +61,16 @@ class ClientTrainConfig:
     max_seconds: float = 60.0
     min_frames: int = 32
     proximal_weight: float = 0.0
+    parent_anchor_weight: float = 30.0
+    balance_hazard: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise UserInputError(f"local epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not (math.isfinite(self.parent_anchor_weight) and self.parent_anchor_weight >= 0):
+            raise UserInputError(
+                f"local parent_anchor_weight must be a finite number >= 0, got {self.parent_anchor_weight}"
+            )
         if not (self.lr > 0 and self.max_seconds > 0 and self.proximal_weight >= 0 and self.min_frames >= 2):
             raise UserInputError(
                 "local lr and max_seconds must be > 0, proximal_weight >= 0 and min_frames >= 2; got "

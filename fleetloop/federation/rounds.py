@@ -107,6 +107,12 @@ def _round_metrics(r: RoundReport, privacy: Mapping[str, Any]) -> dict[str, floa
     return m
 
 
+def parent_anchored(cfg: RoundsConfig) -> bool:
+    """Whether the vehicles anchor to the federation's starting model (and so need its weights): a parent anchor
+    weight and no FedProx term, which anchors to the global model instead."""
+    return cfg.local.parent_anchor_weight > 0 and cfg.strategy != "fedprox" and cfg.local.proximal_weight == 0
+
+
 def server_loop(
     job: RoundsJob, tracking: Tracking, on_round: Callable[[RoundReport], None] | None = None
 ) -> Callable[[Grid, Context], None]:
@@ -130,6 +136,7 @@ def server_loop(
         node_wait_s=cfg.node_wait_s,
         seed=cfg.seed,
         train_config=lambda: train_config_record(ids, paths, policy, cfg.local, cfg.seed, job.sample_size),
+        parent=job.state.parent_arrays if parent_anchored(cfg) else None,
     )
     path = state_path(job.settings.state_dir, job.model_name)
 

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fleetloop.federation.sampling import SampledGrid, online_nodes, sample_round
+from fleetloop.federation.task import PARENT_RECORD
 from fleetloop.federation.validation import screen_replies
 
 __all__ = ["RoundPlan", "RoundReport", "federated_round", "make_server_app"]
@@ -47,6 +48,9 @@ class RoundPlan:
     seed: int
     train_config: Callable[[], ConfigRecord]
     """A fresh ConfigRecord for a round's training messages (strategies add their keys to it)."""
+    parent: Mapping[str, np.ndarray] | None = None
+    """The weights the federation started from, sent beside the global ones as record ``parent`` (the vehicles'
+    ``parent_anchor_weight``); None: not sent."""
 
 
 @dataclass
@@ -99,6 +103,10 @@ def federated_round(
     sample = sample_round(nodes, plan.sample_size, plan.seed, server_round)
     record = ArrayRecord({k: Array(np.asarray(v)) for k, v in current.items()})
     messages = list(strategy.configure_train(server_round, record, plan.train_config(), SampledGrid.wrap(grid, sample)))
+    if plan.parent is not None:
+        parent = ArrayRecord({k: Array(np.asarray(v)) for k, v in plan.parent.items()})
+        for m in messages:
+            m.content[PARENT_RECORD] = parent
     replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
     screened = screen_replies(replies, current)
     report.sampled = len(messages)

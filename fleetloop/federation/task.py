@@ -26,6 +26,7 @@ from fleetloop.edge_agent.policy import FusionPolicy, PolicyConfig
 from fleetloop.federation.config import ClientTrainConfig
 
 __all__ = [
+    "PARENT_RECORD",
     "REPLY_METRICS",
     "VEHICLE_ID_KEY",
     "WEIGHT_KEY",
@@ -41,6 +42,8 @@ WEIGHT_KEY = "num-examples"
 """The reply metric the strategies weight by: valid labelled frames the vehicle trained on."""
 VEHICLE_ID_KEY = "vehicle-id"
 """The reply metric naming the vehicle (for the round's lineage; never averaged)."""
+PARENT_RECORD = "parent"
+"""The training message's record of the weights the federation started from (sent for ``parent_anchor_weight``)."""
 REPLY_METRICS = frozenset({WEIGHT_KEY, VEHICLE_ID_KEY, "train-loss-first", "train-loss-last", "train-seconds"})
 """Every metric a reply may carry; the server drops a reply with any other key."""
 
@@ -89,14 +92,26 @@ class LocalResult:
 
 
 def local_update(
-    global_model: FusionPolicy, data: dict[str, torch.Tensor], cfg: ClientTrainConfig, seed: int, proximal: float
+    global_model: FusionPolicy,
+    data: dict[str, torch.Tensor],
+    cfg: ClientTrainConfig,
+    seed: int,
+    proximal: float,
+    parent: FusionPolicy | None = None,
 ) -> LocalResult:
-    """Train a copy of ``global_model`` on ``data``; ``proximal`` > 0 anchors it to the global model's outputs."""
+    """Train a copy of ``global_model`` on ``data``. The anchor term pulls it towards the global model's outputs
+    with ``proximal`` (FedProx's mu) when that is > 0, else towards ``parent``'s (the model the federation started
+    from) with ``cfg.parent_anchor_weight`` when that is > 0 (ADR 0193)."""
     model = copy.deepcopy(global_model).train()
     model.requires_grad_(True)
-    anchor = None
+    anchor, weight = None, 0.0
     if proximal > 0:
-        anchor = copy.deepcopy(global_model).eval()
+        anchor, weight = copy.deepcopy(global_model).eval(), proximal
+    elif cfg.parent_anchor_weight > 0:
+        if parent is None:
+            raise ValueError("parent_anchor_weight > 0 needs the federation's starting weights (record 'parent')")
+        anchor, weight = copy.deepcopy(parent).eval(), cfg.parent_anchor_weight
+    if anchor is not None:
         anchor.requires_grad_(False)
     icfg = ImitationConfig(
         epochs=cfg.epochs,
@@ -104,7 +119,8 @@ def local_update(
         lr=cfg.lr,
         val_fraction=0.0,
         max_seconds=cfg.max_seconds,
-        anchor_weight=proximal if anchor is not None else 0.0,
+        anchor_weight=weight,
+        balance_hazard=cfg.balance_hazard,
     )
     m = train_imitation(model, data, icfg, seed, anchor=anchor)
     return LocalResult(model_to_arrays(model), frames_in(data), m.loss_first, m.loss_last, m.seconds)

@@ -13,16 +13,24 @@ from fleetloop.edge_agent.model_artifact import load_artifact
 from fleetloop.federation.client_app import TooFewFrames, VehicleOffline, train_config_record, vehicle_train
 from fleetloop.federation.config import AttackConfig, ClientTrainConfig, VehicleFaults
 from fleetloop.federation.task import REPLY_METRICS, model_to_arrays
+from fleetloop.platform.errors import UserInputError
 
 LOCAL = ClientTrainConfig(epochs=1, min_frames=16)
 
 
-def train_message(paths: list[Path], ids: list[int], initial_model: Path, local: ClientTrainConfig = LOCAL) -> Message:
+def train_message(
+    paths: list[Path], ids: list[int], initial_model: Path, local: ClientTrainConfig = LOCAL, parent: bool = True
+) -> Message:
+    """A round-1 training message as the server sends it: the global weights (the initial model), the config and,
+    when the vehicles anchor to it (``parent``), the starting weights as record ``parent``."""
     model = load_artifact(initial_model).model
     cfg = train_config_record(ids, [str(p) for p in paths], model.config, local, seed=0, round_size=len(ids))
     cfg["server-round"] = 1
     arrays = ArrayRecord({k: Array(v) for k, v in model_to_arrays(model).items()})
-    return Message(content=RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=7, message_type="train")
+    content = RecordDict({"arrays": arrays, "config": cfg})
+    if parent and local.parent_anchor_weight > 0:
+        content["parent"] = ArrayRecord({k: Array(v) for k, v in model_to_arrays(model).items()})
+    return Message(content=content, dst_node_id=7, message_type="train")
 
 
 def context(pid: int) -> Context:
@@ -78,3 +86,29 @@ def test_a_sign_flip_vehicle_sends_its_update_reversed(fleet_buffers: Path, init
     g = model_to_arrays(load_artifact(initial_model).model)
     for k in g:
         np.testing.assert_allclose(flipped[k].numpy() - g[k], -2.0 * (honest[k].numpy() - g[k]), atol=1e-5)
+
+
+def _distance(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> float:
+    return float(sum(np.sum((arrays[k].numpy() - v) ** 2) for k, v in reference.items()))
+
+
+def test_an_update_anchored_to_the_parent_stays_closer_to_it(fleet_buffers: Path, initial_model: Path) -> None:
+    """The parent anchor pulls the local update towards the starting model's outputs, as the central fine-tune's
+    anchor does: with a heavy anchor and a hazard-balanced loss the update moves the weights less."""
+    path, parent = fleet_buffers / "vehicle-3", model_to_arrays(load_artifact(initial_model).model)
+    free = ClientTrainConfig(epochs=2, min_frames=16, lr=1e-2, balance_hazard=True, parent_anchor_weight=0.0)
+    anchored = ClientTrainConfig(epochs=2, min_frames=16, lr=1e-2, balance_hazard=True, parent_anchor_weight=1e3)
+    out = {}
+    for name, local in (("free", free), ("anchored", anchored)):
+        msg = train_message([path], [3], initial_model, local)
+        out[name] = next(iter(vehicle_train(msg, context(0), None, None).content.array_records.values()))
+    assert 0 < _distance(out["anchored"], parent) < _distance(out["free"], parent)
+
+
+def test_a_parent_anchor_without_the_parent_weights_is_an_error(fleet_buffers: Path, initial_model: Path) -> None:
+    local = ClientTrainConfig(epochs=1, min_frames=16, parent_anchor_weight=30.0)
+    msg = train_message([fleet_buffers / "vehicle-3"], [3], initial_model, local, parent=False)
+    with pytest.raises(ValueError, match="starting weights"):
+        vehicle_train(msg, context(0), None, None)
+    with pytest.raises(UserInputError, match="parent_anchor_weight"):
+        ClientTrainConfig(parent_anchor_weight=-1.0)
