@@ -227,7 +227,7 @@ def round_cmd(
         1.0, "--clipping-norm", click_type=POSITIVE_FLOAT, help="DP clipping norm of an update."
     ),
     timeout_s: float = typer.Option(
-        120.0, "--round-timeout", click_type=POSITIVE_FLOAT, help="Replies later than this are dropped [s]."
+        120.0, "--round-timeout", click_type=POSITIVE_FLOAT, help="Replies later than this are dropped (seconds)."
     ),
     epochs: int = typer.Option(
         2, "--local-epochs", click_type=POSITIVE_INT, help="Local passes over a vehicle's labelled frames."
@@ -253,7 +253,7 @@ def round_cmd(
         "instead of the simulation engine; the exit status is the run's outcome.",
     ),
     verdict_wait_s: float = typer.Option(
-        600.0, "--verdict-wait", click_type=NON_NEGATIVE_FLOAT, help="How long to wait for validate [s]."
+        600.0, "--verdict-wait", click_type=NON_NEGATIVE_FLOAT, help="How long to wait for validate (seconds)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     plot: Path | None = typer.Option(None, "--plot", help="Write held-out quality per round to this PNG."),

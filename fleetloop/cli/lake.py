@@ -97,7 +97,7 @@ def inspect_cmd(
 @app.command("prune")
 def prune_cmd(
     max_age_h: float = typer.Option(
-        None, "--max-age-hours", click_type=NON_NEGATIVE_FLOAT, help="Delete partitions older than this [h]."
+        None, "--max-age-hours", click_type=NON_NEGATIVE_FLOAT, help="Delete partitions older than this (hours)."
     ),
     max_bytes: int = typer.Option(
         None, "--max-bytes", click_type=COUNT, help="Then delete oldest partitions above this size [B]."

@@ -123,7 +123,7 @@ def bootstrap_cmd(
         300, "--ticks", click_type=POSITIVE_INT, help="Ticks (0.1 s) of expert driving collected."
     ),
     max_train_seconds: float = typer.Option(
-        60.0, "--max-train-seconds", click_type=POSITIVE_FLOAT, help="Wall-clock training budget [s]."
+        60.0, "--max-train-seconds", click_type=POSITIVE_FLOAT, help="Wall-clock training budget (seconds)."
     ),
     reason: str = typer.Option(GENESIS_REASON, "--reason", help="Why; recorded in the transition log."),
     actor: str | None = typer.Option(None, "--actor", help="Who, for the log (default: user@host)."),

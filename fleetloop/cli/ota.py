@@ -606,7 +606,7 @@ def rollout_cmd(
     policy: Path | None = typer.Option(None, "--policy", help="Rollout policy TOML (docs/canary.md)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until it is promoted or rolled back."),
     wait_timeout_s: float = typer.Option(
-        3600.0, "--wait-timeout-s", click_type=POSITIVE_FLOAT, help="Give up waiting after this long [s]."
+        3600.0, "--wait-timeout-s", click_type=POSITIVE_FLOAT, help="Give up waiting after this long (seconds)."
     ),
     as_json: bool = _JSON,
 ) -> None:
