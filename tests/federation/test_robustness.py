@@ -40,7 +40,9 @@ SIGN_FLIP_FEDAVG_AT_LEAST = 1.10  # FedAvg under sign-flip (measured 1.17)
 SIGN_FLIP_MEDIAN_WITHIN = 1.05  # FedMedian under sign-flip (measured 1.02)
 ALIE_MEDIAN_WITHIN = 1.05  # FedMedian under ALIE (measured 0.97)
 ALIE_FEDAVG_BAND = 0.05  # FedAvg under ALIE, either way (measured 1.007)
-LOCAL = ClientTrainConfig(epochs=3, lr=3e-3, min_frames=16)
+# Aggregation is what is measured here, from an untrained start: no anchor to that start (ADR 0193's default pulls
+# a fine-tune towards the production model it began from) and no hazard weighting, as when the numbers above were.
+LOCAL = ClientTrainConfig(epochs=3, lr=3e-3, min_frames=16, parent_anchor_weight=0.0, balance_hazard=False)
 
 
 def federate(buffers: Path, initial: Path, strategy: str, attack: str | None) -> float:
