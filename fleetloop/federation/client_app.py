@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
@@ -28,6 +28,7 @@ from fleetloop.edge_agent.policy import PolicyConfig
 from fleetloop.federation.attacks import attack_update
 from fleetloop.federation.buffers import vehicle_frames
 from fleetloop.federation.config import AttackConfig, ClientTrainConfig, VehicleFaults
+from fleetloop.federation.records import array_record, numpy_arrays
 from fleetloop.federation.task import (
     PARENT_RECORD,
     VEHICLE_ID_KEY,
@@ -77,10 +78,6 @@ def train_config_record(
     )
 
 
-def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
-
-
 def _vehicle(context: Context, cfg: ConfigRecord) -> tuple[int, Path]:
     """This node's vehicle id and buffer: its own (a deployed SuperNode) or its partition's (simulation)."""
     ids = [int(v) for v in cfg["vehicle-ids"]]  # type: ignore[union-attr]
@@ -106,7 +103,7 @@ def vehicle_train(msg: Message, context: Context, attack: AttackConfig | None, f
         time.sleep(faults.delay_s.get(vid, 0.0))
     local = ClientTrainConfig(**json.loads(str(cfg["local-config"])))
     policy = PolicyConfig.from_dict(json.loads(str(cfg["policy-config"])))
-    global_arrays = _numpy(msg.content["arrays"])  # type: ignore[arg-type]
+    global_arrays = numpy_arrays(msg.content["arrays"])  # type: ignore[arg-type]
     global_model = model_from_arrays(global_arrays, policy)
     data = labelled_data(vehicle_frames(path, vid))
     n = frames_in(data)
@@ -115,7 +112,7 @@ def vehicle_train(msg: Message, context: Context, attack: AttackConfig | None, f
     proximal = float(cfg.get("proximal-mu", local.proximal_weight))  # type: ignore[arg-type]
     parent = None
     if PARENT_RECORD in msg.content:
-        parent = model_from_arrays(_numpy(msg.content[PARENT_RECORD]), policy)  # type: ignore[arg-type]
+        parent = model_from_arrays(numpy_arrays(msg.content[PARENT_RECORD]), policy)  # type: ignore[arg-type]
     train_seed = (seed * 1_000_003 + server_round * 10_007 + vid) % (2**31)
     result = local_update(global_model, data, local, train_seed, proximal, parent)
     arrays = result.arrays
@@ -130,9 +127,7 @@ def vehicle_train(msg: Message, context: Context, attack: AttackConfig | None, f
         "train-loss-last": result.loss_last,
         "train-seconds": result.seconds,
     }
-    content = RecordDict(
-        {"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}), "metrics": MetricRecord(metrics)}
-    )
+    content = RecordDict({"arrays": array_record(arrays), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 
 

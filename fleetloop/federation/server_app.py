@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from fleetloop.federation.records import array_record, numpy_arrays
 from fleetloop.federation.sampling import SampledGrid, online_nodes, sample_round
 from fleetloop.federation.task import PARENT_RECORD
 from fleetloop.federation.validation import screen_replies
@@ -77,10 +78,6 @@ class RoundReport:
         return sum(self.dropped.values()) + self.stragglers
 
 
-def _numpy(record: ArrayRecord) -> Arrays:
-    return {k: v.numpy() for k, v in record.items()}
-
-
 def federated_round(
     grid: Grid,
     strategy: Strategy,
@@ -101,10 +98,10 @@ def federated_round(
         report.seconds = time.perf_counter() - t0
         return current, report
     sample = sample_round(nodes, plan.sample_size, plan.seed, server_round)
-    record = ArrayRecord({k: Array(np.asarray(v)) for k, v in current.items()})
+    record = array_record(current)
     messages = list(strategy.configure_train(server_round, record, plan.train_config(), SampledGrid.wrap(grid, sample)))
     if plan.parent is not None:
-        parent = ArrayRecord({k: Array(np.asarray(v)) for k, v in plan.parent.items()})
+        parent = array_record(plan.parent)
         for m in messages:
             m.content[PARENT_RECORD] = parent
     replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
@@ -121,7 +118,7 @@ def federated_round(
         if new is None:
             report.reason = "the strategy declined to aggregate these replies (see its log): the global model stays"
         else:
-            candidate = _numpy(new)
+            candidate = numpy_arrays(new)
             if all(np.isfinite(v).all() for v in candidate.values()):
                 current = {k: np.asarray(v, dtype=current[k].dtype) for k, v in candidate.items()}
                 report.aggregated = True
