@@ -46,8 +46,12 @@ conditions of the clear-weather bootstrap), so a vehicle does not spend its firs
 random sample is drawn at ``sample_rate`` x rarity, so uploads follow the conditions driven instead of the start of
 the run, and the bits of ``rare_mask`` (the preset: model / fallback disagreement) ask for a clip only while the
 condition is under-represented in the uploads (rarity above 1). The safety triggers (a near miss with its reserve,
-the fallback taking over) ask as always. An uploaded frame is counted in the condition of the tick that decides it,
-``pre_s`` later (the estimate is smoothed over 5 s).
+the fallback taking over) ask as always. A clip that is not severe, in a condition the uploads already cover
+(rarity at most 1), leaves ``common_headroom_clips`` clips beside the reserve (ADR 0194): what the model knows goes
+up from a full bucket, never from the room a rare condition's clip needs. The preset's random clip is as long as
+ten minutes' budget allows beside the reserve, since the labeller's 3 s horizon leaves a clip's end as context. An
+uploaded frame is counted in the condition of the tick that decides it, ``pre_s`` later (the estimate is smoothed
+over 5 s).
 """
 
 from __future__ import annotations
@@ -117,6 +121,10 @@ class TriggerConfig:
         wet_friction: own friction estimate below this (and not fog): the wet class [-].
         known_frames: per class of ``CONDITION_NAMES``, frames counted as already uploaded (what the model learnt
             before) when the rarity is computed [frames].
+        common_headroom_clips: with ``value_weighting``, a clip that is not severe, asked for in a condition that is
+            not under-represented in the uploads (rarity at most 1), spends only what lies above the reserve and
+            this many further clips [clips]: what the vehicle already knows waits for a bucket that would
+            otherwise overflow, and the room for a rare-condition clip is never taken by it (ADR 0194).
     """
 
     pre_s: float = 2.0
@@ -139,29 +147,47 @@ class TriggerConfig:
     fog_visibility_m: float = 200.0
     wet_friction: float = 0.7
     known_frames: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    common_headroom_clips: float = 0.0
 
     @classmethod
     def valued(cls, **overrides: float) -> TriggerConfig:
-        """Selection by what a clip would teach (ADR 0122): the safety triggers (fallback engaged, near miss with
-        the reserve), model / fallback disagreement only in conditions rare in the uploads, and a rarity-weighted
-        random sample drawn to fill the rest of the budget; hard braking and high uncertainty are recorded, not
-        uploaded for themselves. ``overrides``: any other field (``dt_s``, ``budget_fraction``, ...)."""
+        """Selection by what a clip would teach (ADR 0122, 0194): the safety triggers (fallback engaged, near miss
+        with the reserve), model / fallback disagreement only in conditions rare in the uploads, and a
+        rarity-weighted random sample drawn to fill the rest of the budget; hard braking and high uncertainty are
+        recorded, not uploaded for themselves. Clips of conditions the uploads already cover wait for headroom
+        (``common_headroom_clips``), and the random clip is as long as ten minutes' budget allows beside the reserve,
+        so more of its frames get a complete hindsight label. ``overrides``: any other field (``dt_s``,
+        ``budget_fraction``, ...)."""
         plain = cls(**overrides)  # type: ignore[arg-type]
         bits = TRIGGER_BITS
+        # Ten minutes' budget is the advance (ADR 0121): the reserve's clip and one random clip of the rest. The
+        # labeller's horizon (3 s) leaves the end of a clip as context only, so one longer clip labels more frames.
+        ten_min = 600.0 / plain.dt_s * plain.budget_fraction
+        sample_frames = max(plain.sample_ticks + 1, math.floor(ten_min - plain.reserve_frames))
         fields = {
             "trigger_mask": bits["fallback_engaged"] | bits["near_miss"] | bits["disagreement"] | bits["random_sample"],
             "rare_mask": bits["disagreement"],
             "value_weighting": True,
+            "sample_clip_s": (sample_frames - 1) * plain.dt_s,
             # About 1.6 random clips drawn per clip the budget pays for (a draw inside an admitted clip adds nothing).
-            "sample_rate": 1.6 * plain.budget_fraction / (plain.sample_ticks + 1),
+            "sample_rate": 1.6 * plain.budget_fraction / sample_frames,
             # The clear-weather bootstrap already taught clear driving: one clip's worth of it counts as uploaded.
             "known_frames": (float(plain.clip_frames), 0.0, 0.0),
+            "common_headroom_clips": 1.0,
         }
         fields.update({k: v for k, v in overrides.items() if k in fields})
         return dataclasses.replace(plain, **fields)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
-        for name in ("pre_s", "post_s", "sample_rate", "sample_clip_s", "budget_fraction", "reserve_clips"):
+        for name in (
+            "pre_s",
+            "post_s",
+            "sample_rate",
+            "sample_clip_s",
+            "budget_fraction",
+            "reserve_clips",
+            "common_headroom_clips",
+        ):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise FleetConfigError(f"TriggerConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not self.dt_s > 0 or not self.bucket_frames >= 1:
@@ -211,8 +237,14 @@ class TriggerConfig:
 
     @property
     def initial_frames(self) -> float:
-        """Tokens a fresh bucket holds [frames]: one trigger clip above the reserve, and the reserve."""
-        return self.clip_frames + self.reserve_frames
+        """Tokens a fresh bucket holds [frames]: one clip (trigger or random, the longer) above the reserve, and the
+        reserve."""
+        return max(self.clip_frames, self.sample_ticks + 1) + self.reserve_frames
+
+    @property
+    def headroom_frames(self) -> float:
+        """Tokens a clip of a well-covered condition leaves beside the reserve (``common_headroom_clips``) [frames]."""
+        return self.common_headroom_clips * self.clip_frames if self.value_weighting else 0.0
 
     @property
     def advance_ticks(self) -> float:
@@ -222,8 +254,10 @@ class TriggerConfig:
 
     @property
     def capacity_frames(self) -> float:
-        """Token bucket capacity [frames]: at least one whole clip (or random clip) above the reserve."""
-        return max(self.bucket_frames, self.initial_frames, self.sample_ticks + 1 + self.reserve_frames)
+        """Token bucket capacity [frames]: at least one whole clip (or random clip) above the reserve and the
+        headroom, so every clip can be admitted once the bucket is full."""
+        clip = max(self.clip_frames, self.sample_ticks + 1)
+        return max(self.bucket_frames, self.initial_frames, clip + self.reserve_frames + self.headroom_frames)
 
 
 @dataclass(frozen=True)
@@ -455,7 +489,10 @@ def _decide(
     want_t = live.any(-1)
     end_t = torch.where(fired[:, : N_BITS - 1].any(-1), tick, last[:, : N_BITS - 1].max(-1).values) + cfg.post_ticks
     severe = (live & ((cfg.severe_mask >> shifts[: N_BITS - 1]) & 1).bool()).any(-1)
-    reserve_t = torch.where(severe, 0.0, cfg.reserve_frames).to(tokens.dtype)
+    # What a clip must leave in the bucket: nothing (severe), the reserve, or with value weighting in a condition
+    # the uploads already cover, the reserve and the headroom (ADR 0194).
+    keep = cfg.reserve_frames + torch.where(rarity > 1.0, 0.0, cfg.headroom_frames).to(tokens.dtype)
+    reserve_t = torch.where(severe, 0.0, keep).to(tokens.dtype)
     ok_t, until, tokens = _admit(want_t, end_t, f, until, tokens, reserve_t)
     reason_t = one_hot(live.to(torch.int64).argmax(-1), N_BITS) * want_t.unsqueeze(-1)
     # The random sample: frame f starts a random clip [f, f + sample_ticks].
@@ -465,7 +502,7 @@ def _decide(
     sample = sample & bool((cfg.trigger_mask >> (N_BITS - 1)) & 1)
     last[:, N_BITS - 1] = torch.where(sample, f, last[:, N_BITS - 1])
     end_s = torch.zeros_like(until) + (f + cfg.sample_ticks)
-    ok_s, until, tokens = _admit(sample, end_s, f, until, tokens, cfg.reserve_frames)
+    ok_s, until, tokens = _admit(sample, end_s, f, until, tokens, keep)
     reason_s = one_hot(torch.full_like(until, N_BITS - 1), N_BITS) * sample.unsqueeze(-1)
     # Why frame f was wanted: the trigger clips [t - pre, t + post] and random clips [s, s + sample] that cover it.
     covered = last >= f - cfg.post_ticks

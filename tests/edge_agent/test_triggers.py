@@ -359,12 +359,62 @@ def test_valued_selection_records_hard_braking_and_uncertainty_without_spending_
 def test_valued_random_sample_fills_the_budget_and_follows_the_conditions_driven() -> None:
     cfg = TriggerConfig.valued()
     assert cfg.sample_rate > TriggerConfig().sample_rate and cfg.value_weighting
-    # 64 vehicles, a minute of clear then two of fog: the sample goes where the uploads lack frames, and the whole
-    # fleet stays within what the advance and the budget allow.
+    # 64 vehicles, a minute of clear then two of fog: the sample goes where the uploads lack frames (the clear minute,
+    # which the model knows, waits for a full bucket), and the fleet stays within what the advance and budget allow.
     s = _drive_valued(cfg, 1800, [600] * 64, {})
     by = s.totals()["uploaded_by_condition"]
-    assert by["fog"] > by["clear"] > 0
+    assert by["fog"] > 0 and by["clear"] == 0
     assert float(s.uploaded.sum(-1).max()) <= max(cfg.initial_frames, cfg.budget_fraction * 1800)
+
+
+def test_valued_advance_is_ten_minutes_of_budget_and_the_random_clip_labels_more() -> None:
+    cfg = TriggerConfig.valued()
+    # The reserve's clip and one longer random clip: exactly what ten minutes earn, so a run of ten minutes or
+    # more stays within the budget (ADR 0121), and a random clip has more frames with a full 3 s label horizon.
+    assert cfg.initial_frames == pytest.approx(6000 * cfg.budget_fraction)
+    assert cfg.sample_ticks + 1 > TriggerConfig().sample_ticks + 1
+    assert cfg.advance_ticks == pytest.approx(6000)
+    assert cfg.capacity_frames >= cfg.sample_ticks + 1 + cfg.reserve_frames + cfg.headroom_frames
+
+
+def test_a_clip_of_what_the_uploads_cover_leaves_the_headroom_and_a_rare_one_does_not() -> None:
+    cfg = TriggerConfig.valued(sample_rate=0.0)
+    # Both vehicles see the fallback take over at tick 100: vehicle 0 in clear (what the bootstrap taught), vehicle 1
+    # in fog. The fresh bucket holds the reserve and one clip: the clear clip would spend the headroom, so it waits;
+    # the fog clip goes up. A near miss in clear later still spends the reserve (severe).
+    b = 2
+    s = TriggerState.init(b, cfg=cfg)
+    for tick in range(400):
+        inp = _inp(
+            b,
+            fallback_started=torch.full((b,), tick == 100),
+            perceived_ttc_s=torch.full((b,), 0.5 if tick == 300 else float("inf")),
+            visibility_m=torch.tensor([2000.0, 100.0]),
+            friction=torch.full((b,), 0.9),
+        )
+        s, _ = triggers_step(cfg, s, inp, torch.arange(b), tick, seed=0)
+    assert s.clips[:, 0].tolist() == [0, 1] and s.clips_refused[:, 0].tolist() == [1, 0]
+    assert s.clips[:, 2].tolist() == [1, 1]
+    # Without the headroom the clear clip takes the room above the reserve, as the plain triggers do.
+    s0 = TriggerState.init(b, cfg=dataclasses.replace(cfg, common_headroom_clips=0.0))
+    for tick in range(200):
+        inp = _inp(b, fallback_started=torch.full((b,), tick == 100), visibility_m=torch.tensor([2000.0, 100.0]))
+        s0, _ = triggers_step(dataclasses.replace(cfg, common_headroom_clips=0.0), s0, inp, torch.arange(b), tick, 0)
+    assert s0.clips[:, 0].tolist() == [1, 1]
+
+
+def test_valued_clear_clips_go_up_once_the_bucket_is_full() -> None:
+    # A vehicle that drives only in clear weather still spends its budget: a clear clip waits until the bucket
+    # holds the reserve, the headroom and the clip, which a full bucket does (else the refill would overflow).
+    cfg = TriggerConfig.valued(sample_rate=1.0)
+    clear = _inp(1, visibility_m=torch.full((1,), 2000.0), friction=torch.full((1,), 0.9))
+    got = []
+    for tokens in (cfg.capacity_frames, cfg.capacity_frames - 1.0):
+        s = dataclasses.replace(TriggerState.init(1, cfg=cfg), tokens=torch.full((1,), tokens, dtype=torch.float64))
+        for tick in range(cfg.pre_ticks + 1):
+            s, _ = triggers_step(cfg, s, clear, torch.arange(1), tick, seed=0)
+        got.append((int(s.clips[0, 5]), int(s.clips_refused[0, 5])))
+    assert got == [(1, 0), (0, 1)]
 
 
 def test_value_weighting_settings_are_checked() -> None:
@@ -372,5 +422,7 @@ def test_value_weighting_settings_are_checked() -> None:
         TriggerConfig(rarity_max=0.5)
     with pytest.raises(FleetConfigError, match="known_frames"):
         TriggerConfig(known_frames=(1.0, -1.0, 0.0))
+    with pytest.raises(FleetConfigError, match="common_headroom_clips"):
+        TriggerConfig(common_headroom_clips=-1.0)
     with pytest.raises(FleetConfigError, match="rare_mask"):
         TriggerConfig(rare_mask=TRIGGER_BITS["random_sample"])
