@@ -84,27 +84,18 @@ def arm_settings(stack: Settings, root: Path, seed: int, arm: str) -> Settings:
     )
 
 
-RANDOM_OVERDRAW = 1.6  # random clips drawn per clip wanted: a vehicle's second clip in a short run is mostly refused
-
-
 def trigger_config(arm: str, budget: float, match_share: float | None = None) -> Any:
-    """``triggers``: the default triggers; ``random``: only the random sample, under the same budget, drawn at a
-    rate that uploads about ``match_share`` of the frames (what the triggers uploaded in the same seed), so both
-    policies send about as many frames; the shares actually uploaded are reported side by side."""
-    from fleetloop.edge_agent.triggers import TRIGGER_BITS, TriggerConfig
+    """``triggers`` and ``value``: the vehicles' ``triggers`` and ``valued`` upload policies (``sim run --uploads``);
+    ``random``: only the random sample, under the same budget, drawn at a rate that uploads about ``match_share`` of
+    the frames (what the arm before it uploaded in the same seed), so both send about as many frames; the shares
+    actually uploaded are reported side by side."""
+    from fleetloop.edge_agent.triggers import RANDOM_OVERDRAW, upload_policy
 
-    base = TriggerConfig(dt_s=DT_S, budget_fraction=budget)
-    if arm == "triggers":
-        return base
-    if arm == "value":
-        return TriggerConfig.valued(dt_s=DT_S, budget_fraction=budget)
+    if arm in ("triggers", "value"):
+        return upload_policy("valued" if arm == "value" else "triggers", budget, DT_S)
+    cfg = upload_policy("random", budget, DT_S)
     share = budget if match_share is None else match_share
-    return dataclasses.replace(
-        base,
-        trigger_mask=TRIGGER_BITS["random_sample"],
-        sample_rate=RANDOM_OVERDRAW * share / (base.sample_ticks + 1),
-        reserve_clips=0.0,  # no severe trigger asks for the reserve here: the whole bucket is the sample's
-    )
+    return dataclasses.replace(cfg, sample_rate=RANDOM_OVERDRAW * share / (cfg.sample_ticks + 1))
 
 
 def validate_suite(seed: int, vehicles: int, ticks: int) -> HeldOutSuite:

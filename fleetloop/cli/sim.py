@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from fleetloop.cli.output import console, emit, err_console
-from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT
+from fleetloop.cli.validate_args import ANY_INT, POSITIVE_FLOAT, POSITIVE_INT, SHARE
 from fleetloop.edge_agent.buffer_store import (
     FRAME_BYTES,
     fleet_buffer_dir,
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda")
 CHUNK_TICKS = 10  # ticks between progress / metrics updates
+DEFAULT_UPLOAD_BUDGET = 0.02  # share of frames a vehicle may upload (TriggerConfig.budget_fraction)
 DEFAULT_HEARTBEAT_S = 10.0  # [s] simulated time between a vehicle's heartbeats (the canary judges them)
 
 
@@ -141,6 +142,8 @@ def simulate(
     on_start: Callable[[int], None] | None = None,
     fog_onset_s: float | None = None,
     triggers: Any | None = None,
+    uploads: str = "triggers",
+    upload_budget: float = DEFAULT_UPLOAD_BUDGET,
     compile: bool = False,
     ota: bool = False,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
@@ -153,8 +156,9 @@ def simulate(
     ``on_progress`` with the summed tick reports of each chunk.
 
     ``fog_onset_s``: a fog bank rolls in over the whole road at this simulated time (``FleetConfig.fog_onset_s``).
-    ``triggers``: an ``edge_agent.triggers.TriggerConfig`` replacing the vehicles' default (budget, ``trigger_mask``
-    for random-only uploads; ``FleetConfig.triggers``, honoured by every shard backend).
+    ``uploads``, ``upload_budget``: the vehicles' upload selection by name and its budget (share of frames;
+    ``edge_agent.triggers.upload_policy``: triggers, valued, random). ``triggers``: a whole
+    ``edge_agent.triggers.TriggerConfig`` instead (``FleetConfig.triggers``, honoured by every shard backend).
     ``compile``: the compiled tick (``FleetConfig.compile``, ADR 0101).
     ``ota``: the vehicles follow OTA commands from Kafka and install signed releases from the ota-repo service
     (``ota_spec``); their statuses go to ``fleetloop.ota-status`` and their counts to ``counts["ota"]``.
@@ -184,6 +188,12 @@ def simulate(
         if not torch.cuda.is_available():
             raise UserInputError("--device cuda: torch sees no CUDA device here; use --device cpu")
     scen = load_scenario(scenario)
+    named = triggers is None
+    if triggers is None:
+        from fleetloop.edge_agent.triggers import upload_policy
+        from fleetloop.sim import World
+
+        triggers = upload_policy(uploads, upload_budget, World().dt_s)  # FleetConfigError (exit 2) says what is valid
     config = FleetConfig(  # raises FleetConfigError / FaultError (bad input, exit 2) saying what is valid
         scenario=scen,
         weather=weather,
@@ -260,6 +270,7 @@ def simulate(
         "faults": list(inject or ()),
         "telemetry": telemetry,
         "ota": ota,
+        "uploads": {"policy": uploads if named else "custom", "budget_fraction": triggers.budget_fraction},
         "wall_s": wall,
         "vehicle_steps_per_s": out["vehicle_steps"] / wall if wall > 0 else None,
     }
@@ -495,6 +506,23 @@ def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if v)
 
 
+def _uploads_line(policy: dict[str, Any], up: dict[str, Any], written: int) -> str:
+    """``uploads (valued, budget 2 %): 1,234 of 60,000 frames (2.06 %), fog 90 %; 56 wanted but over budget``."""
+    n = int(up.get("frames_uploaded", 0))
+    head = "uploads"
+    if policy:
+        head += f" ({policy['policy']}, budget {100 * policy['budget_fraction']:g} %)"
+    share = f" ({100 * n / written:.2f} %)" if written else ""
+    by = {k: v for k, v in up.get("uploaded_by_condition", {}).items() if v}
+    mix = ", ".join(f"{k} {100 * v / n:.0f} %" for k, v in by.items()) if n else ""
+    refused = sum(up.get("refused_by_budget", {}).values())
+    return (
+        f"{head}: {n:,} of {written:,} frames{share}"
+        + (f", {mix} by the vehicles' own condition estimate" if mix else "")
+        + f"; {refused:,} wanted but over budget, kept on board"
+    )
+
+
 def _render_delivery(d: dict[str, Any]) -> None:
     rep, tel = d.get("telemetry_delivery"), d["counts"].get("telemetry")
     if not rep or not tel:
@@ -578,9 +606,7 @@ def _render_run(d: dict[str, Any]) -> None:
     c = d["counts"]
     up = c.get("uploads", {})
     console.print(
-        f"uploads: {up.get('frames_uploaded', 0):,} of {c.get('buffer', {}).get('frames_written', 0):,} frames "
-        f"({sum(up.get('refused_by_budget', {}).values()):,} wanted but over budget, kept on board)",
-        highlight=False,
+        _uploads_line(run.get("uploads", {}), up, c.get("buffer", {}).get("frames_written", 0)), highlight=False
     )
     _render_delivery(d)
     _render_buffers(d)
@@ -692,6 +718,18 @@ def run_cmd(
     buffer_seconds: float | None = typer.Option(
         None, "--buffer-seconds", click_type=POSITIVE_FLOAT, help=BUFFER_SECONDS_HELP
     ),
+    uploads: str = typer.Option(
+        "triggers",
+        "--uploads",
+        help="Which frames go to the cloud: triggers (every trigger above the near-miss reserve), valued (what a clip "
+        "would teach: safety triggers, conditions the uploads lack; docs/fleet.md) or random (the random sample).",
+    ),
+    upload_budget: float = typer.Option(
+        DEFAULT_UPLOAD_BUDGET,
+        "--upload-budget",
+        click_type=SHARE,
+        help="Share of its frames a vehicle may upload, e.g. 0.02 for 2 percent (any run of ten minutes or more).",
+    ),
 ) -> None:
     """Launch a fleet simulation and print what it amounts to."""
     settings = load_settings()
@@ -735,6 +773,8 @@ def run_cmd(
                 ota=ota,
                 heartbeat_s=heartbeat_s,
                 buffer_seconds=buffer_seconds,
+                uploads=uploads,
+                upload_budget=upload_budget,
             )
         if plot is not None:
             _plot(result, plot)

@@ -656,6 +656,7 @@ class FleetRunner:
                 "frames_uploaded": int(sum(tri["uploaded"].values())),
                 "uploaded_by_reason": tri["uploaded"],
                 "refused_by_budget": tri["refused_by_budget"],
+                "uploaded_by_condition": tri["uploaded_by_condition"],
                 "frames_decided": tri["decided"]["frames"],
             },
             "buffer": {

@@ -69,6 +69,7 @@ from fleetloop.sim.compile import compile_graph
 __all__ = [
     "CONDITION_NAMES",
     "TRIGGER_BITS",
+    "UPLOAD_POLICIES",
     "TriggerConfig",
     "TriggerInputs",
     "TriggerState",
@@ -76,6 +77,7 @@ __all__ = [
     "condition_classes",
     "trigger_bits",
     "triggers_step",
+    "upload_policy",
 ]
 
 TRIGGER_BITS = {
@@ -90,6 +92,8 @@ N_BITS = len(TRIGGER_BITS)
 CONDITION_NAMES = ("clear", "fog", "wet")  # the condition classes of the vehicle's own estimate (value weighting)
 _STREAM_SAMPLE = 0x5452  # "TR": the random sample's counter-based stream, apart from the sim's
 _NEVER = -(1 << 40)
+UPLOAD_POLICIES = ("triggers", "valued", "random")  # `sim run --uploads`
+RANDOM_OVERDRAW = 1.6  # random clips drawn per clip the budget pays for: a draw inside an admitted clip adds nothing
 
 
 @dataclass(frozen=True)
@@ -169,8 +173,7 @@ class TriggerConfig:
             "rare_mask": bits["disagreement"],
             "value_weighting": True,
             "sample_clip_s": (sample_frames - 1) * plain.dt_s,
-            # About 1.6 random clips drawn per clip the budget pays for (a draw inside an admitted clip adds nothing).
-            "sample_rate": 1.6 * plain.budget_fraction / sample_frames,
+            "sample_rate": RANDOM_OVERDRAW * plain.budget_fraction / sample_frames,
             # The clear-weather bootstrap already taught clear driving: one clip's worth of it counts as uploaded.
             "known_frames": (float(plain.clip_frames), 0.0, 0.0),
             "common_headroom_clips": 1.0,
@@ -528,3 +531,25 @@ def _decide(
         class_uploaded=_count_class(state.class_uploaded, cond, upload),
     )
     return new, upload, bits, refused
+
+
+def upload_policy(name: str, budget_fraction: float = 0.02, dt_s: float = 0.1) -> TriggerConfig:
+    """The vehicles' upload selection by name (``sim run --uploads``): ``triggers`` (every trigger, first come first
+    served above the near-miss reserve), ``valued`` (``TriggerConfig.valued``: what a clip would teach, ADR 0122 and
+    0194) or ``random`` (only the unbiased random sample, drawn to fill the budget; no reserve), under the budget
+    ``budget_fraction`` (share of frames) at the world's tick ``dt_s``."""
+    if name not in UPLOAD_POLICIES:
+        raise FleetConfigError(f"unknown upload policy {name!r}; valid: {', '.join(UPLOAD_POLICIES)}")
+    if not (math.isfinite(budget_fraction) and 0.0 < budget_fraction <= 1.0):
+        raise FleetConfigError(f"the upload budget is a share of frames in (0, 1], got {budget_fraction}")
+    if name == "valued":
+        return TriggerConfig.valued(dt_s=dt_s, budget_fraction=budget_fraction)
+    base = TriggerConfig(dt_s=dt_s, budget_fraction=budget_fraction)
+    if name == "triggers":
+        return base
+    return dataclasses.replace(
+        base,
+        trigger_mask=TRIGGER_BITS["random_sample"],
+        sample_rate=RANDOM_OVERDRAW * budget_fraction / (base.sample_ticks + 1),
+        reserve_clips=0.0,  # no severe trigger asks for the reserve: the whole bucket is the sample's
+    )
