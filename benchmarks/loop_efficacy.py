@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fog-onset-s", type=float, default=5.0, help="simulated time the fog bank starts forming [s]")
     p.add_argument("--budget", type=float, default=0.02, help="upload budget: share of frames (both policies)")
     p.add_argument("--no-random", action="store_true", help="skip the random-upload baseline")
-    p.add_argument("--train-epochs", type=int, default=4)
+    p.add_argument("--train-epochs", type=int, default=TrainConfig().epochs, help="train: passes over the uploads")
     p.add_argument("--train-max-s", type=float, default=60.0, help="wall-clock training budget per turn [s]")
     p.add_argument("--anchor-weight", type=float, default=TrainConfig().anchor_weight, help="train: pull to the parent")
     p.add_argument("--no-balance", action="store_true", help="train: do not balance hazard and normal frames")

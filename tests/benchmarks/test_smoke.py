@@ -152,6 +152,15 @@ def test_ncap_spread_prints_the_points_per_seed_and_the_self_rejections(tiny_mod
     assert row.count("/2") == 7, row  # two seeds: two ordered pairs at each of the seven margins
 
 
+def test_upload_budget_prints_every_policy_within_the_budget_after_ten_minutes() -> None:
+    out = run_benchmark("upload_budget.py", "--vehicles", "4", "--hours", "0.2", "--fog-after-min", "5", "--eager")
+    rows = {r.split("|")[1].strip(): r for r in out.splitlines() if r.startswith("| ") and "%" in r}
+    assert set(rows) == {"triggers", "valued", "random"}, out
+    for row in rows.values():
+        shares = [float(x.strip().rstrip(" %")) for x in row.split("|")[2:-1]]
+        assert len(shares) == 3 and shares[1] <= 2.0 and shares[2] <= 2.0, row  # 1, 10 and 12 minutes
+
+
 def test_multi_gpu_on_cpu_processes_prints_strong_scaling() -> None:
     args = ("--device", "cpu", "--counts", "1", "2", "--modes", "strong", "--total", "16", "--ticks", "2")
     out = run_benchmark("multi_gpu.py", *args, "--warmup", "1")
