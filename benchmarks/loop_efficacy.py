@@ -215,6 +215,7 @@ def train_config(a: argparse.Namespace, seed: int) -> TrainConfig:
         torch_threads=1,
         anchor_weight=a.anchor_weight,
         balance_hazard=not a.no_balance,
+        hazard_share=a.hazard_share,
     )
 
 
@@ -442,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-max-s", type=float, default=60.0, help="wall-clock training budget per turn [s]")
     p.add_argument("--anchor-weight", type=float, default=TrainConfig().anchor_weight, help="train: pull to the parent")
     p.add_argument("--no-balance", action="store_true", help="train: do not balance hazard and normal frames")
+    p.add_argument(
+        "--hazard-share", type=float, default=TrainConfig().hazard_share, help="train: the hazard frames' loss weight"
+    )
     p.add_argument("--validate-vehicles", type=int, default=128)
     p.add_argument("--validate-ticks", type=int, default=300)
     p.add_argument("--eval-vehicles", type=int, default=128)

@@ -72,6 +72,8 @@ class ImitationConfig:
     """Weight of the self-distillation term toward a frozen parent (``anchor``; 0 or no anchor: none)."""
     balance_hazard: bool = False
     """Reweight frames so hazard and non-hazard frames contribute equally to the label loss."""
+    hazard_share: float = 0.5
+    """With ``balance_hazard``: the share of the label loss's weight the hazard frames carry (0.5: equal)."""
 
 
 @dataclass(frozen=True)
@@ -117,16 +119,17 @@ def _check_data(data: dict[str, torch.Tensor]) -> int:
     return n
 
 
-def balance_weights(hazard: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``weight`` (default ones) rescaled per class (hazard > 0.5 or not) so both classes have equal total weight
-    and the total is unchanged; returned as is when one class has no weight."""
+def balance_weights(hazard: torch.Tensor, weight: torch.Tensor | None = None, share: float = 0.5) -> torch.Tensor:
+    """``weight`` (default ones) rescaled per class (hazard > 0.5 or not) so the hazard frames carry ``share`` of
+    the total weight (0.5: both classes equal) and the total is unchanged; returned as is when one class has no
+    weight."""
     w = torch.ones(hazard.shape[0]) if weight is None else weight.to(torch.float32)
     is_hazard = hazard > 0.5
     total, w_h = w.sum(), w[is_hazard].sum()
     w_n = total - w_h
     if float(w_h) <= 0 or float(w_n) <= 0:
         return w.clone()
-    return torch.where(is_hazard, w * (total / (2 * w_h)), w * (total / (2 * w_n)))
+    return torch.where(is_hazard, w * (total * share / w_h), w * (total * (1.0 - share) / w_n))
 
 
 def _bernoulli_kl(p_logit: torch.Tensor, q_logit: torch.Tensor) -> torch.Tensor:
@@ -200,7 +203,7 @@ def train_imitation(
     boot = torch.poisson(torch.ones(n_train, heads), generator=gen)
     weight = train.get("weight", torch.ones(n_train)).to(torch.float32)
     if config.balance_hazard:
-        weight = balance_weights(train["hazard"], weight)
+        weight = balance_weights(train["hazard"], weight, config.hazard_share)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     total = steps_per_epoch * config.epochs

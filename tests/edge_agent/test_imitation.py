@@ -124,3 +124,11 @@ def test_balance_weights_give_both_classes_equal_total_weight() -> None:
     assert torch.allclose(w[:3].sum(), w[3:].sum()) and torch.isclose(w.sum(), conf.sum())
     assert torch.allclose(w[:3] / conf[:3], torch.full((3,), w[0] / conf[0]))  # existing weights kept within a class
     assert torch.equal(balance_weights(torch.ones(3), conf[:3]), conf[:3])  # one class only: unchanged
+
+
+def test_balance_weights_give_the_hazard_frames_the_share_asked_for() -> None:
+    hazard = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0])
+    conf = torch.tensor([1.0, 0.5, 0.5, 1.0, 0.25])
+    w = balance_weights(hazard, conf, share=0.25)
+    assert torch.isclose(w[:3].sum(), 0.25 * conf.sum()) and torch.isclose(w.sum(), conf.sum())
+    assert torch.allclose(w[3:] / conf[3:], torch.full((2,), w[3] / conf[3]))

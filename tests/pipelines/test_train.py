@@ -101,3 +101,10 @@ class _ScaledUncertainty(FusionPolicy):
         out = super().forward(*inputs).clone()
         out[:, 2] = out[:, 2] * self.factor
         return out
+
+
+def test_train_config_refuses_a_hazard_share_outside_zero_to_one() -> None:
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="hazard_share"):
+            TrainConfig(hazard_share=bad)
+    assert 0 < TrainConfig().hazard_share < 0.5  # ADR 0195: hazard frames carry less than half the label loss
