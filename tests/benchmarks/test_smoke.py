@@ -161,6 +161,26 @@ def test_upload_budget_prints_every_policy_within_the_budget_after_ten_minutes()
         assert len(shares) == 3 and shares[1] <= 2.0 and shares[2] <= 2.0, row  # 1, 10 and 12 minutes
 
 
+def test_train_recipes_prints_each_recipe_against_initial_and_reference(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from fleetloop.pipelines.label import label_pending
+    from tests.pipelines.fleet_lake import write_fleet_lake
+
+    lake = tmp_path / "seed1-value"  # the layout loop_efficacy.py --keep leaves
+    write_fleet_lake(lake, vehicles=8, ticks=120)
+    label_pending(lake)
+    for where in (lake / "sim" / "models" / "v1", tmp_path / "reference"):
+        where.mkdir(parents=True)
+        shutil.copy(tiny_models["fused"], where / "policy.safetensors")
+    recipes = ("--recipe", "anchor=30,share=0.5,epochs=1", "--recipe", "anchor=10,share=0.25,epochs=1")
+    out = run_benchmark(
+        "train_recipes.py", "--root", str(tmp_path), *recipes, "--eval-vehicles", "4", "--eval-ticks", "20"
+    )
+    for model in ("initial", "reference", "anchor=30,share=0.5,epochs=1", "anchor=10,share=0.25,epochs=1"):
+        assert len(table_rows(out, f"{model} |")) == 1, out
+
+
 def test_multi_gpu_on_cpu_processes_prints_strong_scaling() -> None:
     args = ("--device", "cpu", "--counts", "1", "2", "--modes", "strong", "--total", "16", "--ticks", "2")
     out = run_benchmark("multi_gpu.py", *args, "--warmup", "1")
