@@ -108,6 +108,9 @@ def render(runs: dict[str, list[dict[str, Any]]], n: int, a: argparse.Namespace,
     def phantom(r: dict[str, Any]) -> int:
         return int(r["counts"]["phantom_brakes"])
 
+    def jerks(r: dict[str, Any]) -> int:
+        return int(r["counts"]["harsh_jerks"])
+
     models = list(dict.fromkeys(k.split("|")[0] for k in runs))
     init, ref = rate("initial", "fog", safety).per_1000_km, rate("reference", "fog", safety).per_1000_km
     lines = [
@@ -115,8 +118,8 @@ def render(runs: dict[str, list[dict[str, Any]]], n: int, a: argparse.Namespace,
         f"vehicles x {a.eval_ticks * DT_S:g} s per model x condition x seed",
         "",
         "| model | fog (coll+nm)/1000 km | gap closed | phantom fog /1000 km | phantom clear /1000 km | "
-        "clear (coll+nm)/1000 km | progress fog | progress clear |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "clear (coll+nm)/1000 km | harsh jerks fog / clear /1000 km | progress fog | progress clear |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in models:
         fog = rate(m, "fog", safety)
@@ -128,7 +131,8 @@ def render(runs: dict[str, list[dict[str, Any]]], n: int, a: argparse.Namespace,
 
         lines.append(
             f"| {m} | {ci(fog)} | {gap:.2f} | {ci(rate(m, 'fog', phantom))} | {ci(rate(m, 'clear', phantom))} | "
-            f"{ci(rate(m, 'clear', safety))} | {prog['fog']:.3f} | {prog['clear']:.3f} |"
+            f"{ci(rate(m, 'clear', safety))} | {rate(m, 'fog', jerks).per_1000_km:.0f} / "
+            f"{rate(m, 'clear', jerks).per_1000_km:.0f} | {prog['fog']:.3f} | {prog['clear']:.3f} |"
         )
     return "\n".join(lines)
 
