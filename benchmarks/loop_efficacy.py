@@ -295,6 +295,14 @@ def _as_deployed(ev: dict[str, Any], arm: str, cond: str) -> dict[str, Any]:
     return ev.get(f"candidate:{arm}|{cond}", ev[f"initial|{cond}"])
 
 
+def _as_promoted(seed: dict[str, Any], arm: str, cond: str) -> dict[str, Any]:
+    """The fleet after an arm's turn if only a candidate that passed the gates replaces production."""
+    ev = seed["eval"]
+    if seed["arms"][arm].get("passed") and f"candidate:{arm}|{cond}" in ev:
+        return ev[f"candidate:{arm}|{cond}"]
+    return ev[f"initial|{cond}"]
+
+
 def summarize(seeds: list[dict[str, Any]], budget: float | None = None) -> dict[str, Any]:
     """Pooled rates with exact intervals, and per-seed shares with t intervals. Each arm's gap and counter-metrics
     are over every seed (a seed without a candidate keeps the initial model); ``budget``: the upload share the
@@ -332,6 +340,7 @@ def summarize(seeds: list[dict[str, Any]], budget: float | None = None) -> dict[
         deployed = {c: [_as_deployed(s["eval"], arm, c) for s in judged] for c in EVAL_CONDITIONS}
         pooled[f"candidate:{arm}"] = _per_km(deployed["fog"], _safety)["rate"] if judged else math.nan
         pooled_gap = pooled["initial"] - pooled["reference"]
+        promoted = _per_km([_as_promoted(s, arm, "fog") for s in judged], _safety)["rate"] if judged else math.nan
         counter: dict[str, Any] = {}
         for c in EVAL_CONDITIONS:
             init_runs = [s["eval"][f"initial|{c}"] for s in judged]
@@ -363,6 +372,7 @@ def summarize(seeds: list[dict[str, Any]], budget: float | None = None) -> dict[
             "gap_closed_pooled": (pooled["initial"] - pooled[f"candidate:{arm}"]) / pooled_gap
             if pooled_gap > 0
             else math.nan,
+            "gap_closed_promoted": (pooled["initial"] - promoted) / pooled_gap if pooled_gap > 0 else math.nan,
             "passed_gates": sum(bool(t.get("passed")) for t in turns),
             "onset_to_validated_s": dataclasses.asdict(
                 mean_ci(t["onset_to_validated_s"] for t in turns if "onset_to_validated_s" in t)
@@ -396,9 +406,9 @@ def render(summary: dict[str, Any], sizes: str) -> str:
     lines += [
         "",
         "| uploads | turns | share of frames uploaded | of the budget | valid labels | fog share of labels "
-        "| gap closed in fog (mean over seeds) | gap closed (pooled rates) | passed gates | no candidate "
-        "| fog onset -> validated [s] |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| gap closed in fog (mean over seeds) | gap closed (pooled rates) | passed gates "
+        "| gap closed, only passed candidates deployed (pooled) | no candidate | fog onset -> validated [s] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, d in summary["arms"].items():
         of_budget = d.get("upload_share_of_budget", math.nan)
@@ -407,7 +417,8 @@ def render(summary: dict[str, Any], sizes: str) -> str:
             f"| {arm} | {d['turns']} | {_ci(d['upload_share'], 4)} "
             f"| {budget_cell} "
             f"| {_ci(d['valid_labels'])} | {_ci(d['fog_share_of_labels'], 2)} | {_ci(d['gap_closed'], 2)} "
-            f"| {d['gap_closed_pooled']:.2f} | {d['passed_gates']}/{d['turns']} | {d.get('no_candidate', 0)} "
+            f"| {d['gap_closed_pooled']:.2f} | {d['passed_gates']}/{d['turns']} "
+            f"| {d.get('gap_closed_promoted', math.nan):.2f} | {d.get('no_candidate', 0)} "
             f"| {_ci(d['onset_to_validated_s'])} |"
         )
     counter = [(arm, c, v) for arm, d in summary["arms"].items() for c, v in d.get("deployed_vs_initial", {}).items()]

@@ -59,3 +59,23 @@ def test_a_turn_without_a_candidate_counts_as_the_initial_model_and_shares_are_a
     table = le.render(summary, "test")
     assert "| 1.00 of 0.02 |" in table and "| random | clear | 10 vs 10 | 90 vs 90 |" in table
     assert math.isnan(le.summarize(seeds)["arms"]["triggers"]["upload_share_of_budget"])  # no budget given
+
+
+def test_a_rejected_candidate_closes_nothing_when_only_passed_candidates_are_deployed() -> None:
+    le = _module()
+    ev = {
+        "initial|fog": _run(6, 4, 5),
+        "initial|clear": _run(1, 0, 9),
+        "reference|fog": _run(2, 0, 7),
+        "reference|clear": _run(1, 0, 9),
+        "candidate:value|fog": _run(3, 1, 4),
+        "candidate:value|clear": _run(1, 0, 8),
+        "candidate:random|fog": _run(2, 0, 9),
+        "candidate:random|clear": _run(1, 0, 20),
+    }
+    rejected = {**_turn("random", 15, True), "passed": False}
+    seeds = [{"seed": 1, "arms": {"value": _turn("value", 20, True), "random": rejected}, "eval": ev}]
+    arms = le.summarize(seeds, 0.02)["arms"]
+    assert math.isclose(arms["random"]["gap_closed_pooled"], 1.0) and arms["random"]["gap_closed_promoted"] == 0.0
+    assert math.isclose(arms["value"]["gap_closed_promoted"], arms["value"]["gap_closed_pooled"])
+    assert "| 0/1 | 0.00 |" in le.render(le.summarize(seeds, 0.02), "test")
