@@ -327,6 +327,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-max-s", type=float, default=60.0, help="(a) and (c): wall-clock training budget [s]")
     p.add_argument("--anchor-weight", type=float, default=TrainConfig().anchor_weight, help="(a), (c): pull to parent")
     p.add_argument("--no-balance", action="store_true", help="(a), (c): do not balance hazard and normal frames")
+    p.add_argument(
+        "--hazard-share",
+        type=float,
+        default=TrainConfig().hazard_share,
+        help="(a), (c): the hazard frames' loss weight",
+    )
     p.add_argument("--rounds", type=int, default=20, help="(b): federated rounds")
     p.add_argument("--strategy", choices=STRATEGIES, default="fedavg", help="(b): aggregation")
     p.add_argument("--fraction", type=float, default=0.5, help="(b): share of the vehicles sampled per round")
