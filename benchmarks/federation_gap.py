@@ -98,7 +98,7 @@ def buffer_seconds(a: argparse.Namespace) -> float:
 def validate(s: Settings, event: ModelTrained, seed: int, a: argparse.Namespace) -> dict[str, Any]:
     """The validate stage on the loop benchmark's suite of this seed (the initial model is production)."""
     val = validate_candidate(
-        s, event, ValidateConfig(suite=validate_suite(seed, a.validate_vehicles, a.validate_ticks))
+        s, event, ValidateConfig(suite=validate_suite(seed, a.validate_vehicles, a.validate_ticks, a.validate_seeds))
     )
     return {"version": val.version, "stage": val.stage, "passed": val.passed, "gate_reasons": val.reasons}
 
@@ -353,6 +353,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--holdout", type=int, default=2, help="(b): vehicles kept as the server's held-out set")
     p.add_argument("--validate-vehicles", type=int, default=48)
     p.add_argument("--validate-ticks", type=int, default=200)
+    p.add_argument("--validate-seeds", type=int, default=1, help="held-out seeds of the validate suite (both arms)")
     p.add_argument("--eval-vehicles", type=int, default=64)
     p.add_argument("--eval-ticks", type=int, default=200)
     p.add_argument("--device", default="cpu", help="evaluation device (cpu, cuda)")

@@ -49,7 +49,8 @@ ARMS = ("triggers", "value", "random")
 MODELS = ("initial", "candidate:triggers", "candidate:value", "candidate:random", "reference")
 EVAL_CONDITIONS = {"fog": "fog_0.8", "clear": "clear"}
 EVAL_SEED_OFFSET = 500  # held-out evaluation seeds: HELD_OUT_SEED_BASE + this + seed
-VALIDATE_SEED_OFFSET = 200  # the validate stage's suite seeds: HELD_OUT_SEED_BASE + this + seed
+VALIDATE_SEED_OFFSET = 200  # the validate stage's suite seeds: HELD_OUT_SEED_BASE + this + seed (+ 100 per extra seed)
+VALIDATE_SEED_STRIDE = 100  # ... so a turn's validate seeds stay below the evaluation's while seeds < 100
 DT_S = 0.1  # [s] tick
 
 
@@ -98,9 +99,16 @@ def trigger_config(arm: str, budget: float, match_share: float | None = None) ->
     return dataclasses.replace(cfg, sample_rate=RANDOM_OVERDRAW * share / (cfg.sample_ticks + 1))
 
 
-def validate_suite(seed: int, vehicles: int, ticks: int) -> HeldOutSuite:
+def validate_suite(seed: int, vehicles: int, ticks: int, seeds: int = 1) -> HeldOutSuite:
+    """The validate stage's suite of a loop turn: ``mixed`` scenes in clear, fog 0.8 and rain 0.7, driven on
+    ``seeds`` held-out seeds (as many as the stage's ``default_suite``: with one, an improvement gate in fog rests
+    on a handful of events, ADR 0196), all apart from the evaluation's."""
+    most = (EVAL_SEED_OFFSET - VALIDATE_SEED_OFFSET) // VALIDATE_SEED_STRIDE
+    if not 1 <= seeds <= most:
+        raise ValueError(f"validate seeds must be 1..{most} to stay apart from the evaluation's, got {seeds}")
     slices = tuple(SuiteSlice("mixed", CONDITIONS[c], vehicles, ticks) for c in ("clear", "fog_0.8", "rain_0.7"))
-    return HeldOutSuite(f"loop-validate-{seed}", slices, (HELD_OUT_SEED_BASE + VALIDATE_SEED_OFFSET + seed,))
+    first = HELD_OUT_SEED_BASE + VALIDATE_SEED_OFFSET + seed
+    return HeldOutSuite(f"loop-validate-{seed}", slices, tuple(first + k * VALIDATE_SEED_STRIDE for k in range(seeds)))
 
 
 def run_arm(
@@ -185,7 +193,7 @@ def run_arm(
     )
     if tr.event is None:
         return out
-    vcfg = ValidateConfig(suite=validate_suite(seed, a.validate_vehicles, a.validate_ticks))
+    vcfg = ValidateConfig(suite=validate_suite(seed, a.validate_vehicles, a.validate_ticks, a.validate_seeds))
     val = validate_candidate(s, tr.event, vcfg)
     t_val = time.monotonic()
     out.update(
@@ -459,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--validate-vehicles", type=int, default=128)
     p.add_argument("--validate-ticks", type=int, default=300)
+    p.add_argument(
+        "--validate-seeds", type=int, default=3, help="held-out seeds of the validate suite (the stage's default: 3)"
+    )
     p.add_argument("--eval-vehicles", type=int, default=128)
     p.add_argument("--eval-ticks", type=int, default=200)
     p.add_argument("--bootstrap-vehicles", type=int, default=3072)
@@ -482,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.seeds, a.vehicles, a.minutes, a.fog_onset_s = 1, 32, 1.0, 5.0
         a.validate_vehicles, a.validate_ticks, a.eval_vehicles, a.eval_ticks = 32, 100, 32, 100
+        a.validate_seeds = 1
         a.bootstrap_vehicles, a.bootstrap_ticks, a.bootstrap_train_s, a.train_max_s = 256, 150, 10.0, 15.0
         a.bootstrap_epochs = 0  # the 10 s cap decides
     torch.set_num_threads(1)
@@ -489,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.seeds} seed(s) from {a.seed_base}; arms {', '.join(arms)}; fleet {a.vehicles} vehicles x "
         f"{a.minutes:g} min, fog from {a.fog_onset_s:g} s, budget "
         f"{a.budget:g}; eval {a.eval_vehicles} vehicles x {a.eval_ticks * DT_S:g} s per model x condition x seed; "
-        f"validate {a.validate_vehicles} x {a.validate_ticks * DT_S:g} s x 3 slices (clear, fog, rain); bootstrap "
+        f"validate {a.validate_vehicles} x {a.validate_ticks * DT_S:g} s x 3 slices (clear, fog, rain) x "
+        f"{a.validate_seeds} seed(s); bootstrap "
         f"{a.bootstrap_vehicles} x {a.bootstrap_ticks} ticks, "
         + (f"{a.bootstrap_epochs} epochs" if a.bootstrap_epochs else f"{a.bootstrap_train_s:g} s training")
     )

@@ -79,3 +79,21 @@ def test_a_rejected_candidate_closes_nothing_when_only_passed_candidates_are_dep
     assert math.isclose(arms["random"]["gap_closed_pooled"], 1.0) and arms["random"]["gap_closed_promoted"] == 0.0
     assert math.isclose(arms["value"]["gap_closed_promoted"], arms["value"]["gap_closed_pooled"])
     assert "| 0/1 | 0.00 |" in le.render(le.summarize(seeds, 0.02), "test")
+
+
+def test_the_validate_suite_drives_its_seeds_apart_from_each_other_and_from_the_evaluation() -> None:
+    mod = _module()
+    suite = mod.validate_suite(7, vehicles=16, ticks=50, seeds=3)
+    first = mod.HELD_OUT_SEED_BASE + mod.VALIDATE_SEED_OFFSET + 7
+    assert suite.seeds == (first, first + 100, first + 200)
+    assert [s.condition.name for s in suite.slices] == ["clear", "fog_0.8", "rain_0.7"]
+    evaluation = mod.HELD_OUT_SEED_BASE + mod.EVAL_SEED_OFFSET + 7
+    assert evaluation not in suite.seeds
+    assert mod.validate_suite(7, 16, 50).seeds == (first,)  # one seed: the suite the benchmark drove before
+    for bad in (0, 4):
+        try:
+            mod.validate_suite(7, 16, 50, seeds=bad)
+        except ValueError as e:
+            assert "1..3" in str(e)
+        else:
+            raise AssertionError(f"{bad} validate seeds were accepted")
