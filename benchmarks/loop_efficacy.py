@@ -90,13 +90,12 @@ def trigger_config(arm: str, budget: float, match_share: float | None = None) ->
     ``random``: only the random sample, under the same budget, drawn at a rate that uploads about ``match_share`` of
     the frames (what the arm before it uploaded in the same seed), so both send about as many frames; the shares
     actually uploaded are reported side by side."""
-    from fleetloop.edge_agent.triggers import RANDOM_OVERDRAW, upload_policy
+    from fleetloop.edge_agent.triggers import upload_policy
 
     if arm in ("triggers", "value"):
         return upload_policy("valued" if arm == "value" else "triggers", budget, DT_S)
     cfg = upload_policy("random", budget, DT_S)
-    share = budget if match_share is None else match_share
-    return dataclasses.replace(cfg, sample_rate=RANDOM_OVERDRAW * share / (cfg.sample_ticks + 1))
+    return dataclasses.replace(cfg, sample_rate=cfg.fill_rate(match_share))
 
 
 def validate_suite(seed: int, vehicles: int, ticks: int, seeds: int = 1) -> HeldOutSuite:

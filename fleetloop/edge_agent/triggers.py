@@ -173,13 +173,13 @@ class TriggerConfig:
             "rare_mask": bits["disagreement"],
             "value_weighting": True,
             "sample_clip_s": (sample_frames - 1) * plain.dt_s,
-            "sample_rate": RANDOM_OVERDRAW * plain.budget_fraction / sample_frames,
             # The clear-weather bootstrap already taught clear driving: one clip's worth of it counts as uploaded.
             "known_frames": (float(plain.clip_frames), 0.0, 0.0),
             "common_headroom_clips": 1.0,
         }
         fields.update({k: v for k, v in overrides.items() if k in fields})
-        return dataclasses.replace(plain, **fields)  # type: ignore[arg-type]
+        cfg = dataclasses.replace(plain, **fields)  # type: ignore[arg-type]
+        return cfg if "sample_rate" in overrides else dataclasses.replace(cfg, sample_rate=cfg.fill_rate())
 
     def __post_init__(self) -> None:
         for name in (
@@ -214,6 +214,12 @@ class TriggerConfig:
             raise FleetConfigError(
                 f"TriggerConfig.severe_mask must be a set of the {N_BITS - 1} trigger bits (not random)"
             )
+
+    def fill_rate(self, share: float | None = None) -> float:
+        """The ``sample_rate`` at which random clips of this config's length upload about ``share`` of the frames
+        (default: the whole budget); ``RANDOM_OVERDRAW`` draws per clip paid, since a draw inside a clip already
+        admitted adds nothing."""
+        return RANDOM_OVERDRAW * (self.budget_fraction if share is None else share) / (self.sample_ticks + 1)
 
     @property
     def pre_ticks(self) -> int:
@@ -550,6 +556,6 @@ def upload_policy(name: str, budget_fraction: float = 0.02, dt_s: float = 0.1) -
     return dataclasses.replace(
         base,
         trigger_mask=TRIGGER_BITS["random_sample"],
-        sample_rate=RANDOM_OVERDRAW * budget_fraction / (base.sample_ticks + 1),
+        sample_rate=base.fill_rate(),
         reserve_clips=0.0,  # no severe trigger asks for the reserve: the whole bucket is the sample's
     )

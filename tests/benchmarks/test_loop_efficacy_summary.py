@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "loop_efficacy.py"
 
 
@@ -21,6 +23,20 @@ def _module() -> Any:
 def _run(coll: int, nm: int, phantom: int, km: float = 100.0) -> dict[str, Any]:
     counts = {"collisions": coll, "near_misses": nm, "phantom_brakes": phantom}
     return {"km": km, "expert_km": km, "counts": counts}
+
+
+def _evaluation(**candidates: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    """The initial model (6 collisions + 4 near misses in fog) and the reference (2) on one seed, and each
+    candidate's (fog, clear) runs."""
+    ev = {
+        "initial|fog": _run(6, 4, 5),
+        "initial|clear": _run(1, 0, 9),
+        "reference|fog": _run(2, 0, 7),
+        "reference|clear": _run(1, 0, 9),
+    }
+    for arm, (fog, clear) in candidates.items():
+        ev.update({f"candidate:{arm}|fog": fog, f"candidate:{arm}|clear": clear})
+    return ev
 
 
 def _turn(arm: str, uploaded: int, candidate: bool) -> dict[str, Any]:
@@ -38,14 +54,7 @@ def _turn(arm: str, uploaded: int, candidate: bool) -> dict[str, Any]:
 
 def test_a_turn_without_a_candidate_counts_as_the_initial_model_and_shares_are_against_the_budget() -> None:
     le = _module()
-    ev = {
-        "initial|fog": _run(6, 4, 5),
-        "initial|clear": _run(1, 0, 9),
-        "reference|fog": _run(2, 0, 7),
-        "reference|clear": _run(1, 0, 9),
-        "candidate:triggers|fog": _run(3, 3, 4),
-        "candidate:triggers|clear": _run(1, 0, 8),
-    }
+    ev = _evaluation(triggers=(_run(3, 3, 4), _run(1, 0, 8)))
     seeds = [
         {"seed": 1, "arms": {"triggers": _turn("triggers", 20, True), "random": _turn("random", 15, False)}, "eval": ev}
     ]
@@ -63,16 +72,7 @@ def test_a_turn_without_a_candidate_counts_as_the_initial_model_and_shares_are_a
 
 def test_a_rejected_candidate_closes_nothing_when_only_passed_candidates_are_deployed() -> None:
     le = _module()
-    ev = {
-        "initial|fog": _run(6, 4, 5),
-        "initial|clear": _run(1, 0, 9),
-        "reference|fog": _run(2, 0, 7),
-        "reference|clear": _run(1, 0, 9),
-        "candidate:value|fog": _run(3, 1, 4),
-        "candidate:value|clear": _run(1, 0, 8),
-        "candidate:random|fog": _run(2, 0, 9),
-        "candidate:random|clear": _run(1, 0, 20),
-    }
+    ev = _evaluation(value=(_run(3, 1, 4), _run(1, 0, 8)), random=(_run(2, 0, 9), _run(1, 0, 20)))
     rejected = {**_turn("random", 15, True), "passed": False}
     seeds = [{"seed": 1, "arms": {"value": _turn("value", 20, True), "random": rejected}, "eval": ev}]
     arms = le.summarize(seeds, 0.02)["arms"]
@@ -91,9 +91,5 @@ def test_the_validate_suite_drives_its_seeds_apart_from_each_other_and_from_the_
     assert evaluation not in suite.seeds
     assert mod.validate_suite(7, 16, 50).seeds == (first,)  # one seed: the suite the benchmark drove before
     for bad in (0, 4):
-        try:
+        with pytest.raises(ValueError, match=r"1\.\.3 to stay apart"):
             mod.validate_suite(7, 16, 50, seeds=bad)
-        except ValueError as e:
-            assert "1..3" in str(e)
-        else:
-            raise AssertionError(f"{bad} validate seeds were accepted")

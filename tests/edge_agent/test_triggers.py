@@ -16,6 +16,7 @@ from fleetloop.edge_agent.triggers import (
     TriggerState,
     trigger_bits,
     triggers_step,
+    upload_policy,
 )
 from fleetloop.platform.bus.schemas import TriggerFlag
 from fleetloop.platform.errors import FleetConfigError
@@ -426,3 +427,15 @@ def test_value_weighting_settings_are_checked() -> None:
         TriggerConfig(common_headroom_clips=-1.0)
     with pytest.raises(FleetConfigError, match="rare_mask"):
         TriggerConfig(rare_mask=TRIGGER_BITS["random_sample"])
+
+
+def test_the_random_sample_is_drawn_to_fill_the_share_asked_for_with_clips_of_its_own_length() -> None:
+    valued = TriggerConfig.valued()
+    random = upload_policy("random", 0.02)
+    for cfg in (valued, random):
+        clips_paid = cfg.sample_rate * (cfg.sample_ticks + 1) / 0.02
+        assert clips_paid == pytest.approx(1.6)  # draws per clip the budget pays (a draw inside a clip adds nothing)
+    assert valued.sample_ticks + 1 == 69 and random.sample_ticks + 1 < 69  # the valued clip is longer ...
+    assert valued.sample_rate < random.sample_rate  # ... so fewer draws fill the same budget
+    assert random.fill_rate(0.01) == pytest.approx(random.sample_rate / 2)
+    assert TriggerConfig.valued(sample_rate=0.5).sample_rate == 0.5  # an explicit rate is kept

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetloop.cli.sim import simulate
+from fleetloop.cli.sim import DEFAULT_UPLOAD_BUDGET, simulate
 from fleetloop.edge_agent.triggers import UPLOAD_POLICIES, TriggerConfig, upload_policy
 from fleetloop.platform.errors import FleetConfigError
 from fleetloop.platform.settings import Settings
@@ -15,6 +15,8 @@ from fleetloop.platform.settings import Settings
 
 def test_each_policy_name_builds_its_selection_under_the_budget() -> None:
     assert upload_policy("triggers", 0.02) == TriggerConfig()
+    # the CLI's default (kept apart so `sim --help` loads no torch) is the vehicles' own
+    assert TriggerConfig().budget_fraction == DEFAULT_UPLOAD_BUDGET
     valued = upload_policy("valued", 0.01)
     assert valued.value_weighting and valued.budget_fraction == 0.01 and valued.common_headroom_clips > 0
     rand = upload_policy("random", 0.05)
