@@ -310,6 +310,34 @@ def _as_promoted(seed: dict[str, Any], arm: str, cond: str) -> dict[str, Any]:
     return ev[f"initial|{cond}"]
 
 
+def _gap_closed(seed: dict[str, Any], arm: str, promoted: bool = False) -> float:
+    """The share of this seed's fog gap (initial - reference, collisions + near misses per km) the arm's turn closed:
+    with its candidate, or (``promoted``) with what production is after the gates; NaN without a gap."""
+    ev = seed["eval"]
+    rate = {m: 1000.0 * _safety(ev[f"{m}|fog"]) / ev[f"{m}|fog"]["km"] for m in ("initial", "reference")}
+    dep = _as_promoted(seed, arm, "fog") if promoted else _as_deployed(ev, arm, "fog")
+    gap = rate["initial"] - rate["reference"]
+    return (rate["initial"] - 1000.0 * _safety(dep) / dep["km"]) / gap if gap > 0 else math.nan
+
+
+def paired_with_random(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each selection against random uploads on the same seeds (same fleet, same evaluation scenes): the per-seed
+    difference of the gap closed, with its t interval, for the candidates and for production after the gates."""
+    out: dict[str, Any] = {}
+    for arm in ARMS:
+        both = [
+            s for s in seeds if arm != "random" and {arm, "random"} <= set(s["arms"]) and "initial|fog" in s["eval"]
+        ]
+        if both:
+            out[arm] = {
+                key: dataclasses.asdict(
+                    mean_ci(_gap_closed(s, arm, promoted) - _gap_closed(s, "random", promoted) for s in both)
+                )
+                for key, promoted in (("candidates", False), ("promoted", True))
+            }
+    return out
+
+
 def summarize(seeds: list[dict[str, Any]], budget: float | None = None) -> dict[str, Any]:
     """Pooled rates with exact intervals, and per-seed shares with t intervals. Each arm's gap and counter-metrics
     are over every seed (a seed without a candidate keeps the initial model); ``budget``: the upload share the
@@ -332,15 +360,8 @@ def summarize(seeds: list[dict[str, Any]], budget: float | None = None) -> dict[
         turns = [s["arms"][arm] for s in seeds if arm in s["arms"]]
         if not turns:
             continue
-        gaps = []
         judged = [s for s in seeds if arm in s["arms"] and "initial|fog" in s["eval"]]
-        for s in judged:
-            ev = s["eval"]
-            rate = {m: 1000.0 * _safety(ev[f"{m}|fog"]) / ev[f"{m}|fog"]["km"] for m in ("initial", "reference")}
-            dep = _as_deployed(ev, arm, "fog")
-            cand = 1000.0 * _safety(dep) / dep["km"]
-            gap = rate["initial"] - rate["reference"]
-            gaps.append((rate["initial"] - cand) / gap if gap > 0 else math.nan)
+        gaps = [_gap_closed(s, arm) for s in judged]
         pooled = {}
         for m in ("initial", "reference"):
             pooled[m] = _per_km([s["eval"][f"{m}|fog"] for s in judged], _safety)["rate"] if judged else math.nan
@@ -385,7 +406,7 @@ def summarize(seeds: list[dict[str, Any]], budget: float | None = None) -> dict[
                 mean_ci(t["onset_to_validated_s"] for t in turns if "onset_to_validated_s" in t)
             ),
         }
-    return {"models": models, "arms": arms}
+    return {"models": models, "arms": arms, "paired_with_random": paired_with_random(seeds)}
 
 
 def _ci(d: dict[str, float], digits: int = 0) -> str:
@@ -427,6 +448,11 @@ def render(summary: dict[str, Any], sizes: str) -> str:
             f"| {d['gap_closed_pooled']:.2f} | {d['passed_gates']}/{d['turns']} "
             f"| {d.get('gap_closed_promoted', math.nan):.2f} | {d.get('no_candidate', 0)} "
             f"| {_ci(d['onset_to_validated_s'])} |"
+        )
+    for arm, d in summary.get("paired_with_random", {}).items():
+        lines.append(
+            f"\n{arm} minus random on the same seeds, gap closed in fog (mean [95 % CI]): candidates "
+            f"{_ci(d['candidates'], 2)}; production after the gates {_ci(d['promoted'], 2)}"
         )
     counter = [(arm, c, v) for arm, d in summary["arms"].items() for c, v in d.get("deployed_vs_initial", {}).items()]
     if counter:

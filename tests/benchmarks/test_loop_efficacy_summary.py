@@ -81,6 +81,29 @@ def test_a_rejected_candidate_closes_nothing_when_only_passed_candidates_are_dep
     assert "| 0/1 | 0.00 |" in le.render(le.summarize(seeds, 0.02), "test")
 
 
+def test_each_selection_is_compared_with_random_uploads_seed_by_seed() -> None:
+    le = _module()
+    rejected = {**_turn("random", 15, True), "passed": False}
+    seeds = [
+        {  # value closes 0.5 of the gap (8), random 1.0 but is rejected
+            "seed": 1,
+            "arms": {"value": _turn("value", 20, True), "random": rejected},
+            "eval": _evaluation(value=(_run(4, 2, 4), _run(1, 0, 8)), random=(_run(2, 0, 9), _run(1, 0, 20))),
+        },
+        {  # value closes 0.75, random 0.25, both pass
+            "seed": 2,
+            "arms": {"value": _turn("value", 20, True), "random": _turn("random", 15, True)},
+            "eval": _evaluation(value=(_run(3, 1, 4), _run(1, 0, 8)), random=(_run(5, 3, 9), _run(1, 0, 9))),
+        },
+    ]
+    paired = le.summarize(seeds, 0.02)["paired_with_random"]
+    assert set(paired) == {"value"}
+    assert math.isclose(paired["value"]["candidates"]["mean"], ((0.5 - 1.0) + (0.75 - 0.25)) / 2)
+    assert math.isclose(paired["value"]["promoted"]["mean"], ((0.5 - 0.0) + (0.75 - 0.25)) / 2)
+    assert paired["value"]["candidates"]["n"] == 2
+    assert "value minus random on the same seeds" in le.render(le.summarize(seeds, 0.02), "test")
+
+
 def test_the_validate_suite_drives_its_seeds_apart_from_each_other_and_from_the_evaluation() -> None:
     mod = _module()
     suite = mod.validate_suite(7, vehicles=16, ticks=50, seeds=3)
