@@ -116,13 +116,14 @@ class TrainConfig:
     anchor_weight: float = 10.0
     """Self-distillation toward the frozen parent (production) model on every frame, so the candidate moves only
     where the hindsight labels pull it (0: off; no effect when training from scratch). 10 with ``hazard_share``
-    0.25 and 8 epochs (ADR 0195; 30 and 4 epochs before, ADR 0093): a loop turn closes most of the fog gap
+    0.35 and 8 epochs (ADR 0195, 0197; 30 and 4 epochs before, ADR 0093): a loop turn closes most of the fog gap
     instead of half, phantom braking not higher in fog or clear."""
     balance_hazard: bool = True
     """Reweight frames so hazard and non-hazard labels carry equal weight (trigger clips are mostly hazards)."""
-    hazard_share: float = 0.25
-    """With ``balance_hazard``: the share of the label loss's weight on hazard frames (ADR 0195: at 0.5 the
-    candidate learns to brake on weaker evidence everywhere, and phantom braking in clear weather rises)."""
+    hazard_share: float = 0.35
+    """With ``balance_hazard``: the share of the label loss's weight on hazard frames (ADR 0195, 0197: at 0.5 the
+    candidate learns to brake on weaker evidence everywhere, and phantom braking in clear weather rises; at 0.25
+    it brakes too little in fog)."""
     torch_threads: int = 0
     """Intra-op threads for torch (0: leave the default)."""
     experiment: str = TRAIN_EXPERIMENT
