@@ -12,9 +12,10 @@ variance head never drags the mean (a known failure of plain Gaussian NLL). Dete
 device and thread count.
 
 Fine-tuning options (both off by default, so the bootstrap is unchanged):
-- ``balance_hazard``: per-frame weights ``W / (2 * W_c)`` (``W`` the total existing weight, ``W_c`` that of the
-  frame's class, hazard > 0.5 or not) so hazard and non-hazard frames carry equal total weight; trigger clips are
-  mostly hazards, and unbalanced they teach the model to brake everywhere.
+- ``balance_hazard``: per-frame weights ``W * s_c / W_c`` (``W`` the total existing weight, ``W_c`` that of the
+  frame's class, hazard > 0.5 or not, ``s_c`` the class's share: ``hazard_share`` for hazards, the rest for the
+  others; 0.5: equal total weight); trigger clips are mostly hazards, and unbalanced they teach the model to brake
+  everywhere.
 - ``anchor`` (a frozen parent model) with ``anchor_weight``: self-distillation, ``anchor_weight * mean over
   frames and heads of [(a_m - a_parent,m)² + hazard_weight * KL(Bernoulli(parent_m) || Bernoulli(model_m))]`` on
   every batch, unweighted by labels, keeps the candidate close to its parent except where the hindsight labels pull
@@ -71,7 +72,7 @@ class ImitationConfig:
     anchor_weight: float = 0.0
     """Weight of the self-distillation term toward a frozen parent (``anchor``; 0 or no anchor: none)."""
     balance_hazard: bool = False
-    """Reweight frames so hazard and non-hazard frames contribute equally to the label loss."""
+    """Reweight frames so hazard frames carry ``hazard_share`` of the label loss (the rest: non-hazard frames)."""
     hazard_share: float = 0.5
     """With ``balance_hazard``: the share of the label loss's weight the hazard frames carry (0.5: equal)."""
 

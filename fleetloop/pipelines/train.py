@@ -119,7 +119,7 @@ class TrainConfig:
     0.35 and 8 epochs (ADR 0195, 0197; 30 and 4 epochs before, ADR 0093): a loop turn closes most of the fog gap
     instead of half, phantom braking not higher in fog or clear."""
     balance_hazard: bool = True
-    """Reweight frames so hazard and non-hazard labels carry equal weight (trigger clips are mostly hazards)."""
+    """Reweight frames so hazard labels carry ``hazard_share`` of the label loss (trigger clips are mostly hazards)."""
     hazard_share: float = 0.35
     """With ``balance_hazard``: the share of the label loss's weight on hazard frames (ADR 0195, 0197: at 0.5 the
     candidate learns to brake on weaker evidence everywhere, and phantom braking in clear weather rises; at 0.25
