@@ -24,6 +24,13 @@ Braking beyond comfortable (``model_confirm_brake_mps2``) needs two consecutive 
 unless the fallback sees a threat (ADR 0112): the per-frame policy's command flickers, most of all on inputs unlike
 its training data (night, rain, fog for the clear-weather model), and a one-frame dip is not a reason to brake hard.
 
+Comfort rate (ADR 0198): the model's command deepens braking no faster than ``model_brake_jerk_mps3`` from the
+command sent last tick (the model's or the fallback's), unless the model asks for more than ``urgent_brake_mps2``,
+as the expert plans its braking. The actuator alone builds any brake at 30 m/s³, so every flicker of the per-frame
+policy's command into braking was a harsh-jerk event (|jerk| > 10 m/s³) and a jolt for the passengers; a planner's
+comfort limit is what every ACC and AV stack puts between its planner and the brakes. The fallback's command passes
+at the full rate (it is the safety function).
+
 Set-speed governor (ADR 0175): the learned policy has no set-speed input, so the model's command is capped by a
 cruise controller toward the driver's set speed, as ACC caps a planner: ``min(model, governor_gain_per_s x (set
 speed - measured speed))``, the cap never below 0. It only takes away propulsion: a braking command (<= 0) passes
@@ -33,6 +40,7 @@ following (IDM toward the same set speed), so it is not capped; where no set spe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -118,6 +126,12 @@ class ArbiterConfig:
         model_confirm_brake_mps2: a model command braking harder than this [m/s²] needs the model's command of
             the tick before to brake harder than it too; else it is held at this for one tick (2.5 m/s²: the
             expert's comfortable deceleration, ``fleetloop.sim.expert.EXPERT_IDM``). ``inf`` switches this off.
+        model_brake_jerk_mps3: the model's command may deepen braking at most this fast from the last tick's
+            command [m/s³] (9: just under the 10 m/s³ harsh-jerk threshold, as the expert builds firm braking,
+            ``fleetloop.sim.expert.FIRM_JERK_MPS3``); ``inf`` switches the comfort rate off (ADR 0198).
+        urgent_brake_mps2: a model command braking harder than this [m/s²] passes at the actuator's full rate (4: the
+            hard-braking event threshold, where the expert too stops limiting its build-up).
+        dt_s: the tick length [s] (the world's; the comfort rate is per second).
         model_brake_free_need_mps2: no such confirmation where the fallback's perceived obstacle needs more than
             this deceleration [m/s²] (0: any obstacle the ego closes on; the ranging sensors corroborate the
             model) or the fallback is at a TTC stage, unless that obstacle is clearing the path.
@@ -130,6 +144,9 @@ class ArbiterConfig:
     clearing_max_stage: int = STAGE_FULL
     model_confirm_brake_mps2: float = 2.5
     model_brake_free_need_mps2: float = 0.0
+    model_brake_jerk_mps3: float = 9.0
+    urgent_brake_mps2: float = 4.0
+    dt_s: float = 0.1
     low_conf_enter_ticks: int = 3
     low_conf_min_hold_ticks: int = 10
     low_conf_exit_ratio: float = 0.8
@@ -147,6 +164,13 @@ class ArbiterConfig:
         if not self.model_confirm_brake_mps2 > 0:
             raise FleetConfigError(
                 f"model_confirm_brake_mps2 must be > 0 (inf: off), got {self.model_confirm_brake_mps2}"
+            )
+        if not (math.isfinite(self.dt_s) and self.dt_s > 0):
+            raise FleetConfigError(f"dt_s must be a positive tick length [s], got {self.dt_s}")
+        if not (self.model_brake_jerk_mps3 > 0 and self.urgent_brake_mps2 >= 0):
+            raise FleetConfigError(
+                "model_brake_jerk_mps3 must be > 0 (inf: off) and urgent_brake_mps2 >= 0, got "
+                f"{self.model_brake_jerk_mps3} and {self.urgent_brake_mps2}"
             )
         if not self.governor_gain_per_s > 0:
             raise FleetConfigError(f"governor_gain_per_s must be > 0 (inf: off), got {self.governor_gain_per_s}")
@@ -214,6 +238,7 @@ class ArbiterState:
             higher priority applies).
         low_conf_hold: ticks the latch still holds at least.
         last_model_mps2: the model's command last tick [m/s²] (float; 0 where it had none).
+        last_command_mps2: the command sent to the actuators last tick, the model's or the fallback's [m/s²].
     """
 
     on_fallback: torch.Tensor
@@ -229,6 +254,7 @@ class ArbiterState:
     low_conf: torch.Tensor
     low_conf_hold: torch.Tensor
     last_model_mps2: torch.Tensor
+    last_command_mps2: torch.Tensor
 
     @staticmethod
     def init(batch: int, device: torch.device | str = "cpu", start_on_fallback: bool = False) -> ArbiterState:
@@ -249,6 +275,7 @@ class ArbiterState:
             z.clone(),
             torch.zeros(batch, dtype=torch.bool, device=device),
             z.clone(),
+            torch.zeros(batch, device=device),
             torch.zeros(batch, device=device),
         )
 
@@ -357,6 +384,12 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
         safe_m = capped
     else:
         governed = torch.zeros_like(usable)
+    # Comfort rate (ADR 0198): deeper braking builds from last tick's command at most model_brake_jerk_mps3, unless
+    # the model asks for urgent braking. Applied last, so it limits what the model actually sends.
+    if cfg.model_brake_jerk_mps3 < float("inf"):
+        floor = state.last_command_mps2.to(safe_m.dtype) - cfg.model_brake_jerk_mps3 * cfg.dt_s
+        urgent = safe_m < -cfg.urgent_brake_mps2
+        safe_m = torch.where(usable & ~urgent & (safe_m < floor), floor, safe_m)
     unc = torch.nan_to_num(inp.model_uncertainty.float(), nan=0.0)
     high = torch.where(unc > cfg.max_uncertainty, state.unc_high_ticks + 1, torch.zeros_like(state.unc_high_ticks))
     enter = high >= cfg.low_conf_enter_ticks
@@ -413,6 +446,7 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
         low_conf=low_conf,
         low_conf_hold=torch.where(low_conf, (hold_left - 1).clamp_min(0), torch.zeros_like(hold_left)),
         last_model_mps2=torch.where(usable, m, torch.zeros_like(m)).to(state.last_model_mps2.dtype),
+        last_command_mps2=cmd.to(state.last_command_mps2.dtype),
     )
     decision = Decision(
         accel_mps2=cmd,

@@ -159,7 +159,8 @@ class FleetConfig:
         max_uncertainty_mps2: the arbiter's low-confidence threshold, calibrated to the model
             (``ArbiterConfig.for_model``); None keeps the arbiter's default (or, in a shard, calibrates it to the
             model the vehicles start on). Give this or ``arbiter``, not both.
-        arbiter: every arbiter threshold (None: ``ArbiterConfig()`` with ``max_uncertainty_mps2``).
+        arbiter: every arbiter threshold (None: ``ArbiterConfig()`` with ``max_uncertainty_mps2``); its ``dt_s``
+            must be the world's tick.
         triggers: the trigger thresholds and upload budget (None: ``TriggerConfig`` at the world's tick); its
             ``dt_s`` must be the world's tick.
         engine: the inference engine's settings (its device and tick come from the run).
@@ -209,6 +210,8 @@ class FleetConfig:
         tick_s = self.world().dt_s
         if self.triggers is not None and abs(self.triggers.dt_s - tick_s) > 1e-9:
             raise FleetConfigError(f"triggers.dt_s ({self.triggers.dt_s} s) must be the world's tick ({tick_s} s)")
+        if self.arbiter is not None and abs(self.arbiter.dt_s - tick_s) > 1e-9:
+            raise FleetConfigError(f"arbiter.dt_s ({self.arbiter.dt_s} s) must be the world's tick ({tick_s} s)")
         parse_faults(self.faults)  # raises FaultError listing the valid faults
         if self.heartbeat_s is not None and not (math.isfinite(self.heartbeat_s) and self.heartbeat_s >= tick_s):
             raise FleetConfigError(f"heartbeat_s must be at least one tick ({tick_s} s), got {self.heartbeat_s}")

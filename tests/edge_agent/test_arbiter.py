@@ -183,9 +183,10 @@ def test_for_model_sets_the_threshold_from_the_models_validation_uncertainty() -
 
 def test_a_ttc_stage_does_not_override_the_model_for_an_obstacle_leaving_the_path() -> None:
     s = ArbiterState.init(B)
+    smooth = ArbiterConfig(model_brake_jerk_mps3=math.inf)  # the model's -1 m/s² passes at once (no comfort rate)
     clearing = [True, False, True, False]
     for stage, accel in ((STAGE_PARTIAL, -4.0), (STAGE_FULL, -9.5)):
-        _, d = arbitrate(ArbiterConfig(), s, _inp(-1.0, fb=_fb(accel, stage, clearing=clearing)))
+        _, d = arbitrate(smooth, s, _inp(-1.0, fb=_fb(accel, stage, clearing=clearing)))
         assert d.driver.tolist() == [DRIVER_MODEL, DRIVER_FALLBACK, DRIVER_MODEL, DRIVER_FALLBACK], stage
         assert d.accel_mps2.tolist() == [-1.0, accel, -1.0, accel]
     # up to clearing_max_stage only: a full stage then overrides whatever the fallback predicts
@@ -228,7 +229,7 @@ def test_with_path_prediction_a_stage_held_with_nothing_in_the_path_starts_no_ov
 
 
 def test_hard_braking_needs_two_frames_unless_the_fallback_sees_something_to_brake_for() -> None:
-    cfg = ArbiterConfig()
+    cfg = ArbiterConfig(model_brake_jerk_mps3=math.inf)  # the comfort rate has its own test
     hold = -cfg.model_confirm_brake_mps2
     s = ArbiterState.init(B)
     # a one-frame dip to -4.5 m/s² with nothing ahead: held at the comfortable deceleration, then passed on once the
@@ -258,3 +259,48 @@ def test_hard_braking_needs_two_frames_unless_the_fallback_sees_something_to_bra
     # switched off
     _, d = arbitrate(ArbiterConfig(model_confirm_brake_mps2=math.inf), ArbiterState.init(B), _inp(-4.5))
     assert d.accel_mps2.tolist() == [-4.5] * B
+
+
+def test_the_models_braking_builds_at_the_comfort_rate_unless_urgent() -> None:
+    cfg = ArbiterConfig()
+    step = cfg.model_brake_jerk_mps3 * cfg.dt_s
+    s = ArbiterState.init(B)
+    # cruising at +0.5, then the model asks for -2: the command deepens by at most 0.9 m/s² a tick
+    s, d = arbitrate(cfg, s, _inp(0.5))
+    sent = [float(d.accel_mps2[0])]
+    for _ in range(4):
+        s, d = arbitrate(cfg, s, _inp(-2.0))
+        sent.append(float(d.accel_mps2[0]))
+    assert sent == pytest.approx([0.5, 0.5 - step, 0.5 - 2 * step, -2.0, -2.0])
+    assert (d.driver == DRIVER_MODEL).all()
+    # releasing and accelerating are not limited here (the actuator's own 10 m/s³ limit does that)
+    s, d = arbitrate(cfg, s, _inp(1.0))
+    assert d.accel_mps2.tolist() == [1.0] * B
+    # urgent braking (beyond urgent_brake_mps2, confirmed on two frames) passes at the actuator's full rate
+    s, d = arbitrate(cfg, s, _inp(-5.0, fb=FallbackOutput(**{**_fb(0.5).__dict__, "need_mps2": torch.full((B,), 5.0)})))
+    assert d.accel_mps2.tolist() == [-5.0] * B
+    # the fallback's command is never limited: a TTC override brakes at once, and the model's braking afterwards
+    # builds from the fallback's command, not from the model's last one
+    s = ArbiterState.init(B)
+    s, d = arbitrate(cfg, s, _inp(0.5, fb=_fb(-4.0, STAGE_PARTIAL)))
+    assert d.driver.tolist() == [DRIVER_FALLBACK] * B and d.accel_mps2.tolist() == [-4.0] * B
+    s, d = arbitrate(cfg, s, _inp(-2.0))
+    assert d.driver.tolist() == [DRIVER_MODEL] * B and d.accel_mps2.tolist() == [-2.0] * B
+    # switched off: the model's command passes as it is
+    _, d = arbitrate(ArbiterConfig(model_brake_jerk_mps3=math.inf), ArbiterState.init(B), _inp(-2.0))
+    assert d.accel_mps2.tolist() == [-2.0] * B
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"model_brake_jerk_mps3": 0.0}, "model_brake_jerk_mps3 must be > 0"),
+        ({"urgent_brake_mps2": -1.0}, "urgent_brake_mps2 >= 0"),
+        ({"dt_s": 0.0}, "dt_s must be a positive tick length"),
+    ],
+)
+def test_bad_comfort_rate_settings_are_refused(kw: dict[str, float], match: str) -> None:
+    from fleetloop.platform.errors import FleetConfigError
+
+    with pytest.raises(FleetConfigError, match=match):
+        ArbiterConfig(**kw)
