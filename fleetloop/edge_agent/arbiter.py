@@ -25,8 +25,9 @@ unless the fallback sees a threat (ADR 0112): the per-frame policy's command fli
 its training data (night, rain, fog for the clear-weather model), and a one-frame dip is not a reason to brake hard.
 
 Comfort rate (ADR 0198): the model's command deepens braking no faster than ``model_brake_jerk_mps3`` from the
-command sent last tick (the model's or the fallback's), unless the model asks for more than ``urgent_brake_mps2``,
-as the expert plans its braking. The actuator alone builds any brake at 30 m/s³, so every flicker of the per-frame
+command sent last tick (the model's or the fallback's), unless the model asks for more than ``urgent_brake_mps2``
+or its hazard head is sure a hazard is coming (``comfort_free_hazard_prob``): the expert, too, brakes gently
+outside emergencies. The actuator alone builds any brake at 30 m/s³, so every flicker of the per-frame
 policy's command into braking was a harsh-jerk event (|jerk| > 10 m/s³) and a jolt for the passengers; a planner's
 comfort limit is what every ACC and AV stack puts between its planner and the brakes. The fallback's command passes
 at the full rate (it is the safety function).
@@ -131,6 +132,8 @@ class ArbiterConfig:
             ``fleetloop.sim.expert.FIRM_JERK_MPS3``); ``inf`` switches the comfort rate off (ADR 0198).
         urgent_brake_mps2: a model command braking harder than this [m/s²] passes at the actuator's full rate (4: the
             hard-braking event threshold, where the expert too stops limiting its build-up).
+        comfort_free_hazard_prob: nor where the model's hazard head is this sure that a hazard is coming [-] (0.9:
+            at 0.5 or 0.7 a fine-tune's braking for fog hazards raised harsh jerks as without the limit; ADR 0198).
         dt_s: the tick length [s] (the world's; the comfort rate is per second).
         model_brake_free_need_mps2: no such confirmation where the fallback's perceived obstacle needs more than
             this deceleration [m/s²] (0: any obstacle the ego closes on; the ranging sensors corroborate the
@@ -146,6 +149,7 @@ class ArbiterConfig:
     model_brake_free_need_mps2: float = 0.0
     model_brake_jerk_mps3: float = 9.0
     urgent_brake_mps2: float = 4.0
+    comfort_free_hazard_prob: float = 0.9
     dt_s: float = 0.1
     low_conf_enter_ticks: int = 3
     low_conf_min_hold_ticks: int = 10
@@ -171,6 +175,11 @@ class ArbiterConfig:
             raise FleetConfigError(
                 "model_brake_jerk_mps3 must be > 0 (inf: off) and urgent_brake_mps2 >= 0, got "
                 f"{self.model_brake_jerk_mps3} and {self.urgent_brake_mps2}"
+            )
+        if not 0 <= self.comfort_free_hazard_prob <= 1:
+            raise FleetConfigError(
+                "comfort_free_hazard_prob must be a probability in [0, 1] (1: never), got "
+                f"{self.comfort_free_hazard_prob}"
             )
         if not self.governor_gain_per_s > 0:
             raise FleetConfigError(f"governor_gain_per_s must be > 0 (inf: off), got {self.governor_gain_per_s}")
@@ -385,10 +394,12 @@ def arbitrate_unchecked(cfg: ArbiterConfig, state: ArbiterState, inp: ArbiterInp
     else:
         governed = torch.zeros_like(usable)
     # Comfort rate (ADR 0198): deeper braking builds from last tick's command at most model_brake_jerk_mps3, unless
-    # the model asks for urgent braking. Applied last, so it limits what the model actually sends.
+    # the model asks for urgent braking or is confident a hazard is coming. Applied last, so it limits what the model
+    # actually sends.
     if cfg.model_brake_jerk_mps3 < float("inf"):
         floor = state.last_command_mps2.to(safe_m.dtype) - cfg.model_brake_jerk_mps3 * cfg.dt_s
-        urgent = safe_m < -cfg.urgent_brake_mps2
+        hazard = torch.nan_to_num(inp.model_hazard_prob.float(), nan=0.0) > cfg.comfort_free_hazard_prob
+        urgent = (safe_m < -cfg.urgent_brake_mps2) | hazard
         safe_m = torch.where(usable & ~urgent & (safe_m < floor), floor, safe_m)
     unc = torch.nan_to_num(inp.model_uncertainty.float(), nan=0.0)
     high = torch.where(unc > cfg.max_uncertainty, state.unc_high_ticks + 1, torch.zeros_like(state.unc_high_ticks))

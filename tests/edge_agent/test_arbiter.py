@@ -279,6 +279,13 @@ def test_the_models_braking_builds_at_the_comfort_rate_unless_urgent() -> None:
     # urgent braking (beyond urgent_brake_mps2, confirmed on two frames) passes at the actuator's full rate
     s, d = arbitrate(cfg, s, _inp(-5.0, fb=FallbackOutput(**{**_fb(0.5).__dict__, "need_mps2": torch.full((B,), 5.0)})))
     assert d.accel_mps2.tolist() == [-5.0] * B
+    # nor where the model is sure a hazard is coming (its hazard head above comfort_free_hazard_prob)
+    s = ArbiterState.init(B)
+    s, _ = arbitrate(cfg, s, _inp(0.5))
+    sure = torch.tensor([0.95, 0.85, 0.5, float("nan")])
+    _, d = arbitrate(cfg, s, _inp(-2.0, model_hazard_prob=sure))
+    assert d.driver.tolist() == [DRIVER_MODEL, DRIVER_MODEL, DRIVER_MODEL, DRIVER_FALLBACK]
+    assert d.accel_mps2[:3].tolist() == pytest.approx([-2.0, 0.5 - step, 0.5 - step])
     # the fallback's command is never limited: a TTC override brakes at once, and the model's braking afterwards
     # builds from the fallback's command, not from the model's last one
     s = ArbiterState.init(B)
@@ -297,6 +304,7 @@ def test_the_models_braking_builds_at_the_comfort_rate_unless_urgent() -> None:
         ({"model_brake_jerk_mps3": 0.0}, "model_brake_jerk_mps3 must be > 0"),
         ({"urgent_brake_mps2": -1.0}, "urgent_brake_mps2 >= 0"),
         ({"dt_s": 0.0}, "dt_s must be a positive tick length"),
+        ({"comfort_free_hazard_prob": 1.5}, "comfort_free_hazard_prob must be a probability"),
     ],
 )
 def test_bad_comfort_rate_settings_are_refused(kw: dict[str, float], match: str) -> None:
