@@ -7,8 +7,10 @@
 
 Both are the command's own functions: ``start_rollout`` refuses, signs, asks the controller and starts it as
 `ota rollout` does; the controller (a service process) judges the waves on the fleet's heartbeats and carries out
-the promotion or the rollback. The drive lasts until the rollout's outcome plus ``SETTLE_S`` of simulated driving
-(the fleet installs what the outcome sends it), at least the story's drive, ``ROLLOUT_DRIVE_MIN`` at most.
+the promotion or the rollback. The drive lasts until the rollout's outcome, then until every vehicle is heard on
+the outcome's version (the fleet installs what the outcome sends it, on a worker thread, while the simulation runs
+faster than the wall clock), then ``SETTLE_S`` of simulated driving; at least the story's drive,
+``ROLLOUT_DRIVE_MIN`` at most.
 """
 
 from __future__ import annotations
@@ -127,8 +129,16 @@ def rollout_drive(
             if st is not None:
                 say(f"rollout {rollout_id}: {rec.phase}, wave {st.wave + 1}, {st.wave_km:.1f} matched km")
             return False
-        settle.setdefault("from", clock[-1][1])
-        say(f"rollout {rollout_id}: {rec.phase}; the fleet installs what it was sent")
+        if "from" not in settle:
+            # The fleet installs on a worker thread while the simulation runs faster than the wall clock: the
+            # settle starts once every vehicle of the drive is heard on the outcome's version, not at the outcome.
+            target = rec.canary_version if rec.phase == "promoted" else rec.production_version
+            ends_on = _fleet_ends_on(store, fleet_tag, plan.vehicles)
+            if ends_on.get(str(target), 0) < plan.vehicles:
+                say(f"rollout {rollout_id}: {rec.phase}; the fleet installs v{target} ({_ends_on_text(ends_on)})")
+                return False
+            settle["from"] = clock[-1][1]
+            say(f"rollout {rollout_id}: {rec.phase}; the whole fleet runs v{target}")
         # and at least the story's drive, so that the rates on the new model cover the fog as "before" does
         return clock[-1][1] - settle["from"] >= SETTLE_S / 0.1 and clock[-1][1] >= plan.minutes * 60.0 / 0.1
 
@@ -196,9 +206,11 @@ def _verdicts(drive: dict[str, Any]) -> str:
 
 
 def _ends_on(drive: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{n} on v{v}" if v != "not heard" else f"{n} not heard" for v, n in drive["rollout"]["fleet_ends_on"].items()
-    )
+    return _ends_on_text(drive["rollout"]["fleet_ends_on"])
+
+
+def _ends_on_text(ends_on: dict[str, int]) -> str:
+    return ", ".join(f"{n} on v{v}" if v != "not heard" else f"{n} not heard" for v, n in ends_on.items())
 
 
 def step_canary(
