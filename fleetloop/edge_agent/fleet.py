@@ -226,11 +226,11 @@ class FleetConfig:
         """The on-board stack's configuration in ``world`` (arbiter, triggers, faults from this config)."""
         arbiter = self.arbiter
         if arbiter is None and self.max_uncertainty_mps2 is not None:
-            arbiter = ArbiterConfig(max_uncertainty=self.max_uncertainty_mps2)
+            arbiter = ArbiterConfig(max_uncertainty=self.max_uncertainty_mps2, dt_s=world.dt_s)
         triggers = self.triggers or TriggerConfig(dt_s=world.dt_s)
         faults = parse_faults(self.faults)
         return VehicleConfig.for_world(
-            world, seed=self.seed, faults=faults, arbiter=arbiter or ArbiterConfig(), triggers=triggers
+            world, seed=self.seed, faults=faults, arbiter=arbiter or ArbiterConfig(dt_s=world.dt_s), triggers=triggers
         )
 
     def scenes(self, vehicle_ids: Sequence[int], seed: int) -> list[ScenarioSpec]:

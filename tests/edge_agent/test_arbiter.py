@@ -21,6 +21,7 @@ from fleetloop.edge_agent.arbiter import (
 )
 from fleetloop.edge_agent.fallback import STAGE_FULL, STAGE_NONE, STAGE_PARTIAL, STAGE_WARNING, FallbackOutput
 from fleetloop.platform.bus.schemas import FallbackReason
+from fleetloop.platform.errors import FleetConfigError
 
 B = 4
 
@@ -308,7 +309,5 @@ def test_the_models_braking_builds_at_the_comfort_rate_unless_urgent() -> None:
     ],
 )
 def test_bad_comfort_rate_settings_are_refused(kw: dict[str, float], match: str) -> None:
-    from fleetloop.platform.errors import FleetConfigError
-
     with pytest.raises(FleetConfigError, match=match):
         ArbiterConfig(**kw)
