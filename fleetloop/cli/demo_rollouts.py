@@ -129,6 +129,8 @@ def rollout_drive(
             if st is not None:
                 say(f"rollout {rollout_id}: {rec.phase}, wave {st.wave + 1}, {st.wave_km:.1f} matched km")
             return False
+        settle.setdefault("outcome", clock[-1][1])
+        settle.setdefault("outcome_wall", int(time.time() * 1000))
         if "from" not in settle:
             # The fleet installs on a worker thread while the simulation runs faster than the wall clock: the
             # settle starts once every vehicle of the drive is heard on the outcome's version, not at the outcome.
@@ -138,6 +140,7 @@ def rollout_drive(
                 say(f"rollout {rollout_id}: {rec.phase}; the fleet installs v{target} ({_ends_on_text(ends_on)})")
                 return False
             settle["from"] = clock[-1][1]
+            settle["from_wall"] = int(time.time() * 1000)
             say(f"rollout {rollout_id}: {rec.phase}; the whole fleet runs v{target}")
         # and at least the story's drive, so that the rates on the new model cover the fog as "before" does
         return clock[-1][1] - settle["from"] >= SETTLE_S / 0.1 and clock[-1][1] >= plan.minutes * 60.0 / 0.1
@@ -163,6 +166,11 @@ def rollout_drive(
         "history": history_view([rec])[0],
         "waves": _waves_on_sim_clock(rec, clock, dt_s),
         "fleet_ends_on": _fleet_ends_on(store, fleet_tag, plan.vehicles),
+        # From the outcome to the whole fleet heard on its version: simulated and wall seconds (None: never).
+        "installed_after_s": round((settle["from"] - settle["outcome"]) * dt_s, 1) if "from" in settle else None,
+        "installed_after_wall_s": (
+            round((settle["from_wall"] - settle["outcome_wall"]) / 1000, 1) if "from" in settle else None
+        ),
     }
     return drive
 
@@ -206,7 +214,10 @@ def _verdicts(drive: dict[str, Any]) -> str:
 
 
 def _ends_on(drive: dict[str, Any]) -> str:
-    return _ends_on_text(drive["rollout"]["fleet_ends_on"])
+    r = drive["rollout"]
+    after = r.get("installed_after_s")
+    when = f", all heard on it {after:g} simulated s after the outcome" if after is not None else ""
+    return _ends_on_text(r["fleet_ends_on"]) + when
 
 
 def _ends_on_text(ends_on: dict[str, int]) -> str:

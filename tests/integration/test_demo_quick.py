@@ -119,6 +119,7 @@ def test_the_better_candidate_reaches_production_through_the_canary_waves_and_th
     assert [w["verdict"] for w in rollout["history"]["waves"]] == ["next_wave"] * judged  # every judged wave passed
     assert [w["label"] for w in rollout["waves"]] == ["wave 1 (25%)", "wave 2 (50%)", "promoted"]
     assert rollout["fleet_ends_on"] == {c["version"]: quick_demo["plan"]["vehicles"]}
+    assert rollout["installed_after_s"] >= 0
     to_production = [
         t for t in quick_demo["_history"] if t["version"] == c["version"] and t["to_stage"] == "production"
     ]
@@ -131,6 +132,7 @@ def test_the_degraded_model_is_rolled_back_with_its_evidence_and_tagged_rejected
     assert d["production"] == quick_demo["production"]["after"]
     assert d["rollout"]["outcome"] == "rolled_back" and d["stage"] == "rejected"
     assert d["rollout"]["fleet_ends_on"] == {d["production"]: quick_demo["plan"]["vehicles"]}
+    assert d["rollout"]["installed_after_s"] >= 0  # the drive settled on the whole fleet heard on production
     assert d["rollout"]["waves"][-1]["label"] == "rolled back"
     rejected = [t for t in quick_demo["_history"] if t["version"] == d["degraded"] and t["to_stage"] == "rejected"]
     assert len(rejected) == 1 and rejected[0]["actor"] == "ota-controller"
