@@ -8,8 +8,11 @@ Per vehicle (rows of the arrays), two model slots, A and B; one is active::
       ^                  |  (unavailable: retry with backoff)                   |
       '---- rejected <---'                                                      '--unhealthy--> idle (rolled_back)
 
-- A command starts a fetch unless the vehicle is busy with another update, already runs that version, or rolled
-  that very release back before. Whether the release is for this vehicle (its signed wave), newer than the one it
+- A command starts a fetch unless the vehicle already runs that version or rolled that very release back before.
+  A command that arrives while the vehicle is busy with another update (a rollback sent while the canary is still
+  being fetched or tried) is not lost: before activation it replaces the update in progress (``superseded``);
+  during a trial it is ``queued`` and followed once the trial ends (the latest such command wins; the same
+  command again is refused ``busy``). Whether the release is for this vehicle (its signed wave), newer than the one it
   runs and signed right is decided by the shell with :mod:`fleetloop.edge_agent.ota_verify` and comes back as a
   :class:`FetchOutcome`: ``installed`` (the file verified, then loaded into the inactive slot), ``rejected``
   (with the reason) or ``unavailable`` (the release server did not answer: the vehicle keeps driving on its
@@ -140,6 +143,10 @@ class OtaState:
     base_ticks: np.ndarray  # int32, ticks counted into the own recent rates (at most baseline_ticks)
     refused_release: np.ndarray  # int64, the last release this vehicle rolled back (not installed again)
     target_shadow: np.ndarray  # bool, the fetch in flight is for shadow mode
+    pending_version: np.ndarray  # int32, a command queued during a trial (NO_VERSION: none)
+    pending_release: np.ndarray  # int64
+    pending_rollout: np.ndarray  # object (str)
+    pending_shadow: np.ndarray  # bool
 
     @staticmethod
     def init(initial_versions: Sequence[int] | np.ndarray) -> OtaState:
@@ -168,6 +175,10 @@ class OtaState:
             base_ticks=zi.copy(),
             refused_release=zl.copy(),
             target_shadow=np.zeros(b, dtype=bool),
+            pending_version=np.full(b, NO_VERSION, dtype=np.int32),
+            pending_release=zl.copy(),
+            pending_rollout=np.full(b, "", dtype=object),
+            pending_shadow=np.zeros(b, dtype=bool),
         )
 
     def copy(self) -> OtaState:
@@ -292,6 +303,7 @@ def ota_step(cfg: HealthConfig, state: OtaState, inp: OtaInputs) -> tuple[OtaSta
     for f in inp.fetched:
         _on_fetched(cfg, s, f, inp.tick, out)
     _activate(s, inp.signals.safe, out)
+    _follow_queued(s, inp.tick, out)
     for c in inp.commands:
         _on_command(s, c, inp.tick, out)
     due = np.nonzero((s.phase == PHASE_FETCHING) & (s.retry_at <= inp.tick))[0]
@@ -421,14 +433,66 @@ def _activate(s: OtaState, safe: np.ndarray, out: OtaActions) -> None:
         out.switches.append(Switch(tuple(rs), version))
 
 
+def _follow_queued(s: OtaState, tick: int, out: OtaActions) -> None:
+    """Vehicles idle again with a command queued during their trial: follow it now."""
+    rows = np.nonzero((s.phase == PHASE_IDLE) & (s.pending_version != NO_VERSION))[0]
+    for r in rows.tolist():
+        c = Command(
+            r,
+            int(s.pending_version[r]),
+            int(s.pending_release[r]),
+            str(s.pending_rollout[r]),
+            bool(s.pending_shadow[r]),
+        )
+        s.pending_version[r] = NO_VERSION
+        _on_command(s, c, tick, out)
+
+
+def _same_update(s: OtaState, c: Command) -> bool:
+    r = c.row
+    same_release = not c.release or c.release == s.target_release[r]
+    return bool(s.target_version[r] == c.version and same_release and s.target_shadow[r] == c.shadow)
+
+
+def _busy(s: OtaState, c: Command, out: OtaActions) -> bool:
+    """A command reaches a vehicle busy with another update: refused if it is the same update, else it replaces
+    an update not yet activated, or is queued behind a trial. True: handled (nothing more to do now)."""
+    r = c.row
+    phase = PHASE_NAMES[s.phase[r]]
+    if _same_update(s, c):
+        detail = f"already updating to this version (state {phase})"
+        out.statuses.append(StatusReport(r, "rejected", c.version, c.release, c.rollout_id, "busy", detail))
+        return True
+    if s.phase[r] == PHASE_TRIAL:
+        if s.pending_version[r] != NO_VERSION:  # the latest command wins: say so for the one it replaces
+            old = Command(r, int(s.pending_version[r]), int(s.pending_release[r]), str(s.pending_rollout[r]))
+            detail = f"a later command (v{c.version}) replaced it while the vehicle was on trial"
+            out.statuses.append(
+                StatusReport(r, "rejected", old.version, old.release, old.rollout_id, "superseded", detail)
+            )
+        s.pending_version[r], s.pending_release[r] = c.version, c.release
+        s.pending_rollout[r], s.pending_shadow[r] = c.rollout_id, c.shadow
+        detail = f"v{int(s.target_version[r])} is on trial; this command is followed once the trial ends"
+        out.statuses.append(StatusReport(r, "queued", c.version, c.release, c.rollout_id, "busy", detail))
+        return True
+    # Fetching or staged: the newer command replaces the update before it ever drives (its fetch's answer, if
+    # still in flight, is ignored: the vehicle no longer waits for that version).
+    detail = f"replaced by a later command (v{c.version}) before activation (state {phase})"
+    version, release, rollout = int(s.target_version[r]), int(s.target_release[r]), str(s.rollout[r])
+    out.statuses.append(StatusReport(r, "rejected", version, release, rollout, "superseded", detail))
+    s.phase[r] = PHASE_IDLE
+    s.target_shadow[r] = False
+    return False
+
+
 def _on_command(s: OtaState, c: Command, tick: int, out: OtaActions) -> None:
     r = c.row
     refusal = detail = ""
     if s.phase[r] == PHASE_SHADOW and _end_shadow(s, c, out):
         return
-    if s.phase[r] != PHASE_IDLE:
-        refusal, detail = "busy", f"already updating (state {PHASE_NAMES[s.phase[r]]}); send the command again later"
-    elif s.slot_version[r, s.active[r]] == c.version:
+    if s.phase[r] != PHASE_IDLE and _busy(s, c, out):
+        return
+    if s.slot_version[r, s.active[r]] == c.version:
         refusal, detail = "already_installed", "this version is already the active one"
     elif c.release and c.release == s.refused_release[r] and not c.shadow:  # shadow mode never acts: allowed
         refusal, detail = "rolled_back_before", f"release {c.release} failed its health window here before"

@@ -157,6 +157,52 @@ def test_refusals_busy_already_installed_and_a_rejected_fetch_say_why() -> None:
     assert d.step([Command(0, NEW)]).fetch  # idle again: a new command is followed
 
 
+def test_a_rollback_sent_during_the_canarys_trial_is_queued_and_followed_once_the_trial_ends() -> None:
+    """The controller rolls back while a canary vehicle is still trying the canary: the command is not lost."""
+    d = Drive(1)
+    d.step([Command(0, NEW, 7, "r-1")])
+    d.step(fetched=[installed(0)])  # activated: on trial
+    out = d.step([Command(0, OLD, 9, "r-1")])  # the rollback: production, re-signed as release 9
+    [queued] = out.statuses
+    assert (queued.state, queued.reason, queued.version, queued.release) == ("queued", "busy", OLD, 9)
+    assert not out.fetch and d.state.active_version()[0] == NEW
+    fetches = [f for _ in range(CFG.window_ticks) for f in d.step().fetch]  # the trial ends (committed) ...
+    assert fetches == [FetchRequest(0, OLD, 9, 7)]  # ... and the queued rollback is followed at once
+    out = d.step(fetched=[FetchOutcome(0, OLD, "installed", 9)])
+    assert out.switches == [Switch((0,), OLD)] and d.state.active_version()[0] == OLD
+    assert d.states(0)[-5:] == ["committed", "downloaded", "verified", "installed", "activated"]
+
+
+def test_a_later_command_replaces_an_update_that_has_not_driven_yet_and_its_late_answer_is_ignored() -> None:
+    d = Drive(2)
+    d.step([Command(0, NEW, 7, "r-1"), Command(1, NEW, 7, "r-1")])  # both fetching NEW
+    out = d.step([Command(0, 2, 8, "r-2"), Command(1, OLD, 9, "r-1")])  # a newer version; a rollback
+    assert [(x.row, x.state, x.version, x.reason) for x in out.statuses] == [
+        (0, "rejected", NEW, "superseded"),
+        (1, "rejected", NEW, "superseded"),
+        (1, "rejected", OLD, "already_installed"),  # never left OLD: the rollback is done
+    ]
+    assert out.fetch == [FetchRequest(0, 2, 8, 0)]
+    out = d.step(fetched=[installed(0), installed(1)])  # the first fetches answer late: nothing of them is used
+    assert not out.switches and not out.statuses and d.state.active_version().tolist() == [OLD, OLD]
+    out = d.step(fetched=[FetchOutcome(0, 2, "installed", 8)])
+    assert out.switches == [Switch((0,), 2)] and d.state.active_release()[0] == 8
+
+
+def test_of_two_commands_queued_behind_a_trial_the_later_wins_and_the_first_is_reported_superseded() -> None:
+    d = Drive(1)
+    d.step([Command(0, NEW, 7)])
+    d.step(fetched=[installed(0)])
+    d.step([Command(0, 2, 8, "r-2")])
+    out = d.step([Command(0, OLD, 9, "r-3")])
+    assert [(x.state, x.version, x.reason) for x in out.statuses] == [
+        ("rejected", 2, "superseded"),
+        ("queued", OLD, "busy"),
+    ]
+    fetches = [f for _ in range(CFG.window_ticks) for f in d.step().fetch]
+    assert fetches == [FetchRequest(0, OLD, 9, 7)]
+
+
 def test_config_refuses_nonsense_with_the_unit() -> None:
     with pytest.raises(FleetConfigError, match="window_ticks"):
         HealthConfig(window_ticks=0)

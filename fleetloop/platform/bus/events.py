@@ -130,10 +130,11 @@ _SINCE_2 = {"since_minor": 2}  # OtaStatus fields added in 1.2
 class OtaStatus(Event):
     """A vehicle reports where it stands in a rollout: one event per state change.
 
-    ``state``: "downloaded", "verified", "installed", "activated", "committed", "rolled_back" or "rejected".
+    ``state``: "downloaded", "verified", "installed", "activated", "committed", "rolled_back", "rejected" or
+    "queued" (a command kept while the vehicle tries another update, followed once that trial ends).
     1.1 added ``model_name``, ``release`` (the signed release number, 0 before it is known) and ``reason``
-    (a code: for "rejected" e.g. "bad_hash", "not_assigned", "unsupported_schema", "busy"; for "rolled_back"
-    "invalid_output", "deadline_surge" or "fallback_surge"); ``detail`` says the same for people.
+    (a code: for "rejected" e.g. "bad_hash", "not_assigned", "unsupported_schema", "busy", "superseded"; for
+    "rolled_back" "invalid_output", "deadline_surge" or "fallback_surge"); ``detail`` says the same for people.
     1.2 added shadow mode: states "shadow_started" and "shadow_report" (``version``: the candidate; ``reason``
     "periodic", "promoted", "superseded" or "end_of_run") with, per condition class of the vehicle's own estimate
     ("clear", "fog", "night", "wet"), since the shadow started: ``shadow_ticks`` (ticks both models gave a valid
