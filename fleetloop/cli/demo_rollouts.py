@@ -111,7 +111,7 @@ def rollout_drive(
     rollout_id = started["rollout_id"]
     store = RolloutStore(settings.state_dir)
     clock: list[tuple[float, int]] = []  # (wall s, ticks done): wall times of waves -> simulated time
-    settle: dict[str, int] = {}
+    settle: dict[str, float] = {}  # ticks done ("outcome", "from") and wall times [s] ("..._wall")
 
     def ticks(done: int, total: int) -> None:
         clock.append((time.time(), done))
@@ -130,7 +130,7 @@ def rollout_drive(
                 say(f"rollout {rollout_id}: {rec.phase}, wave {st.wave + 1}, {st.wave_km:.1f} matched km")
             return False
         settle.setdefault("outcome", clock[-1][1])
-        settle.setdefault("outcome_wall", int(time.time() * 1000))
+        settle.setdefault("outcome_wall", time.time())
         if "from" not in settle:
             # The fleet installs on a worker thread while the simulation runs faster than the wall clock: the
             # settle starts once every vehicle of the drive is heard on the outcome's version, not at the outcome.
@@ -140,7 +140,7 @@ def rollout_drive(
                 say(f"rollout {rollout_id}: {rec.phase}; the fleet installs v{target} ({_ends_on_text(ends_on)})")
                 return False
             settle["from"] = clock[-1][1]
-            settle["from_wall"] = int(time.time() * 1000)
+            settle["from_wall"] = time.time()
             say(f"rollout {rollout_id}: {rec.phase}; the whole fleet runs v{target}")
         # and at least the story's drive, so that the rates on the new model cover the fog as "before" does
         return clock[-1][1] - settle["from"] >= SETTLE_S / 0.1 and clock[-1][1] >= plan.minutes * 60.0 / 0.1
@@ -169,7 +169,7 @@ def rollout_drive(
         # From the outcome to the whole fleet heard on its version: simulated and wall seconds (None: never).
         "installed_after_s": round((settle["from"] - settle["outcome"]) * dt_s, 1) if "from" in settle else None,
         "installed_after_wall_s": (
-            round((settle["from_wall"] - settle["outcome_wall"]) / 1000, 1) if "from" in settle else None
+            round(settle["from_wall"] - settle["outcome_wall"], 1) if "from" in settle else None
         ),
     }
     return drive

@@ -437,15 +437,16 @@ def _follow_queued(s: OtaState, tick: int, out: OtaActions) -> None:
     """Vehicles idle again with a command queued during their trial: follow it now."""
     rows = np.nonzero((s.phase == PHASE_IDLE) & (s.pending_version != NO_VERSION))[0]
     for r in rows.tolist():
-        c = Command(
-            r,
-            int(s.pending_version[r]),
-            int(s.pending_release[r]),
-            str(s.pending_rollout[r]),
-            bool(s.pending_shadow[r]),
-        )
+        c = _queued(s, r)
         s.pending_version[r] = NO_VERSION
         _on_command(s, c, tick, out)
+
+
+def _queued(s: OtaState, r: int) -> Command:
+    """The command queued behind the trial of the vehicle in row ``r``."""
+    return Command(
+        r, int(s.pending_version[r]), int(s.pending_release[r]), str(s.pending_rollout[r]), bool(s.pending_shadow[r])
+    )
 
 
 def _same_update(s: OtaState, c: Command) -> bool:
@@ -465,7 +466,7 @@ def _busy(s: OtaState, c: Command, out: OtaActions) -> bool:
         return True
     if s.phase[r] == PHASE_TRIAL:
         if s.pending_version[r] != NO_VERSION:  # the latest command wins: say so for the one it replaces
-            old = Command(r, int(s.pending_version[r]), int(s.pending_release[r]), str(s.pending_rollout[r]))
+            old = _queued(s, r)
             detail = f"a later command (v{c.version}) replaced it while the vehicle was on trial"
             out.statuses.append(
                 StatusReport(r, "rejected", old.version, old.release, old.rollout_id, "superseded", detail)
