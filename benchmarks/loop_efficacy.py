@@ -85,6 +85,19 @@ def arm_settings(stack: Settings, root: Path, seed: int, arm: str) -> Settings:
     )
 
 
+def seed_replay(stack: Settings, lake: Settings) -> None:
+    """The lake starts with the replay set the bootstrap wrote to the stack's (the first model's frames), as a
+    fleet's one lake holds it; a copy, so no arm's lake changes another's."""
+    import shutil
+
+    from fleetloop.pipelines.replay import replay_path
+
+    src, dst = replay_path(stack.state_dir), replay_path(lake.state_dir)
+    if src.exists() and not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
 def trigger_config(arm: str, budget: float, match_share: float | None = None) -> Any:
     """``triggers`` and ``value``: the vehicles' ``triggers`` and ``valued`` upload policies (``sim run --uploads``);
     ``random``: only the random sample, under the same budget, drawn at a rate that uploads about ``match_share`` of
@@ -132,6 +145,7 @@ def run_arm(
     from fleetloop.pipelines.validate import ValidateConfig, validate_candidate
 
     s = arm_settings(stack, root, seed, arm)
+    seed_replay(stack, s)
     onset_ticks = round(a.fog_onset_s / DT_S)
     done = [0]
     onset_wall: list[float] = []
@@ -182,6 +196,7 @@ def run_arm(
         "train_reason": tr.reason,
         "train_frames": tr.frames,
         "train_conditions": tr.conditions,
+        "train_replay_frames": tr.replay.get("frames", 0),
         "fleet_wall_s": t_fleet - t0,
         "collect_label_wall_s": t_label - t_fleet,
         "train_wall_s": t_train - t_label,
@@ -214,7 +229,8 @@ def run_arm(
 
 
 def train_config(a: argparse.Namespace, seed: int) -> TrainConfig:
-    """How a loop turn fine-tunes its candidate (the --train-* options, --anchor-weight, --no-balance)."""
+    """How a loop turn fine-tunes its candidate (the --train-* options, --anchor-weight, --no-balance,
+    --hazard-share, --replay-share)."""
     return TrainConfig(
         seed=seed,
         epochs=a.train_epochs,
@@ -223,6 +239,7 @@ def train_config(a: argparse.Namespace, seed: int) -> TrainConfig:
         anchor_weight=a.anchor_weight,
         balance_hazard=not a.no_balance,
         hazard_share=a.hazard_share,
+        replay_share=a.replay_share,
     )
 
 
@@ -489,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-balance", action="store_true", help="train: do not balance hazard and normal frames")
     p.add_argument(
         "--hazard-share", type=float, default=TrainConfig().hazard_share, help="train: the hazard frames' loss weight"
+    )
+    p.add_argument(
+        "--replay-share",
+        type=float,
+        default=TrainConfig().replay_share,
+        help="train: the replayed frames' loss weight (the first model's frames; 0: uploads only)",
     )
     p.add_argument("--validate-vehicles", type=int, default=128)
     p.add_argument("--validate-ticks", type=int, default=300)

@@ -29,7 +29,13 @@ from fleetloop.pipelines.gates import rate_per_1000km
 from fleetloop.pipelines.train import TrainConfig
 
 DT_S = 0.1
-RECIPE_KEYS = {"anchor": "anchor_weight", "share": "hazard_share", "epochs": "epochs", "balance": "balance_hazard"}
+RECIPE_KEYS = {
+    "anchor": "anchor_weight",
+    "share": "hazard_share",
+    "epochs": "epochs",
+    "balance": "balance_hazard",
+    "replay": "replay_share",
+}
 
 
 def parse_recipe(text: str) -> dict[str, Any]:
@@ -53,6 +59,18 @@ def lakes(root: Path, arm: str) -> list[tuple[int, Path]]:
     if not found:
         raise SystemExit(f"no lake seed<N>-{arm} with labelled datasets under {root} (run loop_efficacy.py --keep)")
     return found
+
+
+def replay_set(lake: Path) -> dict[str, torch.Tensor]:
+    """The lake's replay set, or for a lake kept before there was one, the same set made again: the loop's bootstrap
+    frames (clear, seed 0, 3,072 vehicles x 300 ticks) sampled as ``model bootstrap`` samples them."""
+    from fleetloop.edge_agent.bootstrap import BootstrapConfig, collect_expert_frames
+    from fleetloop.pipelines.replay import REPLAY_FRAMES, read_replay_set, sample_frames
+
+    found = read_replay_set(lake)
+    if found is not None:
+        return found[0]
+    return sample_frames(collect_expert_frames(BootstrapConfig(weather="clear", seed=0)), REPLAY_FRAMES, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,12 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
+    replay: dict[str, torch.Tensor] | None = None
     for seed, lake in found:
         ts = build_training_set(list_labelled(lake))
+        if replay is None:
+            replay = replay_set(lake)
         models: dict[str, Any] = {"initial": initial, "reference": reference}
         for name, fields in recipes.items():
             cfg = dataclasses.replace(TrainConfig(seed=seed, max_seconds=600.0, torch_threads=1), **fields)
-            model, _ = fine_tune(initial.model, ts, cfg)
+            model, _ = fine_tune(initial.model, ts.with_replay(replay) if cfg.replay_share else ts, cfg)
             metrics = {**initial.metadata.metrics, **uncertainty_calibration(model, initial, ts.data, cfg)}
             meta = dataclasses.replace(initial.metadata, metrics=metrics)
             models[name] = LoadedPolicy(model=model, metadata=meta, sha256="")

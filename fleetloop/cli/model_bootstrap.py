@@ -42,8 +42,9 @@ def bootstrap(
     ``epochs`` overrides the bootstrap's epoch count; training stops at ``epochs`` or ``max_train_s``, whichever
     comes first (a run that must not depend on the machine's load gives a generous ``max_train_s``)."""
     # Imported when bootstrapping: edge_agent.bootstrap loads torch (~6 s measured) for every `fleetloop` start.
-    from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model
+    from fleetloop.edge_agent.bootstrap import BootstrapConfig, bootstrap_initial_model, collect_expert_frames
     from fleetloop.edge_agent.model_artifact import read_metadata
+    from fleetloop.pipelines.replay import REPLAY_FRAMES, replay_path, sample_frames, write_replay_set
     from fleetloop.platform.registry import Stage, open_registry
 
     vehicles = BootstrapConfig().vehicles if vehicles is None else vehicles
@@ -73,8 +74,13 @@ def bootstrap(
         output_dir=out_dir,
         imitation=replace(base.imitation, max_seconds=max_train_s, epochs=epochs or base.imitation.epochs),
     )
-    path, metrics = bootstrap_initial_model(config)
+    data = collect_expert_frames(config)
+    path, metrics = bootstrap_initial_model(config, data)
     meta = read_metadata(path)
+    # The frames the model learnt from, sampled for the fine-tunes to replay (pipelines.replay, ADR 0199).
+    source = {"role": "initial", "weather": "clear", "scenario": config.scenario, "seed": str(seed)}
+    replay = write_replay_set(settings.state_dir, sample_frames(data, REPLAY_FRAMES, seed), source)
+    del data
     registry_meta = {
         **meta.registry_metadata(),
         "role": "initial",
@@ -95,6 +101,7 @@ def bootstrap(
         "artifact": str(path),
         "metrics": {k: v for k, v in metrics.items() if k != "loss_curve"},
         "transitions": [r.to_stage for r in records],
+        "replay": {**replay.brief(), "path": str(replay_path(settings.state_dir))},
     }
 
 
@@ -106,6 +113,12 @@ def _render(d: dict[str, Any]) -> None:
     kind = "genesis release" if d["genesis"] else f"forced release replacing v{d['replaced']}"
     details = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float))
     console.print(f"{d['model']} v{d['version']} is in production ({kind}); {details}", highlight=False)
+    r = d["replay"]
+    console.print(
+        f"kept {r['frames']:,} of its training frames ({r['hazard_rate']:.0%} hazards) for the fine-tunes to "
+        f"replay: {r['path']}",
+        highlight=False,
+    )
 
 
 def bootstrap_cmd(

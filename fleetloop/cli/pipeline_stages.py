@@ -128,6 +128,13 @@ def _render_train(d: dict[str, Any]) -> None:
         m = d["metrics"]
         t.add_row("frames / datasets", f"{d['frames']:,} / {len(d['dataset_ids'])}")
         t.add_row("parent version", str(d["parent_version"] or "none (from scratch)"))
+        r = d.get("replay") or {}
+        t.add_row(
+            "replayed",
+            f"{r['frames']:,} frames the first model learnt from, {r['share']:.0%} of the label loss"
+            if r.get("frames")
+            else str(r.get("reason", "nothing")),
+        )
         t.add_row("loss first -> last", f"{m.get('loss_first') or 0:.3f} -> {m.get('loss_last') or 0:.3f}")
         t.add_row("MLflow run", str(d["run_id"]))
     for r in d.get("recovered", []):

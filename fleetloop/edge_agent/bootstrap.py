@@ -143,14 +143,17 @@ def uncertainty_quantiles(model: FusionPolicy, data: dict[str, torch.Tensor]) ->
     return {name: float(v) for name, v in zip(names, q.tolist(), strict=True)}
 
 
-def bootstrap_initial_model(config: BootstrapConfig) -> tuple[Path, dict[str, Any]]:
-    """Collect expert driving in ``config.weather``, train by imitation, write the artifact.
+def bootstrap_initial_model(
+    config: BootstrapConfig, data: dict[str, torch.Tensor] | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Collect expert driving in ``config.weather`` (or take ``data``, ``collect_expert_frames(config)``'s, when the
+    caller keeps the frames), train by imitation, write the artifact.
 
     Returns (artifact path, metrics). The artifact has ``model_version`` None (the registry assigns it) and
     ``notes["role"]`` "initial" (clear) or "reference" (all conditions, never deployed).
     """
     t0 = time.perf_counter()
-    data = collect_expert_frames(config)
+    data = collect_expert_frames(config) if data is None else data
     collect_s = time.perf_counter() - t0
     with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's RNG
         torch.manual_seed(config.seed)

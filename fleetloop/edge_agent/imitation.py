@@ -75,6 +75,9 @@ class ImitationConfig:
     """Reweight frames so hazard frames carry ``hazard_share`` of the label loss (the rest: non-hazard frames)."""
     hazard_share: float = 0.5
     """With ``balance_hazard``: the share of the label loss's weight the hazard frames carry (0.5: equal)."""
+    replay_share: float = 0.0
+    """The share of the label loss's weight the replayed frames carry (``data["replay"]`` true: frames the parent
+    learnt from, mixed in so a fine-tune does not unlearn them); the hazard balance applies to the others."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def _check_data(data: dict[str, torch.Tensor]) -> int:
         raise ValueError(f"training data lacks target(s) {', '.join(missing)}; give accel_mps2 [N] and hazard [N]")
     inputs = PolicyInputs.from_dict(data)
     n = inputs.batch
-    for k in (*TARGET_KEYS, *(["weight"] if "weight" in data else [])):
+    for k in (*TARGET_KEYS, *(k for k in ("weight", "replay") if k in data)):
         if tuple(data[k].shape) != (n,):
             raise ValueError(f"training data {k!r} has shape {tuple(data[k].shape)}, want ({n},) like the inputs")
     if n < 2:
@@ -125,12 +128,17 @@ def balance_weights(hazard: torch.Tensor, weight: torch.Tensor | None = None, sh
     the total weight (0.5: both classes equal) and the total is unchanged; returned as is when one class has no
     weight."""
     w = torch.ones(hazard.shape[0]) if weight is None else weight.to(torch.float32)
-    is_hazard = hazard > 0.5
-    total, w_h = w.sum(), w[is_hazard].sum()
-    w_n = total - w_h
-    if float(w_h) <= 0 or float(w_n) <= 0:
-        return w.clone()
-    return torch.where(is_hazard, w * (total * share / w_h), w * (total * (1.0 - share) / w_n))
+    return share_weights(hazard > 0.5, w, share)
+
+
+def share_weights(mask: torch.Tensor, weight: torch.Tensor, share: float) -> torch.Tensor:
+    """``weight`` rescaled so the frames of ``mask`` carry ``share`` of the total and the total is unchanged;
+    returned as is when either side has no weight."""
+    total, w_in = weight.sum(), weight[mask].sum()
+    w_out = total - w_in
+    if float(w_in) <= 0 or float(w_out) <= 0:
+        return weight.clone()
+    return torch.where(mask, weight * (total * share / w_in), weight * (total * (1.0 - share) / w_out))
 
 
 def _bernoulli_kl(p_logit: torch.Tensor, q_logit: torch.Tensor) -> torch.Tensor:
@@ -203,8 +211,12 @@ def train_imitation(
     # Fixed bootstrap resample per head: Poisson(1) counts per frame.
     boot = torch.poisson(torch.ones(n_train, heads), generator=gen)
     weight = train.get("weight", torch.ones(n_train)).to(torch.float32)
+    replay = train.get("replay", torch.zeros(n_train, dtype=torch.bool)).bool()
     if config.balance_hazard:
-        weight = balance_weights(train["hazard"], weight, config.hazard_share)
+        own = ~replay
+        weight[own] = balance_weights(train["hazard"][own], weight[own], config.hazard_share)
+    if config.replay_share > 0:
+        weight = share_weights(replay, weight, config.replay_share)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     total = steps_per_epoch * config.epochs

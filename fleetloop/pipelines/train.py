@@ -115,15 +115,17 @@ class TrainConfig:
     """Weight each frame's loss by its label confidence (the share of its horizon that was seen)."""
     anchor_weight: float = 10.0
     """Self-distillation toward the frozen parent (production) model on every frame, so the candidate moves only
-    where the hindsight labels pull it (0: off; no effect when training from scratch). 10 with ``hazard_share``
-    0.35 and 8 epochs (ADR 0195, 0197; 30 and 4 epochs before, ADR 0093): a loop turn closes most of the fog gap
-    instead of half, phantom braking not higher in fog or clear."""
+    where the hindsight labels pull it (0: off; no effect when training from scratch). 10 with 8 epochs (ADR 0195,
+    0197, 0199; 30 and 4 epochs before, ADR 0093)."""
     balance_hazard: bool = True
     """Reweight frames so hazard labels carry ``hazard_share`` of the label loss (trigger clips are mostly hazards)."""
-    hazard_share: float = 0.35
-    """With ``balance_hazard``: the share of the label loss's weight on hazard frames (ADR 0195, 0197: at 0.5 the
-    candidate learns to brake on weaker evidence everywhere, and phantom braking in clear weather rises; at 0.25
-    it brakes too little in fog)."""
+    hazard_share: float = 0.5
+    """With ``balance_hazard``: the share of the uploads' label loss on hazard frames (ADR 0195, 0197, 0199:
+    without replay, 0.5 taught the candidate to brake on weaker evidence everywhere and 0.35 was kept; with the
+    replayed frames holding clear driving, 0.5 of the uploads' 60 %, 30 % of the whole label loss)."""
+    replay_share: float = 0.4
+    """The share of the label loss's weight on replayed frames (``pipelines.replay``: frames the first model learnt
+    from, so the fine-tune does not unlearn clear driving; ADR 0199); 0: the uploads alone."""
     torch_threads: int = 0
     """Intra-op threads for torch (0: leave the default)."""
     experiment: str = TRAIN_EXPERIMENT
@@ -138,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if not 0 < self.hazard_share < 1:
             raise ValueError(f"hazard_share must be in (0, 1), got {self.hazard_share}")
+        if not 0 <= self.replay_share < 1:
+            raise ValueError(f"replay_share must be in [0, 1), got {self.replay_share}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,19 @@ class TrainingSet:
     @property
     def frames(self) -> int:
         return int(self.data["accel_mps2"].shape[0]) if self.data else 0
+
+    def with_replay(self, replay: Mapping[str, torch.Tensor]) -> TrainingSet:
+        """These frames and ``replay``'s (``pipelines.replay``: inputs, ``accel_mps2``, ``hazard``), the latter
+        marked ``replay`` and weighted 1 where these frames carry a label confidence."""
+        import torch
+
+        n, m = self.frames, int(replay["accel_mps2"].shape[0])
+        own = {**self.data, "replay": torch.zeros(n, dtype=torch.bool)}
+        other = {**replay, "replay": torch.ones(m, dtype=torch.bool)}
+        if "weight" in own:
+            other["weight"] = torch.ones(m)
+        data = {k: torch.cat([own[k], other[k].to(own[k].dtype)]) for k in own}
+        return TrainingSet(data, self.dataset_ids, self.dataset_hashes, self.conditions)
 
 
 def build_training_set(
@@ -235,6 +252,7 @@ def fine_tune(parent: FusionPolicy | None, ts: TrainingSet, cfg: TrainConfig) ->
         anchor_weight=cfg.anchor_weight if anchor is not None else 0.0,
         balance_hazard=cfg.balance_hazard,
         hazard_share=cfg.hazard_share,
+        replay_share=cfg.replay_share,
     )
     metrics = train_imitation(model, ts.data, icfg, cfg.seed, anchor=anchor)
     return model, metrics
@@ -280,6 +298,8 @@ class TrainOutcome:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     """Labelled datasets this run could not read and set aside: id, reason, message."""
     recovered: list[ModelTrained] = field(default_factory=list)
+    replay: dict[str, Any] = field(default_factory=dict)
+    """The replayed frames (``frames``, ``sha256``, ``share``, ``source``) or why there were none (``reason``)."""
 
     @property
     def events(self) -> list[ModelTrained]:
@@ -431,10 +451,11 @@ def run_train(
         base.reason = f"too little labelled data: {ts.frames} valid frames, need {cfg.min_frames}"
         return base
     registry = registry or open_registry(settings, tracking=tracking)  # ServiceUnavailable if MLflow is down
+    train_set, replay = _with_replay(settings.state_dir, ts, cfg)
     with tempfile.TemporaryDirectory(prefix="fleetloop-train-") as tmp:
         parent, parent_version = load_production(registry, name, Path(tmp))
         t0 = time.perf_counter()
-        model, metrics = fine_tune(None if parent is None else parent.model, ts, cfg)
+        model, metrics = fine_tune(None if parent is None else parent.model, train_set, cfg)
         train_s = time.perf_counter() - t0
         calibration = uncertainty_calibration(model, parent, ts.data, cfg)
         targets = target_conditions(ts.conditions)
@@ -448,7 +469,7 @@ def run_train(
                 hyperparameters=model.config.to_dict(),
                 input_schema_version=INPUT_SCHEMA_VERSION,
                 parent_version=parent_version,
-                training_data_hashes=ts.dataset_hashes,
+                training_data_hashes=(*ts.dataset_hashes, *([replay["sha256"]] if replay.get("frames") else [])),
                 training_run_id=run_id,
                 metrics={**metrics.as_dict(), **calibration, "frames": float(ts.frames), "train_wall_s": train_s},
                 notes={
@@ -466,6 +487,8 @@ def run_train(
                 "data.datasets": len(ts.dataset_ids),
                 "data.tensor_hash": hash_tensors(ts.data),
                 "data.target_conditions": ",".join(targets),
+                "data.replay_frames": replay.get("frames", 0),
+                "data.replay_sha256": replay.get("sha256", "none"),
                 "parent_version": parent_version or "none (from scratch)",
                 "device": "cpu",
             }
@@ -495,7 +518,27 @@ def run_train(
         event=event,
         quarantined=base.quarantined,
         recovered=recovered,
+        replay=replay,
     )
+
+
+def _with_replay(state_dir: Path, ts: TrainingSet, cfg: TrainConfig) -> tuple[TrainingSet, dict[str, Any]]:
+    """``ts`` with the lake's replay set when ``cfg.replay_share`` asks for one, and what was replayed (``frames``,
+    ``sha256``, ``share``, ``source``) or why nothing was (``frames`` 0, ``reason``): a missing or damaged set
+    never stops a turn (``pipelines.replay``)."""
+    from fleetloop.pipelines.replay import read_replay_set
+
+    if cfg.replay_share <= 0:
+        return ts, {"frames": 0, "reason": "replay is off (replay_share 0)"}
+    try:
+        found = read_replay_set(state_dir)
+    except DataError as e:
+        return ts, {"frames": 0, "reason": str(e)}
+    if found is None:
+        why = "no replay set in the lake (`fleetloop model bootstrap` writes one); trained on the uploads alone"
+        return ts, {"frames": 0, "reason": why}
+    data, info = found
+    return ts.with_replay(data), {**info.brief(), "share": cfg.replay_share}
 
 
 def _log(

@@ -88,6 +88,7 @@ def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -
     # the registry
     boot = cli.json("model", "bootstrap", "--vehicles", "8", "--ticks", "20", "--max-train-seconds", "5")
     assert boot["changed"] is True and boot["version"] == "1"
+    assert boot["replay"]["frames"] > 0 and Path(boot["replay"]["path"]).is_file()  # its frames, for fine-tunes
     artifact = tmp_path / "policy.safetensors"
     artifact.write_bytes(b"weights" * 100)
     assert cli.json("model", "register", str(artifact))["version"] == "2"
@@ -107,6 +108,8 @@ def test_every_json_command_prints_one_json_document(cli: Cli, tmp_path: Path) -
     label_pending(cli.state)
     trained = cli.json("pipeline", "run", "--stage", "train")["train"]
     assert trained["status"] == "trained" and trained["parent_version"] == "1"
+    assert trained["replay"]["frames"] == boot["replay"]["frames"]  # the bootstrap's frames replayed
+    assert trained["replay"]["sha256"] == boot["replay"]["sha256"]
 
     served = cli.json("pipeline", "serve", "--stage", "label")
     assert [s["name"] for s in served] == ["pipeline-label"]
