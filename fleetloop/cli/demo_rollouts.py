@@ -259,7 +259,7 @@ def step_canary(
     return drive
 
 
-def degraded_model(settings: Settings, seed: int, say: Say) -> str:
+def degraded_model(settings: Settings, quick: bool, seed: int, say: Say) -> str:
     """A copy of production made worse in fog only by the documented procedure (``pipelines.regression``),
     registered and staged by the operator (it never went through validate: the canary is what must catch it)."""
     # Imported here: the procedure and the artifact load torch (~6 s measured) that no other `fleetloop` command
@@ -270,10 +270,7 @@ def degraded_model(settings: Settings, seed: int, say: Say) -> str:
     registry = open_registry(settings)
     name = settings.model_name
     parent_version = registry.production(name).version
-    # The same recording for the quick plan (about 4 s either way): 16 vehicles x 10 s gave the copy six optimiser
-    # steps, and a trained production's copy hardly differed from it (2.7x its fallback activations in fog, caught
-    # by the canary or not by chance).
-    record = RecordConfig(vehicles=64, ticks=200, keep_every=2)
+    record = RecordConfig(vehicles=16 if quick else 64, ticks=100 if quick else 200, keep_every=2)
     config = RegressionConfig()
     with tempfile.TemporaryDirectory(prefix="fleetloop-degraded-") as tmp:
         loaded = load_artifact(registry.download_model(name, parent_version, Path(tmp) / "parent"))
@@ -325,7 +322,7 @@ def step_degraded(
     settings: Settings, plan: DemoPlan, seed: int, fleet_tag: str, on_tick: Callable[[int, int], None], say: Say
 ) -> dict[str, Any]:
     """The degraded model rolled out like any other; the controller must roll it back with the evidence."""
-    version = degraded_model(settings, seed, say)
+    version = degraded_model(settings, plan.quick, seed, say)
     production = open_registry(settings).production(settings.model_name).version
     policy = demo_policy(plan)
     say(f"v{version}: `ota rollout` ({_policy_text(policy)})")
