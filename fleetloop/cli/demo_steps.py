@@ -324,8 +324,8 @@ def step_data_loop(settings: Settings, plan: DemoPlan, seed: int, say: Say) -> d
     from fleetloop.pipelines.validate import ValidateConfig
 
     # The quick plan's one pass over a few hundred uploads is one optimiser step; beside the ~10,000 replayed frames
-    # it would be twenty, mostly replay, and its candidate a different model from one run to the next. The quick
-    # plan shows the story (a candidate judged by the gates), the full one the recipe (ADR 0199).
+    # it is twenty, mostly replay: that candidate passed the tiny suite by chance, and its copy made worse in fog
+    # leaned on the fallback too little for the quick rollout to catch. The full plan trains the recipe (ADR 0199).
     quick_train = TrainConfig(seed=seed, epochs=1, max_seconds=60.0, min_frames=64, torch_threads=1, replay_share=0.0)
     train_cfg = quick_train if plan.quick else TrainConfig(seed=seed)
     validate_cfg = ValidateConfig(suite=tiny_suite(), min_train_frames=train_cfg.min_frames)
