@@ -8,10 +8,12 @@ candidate on the loop benchmark's held-out evaluation scenes of that seed (``loo
 steady fog 0.8 and in clear weather. Pooled over the lakes: (collisions + near misses) and phantom braking per
 1,000 km with exact Poisson 95 % intervals, the share of the fog gap closed, progress against the expert. The train
 stage's default recipe reproduces the loop benchmark's candidate to the digit (same frames, seed, order).
+``replay=R`` replays the lake's replay set at that share of the label loss (ADR 0199; a lake kept before there was
+one gets the loop bootstrap's, made again), ``replay=0`` trains on the uploads alone.
 
     python benchmarks/loop_efficacy.py --seeds 5 --seed-base 21 --arms value,random --keep   # prints its state dir
     python benchmarks/train_recipes.py --root /tmp/fleetloop-loop-XXXX --arm value \\
-        --recipe anchor=30,share=0.5,epochs=4 --recipe anchor=10,share=0.25,epochs=8
+        --recipe anchor=30,share=0.5,epochs=4 --recipe share=0.5,replay=0.4
 """
 
 from __future__ import annotations
