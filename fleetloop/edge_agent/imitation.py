@@ -210,7 +210,8 @@ def train_imitation(
     heads = model.config.heads
     # Fixed bootstrap resample per head: Poisson(1) counts per frame.
     boot = torch.poisson(torch.ones(n_train, heads), generator=gen)
-    weight = train.get("weight", torch.ones(n_train)).to(torch.float32)
+    # A copy: the balance below writes into it, and without validation frames ``train`` is the caller's data.
+    weight = train.get("weight", torch.ones(n_train)).to(torch.float32).clone()
     replay = train.get("replay", torch.zeros(n_train, dtype=torch.bool)).bool()
     if config.balance_hazard:
         own = ~replay

@@ -175,3 +175,16 @@ def _drift_with_replay(replay_share: float) -> float:
 def test_replayed_frames_keep_a_hazard_only_fine_tune_from_unlearning_normal_driving() -> None:
     alone, replayed = _drift_with_replay(0.0), _drift_with_replay(0.5)
     assert replayed < 0.5 * alone, (replayed, alone)
+
+
+def test_training_leaves_the_callers_weights_as_they_were() -> None:
+    gen = torch.Generator().manual_seed(1)
+    haz, normal = _frames(30, True, gen), _frames(10, False, gen)
+    data = {k: torch.cat([haz[k], normal[k]]) for k in haz}
+    data["accel_mps2"] = torch.cat([torch.full((30,), -6.0), torch.zeros(10)])
+    data["hazard"] = torch.cat([torch.ones(30), torch.zeros(10)])
+    data["weight"] = torch.rand(40, generator=gen)
+    before = data["weight"].clone()
+    cfg = ImitationConfig(epochs=1, batch_size=20, val_fraction=0.0, balance_hazard=True, hazard_share=0.25)
+    train_imitation(FusionPolicy(), data, cfg, seed=0)
+    assert torch.equal(data["weight"], before)
