@@ -333,6 +333,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=TrainConfig().hazard_share,
         help="(a), (c): the hazard frames' loss weight",
     )
+    p.add_argument(
+        "--replay-share",
+        type=float,
+        default=TrainConfig().replay_share,
+        help="(a), (c): the replayed frames' loss weight (the first model's frames; 0: uploads only)",
+    )
     p.add_argument("--rounds", type=int, default=20, help="(b): federated rounds")
     p.add_argument("--strategy", choices=STRATEGIES, default="fedavg", help="(b): aggregation")
     p.add_argument("--fraction", type=float, default=0.5, help="(b): share of the vehicles sampled per round")
